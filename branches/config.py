@@ -1,0 +1,54 @@
+"""Configuration of one branch: which network, and how it is trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODELS = ("fc8", "fc4", "cnn8", "resnet18", "resnet34")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+
+
+@dataclass(kw_only=True, frozen=True)
+class ModelConfig:
+    name: str = "fc8"  # one of MODELS
+    width: int | None = None  # fc*: hidden width (None = input width, as in the paper); cnn8: base channels (None = 64)
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"model.name: unknown model {self.name!r}; expected one of {', '.join(MODELS)}")
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"model.width must be >= 1, got {self.width}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "adam"  # one of OPTIMIZERS
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # one of SCHEDULES; stepped once per epoch
+    step_size: int = 10  # step schedule: epochs between decays
+    gamma: float = 0.1  # step schedule: decay factor
+    label_smoothing: float = 0.0
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    seed: int = 0  # each branch seeds with seed + k
+    threads: int = 1  # torch CPU threads per branch (match resources.cpus_per_branch)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer: unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule: unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.threads < 1:
+            raise ValueError(f"train.threads must be >= 1, got {self.threads}")

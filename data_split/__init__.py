@@ -1,0 +1,22 @@
+"""Spectral split of image datasets into K sub-datasets (transforms, sources, Ray Data pipeline, storage)."""
+
+from data_split.config import SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
+from data_split.pipeline import SplitConflictError, SplitResult, split_dataset
+from data_split.shards import BranchData, ManifestError, load_manifest, read_branch
+from data_split.sources import SourceError, make_source
+from data_split.storage import RunStorage, StorageError
+from data_split.transforms import (
+    TRANSFORMS,
+    polyphase_split,
+    spectral_components,
+    spectral_merge,
+    spectral_split,
+    transform_matrix,
+)
+
+__all__ = [
+    "TRANSFORMS", "BranchData", "ManifestError", "RunStorage", "SourceConfig", "SourceError", "SplitConfig",
+    "SplitConflictError", "SplitResult", "StorageConfig", "StorageError", "SyntheticConfig", "load_manifest",
+    "make_source", "polyphase_split", "read_branch", "spectral_components", "spectral_merge", "spectral_split",
+    "split_dataset", "transform_matrix",
+]

@@ -1,0 +1,97 @@
+"""Configuration of the data side: where images come from, how they are split, where they go.
+
+Keyword-only dataclasses validated on construction; each invalid field raises
+``ValueError`` naming it. ``orchestrator.config`` builds them from YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from data_split.transforms import TRANSFORMS
+
+SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
+
+
+@dataclass(kw_only=True, frozen=True)
+class SyntheticConfig:
+    """Seeded class-prototype images: learnable, random-access, any size."""
+
+    train: int = 2000  # images in the source train split
+    test: int = 500  # images in the source test split
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    classes: int = 10
+    noise: float = 0.35  # std of the Gaussian noise added to each class prototype (pixels in [0, 1])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train", "test"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"source.synthetic.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("channels", "height", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"source.synthetic.{name} must be >= 1, got {getattr(self, name)}")
+        if self.classes < 2:
+            raise ValueError(f"source.synthetic.classes must be >= 2, got {self.classes}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class SourceConfig:
+    name: str = "fashion-mnist"  # one of SOURCES
+    root: str | None = None  # source files; None = the source's default (Debian package path, ./data/<name>)
+    limit: int | None = None  # keep only the first N images of each source split; None = all
+    download: bool = False  # mnist/fashion-mnist/cifar10: fetch with torchvision's downloader first
+    image_size: list[int] | None = None  # imagefolder: resize every image to [H, W]
+    channels: int = 3  # imagefolder: 1 (grayscale) or 3 (RGB)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.name not in SOURCES:
+            raise ValueError(f"source.name: unknown source {self.name!r}; expected one of {', '.join(SOURCES)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"source.limit must be >= 1 (or absent for all images), got {self.limit}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"source.image_size must be [H, W] with positive sizes, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"source.channels must be 1 or 3, got {self.channels}")
+        if self.name == "imagefolder" and (self.root is None or self.image_size is None):
+            raise ValueError("source 'imagefolder' needs source.root and source.image_size [H, W]")
+
+
+@dataclass(kw_only=True, frozen=True)
+class SplitConfig:
+    rows: int = 2  # r: polyphase rows
+    cols: int = 2  # c: polyphase cols; K = rows * cols branches
+    transform: str = "dct"  # one of TRANSFORMS
+    val_fraction: float = 0.1  # share of the source train split carved out as validation
+    seed: int = 0  # seed of the train/val carve
+    images_per_task: int = 10_000  # images one Ray Data task reads, transforms and writes
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.cols < 1:
+            raise ValueError(f"split.rows and split.cols must be >= 1, got {self.rows} x {self.cols}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"split.transform: unknown transform {self.transform!r}; expected one of {', '.join(TRANSFORMS)}")
+        k = self.rows * self.cols
+        if self.transform == "haar" and k & (k - 1):
+            raise ValueError(f"split.transform 'haar' needs K = rows*cols to be a power of two, got K={k}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"split.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.images_per_task < 1:
+            raise ValueError(f"split.images_per_task must be >= 1, got {self.images_per_task}")
+
+    @property
+    def k(self) -> int:
+        return self.rows * self.cols
+
+
+@dataclass(kw_only=True, frozen=True)
+class StorageConfig:
+    uri: str = "./runs/fashion-mnist"  # the run's URI: a path, file://..., s3://bucket/prefix
+    endpoint_url: str | None = None  # S3-compatible endpoint; None = AWS_ENDPOINT_URL or AWS itself
+
+    def __post_init__(self) -> None:
+        if not self.uri:
+            raise ValueError("storage.uri must not be empty")

@@ -1,0 +1,276 @@
+"""The Ray Data pipeline that writes K spectral sub-datasets and their manifest.
+
+One pass over the source: ``from_items`` (one row per range of images) ->
+``map_batches(read range)`` -> ``map_batches(spectral transform)`` ->
+``write_datasink(SpectralParquetSink)``. Ray fuses the three into one task
+per range, so memory is bounded by ``split.images_per_task`` whatever the
+dataset size. Each task writes, atomically, one Parquet file per (split,
+branch) it holds, with a name derived from its range (a retried task
+overwrites its own files), and returns the files' row counts, sizes and
+per-channel sums. The driver checks that every source image arrived in every
+branch, then writes ``manifest.json`` last: a run without a manifest is
+incomplete and is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_split.config import SourceConfig, SplitConfig
+from data_split.sources import ImageSource, make_source
+from data_split.storage import RunStorage
+from data_split.transforms import spectral_components, transform_matrix
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+MANIFEST = "data/manifest.json"
+SPLITS = ("train", "val", "test")
+
+
+class SplitConflictError(RuntimeError):
+    """The run URI holds sub-datasets of a different configuration."""
+
+
+def config_hash(source: SourceConfig, split: SplitConfig) -> str:
+    """Content hash of everything that changes the written data (not of where it goes)."""
+    cfg = {"manifest_version": MANIFEST_VERSION, "source": asdict(source), "split": asdict(split)}
+    cfg["split"].pop("images_per_task")  # changes file boundaries, not content
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
+def val_mask(n_train: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean ``(n_train,)``: True where a source-train image goes to the validation split."""
+    mask = np.zeros(n_train, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n_train)[: round(fraction * n_train)]] = True
+    return mask
+
+
+def plan_ranges(source: ImageSource, images_per_task: int) -> list[dict]:
+    """One item per task: a contiguous range of one source split."""
+    return [
+        {"source_split": split, "start": start, "stop": min(start + images_per_task, source.count(split))}
+        for split in ("train", "test")
+        for start in range(0, source.count(split), images_per_task)
+    ]
+
+
+# -- the per-range work (used by the Ray pipeline and by the single-process reference) ----------
+def load_range(source: ImageSource, split_cfg: SplitConfig, source_split: str, start: int, stop: int) -> dict:
+    """Raw images of one range with their target split: x uint8 (n, C, H, W)."""
+    x, y = source.read(source_split, start, stop)
+    if source_split == "train":
+        is_val = val_mask(source.count("train"), split_cfg.val_fraction, split_cfg.seed)[start:stop]
+        target = np.where(is_val, "val", "train")
+    else:
+        target = np.full(stop - start, "test")
+    return {"idx": np.arange(start, stop, dtype=np.int64), "y": y, "split": target, "x": x}
+
+
+def transform_batch(batch: dict, r: int, c: int, matrix: np.ndarray) -> dict:
+    """``x`` uint8 (n, C, H, W) -> ``s`` float32 (n, K, C, H/r, W/c), pixels scaled to [0, 1]."""
+    x = np.asarray(batch["x"], dtype=np.float32) * np.float32(1 / 255)
+    s = spectral_components(x, r, c, matrix.astype(np.float32))
+    return {"idx": batch["idx"], "y": batch["y"], "split": batch["split"], "s": np.ascontiguousarray(s)}
+
+
+def parquet_bytes(idx: np.ndarray, y: np.ndarray, x: np.ndarray) -> bytes:
+    """One sub-dataset file: idx int64, y int64, x float32 fixed-shape tensor (C, h, w)."""
+    table = pa.table(
+        {
+            "idx": pa.array(idx, type=pa.int64()),
+            "y": pa.array(y, type=pa.int64()),
+            "x": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x, dtype=np.float32)),
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def write_parts(storage: RunStorage, batch: dict) -> list[dict]:
+    """Write every (split, branch) of one transformed range; return one record per file."""
+    records = []
+    part = f"part-{int(batch['idx'].min()):09d}.parquet"
+    for split in SPLITS:
+        rows = batch["split"] == split
+        if not rows.any():
+            continue
+        idx, y, s = batch["idx"][rows], batch["y"][rows], batch["s"][rows]  # s: (n, K, C, h, w)
+        for k in range(s.shape[1]):
+            t0 = time.perf_counter()
+            data = parquet_bytes(idx, y, s[:, k])
+            rel = f"data/{split}/branch={k}/{part}"
+            storage.write_bytes(rel, data)
+            xk = s[:, k].astype(np.float64)
+            records.append(
+                {
+                    "split": split,
+                    "branch": k,
+                    "file": rel,
+                    "rows": int(rows.sum()),
+                    "bytes": len(data),
+                    "seconds": time.perf_counter() - t0,
+                    "sum": xk.sum(axis=(0, 2, 3)).tolist(),  # per channel
+                    "sumsq": np.square(xk).sum(axis=(0, 2, 3)).tolist(),
+                }
+            )
+    return records
+
+
+# -- Ray Data ----------------------------------------------------------------------------------------
+def _make_sink(storage: RunStorage):
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
+
+    class SpectralParquetSink(Datasink):
+        """Writes each block's (split, branch) slices as Parquet; collects their records."""
+
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+
+        def write(self, blocks: Iterable[Any], ctx: Any) -> list[dict]:
+            out = []
+            for block in blocks:
+                acc = BlockAccessor.for_block(block)
+                if acc.num_rows():
+                    out += write_parts(storage, acc.to_batch_format("numpy"))
+            return out
+
+        def on_write_complete(self, write_result: Any) -> None:
+            self.records = [r for rs in write_result.write_returns for r in rs]
+
+        def get_name(self) -> str:
+            return "SpectralParquet"
+
+    return SpectralParquetSink()
+
+
+def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
+    import ray
+
+    ranges = plan_ranges(source, split_cfg.images_per_task)
+    matrix = transform_matrix(split_cfg.transform, split_cfg.k)
+
+    def read(batch: dict) -> dict:
+        (split,), (start,), (stop,) = batch["source_split"], batch["start"], batch["stop"]
+        return load_range(source, split_cfg, str(split), int(start), int(stop))
+
+    sink = _make_sink(storage)
+    (
+        ray.data.from_items(ranges, override_num_blocks=len(ranges))
+        .map_batches(read, batch_size=1, batch_format="numpy")
+        .map_batches(transform_batch, batch_size=None, batch_format="numpy",
+                     fn_kwargs={"r": split_cfg.rows, "c": split_cfg.cols, "matrix": matrix})
+        .write_datasink(sink)
+    )
+    return sink.records
+
+
+def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
+    """The same files without Ray: the reference the benchmark compares against."""
+    matrix = transform_matrix(split_cfg.transform, split_cfg.k)
+    records = []
+    for item in plan_ranges(source, split_cfg.images_per_task):
+        batch = load_range(source, split_cfg, item["source_split"], item["start"], item["stop"])
+        records += write_parts(storage, transform_batch(batch, split_cfg.rows, split_cfg.cols, matrix))
+    return records
+
+
+# -- manifest ------------------------------------------------------------------------------------------
+def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: SplitConfig, records: list[dict]) -> dict:
+    """Aggregate the file records; raise if any image is missing from any branch."""
+    k, n_train = split_cfg.k, source.count("train")
+    n_val = round(split_cfg.val_fraction * n_train)
+    expected = {"train": n_train - n_val, "val": n_val, "test": source.count("test")}
+    c, h, w = source.channels, source.height // split_cfg.rows, source.width // split_cfg.cols
+    branches = []
+    for b in range(k):
+        mine = sorted((r for r in records if r["branch"] == b), key=lambda r: r["file"])
+        splits = {}
+        for split in SPLITS:
+            rs = [r for r in mine if r["split"] == split]
+            rows = sum(r["rows"] for r in rs)
+            if rows != expected[split]:
+                raise RuntimeError(f"branch {b} split {split}: wrote {rows} rows, expected {expected[split]}")
+            splits[split] = {"rows": rows, "bytes": sum(r["bytes"] for r in rs), "files": [r["file"] for r in rs]}
+        train = [r for r in mine if r["split"] == "train"]
+        n_pix = max(expected["train"] * h * w, 1)
+        total = np.sum([r["sum"] for r in train], axis=0) if train else np.zeros(c)
+        total_sq = np.sum([r["sumsq"] for r in train], axis=0) if train else np.zeros(c)
+        mean = total / n_pix
+        std = np.sqrt(np.maximum(total_sq / n_pix - mean**2, 0.0))
+        branches.append({"k": b, "mean": mean.tolist(), "std": std.tolist(), "splits": splits})
+    return {
+        "version": MANIFEST_VERSION,
+        "config_hash": config_hash(source_cfg, split_cfg),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {**source.describe(), "root": source_cfg.root, "limit": source_cfg.limit},
+        "split": {
+            "r": split_cfg.rows,
+            "c": split_cfg.cols,
+            "K": k,
+            "transform": split_cfg.transform,
+            "matrix": transform_matrix(split_cfg.transform, k).tolist(),
+            "branch_shape": [c, h, w],
+        },
+        "val_fraction": split_cfg.val_fraction,
+        "seed": split_cfg.seed,
+        "counts": expected,
+        "branches": branches,
+    }
+
+
+@dataclass
+class SplitResult:
+    manifest: dict
+    up_to_date: bool  # True: an identical split was already there and nothing was written
+    seconds: float = 0.0
+    records: list[dict] = field(default_factory=list)
+
+
+def split_dataset(
+    source_cfg: SourceConfig, split_cfg: SplitConfig, storage: RunStorage, *, overwrite: bool = False
+) -> SplitResult:
+    """Write the K spectral sub-datasets of ``source_cfg`` under ``storage`` (idempotent)."""
+    source = make_source(source_cfg)  # validates every source file before anything is written
+    h, w = source.height, source.width
+    if h % split_cfg.rows or w % split_cfg.cols:
+        raise ValueError(
+            f"source {source.name!r} images are (H, W) = ({h}, {w}), not divisible by "
+            f"split (rows, cols) = ({split_cfg.rows}, {split_cfg.cols})"
+        )
+    storage.check_writable()
+    digest = config_hash(source_cfg, split_cfg)
+    if storage.exists(MANIFEST):
+        old = storage.read_json(MANIFEST)
+        if old.get("config_hash") == digest:
+            log.info("sub-datasets at %s are up to date (config hash %s)", storage.url("data"), digest[:12])
+            return SplitResult(manifest=old, up_to_date=True)
+        if not overwrite:
+            raise SplitConflictError(
+                f"{storage.url('data')} holds sub-datasets of a different configuration "
+                f"(config hash {old.get('config_hash', '?')[:12]} != {digest[:12]}); "
+                "use another --storage URI or pass --overwrite"
+            )
+        log.warning("overwriting sub-datasets at %s", storage.url("data"))
+        storage.remove("data")
+    elif storage.ls("data"):
+        log.warning("%s has no manifest (an interrupted split): removing it and starting over", storage.url("data"))
+        storage.remove("data")
+
+    t0 = time.perf_counter()
+    records = _write_with_ray(source, split_cfg, storage)
+    manifest = build_manifest(source, source_cfg, split_cfg, records)
+    storage.write_json(MANIFEST, manifest)  # last: its presence marks the split complete
+    return SplitResult(manifest=manifest, up_to_date=False, seconds=time.perf_counter() - t0, records=records)

@@ -1,0 +1,175 @@
+"""The whole job's configuration: YAML -> nested keyword-only dataclasses.
+
+Each component owns its dataclass (``data_split.config``, ``branches.config``,
+and the run-level ones here); this module only assembles them, applies
+``--set key.sub=value`` overrides and rejects unknown keys or wrongly typed
+values with an error naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from branches.config import ModelConfig, TrainConfig
+from data_split.config import SourceConfig, SplitConfig, StorageConfig
+
+WEIGHT_RULES = ("uniform", "geometric", "tuned")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ResourcesConfig:
+    gpus_per_branch: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU); fractions share a GPU
+    cpus_per_branch: float = 1.0
+    max_restarts: int = 3  # times Ray restarts a branch actor whose process died; it resumes from its checkpoint
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_branch is not None and self.gpus_per_branch < 0:
+            raise ValueError(f"resources.gpus_per_branch must be >= 0, got {self.gpus_per_branch}")
+        if self.cpus_per_branch <= 0:
+            raise ValueError(f"resources.cpus_per_branch must be > 0, got {self.cpus_per_branch}")
+        if self.max_restarts < 0:
+            raise ValueError(f"resources.max_restarts must be >= 0, got {self.max_restarts}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class EnsembleConfig:
+    weights: str = "uniform"  # one of WEIGHT_RULES
+    p: float = 0.3  # geometric rule: w = p (1 - p)^rank, rank by final training loss
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_RULES:
+            raise ValueError(f"ensemble.weights: unknown rule {self.weights!r}; expected one of {', '.join(WEIGHT_RULES)}")
+        if not 0.0 < self.p < 1.0:
+            raise ValueError(f"ensemble.p must be in (0, 1), got {self.p}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class RayConfig:
+    address: str | None = None  # None: start Ray locally; "auto" or "ray://host:10001" for a cluster
+    num_cpus: int | None = None  # local Ray only: CPUs to offer (None = all)
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"ray.num_cpus must be >= 1, got {self.num_cpus}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class SpectralConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> "SpectralConfig":
+        """A copy with dotted-key overrides applied, e.g. ``replace(**{"train.epochs": 2})``."""
+        return from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+# -- dict -> dataclass ------------------------------------------------------------------------------
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"config key {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def from_dict(data: dict) -> SpectralConfig:
+    return _build(SpectralConfig, data or {})
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys (``split.rows``) in a nested dict, creating sections as needed."""
+    out = dict(data)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[leaf] = value
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["a.b=3", "c=[28, 28]"]`` -> ``{"a.b": 3, "c": [28, 28]}`` (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SpectralConfig:
+    """Read a YAML file (or defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    try:
+        return from_dict(apply_overrides(data, overrides or {}))
+    except ConfigError as e:
+        raise ConfigError(f"{path or 'config'}: {e}") from e

@@ -1,0 +1,97 @@
+"""Shared fixtures: one small local Ray per session, tiny synthetic splits, a real S3 endpoint on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+# Fake credentials for the loopback S3 endpoint, set before Ray starts so its workers inherit them.
+# Nothing in the tests talks to real AWS.
+for _k, _v in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}.items():
+    os.environ.setdefault(_k, _v)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+
+RAY_TEST_CPUS = 2
+RAY_TEST_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray shared by the session (starting one costs seconds on 2 cores)."""
+    import ray
+    from ray.data import DataContext
+
+    ray.init(
+        address="local",
+        num_cpus=RAY_TEST_CPUS,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=RAY_TEST_OBJECT_STORE_BYTES,
+    )
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's server) with an empty bucket ``test-bucket``."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="test-bucket")
+    yield endpoint
+    server.stop()
+
+
+def tiny_config(storage_uri: str, **overrides):
+    """A seconds-fast config: synthetic 8x8 images, 4 classes, sub4, fc4, 2 epochs."""
+    from orchestrator.config import load_config
+
+    base = {
+        "source.name": "synthetic",
+        "source.synthetic": {"train": 400, "test": 100, "height": 8, "width": 8, "classes": 4, "noise": 0.5},
+        "split.rows": 2,
+        "split.cols": 2,
+        "split.images_per_task": 150,
+        "model.name": "fc4",
+        "train.epochs": 2,
+        "train.batch_size": 64,
+        "storage.uri": storage_uri,
+        "ray.num_cpus": RAY_TEST_CPUS,
+    }
+    base.update(overrides)
+    return load_config(None, base)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    return tiny_config(str(tmp_path / "run"))
+
+
+@pytest.fixture
+def tiny_split(ray_session, tiny_cfg):
+    """A written tiny split: (config, RunStorage)."""
+    from data_split import RunStorage, split_dataset
+
+    storage = RunStorage(tiny_cfg.storage.uri)
+    split_dataset(tiny_cfg.source, tiny_cfg.split, storage)
+    return tiny_cfg, storage
