@@ -1,0 +1,82 @@
+"""Where branches run: a pure decision from the config and the cluster's nodes.
+
+Plan (documented in the README): every branch asks for ``gpus_per_branch``
+GPUs and ``cpus_per_branch`` CPUs. Unset, ``gpus_per_branch`` is 1 on a
+cluster with GPUs and 0 (CPU training) without. All K actors are created at
+once; when the cluster cannot hold them all, Ray queues the rest and starts
+each as soon as a running branch frees its share, so fewer GPUs than branches
+means waves, never a hang. To run K branches at once on fewer GPUs, ask for a
+fraction (``gpus_per_branch: 0.25`` puts four branches on one GPU; they share
+its memory without isolation). A request that no single node can satisfy
+would wait forever, so it is an error here instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from orchestrator.config import ResourcesConfig
+
+
+class PlacementError(ValueError):
+    """No node of the cluster can ever host one branch."""
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    node_id: str
+    cpus: float
+    gpus: float
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    branches: int
+    gpus_per_branch: float
+    cpus_per_branch: float
+    concurrent: int  # branches the cluster can run at the same time
+    waves: int  # ceil(branches / concurrent): 1 means all at once
+
+    def describe(self) -> str:
+        device = f"{self.gpus_per_branch:g} GPU" if self.gpus_per_branch else "CPU only"
+        return (
+            f"{self.branches} branches x ({device}, {self.cpus_per_branch:g} CPU): "
+            f"{self.concurrent} at once, {self.waves} wave(s)"
+        )
+
+
+def _fits(node: NodeResources, gpus: float, cpus: float) -> int:
+    """How many branches one node holds."""
+    by_cpu = math.floor(node.cpus / cpus + 1e-9) if cpus else math.inf
+    by_gpu = math.floor(node.gpus / gpus + 1e-9) if gpus else math.inf
+    return int(min(by_cpu, by_gpu))
+
+
+def plan_placement(branches: int, cfg: ResourcesConfig, nodes: list[NodeResources]) -> PlacementPlan:
+    if branches < 1:
+        raise PlacementError(f"need at least one branch, got {branches}")
+    total_gpus = sum(n.gpus for n in nodes)
+    gpus = cfg.gpus_per_branch if cfg.gpus_per_branch is not None else (1.0 if total_gpus > 0 else 0.0)
+    cpus = cfg.cpus_per_branch
+    per_node = [_fits(n, gpus, cpus) for n in nodes]
+    concurrent = min(branches, sum(per_node))
+    if concurrent == 0:
+        largest = max(nodes, key=lambda n: (n.gpus, n.cpus), default=None)
+        have = f"the largest node has {largest.gpus:g} GPU, {largest.cpus:g} CPU" if largest else "the cluster has no nodes"
+        raise PlacementError(
+            f"a branch asks for {gpus:g} GPU and {cpus:g} CPU (resources.gpus_per_branch, resources.cpus_per_branch) "
+            f"but {have}: it could never start"
+        )
+    return PlacementPlan(branches, gpus, cpus, concurrent, math.ceil(branches / concurrent))
+
+
+def cluster_nodes() -> list[NodeResources]:
+    """The live nodes of the connected Ray cluster."""
+    import ray
+
+    return [
+        NodeResources(n["NodeID"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
