@@ -1,0 +1,246 @@
+"""The ensemble of K branches: weight rules, the weighted logit sum, its score, and its record.
+
+Math here is pure numpy (no Ray, no torch) so that it is unit-tested on tiny arrays
+and reused by the Tune search. DESIGN.md section 1 step 4:
+
+    z = sum_k w_k z_k        (one tensor expression, ``ensemble_logits``)
+
+Weight rules: ``uniform`` (1/K) and ``geometric`` (the paper's: rank branches by final
+training loss, ``w = p (1-p)^rank``, normalised) live here; ``tuned`` weights are searched by
+Ray Tune elsewhere and are only *evaluated* here (``evaluate_ensemble(..., weights=w)``).
+
+Files read (written by ``branches.train``), per branch ``k`` and split in {val, test}:
+``branches/<k>/logits_<split>.npy`` float32 (N, classes) and ``branches/<k>/rows_<split>.npy``
+int64 (N, 2) = columns (idx, y), in the same row order. Files written: ``ensemble/<method>.json``
+for every evaluated method and ``ensemble/weights.json`` for the run's chosen one, each
+``{method, weights, val_acc, val_nll, test_acc, test_nll, ...}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from data_split.storage import RunStorage
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("val", "test")
+COMPUTED_RULES = ("uniform", "geometric")  # rules weight_rule computes; "tuned" comes from Ray Tune
+WEIGHTS_FILE = "ensemble/weights.json"  # the run's chosen ensemble
+METHOD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # method names double as file names: ensemble/<method>.json
+
+
+class EnsembleInputError(ValueError):
+    """Branch outputs are missing or inconsistent; the message names the branch and the file."""
+
+
+@dataclass(frozen=True)
+class BranchOutputs:
+    """All branches' outputs on one split, rows aligned across branches."""
+
+    logits: np.ndarray  # (K, N, classes) float32
+    y: np.ndarray  # (N,) int64 labels
+    idx: np.ndarray  # (N,) int64 index of each image in its source split
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """One evaluated weighting of the branches."""
+
+    method: str  # "uniform", "geometric", "tuned", "exact", ...
+    weights: np.ndarray  # (K,)
+    val: dict[str, float]  # {"acc", "nll", "n"}
+    test: dict[str, float]  # {"acc", "nll", "n"}
+    extra: dict[str, Any] = field(default_factory=dict)  # method details kept in the record (e.g. p, trials)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON record of ``ensemble/<method>.json`` and ``ensemble/weights.json``."""
+        return {
+            "method": self.method,
+            "weights": [float(w) for w in self.weights],
+            "val_acc": float(self.val["acc"]),
+            "val_nll": float(self.val["nll"]),
+            "test_acc": float(self.test["acc"]),
+            "test_nll": float(self.test["nll"]),
+            "n_val": int(self.val["n"]),
+            "n_test": int(self.test["n"]),
+            **self.extra,
+        }
+
+
+# -- reading branch outputs ---------------------------------------------------------------------
+def _load_npy(storage: RunStorage, rel: str, k: int) -> np.ndarray:
+    try:
+        data = storage.read_bytes(rel)
+    except FileNotFoundError:
+        raise EnsembleInputError(f"branch {k}: {storage.url(rel)} is missing (did the branch finish?)") from None
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise EnsembleInputError(f"branch {k}: {storage.url(rel)} is not a valid .npy array: {e}") from e
+
+
+def load_branch_outputs(storage: RunStorage, K: int, split: str) -> BranchOutputs:
+    """Read every branch's logits and (idx, y) rows on ``split``; check they line up row for row."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if K < 1:
+        raise ValueError(f"K must be >= 1, got {K}")
+    all_logits = []
+    ref_rows = None
+    for k in range(K):
+        lrel, rrel = f"branches/{k}/logits_{split}.npy", f"branches/{k}/rows_{split}.npy"
+        logits, rows = _load_npy(storage, lrel, k), _load_npy(storage, rrel, k)
+        if logits.ndim != 2:
+            raise EnsembleInputError(f"branch {k}: {storage.url(lrel)} has shape {logits.shape}, expected (N, classes)")
+        if rows.ndim != 2 or rows.shape[1] != 2 or rows.shape[0] != logits.shape[0]:
+            raise EnsembleInputError(
+                f"branch {k}: {storage.url(rrel)} has shape {rows.shape}, expected ({logits.shape[0]}, 2) "
+                f"to match {lrel} {logits.shape}"
+            )
+        if k > 0:
+            if logits.shape != all_logits[0].shape:
+                raise EnsembleInputError(
+                    f"branch {k}: shape mismatch: {storage.url(lrel)} is {logits.shape}, branch 0's is {all_logits[0].shape}"
+                )
+            for col, what in ((0, "idx"), (1, "label")):
+                bad = np.flatnonzero(rows[:, col] != ref_rows[:, col])
+                if bad.size:
+                    i = int(bad[0])
+                    raise EnsembleInputError(
+                        f"branch {k}: {what} mismatch with branch 0 in {storage.url(rrel)}: {bad.size} rows differ, "
+                        f"first at row {i} ({what} {rows[i, col]} vs {ref_rows[i, col]})"
+                    )
+        else:
+            ref_rows = rows
+        all_logits.append(logits)
+    return BranchOutputs(
+        logits=np.stack(all_logits).astype(np.float32, copy=False),  # (K, N, C)
+        y=ref_rows[:, 1].astype(np.int64),
+        idx=ref_rows[:, 0].astype(np.int64),
+    )
+
+
+def read_train_losses(storage: RunStorage, K: int) -> np.ndarray:
+    """(K,) final-epoch mean training loss of each branch, from ``result.json`` (else ``metrics.jsonl``)."""
+    losses = []
+    for k in range(K):
+        rel = f"branches/{k}/result.json"
+        if storage.exists(rel):
+            losses.append(float(storage.read_json(rel)["train_loss"]))
+            continue
+        mrel = f"branches/{k}/metrics.jsonl"
+        if not storage.exists(mrel):
+            raise EnsembleInputError(f"branch {k}: neither {storage.url(rel)} nor {storage.url(mrel)} exists")
+        lines = [ln for ln in storage.read_bytes(mrel).decode().splitlines() if ln.strip()]
+        if not lines:
+            raise EnsembleInputError(f"branch {k}: {storage.url(mrel)} is empty")
+        losses.append(float(max((json.loads(ln) for ln in lines), key=lambda m: m["epoch"])["loss"]))
+    return np.asarray(losses, dtype=np.float64)
+
+
+# -- math -------------------------------------------------------------------------------------------------
+def weight_rule(rule: str, train_losses: np.ndarray | list[float], p: float = 0.3) -> np.ndarray:
+    """(K,) weights summing to 1 from the branches' final training losses.
+
+    ``geometric``: rank 0 = lowest loss (ties: lower branch index first; NaN losses rank last),
+    ``w_k = p (1-p)^rank_k``, normalised.
+    """
+    losses = np.asarray(train_losses, dtype=np.float64)  # (K,)
+    if losses.ndim != 1 or losses.size == 0:
+        raise ValueError(f"train_losses must be a non-empty 1-D sequence, got shape {losses.shape}")
+    K = losses.size
+    if rule == "uniform":
+        return np.full(K, 1.0 / K)
+    if rule == "geometric":
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"geometric rule: p must be in (0, 1), got {p}")
+        order = np.argsort(losses, kind="stable")  # stable: ties keep branch order; NaN sorts last
+        rank = np.empty(K, dtype=np.int64)
+        rank[order] = np.arange(K)
+        w = p * (1.0 - p) ** rank
+        return w / w.sum()
+    if rule == "tuned":
+        raise ValueError("weight rule 'tuned' is searched by Ray Tune (tune/), not computed from losses; "
+                         "pass the tuned weights to evaluate_ensemble(..., weights=w)")
+    raise ValueError(f"unknown weight rule {rule!r}; expected one of {', '.join(COMPUTED_RULES)}")
+
+
+def ensemble_logits(weights: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """z = sum_k w_k z_k: (K,) x (K, N, C) -> (N, C)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or logits.ndim != 3 or w.shape[0] != logits.shape[0]:
+        raise ValueError(f"weights {w.shape} and logits {logits.shape} do not match: expected (K,) and (K, N, C)")
+    return np.tensordot(w, logits, axes=1)  # (N, C)
+
+
+def score(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy and mean negative log-likelihood of softmax(logits) against labels ``y``."""
+    z = np.asarray(logits, dtype=np.float64)  # (N, C)
+    y = np.asarray(y, dtype=np.int64)  # (N,)
+    if z.ndim != 2 or y.shape != (z.shape[0],):
+        raise ValueError(f"logits {z.shape} and labels {y.shape} do not match: expected (N, C) and (N,)")
+    if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
+        raise ValueError(f"labels must lie in [0, {z.shape[1]}), got range [{y.min()}, {y.max()}]")
+    if z.shape[0] == 0:
+        return {"acc": float("nan"), "nll": float("nan"), "n": 0}
+    z = z - z.max(axis=1, keepdims=True)  # stable log-softmax: exp never overflows
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C)
+    rows = np.arange(z.shape[0])
+    return {
+        "acc": float((z.argmax(axis=1) == y).mean()),
+        "nll": float(-log_p[rows, y].mean()),
+        "n": int(z.shape[0]),
+    }
+
+
+# -- evaluation and records ---------------------------------------------------------------------------
+def evaluate_weights(method: str, weights: np.ndarray, val: BranchOutputs, test: BranchOutputs,
+                     extra: dict[str, Any] | None = None) -> EnsembleResult:
+    """Score given weights on already-loaded val and test outputs (no I/O)."""
+    if not METHOD_RE.match(method):
+        raise ValueError(f"ensemble method name {method!r} must match {METHOD_RE.pattern} (it names a file)")
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (val.logits.shape[0],) or not np.all(np.isfinite(w)):
+        raise ValueError(f"{method} weights must be {val.logits.shape[0]} finite numbers, got {w.tolist()}")
+    if val.logits.shape[2] != test.logits.shape[2]:
+        raise EnsembleInputError(f"val has {val.logits.shape[2]} classes but test has {test.logits.shape[2]}")
+    return EnsembleResult(
+        method=method,
+        weights=w,
+        val=score(ensemble_logits(w, val.logits), val.y),
+        test=score(ensemble_logits(w, test.logits), test.y),
+        extra=dict(extra or {}),
+    )
+
+
+def evaluate_ensemble(storage: RunStorage, K: int, method: str, weights: np.ndarray | None = None,
+                      *, p: float = 0.3) -> EnsembleResult:
+    """Score an ensemble on val and test. ``weights=None`` computes them with ``weight_rule(method, ...)``."""
+    extra: dict[str, Any] = {}
+    if weights is None:
+        losses = read_train_losses(storage, K)
+        weights = weight_rule(method, losses, p)
+        extra = {"train_losses": losses.tolist()} | ({"p": p} if method == "geometric" else {})
+        log.info("%s weights from final train losses %s: %s", method, np.round(losses, 4).tolist(),
+                 np.round(weights, 4).tolist())
+    val, test = load_branch_outputs(storage, K, "val"), load_branch_outputs(storage, K, "test")
+    result = evaluate_weights(method, weights, val, test, extra)
+    log.info("ensemble %s: val acc %.4f nll %.4f, test acc %.4f nll %.4f", method, result.val["acc"],
+             result.val["nll"], result.test["acc"], result.test["nll"])
+    return result
+
+
+def write_weights(storage: RunStorage, result: EnsembleResult, *, chosen: bool = True) -> None:
+    """Write ``ensemble/<method>.json``, and ``ensemble/weights.json`` too when this is the run's chosen ensemble."""
+    record = result.to_record()
+    storage.write_json(f"ensemble/{result.method}.json", record)
+    if chosen:
+        storage.write_json(WEIGHTS_FILE, record)

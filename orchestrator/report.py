@@ -1,0 +1,294 @@
+"""The run report: what every branch, ensemble and the baseline achieved, as JSON, markdown and plots.
+
+Reads (DESIGN.md section 3): ``data/manifest.json``; per branch ``branches/<k>/result.json`` and
+``metrics.jsonl``; every ``ensemble/<method>.json`` record plus ``ensemble/weights.json`` (the
+chosen one); and the full-resolution baseline, a run of its own under ``<run>/baseline/`` (K=1).
+Writes ``report/report.json``, ``report/report.md``, ``report/accuracy.png`` and
+``report/training_curves.png``, all through ``RunStorage.write_bytes`` so s3:// works too.
+
+The markdown table has the paper's columns (Network | Test accuracy | Model size | Training time).
+An ensemble's training time is its slowest branch's, since branches train in parallel without
+communication; the sum over branches is in ``totals``. Sizes are MiB, printed "MB" as the paper does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from data_split.storage import RunStorage
+from orchestrator.ensemble import WEIGHTS_FILE
+
+log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+MANIFEST_FILE = "data/manifest.json"
+BASELINE_DIR = "baseline"  # the baseline run lives at <run>/baseline/
+METHOD_ORDER = ("uniform", "geometric", "tuned", "exact")  # table order; other methods follow by name
+TABLE_HEADER = ["Network", "Test accuracy", "Model size", "Training time"]
+PLOT_DPI = 120
+
+
+class ReportError(RuntimeError):
+    """The run has nothing to report (no manifest and no branches); the message names the URI."""
+
+
+def baseline_storage(storage: RunStorage) -> RunStorage:
+    """The baseline run stored under ``<run>/baseline/`` (same layout, one branch 0)."""
+    return RunStorage(storage.uri.rstrip("/") + "/" + BASELINE_DIR, endpoint_url=storage.endpoint_url)
+
+
+# -- reading --------------------------------------------------------------------------------------------
+def read_metrics(storage: RunStorage, k: int) -> list[dict]:
+    """Branch ``k``'s per-epoch metrics, by epoch; a resumed branch's repeated epoch keeps its last line."""
+    rel = f"branches/{k}/metrics.jsonl"
+    if not storage.exists(rel):
+        return []
+    by_epoch: dict[int, dict] = {}
+    for n, line in enumerate(storage.read_bytes(rel).decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            by_epoch[int(row["epoch"])] = row
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            log.warning("skipping line %d of %s: %r", n, storage.url(rel), e)
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_branch(storage: RunStorage, k: int) -> dict | None:
+    """``result.json`` of branch ``k`` plus its ``metrics`` list; None when the branch has no result."""
+    rel = f"branches/{k}/result.json"
+    if not storage.exists(rel):
+        return None
+    return {**storage.read_json(rel), "k": k, "metrics": read_metrics(storage, k)}
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def read_ensembles(storage: RunStorage) -> list[dict]:
+    """Every ``ensemble/<method>.json`` record, ``chosen`` marking the one in ``ensemble/weights.json``."""
+    rows: dict[str, dict] = {}
+    for name in storage.ls("ensemble"):
+        rel = f"ensemble/{name}"
+        if name.startswith(".") or not name.endswith(".json") or rel == WEIGHTS_FILE:
+            continue
+        record = storage.read_json(rel)
+        rows[record.get("method", name[: -len(".json")])] = {**record, "chosen": False}
+    chosen = storage.read_json(WEIGHTS_FILE) if storage.exists(WEIGHTS_FILE) else None
+    if chosen is not None:
+        method = chosen.get("method", "chosen")
+        rows[method] = {**chosen, "method": method, "chosen": True}  # weights.json is the authority for its method
+    return [rows[m] for m in sorted(rows, key=_method_key)]
+
+
+def _totals(branches: list[dict]) -> dict[str, Any]:
+    def values(key: str) -> list[float]:
+        return [b[key] for b in branches if b.get(key) is not None]
+
+    return {
+        "total_params": int(sum(values("params"))),
+        "total_model_bytes": int(sum(values("model_bytes"))),
+        "total_train_seconds": float(sum(values("train_seconds"))),
+        "max_branch_train_seconds": max(values("train_seconds"), default=None),
+        "max_peak_memory_bytes": max(values("peak_memory_bytes"), default=None),
+        "max_model_bytes": max(values("model_bytes"), default=None),
+    }
+
+
+def collect_report(storage: RunStorage) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-able dict (reads only)."""
+    manifest = storage.read_json(MANIFEST_FILE) if storage.exists(MANIFEST_FILE) else None
+    if manifest is not None:
+        K = int(manifest["split"]["K"])
+    else:
+        K = len([n for n in storage.ls("branches") if n.isdigit()])
+        if K == 0:
+            raise ReportError(f"{storage.url()} has neither {MANIFEST_FILE} nor any branch output")
+        log.warning("%s has no manifest; reporting the %d branch folder(s) found", storage.url(), K)
+    branches, missing = [], []
+    for k in range(K):
+        b = read_branch(storage, k)
+        if b is None:
+            missing.append(k)
+        else:
+            branches.append(b)
+    if missing:
+        log.warning("branches %s of %s have no result.json; the report leaves them out", missing, storage.url())
+    base = baseline_storage(storage)
+    baseline = read_branch(base, 0) if storage.exists(f"{BASELINE_DIR}/branches/0/result.json") else None
+    ensembles = read_ensembles(storage)
+    split = (manifest or {}).get("split", {})
+    source = (manifest or {}).get("source", {})
+    model = next((b.get("model") for b in branches if b.get("model")), None)
+    return {
+        "report_version": REPORT_VERSION,
+        "title": f"spectral-{model or 'net'}-sub{K} on {source.get('name', '?')} ({split.get('transform', '?')})",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": storage.url(),
+        "source": source,
+        "split": {key: split.get(key) for key in ("r", "c", "K", "transform")} | {"K": K},
+        "model": model,
+        "branches": branches,
+        "missing_branches": missing,
+        "ensembles": ensembles,
+        "chosen_ensemble": next((e["method"] for e in ensembles if e["chosen"]), None),
+        "baseline": baseline,
+        "totals": _totals(branches),
+    }
+
+
+# -- table and markdown --------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _size(n_bytes: float | None) -> str:
+    if n_bytes is None:
+        return "n/a"
+    mib = n_bytes / 2**20
+    return f"{mib:.2f} MB" if mib >= 0.01 else f"{n_bytes / 1024:.1f} KB"
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    return f"{s:.1f} s" if s < 10 else f"{s:,.0f} s"
+
+
+def ensemble_name(report: dict, method: str) -> str:
+    """The paper's name for an ensemble row, e.g. ``spectral-fc8-sub4 (uniform)``."""
+    return f"spectral-{report.get('model') or 'net'}-sub{report['split']['K']} ({method})"
+
+
+def format_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the paper's table: baseline, each branch, each ensemble method."""
+    rows = []
+    if report.get("baseline"):
+        b = report["baseline"]
+        rows.append([f"{b.get('model') or 'baseline'} (full resolution)", _pct(b.get("test_acc")),
+                     _size(b.get("model_bytes")), _seconds(b.get("train_seconds"))])
+    for b in report["branches"]:
+        rows.append([f"branch {b['k']}", _pct(b.get("test_acc")), _size(b.get("model_bytes")),
+                     _seconds(b.get("train_seconds"))])
+    totals, K = report["totals"], report["split"]["K"]
+    for e in report["ensembles"]:
+        rows.append([ensemble_name(report, e["method"]), _pct(e.get("test_acc")),
+                     f"{_size(totals['max_model_bytes'])} x {K}", _seconds(totals["max_branch_train_seconds"])])
+    return list(TABLE_HEADER), rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def render_markdown(report: dict) -> str:
+    src, split, totals = report["source"], report["split"], report["totals"]
+    res = "x".join(str(v) for v in src.get("resolution", [])) or "?"
+    lines = [
+        f"# Report: {report['title']}", "",
+        f"Source: {src.get('name', '?')} ({res}) | K = {split['K']} ({split.get('r')}x{split.get('c')} split) | "
+        f"transform: {split.get('transform')} | model: {report.get('model')} | run: {report['run']}", "",
+        *_markdown_table(*format_table(report), "lrrr"), "",
+        f"Ensemble training time is the slowest branch's (branches train in parallel, without communication); "
+        f"all branches together: {_seconds(totals['total_train_seconds'])}. Parameters over all branches: "
+        f"{totals['total_params']:,}. Peak training memory of one branch: {_size(totals['max_peak_memory_bytes'])}.",
+    ]
+    if report["ensembles"]:
+        rows = [[e["method"] + (" (chosen)" if e["chosen"] else ""),
+                 ", ".join(f"{w:.3f}" for w in e.get("weights", [])), _pct(e.get("val_acc")),
+                 f"{e['val_nll']:.4f}" if e.get("val_nll") is not None else "n/a",
+                 f"{e['test_nll']:.4f}" if e.get("test_nll") is not None else "n/a"] for e in report["ensembles"]]
+        lines += ["", "## Ensemble weights", "",
+                  *_markdown_table(["Method", "Weights (branch 0..K-1)", "Val accuracy", "Val NLL", "Test NLL"],
+                                   rows, "llrrr")]
+    if report["missing_branches"]:
+        lines += ["", f"**Missing branches** (no result.json): {', '.join(map(str, report['missing_branches']))}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ---------------------------------------------------------------------------------------------------
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)  # no pyplot: no global backend state, safe inside actors and threads
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_accuracy(report: dict) -> bytes:
+    """Bar chart of test accuracy: baseline, each branch, each ensemble."""
+    bars = []  # (label, accuracy, colour)
+    if report.get("baseline") and report["baseline"].get("test_acc") is not None:
+        bars.append(("baseline", report["baseline"]["test_acc"], "0.4"))
+    bars += [(f"branch {b['k']}", b["test_acc"], "tab:blue") for b in report["branches"] if b.get("test_acc") is not None]
+    bars += [(f"ensemble ({e['method']})", e["test_acc"], "tab:orange") for e in report["ensembles"] if e.get("test_acc") is not None]
+    fig = Figure(figsize=(max(4.0, 0.7 * len(bars) + 1.5), 3.5))
+    ax = fig.add_subplot()
+    if bars:
+        labels, accs, colours = zip(*bars)
+        pos = range(len(bars))
+        ax.bar(pos, [100 * a for a in accs], color=colours)
+        for x, a in zip(pos, accs):
+            ax.annotate(f"{100 * a:.1f}", (x, 100 * a), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(list(pos), labels, rotation=45, ha="right")
+        low = max(0.0, 100 * min(accs) - 5.0)  # zoom in: the differences are a few points
+        ax.set_ylim(low // 5 * 5, 100 * max(accs) + 4.0)  # headroom for the value labels
+    else:
+        ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{report['source'].get('name', '')} K={report['split']['K']}: branches vs ensembles", fontsize=9)
+    return _png(fig)
+
+
+def plot_training_curves(report: dict) -> bytes:
+    """Per-branch training loss and validation accuracy against epoch (baseline dashed, ensembles dotted)."""
+    fig = Figure(figsize=(9.0, 3.5))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    runs = [(f"branch {b['k']}", b["metrics"], {}) for b in report["branches"]]
+    if report.get("baseline"):
+        runs.append(("baseline", report["baseline"]["metrics"], {"color": "black", "linestyle": "--"}))
+    for label, metrics, style in runs:
+        if not metrics:
+            continue
+        epochs = [m["epoch"] for m in metrics]
+        ax_loss.plot(epochs, [m.get("loss", float("nan")) for m in metrics], label=label, **style)
+        ax_acc.plot(epochs, [100 * m["val_acc"] if m.get("val_acc") is not None else float("nan")
+                                    for m in metrics],
+                    label=label, **style)
+    for i, e in enumerate(report["ensembles"]):  # colours after the branches' (axhline does not advance the cycle)
+        if e.get("val_acc") is not None:
+            ax_acc.axhline(100 * e["val_acc"], linestyle=":", linewidth=1.5, color=f"C{(len(runs) + i) % 10}",
+                           label=f"ensemble ({e['method']})")
+    ax_loss.set(xlabel="epoch", ylabel="mean training loss", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax.transAxes)
+    return _png(fig)
+
+
+# -- entry point ------------------------------------------------------------------------------------------
+def build_report(storage: RunStorage) -> dict[str, Any]:
+    """Collect the run's results and write ``report/`` (JSON, markdown, two PNGs); return the report dict."""
+    report = collect_report(storage)
+    storage.write_json("report/report.json", report)
+    storage.write_text("report/report.md", render_markdown(report))
+    storage.write_bytes("report/accuracy.png", plot_accuracy(report))
+    storage.write_bytes("report/training_curves.png", plot_training_curves(report))
+    log.info("report of %s: %d branch(es), %d ensemble(s), baseline %s -> %s", storage.url(),
+             len(report["branches"]), len(report["ensembles"]), "yes" if report["baseline"] else "no",
+             storage.url("report"))
+    return report
