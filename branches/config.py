@@ -36,6 +36,10 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     seed: int = 0  # each branch seeds with seed + k
     threads: int = 1  # torch CPU threads per branch (match resources.cpus_per_branch)
+    # Added with the training loop: a ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping
+    # one per epoch of a 100-epoch run is 25 GB per branch. Older ones are removed after each save;
+    # 2 or more lets a corrupt newest checkpoint fall back to the one before it.
+    keep_checkpoints: int = 3  # newest epoch checkpoints kept per branch; 0 = keep all
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -52,3 +56,5 @@ class TrainConfig:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.threads < 1:
             raise ValueError(f"train.threads must be >= 1, got {self.threads}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"train.keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")

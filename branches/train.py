@@ -1,0 +1,277 @@
+"""Training one branch: plain PyTorch on one device, no Ray and no process group.
+
+``train_branch(storage, k, model_cfg, train_cfg)`` reads only branch ``k``'s
+shards, trains, and writes under ``<run>/branches/<k>/`` (DESIGN.md section 3):
+
+    checkpoints/epoch=<e>.pt  every epoch, atomic; the newest that loads is resumed from
+    metrics.jsonl             one line per epoch: epoch, loss, val_loss, val_acc, images_per_s, seconds, lr
+    logits_{val,test}.npy     float32 (N, classes), rows in ascending idx order
+    rows_{val,test}.npy       int64 (N, 2): idx, y of those rows (alignment check and labels for the ensemble)
+    result.json               written last: the "branch finished" marker and its summary
+
+Reproducibility: the model is initialised after ``torch.manual_seed(seed + k)``,
+the batch order of epoch ``e`` comes from its own generator seeded by
+``(seed + k, e)`` and the learning rate is a closed-form function of the epoch,
+so a run resumed from a checkpoint replays the same steps as an uninterrupted
+one. On CPU that is bitwise (tested); on CUDA kernels may reorder sums.
+
+    from branches import ModelConfig, TrainConfig, train_branch
+    from data_split import RunStorage
+    train_branch(RunStorage("runs/demo"), 0, ModelConfig(name="fc8"), TrainConfig(epochs=5))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import resource
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from branches import _checkpoint as ckpt_io
+from branches.config import ModelConfig, TrainConfig
+from branches.models import build_model, count_parameters
+from data_split.shards import load_manifest, read_branch
+from data_split.storage import RunStorage
+
+log = logging.getLogger(__name__)
+
+MIN_STD = 1e-6  # clamp of the per-channel std used to normalise (a constant channel would divide by 0)
+EVAL_BATCH_SIZE = 1024  # rows per forward pass when computing val/test logits
+
+
+# -- pure pieces -----------------------------------------------------------------------------------------
+def lr_factor(cfg: TrainConfig, epoch_index: int) -> float:
+    """Multiplier of ``cfg.lr`` for 0-based epoch ``epoch_index``: a function of the epoch alone, so resumable."""
+    if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs, eta_min=0) in closed form
+        return 0.5 * (1.0 + math.cos(math.pi * epoch_index / cfg.epochs))
+    if cfg.schedule == "step":
+        return cfg.gamma ** (epoch_index // cfg.step_size)
+    return 1.0
+
+
+def epoch_generator(seed: int, k: int, epoch: int) -> torch.Generator:
+    """The batch-order generator of one (branch, epoch): independent of every other RNG."""
+    state = np.random.SeedSequence([(seed + k) % 2**63, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled partition of ``range(n)`` into batches; a trailing batch of 1 joins the previous one."""
+    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:  # BatchNorm cannot train on a single sample
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params, wd = model.parameters(), cfg.weight_decay
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+def _load_split(storage: RunStorage, manifest: dict, split: str, k: int, device: torch.device):
+    """(idx (N,) int64 numpy, y (N,) int64 numpy, x (N, C, h, w) float32 normalised tensor on ``device``)."""
+    data = read_branch(storage, manifest, split, k)
+    mean = np.asarray(manifest["branches"][k]["mean"], np.float32).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+    std = np.maximum(np.asarray(manifest["branches"][k]["std"], np.float32), MIN_STD).reshape(1, -1, 1, 1)
+    x = torch.from_numpy(np.ascontiguousarray((data.x - mean) / std, np.float32)).to(device)
+    return data.idx, data.y, x
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor,
+                    y: torch.Tensor, batches: list[torch.Tensor], *, amp: bool) -> float:
+    """One pass over ``batches`` (index tensors into x (N, C, h, w) and y (N,)); the mean training loss."""
+    model.train()
+    total = torch.zeros((), device=x.device)
+    for idx in batches:
+        idx = idx.to(x.device)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach().float() * len(idx)
+    return total.item() / len(y)  # .item() waits for the device, so the caller's timing is honest
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, amp: bool) -> torch.Tensor:
+    """Logits (N, classes) float32 of the model in eval mode."""
+    model.eval()
+    out = []
+    for xb in x.split(EVAL_BATCH_SIZE):
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(model(xb).float())
+    return torch.cat(out)  # x.split yields one empty chunk for an empty split, so out is never empty
+
+
+def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
+    """(mean NLL, accuracy) of ``logits`` against labels; (None, None) for an empty split."""
+    if len(y) == 0:
+        return None, None
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+# -- the loop -----------------------------------------------------------------------------------------------
+def train_branch(
+    storage: RunStorage,
+    k: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    device: str | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train branch ``k`` of the split at ``storage`` (resuming from its newest good checkpoint); return result.json."""
+    manifest = load_manifest(storage)
+    n_branches = int(manifest["split"]["K"])
+    if not 0 <= k < n_branches:
+        raise ValueError(f"branch k={k} is out of range: the split at {storage.url('data')} has K={n_branches} "
+                         f"branches (k = 0..{n_branches - 1})")
+    base, dev = f"branches/{k}", torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    in_shape = tuple(int(d) for d in manifest["split"]["branch_shape"])
+    classes = int(manifest["source"]["classes"])
+    # What a stored branch must match to be resumed or reused; the split's hash catches a re-split with other data.
+    configs = {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg),
+               "split_config_hash": manifest["config_hash"]}
+
+    if storage.exists(f"{base}/result.json"):
+        done = storage.read_json(f"{base}/result.json")
+        ckpt_io.check_same_run(storage, k, done, configs)
+        if done.get("epochs") == train_cfg.epochs:
+            log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(base), done["epochs"])
+            return done
+        storage.remove(f"{base}/result.json")  # stale now: the run is being extended or shortened
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(train_cfg.threads)
+    try:
+        return _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch) -> dict:
+    base, amp = f"branches/{k}", train_cfg.amp and dev.type == "cuda"
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    torch.manual_seed(train_cfg.seed + k)
+    model = build_model(model_cfg, in_shape, classes).to(dev)
+    optimizer = make_optimizer(model, train_cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(train_cfg, e))
+
+    found = ckpt_io.find_resume_point(storage, k, train_cfg.epochs)
+    history: list[dict] = []
+    if found.checkpoint is not None:
+        ck = found.checkpoint
+        ckpt_io.check_same_run(storage, k, ck, configs)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule, e.g. new T_max
+            group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
+        ckpt_io.restore_rng(ck["rng"])
+        history = list(ck["history"])[: found.epoch]
+        log.info("branch %d: resuming after epoch %d from %s", k, found.epoch,
+                 storage.url(ckpt_io.checkpoint_path(k, found.epoch)))
+    for e in found.skipped:  # corrupt, or from a longer run whose later epochs are being redone
+        storage.remove(ckpt_io.checkpoint_path(k, e))
+    _rewrite_metrics(storage, f"{base}/metrics.jsonl", history)
+
+    _, train_y, x_train = _load_split(storage, manifest, "train", k, dev)
+    y_train = torch.from_numpy(train_y).to(dev)
+    if len(y_train) == 0:
+        raise ValueError(f"branch {k} of {storage.url('data')} has no training rows")
+    val_idx, val_y, x_val = _load_split(storage, manifest, "val", k, dev)
+    y_val = torch.from_numpy(val_y).to(dev)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
+
+    for epoch in range(found.epoch + 1, train_cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        batches = batch_indices(len(y_train), train_cfg.batch_size, epoch_generator(train_cfg.seed, k, epoch))
+        train_loss = train_one_epoch(model, optimizer, loss_fn, x_train, y_train, batches, amp=amp)
+        train_s = time.perf_counter() - t0
+        val_loss, val_acc = score(predict(model, x_val, amp=amp), y_val)
+        scheduler.step()
+        metrics = {"epoch": epoch, "loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
+                   "images_per_s": len(y_train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr}
+        history.append(metrics)
+        ckpt_io.save_checkpoint(storage, k, {
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": ckpt_io.capture_rng(), "history": history,
+            "in_shape": list(in_shape), "classes": classes, **configs,
+        })
+        storage.append_line(f"{base}/metrics.jsonl", json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
+        ckpt_io.prune_checkpoints(storage, k, keep=train_cfg.keep_checkpoints)
+        log.info("branch %d epoch %d/%d: loss %.4f val_acc %s (%.0f img/s, %.2f s)", k, epoch, train_cfg.epochs,
+                 train_loss, "n/a" if val_acc is None else f"{val_acc:.4f}", metrics["images_per_s"], metrics["seconds"])
+        if on_epoch is not None:
+            on_epoch({**metrics, "k": k})
+
+    return _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history,
+                   (val_idx, val_y, x_val), found.epoch)
+
+
+def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:
+    """Make metrics.jsonl hold exactly the resumed checkpoint's epochs (1..e), atomically.
+
+    The checkpoint carries its own history, so a crash between writing
+    checkpoint e and appending line e, or a fallback past a corrupt
+    checkpoint, still ends with every epoch exactly once.
+    """
+    text = "".join(json.dumps(m) + "\n" for m in history)
+    if not history:
+        storage.remove(rel)
+    elif not storage.exists(rel) or storage.read_bytes(rel).decode() != text:
+        storage.write_text(rel, text)
+
+
+def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history, val, resumed_from):
+    """Write logits and rows of val/test, then result.json (last: it marks the branch finished)."""
+    base = f"branches/{k}"
+    test = _load_split(storage, manifest, "test", k, dev)
+    summary = {}
+    for split, (idx, y, x) in (("val", val), ("test", test)):
+        logits = predict(model, x, amp=amp)  # (N, classes)
+        nll, acc = score(logits, torch.from_numpy(y).to(dev))
+        storage.write_bytes(f"{base}/logits_{split}.npy", _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
+        storage.write_bytes(f"{base}/rows_{split}.npy", _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
+        summary[split] = (acc, nll)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    params = count_parameters(model)
+    result = {
+        "k": k, "model": configs["model_config"]["name"], "epochs": train_cfg.epochs, "params": params,
+        "model_bytes": 4 * params, "train_loss": history[-1]["loss"],
+        "val_acc": summary["val"][0], "val_nll": summary["val"][1],
+        "test_acc": summary["test"][0], "test_nll": summary["test"][1],
+        "train_seconds": sum(m["seconds"] for m in history),
+        "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
+        "peak_memory_bytes": int(peak), "device": str(dev), "in_shape": list(in_shape), "classes": classes,
+        "resumed_from_epoch": resumed_from, **configs,
+    }
+    storage.write_json(f"{base}/result.json", result)
+    log.info("branch %d finished: val_acc %s test_acc %s, %d params", k, result["val_acc"], result["test_acc"], params)
+    return result
