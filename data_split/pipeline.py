@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
@@ -27,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_split.config import SourceConfig, SplitConfig
-from data_split.sources import ImageSource, make_source
-from data_split.storage import RunStorage
+from data_split.sources import ImageSource, SourceError, make_source
+from data_split.storage import RunStorage, StorageError
 from data_split.transforms import spectral_components, transform_matrix
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def config_hash(source: SourceConfig, split: SplitConfig) -> str:
     """Content hash of everything that changes the written data (not of where it goes)."""
     cfg = {"manifest_version": MANIFEST_VERSION, "source": asdict(source), "split": asdict(split)}
     cfg["split"].pop("images_per_task")  # changes file boundaries, not content
+    cfg["source"].pop("download")  # fetching the files first does not change them
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
 
@@ -177,6 +179,24 @@ def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunSto
     return sink.records
 
 
+# A task's own error, as the last line of the traceback text Ray Data re-raises it in.
+_TASK_ERROR_RE = re.compile(r"^data_split\.(sources\.SourceError|storage\.StorageError): (.+)$", re.MULTILINE)
+
+
+def _task_error(e: Exception) -> Exception:
+    """The ``SourceError``/``StorageError`` a Ray task raised, rebuilt from ``e``; else ``e`` itself.
+
+    Ray Data wraps a failing task's exception in a ``UserCodeException`` that keeps only the
+    traceback text (not the exception object), so the message naming the bad file would be
+    buried in pages of traceback; this recovers it.
+    """
+    found = _TASK_ERROR_RE.findall(str(e))
+    if not found:
+        return e
+    kind, message = found[-1]
+    return (SourceError if kind == "sources.SourceError" else StorageError)(message)
+
+
 def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
     """The same files without Ray: the reference the benchmark compares against."""
     matrix = transform_matrix(split_cfg.transform, split_cfg.k)
@@ -270,7 +290,13 @@ def split_dataset(
         storage.remove("data")
 
     t0 = time.perf_counter()
-    records = _write_with_ray(source, split_cfg, storage)
+    try:
+        records = _write_with_ray(source, split_cfg, storage)
+    except Exception as e:  # no manifest was written: the run stays incomplete
+        err = _task_error(e)
+        if err is e:
+            raise
+        raise err from e
     manifest = build_manifest(source, source_cfg, split_cfg, records)
     storage.write_json(MANIFEST, manifest)  # last: its presence marks the split complete
     return SplitResult(manifest=manifest, up_to_date=False, seconds=time.perf_counter() - t0, records=records)

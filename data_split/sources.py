@@ -17,6 +17,7 @@ import gzip
 import logging
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def _read_idx_payload(path: Path, magic: int) -> tuple[tuple[int, ...], bytes]:
         with _open_maybe_gz(path) as f:
             shape = _read_idx_header(f, path, magic)
             payload = f.read()
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as e:  # zlib.error: a damaged deflate stream
         raise SourceError(f"{path}: cannot read ({e}); the file is truncated or corrupt") from e
     expected = int(np.prod(shape))
     if len(payload) != expected:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 S3_CONNECT_TIMEOUT_S = 5
 S3_READ_TIMEOUT_S = 60
 S3_MAX_ATTEMPTS = 3  # botocore attempts per request, before the error reaches us
+S3FS_RETRIES = 2  # s3fs attempts per call (each of them up to S3_MAX_ATTEMPTS botocore attempts)
 
 
 class StorageError(RuntimeError):
@@ -65,10 +66,13 @@ class RunStorage:
                     "read_timeout": S3_READ_TIMEOUT_S,
                     "retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
                 },
-                "retries": 2,  # s3fs's own retry loop on top of botocore's
                 "skip_instance_cache": True,
             }
         fs, _ = fsspec.core.url_to_fs(self.uri, **options)
+        if self.protocol == "s3":
+            # s3fs's own retry loop on top of botocore's. A class attribute, not a constructor
+            # option: passed to the constructor it reaches aiobotocore's session and every call fails.
+            fs.retries = S3FS_RETRIES
         return fs
 
     def __getstate__(self) -> dict[str, Any]:
@@ -178,9 +182,12 @@ class RunStorage:
         probe = f".probe-{uuid.uuid4().hex}"
         try:
             if self.protocol == "s3":
+                # head_bucket, not fs.exists: exists() answers False for an unreachable endpoint too.
                 bucket = self.root.split("/", 1)[0]
-                if not self.fs.exists(bucket):
-                    raise StorageError(f"bucket {bucket!r} of {self.describe_endpoint()} does not exist")
+                try:
+                    self.fs.call_s3("head_bucket", Bucket=bucket)
+                except FileNotFoundError:
+                    raise StorageError(f"bucket {bucket!r} of {self.describe_endpoint()} does not exist") from None
             self.write_bytes(probe, b"")
             self.fs.rm(self.path(probe))
         except StorageError:

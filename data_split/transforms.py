@@ -37,6 +37,10 @@ def _permute(a: Any, axes: tuple[int, ...]) -> Any:
 
 def _as_matrix_like(t: np.ndarray, like: Any) -> Any:
     """``t`` (float64 numpy) cast to ``like``'s dtype, library and device."""
+    # Casting T to an integer dtype would round its entries to 0/1 and return garbage silently.
+    floating = like.is_floating_point() if _is_torch(like) else np.issubdtype(like.dtype, np.floating)
+    if not floating:
+        raise ValueError(f"expected floating point values, got dtype {like.dtype}; convert (e.g. pixels / 255) first")
     if _is_torch(like):
         import torch
 
