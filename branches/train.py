@@ -132,6 +132,31 @@ def _npy(arr: np.ndarray) -> bytes:
 
 
 # -- the loop -----------------------------------------------------------------------------------------------
+def _stored_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: dict) -> dict:
+    """What a stored branch must match to be resumed or reused; the split's hash catches a re-split with other data."""
+    return {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg), "split_config_hash": manifest["config_hash"]}
+
+
+def finished_result(storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                    manifest: dict | None = None) -> dict | None:
+    """Branch ``k``'s result.json when it already finished exactly this training, else None.
+
+    Raises ``BranchConflictError`` when the stored branch came from another
+    configuration; removes a result of the same run with another epoch count
+    (the run is being extended or shortened).
+    """
+    rel = f"branches/{k}/result.json"
+    if not storage.exists(rel):
+        return None
+    manifest = manifest or load_manifest(storage)
+    done = storage.read_json(rel)
+    ckpt_io.check_same_run(storage, k, done, _stored_configs(model_cfg, train_cfg, manifest))
+    if done.get("epochs") == train_cfg.epochs:
+        return done
+    storage.remove(rel)
+    return None
+
+
 def train_branch(
     storage: RunStorage,
     k: int,
@@ -147,20 +172,13 @@ def train_branch(
     if not 0 <= k < n_branches:
         raise ValueError(f"branch k={k} is out of range: the split at {storage.url('data')} has K={n_branches} "
                          f"branches (k = 0..{n_branches - 1})")
-    base, dev = f"branches/{k}", torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     in_shape = tuple(int(d) for d in manifest["split"]["branch_shape"])
     classes = int(manifest["source"]["classes"])
-    # What a stored branch must match to be resumed or reused; the split's hash catches a re-split with other data.
-    configs = {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg),
-               "split_config_hash": manifest["config_hash"]}
-
-    if storage.exists(f"{base}/result.json"):
-        done = storage.read_json(f"{base}/result.json")
-        ckpt_io.check_same_run(storage, k, done, configs)
-        if done.get("epochs") == train_cfg.epochs:
-            log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(base), done["epochs"])
-            return done
-        storage.remove(f"{base}/result.json")  # stale now: the run is being extended or shortened
+    configs = _stored_configs(model_cfg, train_cfg, manifest)
+    if (done := finished_result(storage, k, model_cfg, train_cfg, manifest)) is not None:
+        log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(f"branches/{k}"), done["epochs"])
+        return done
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)

@@ -1,0 +1,91 @@
+"""One branch as an isolated Ray actor.
+
+The actor owns one branch ``k``: it reads only branch ``k``'s shards, trains
+with plain PyTorch (``branches.train_branch``), checkpoints every epoch, and
+talks to nobody but the driver's progress board. No process group, no
+collective: zero communication between branches.
+
+Recovery: the actor class is created with ``max_restarts``; when its process
+dies, Ray re-creates it and retries ``train`` (``max_task_retries``), which
+resumes from the newest valid checkpoint, so at most one epoch is lost.
+``train`` is idempotent (a finished branch returns its ``result.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import ray
+
+from branches.config import ModelConfig, TrainConfig
+from data_split.storage import RunStorage
+
+log = logging.getLogger(__name__)
+
+
+class RecordingStorage(RunStorage):
+    """RunStorage that remembers every file it read (to prove branch isolation)."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+        super().__init__(uri, endpoint_url)
+        object.__setattr__(self, "reads", [])
+
+    def read_bytes(self, rel: str) -> bytes:
+        self.reads.append(rel)
+        return super().read_bytes(rel)
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Latest status per branch, written by branch actors, polled by the driver."""
+
+    def __init__(self) -> None:
+        self.status: dict[int, dict] = {}
+
+    def update(self, k: int, status: dict) -> None:
+        self.status[k] = {**self.status.get(k, {}), **status}
+
+    def snapshot(self) -> dict[int, dict]:
+        return self.status
+
+
+class BranchActor:
+    """Created through ``ray.remote(...)`` by the launcher with per-branch resources."""
+
+    def __init__(self, storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig, board: Any) -> None:
+        self.storage = RecordingStorage(storage.uri, storage.endpoint_url)
+        self.k, self.model_cfg, self.train_cfg, self.board = k, model_cfg, train_cfg, board
+        self.board.update.remote(k, {"state": "starting", **self.placement()})
+
+    def placement(self) -> dict:
+        ctx = ray.get_runtime_context()
+        return {
+            "node_id": ctx.get_node_id(),
+            "host": socket.gethostname(),
+            "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
+
+    def train(self) -> dict:
+        from branches import train_branch
+
+        def on_epoch(metrics: dict) -> None:
+            self.board.update.remote(self.k, {"state": "training", **metrics})
+
+        self.board.update.remote(self.k, {"state": "training"})
+        result = train_branch(self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch)
+        import torch.distributed as dist
+
+        isolation = {
+            "process_group": dist.is_available() and dist.is_initialized(),
+            "files_read": sorted(set(self.storage.reads)),
+        }
+        placement = self.placement()
+        # Beside result.json, for checks from outside the job's driver (which alone gets the return value).
+        self.storage.write_json(f"branches/{self.k}/placement.json", {"placement": placement, "isolation": isolation})
+        self.board.update.remote(self.k, {"state": "done", "val_acc": result.get("val_acc")})
+        return {**result, "placement": placement, "isolation": isolation}

@@ -1,0 +1,114 @@
+"""Launching and watching K branch actors.
+
+All unfinished branches are launched at once (Ray queues whatever the cluster
+cannot hold yet; see ``placement``). The driver polls a progress board for
+live status, logs where each branch landed, and collects results. A branch
+that fails past its restart limit does not stop the others: when everything
+has settled the run fails with ``BranchFailedError`` naming each failed branch
+and its last exception, and the finished branches' outputs stay on storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import ray
+
+from branches import finished_result
+from branches.config import ModelConfig, TrainConfig
+from data_split.storage import RunStorage, StorageError
+from orchestrator.branch_actor import BranchActor, ProgressBoard
+from orchestrator.config import ResourcesConfig
+from orchestrator.placement import PlacementPlan, cluster_nodes, plan_placement
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.5
+# Exceptions worth another try: storage hiccups. Anything else (bad data, config conflicts, bugs) fails the
+# same way every time, so it fails the branch at once. A dead process is always restarted (max_restarts).
+RETRYABLE_EXCEPTIONS = [StorageError, OSError]
+
+
+class BranchFailedError(RuntimeError):
+    """One or more branches failed past their restart limit."""
+
+    def __init__(self, failures: dict[int, str]) -> None:
+        self.failures = failures
+        lines = "; ".join(f"branch {k}: {err}" for k, err in sorted(failures.items()))
+        super().__init__(f"{len(failures)} branch(es) failed: {lines}")
+
+
+@dataclass
+class TrainingOutcome:
+    results: dict[int, dict]  # k -> result.json contents (+ placement/isolation for branches run now)
+    skipped: list[int] = field(default_factory=list)  # branches already finished before this call
+    plan: PlacementPlan | None = None
+
+
+def _last_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
+
+
+def train_branches(
+    storage: RunStorage,
+    branches: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    resources: ResourcesConfig,
+    *,
+    on_progress: Callable[[dict[int, dict]], None] | None = None,
+) -> TrainingOutcome:
+    """Train every unfinished branch as its own actor; return when all have settled."""
+    results: dict[int, dict] = {}
+    for k in range(branches):
+        if (done := finished_result(storage, k, model_cfg, train_cfg)) is not None:
+            results[k] = done
+    skipped = sorted(results)
+    if skipped:
+        log.info("branches %s already finished: skipping them", skipped)
+    todo = [k for k in range(branches) if k not in results]
+    if not todo:
+        return TrainingOutcome(results, skipped)
+
+    plan = plan_placement(len(todo), resources, cluster_nodes())
+    log.info("placement plan: %s", plan.describe())
+    board = ProgressBoard.remote()
+    actor_cls = ray.remote(BranchActor).options(
+        num_cpus=plan.cpus_per_branch,
+        num_gpus=plan.gpus_per_branch,
+        max_restarts=resources.max_restarts,
+        max_task_retries=resources.max_restarts,
+    )
+    actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board) for k in todo}
+    pending = {actors[k].train.options(retry_exceptions=RETRYABLE_EXCEPTIONS).remote(): k for k in todo}
+    failures: dict[int, str] = {}
+    placed: set[int] = set()
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_INTERVAL_S)
+            for ref in ready:
+                k = pending.pop(ref)
+                try:
+                    results[k] = ray.get(ref)
+                except Exception as e:  # RayActorError, RayTaskError(...): the branch is out of retries
+                    failures[k] = _last_line(e)
+                    log.error("branch %d failed: %s", k, failures[k])
+                ray.kill(actors.pop(k))  # frees its CPU/GPU for a queued branch
+            snapshot = ray.get(board.snapshot.remote())
+            for k, status in sorted(snapshot.items()):
+                if k not in placed and "node_id" in status:
+                    placed.add(k)
+                    gpus = ",".join(status["gpu_ids"]) or "none"
+                    log.info("branch %d on node %s (%s, pid %s), GPU %s", k, status["ip"], status["node_id"][:8], status["pid"], gpus)
+            if on_progress:
+                on_progress(snapshot)
+    finally:
+        for actor in actors.values():
+            ray.kill(actor)
+        ray.kill(board)
+    if failures:
+        raise BranchFailedError(failures)
+    return TrainingOutcome(results, skipped, plan)
