@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 from conftest import free_port
 from data_split import RunStorage
+from test_multinode import node_ports, ray_env, stop_ray_processes
 
 pytestmark = pytest.mark.slow
 
@@ -19,22 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _env() -> dict:
-    # Token auth is on by default for local clusters (Ray >= 2.59): disable it for both sides.
-    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
 @pytest.fixture
-def ray_head(tmp_path):
-    port, dashboard = free_port(), free_port()
-    temp_dir = tmp_path / "ray"
-    cmd = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={port}", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dashboard}", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=120)
+def ray_head():
+    """A one-node cluster with the dashboard (job submission); stopped by killing only its own processes."""
+    temp_dir = tempfile.mkdtemp(prefix="stn-jobs-", dir="/tmp")  # short: Ray's unix sockets live under it
+    dashboard = free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dashboard}", "--disable-usage-stats", f"--temp-dir={temp_dir}", *node_ports()]
     try:
+        proc = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+        stop_ray_processes([temp_dir])
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_submission_runs_the_whole_job(ray_head, tmp_path):
@@ -49,7 +49,7 @@ def test_job_submission_runs_the_whole_job(ray_head, tmp_path):
     }))
     submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
               "spectral", "run", "--config", str(config), "--storage", str(run_uri)]
-    proc = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(submit, env=ray_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     storage = RunStorage(str(run_uri))
