@@ -340,6 +340,8 @@ def _download(cfg: SourceConfig, root: Path) -> None:
 def make_source(cfg: SourceConfig) -> ImageSource:
     """The source named by ``cfg``, validated (raises ``SourceError`` naming the bad file)."""
     default_roots = {"fashion-mnist": FASHION_MNIST_DEBIAN_ROOT, "mnist": "./data/mnist", "cifar10": "./data/cifar10"}
+    if cfg.download:  # the Debian folder is read-only: downloads go under ./data like the others
+        default_roots["fashion-mnist"] = "./data/fashion-mnist"
     root = Path(os.path.expanduser(cfg.root or default_roots.get(cfg.name, ".")))
     if cfg.download and cfg.name in default_roots:
         _download(cfg, root)

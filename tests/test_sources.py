@@ -141,6 +141,23 @@ def test_download_calls_torchvision(tmp_path, monkeypatch, name, cls_name):
         np.testing.assert_array_equal(got_y, y)
 
 
+def test_download_without_root_goes_under_data_not_the_read_only_debian_folder(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    roots = []
+
+    class Fake:
+        def __init__(self, root, train=True, download=False, **kwargs):
+            roots.append(root)
+            write_mnist_files(Path(root) / "FashionMNIST" / "raw", mnist_arrays(n_train=5, n_test=3, seed=5), gz=True)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Fake)
+    source = make_source(SourceConfig(name="fashion-mnist", download=True))
+    assert set(roots) == {"data/fashion-mnist"}
+    assert source.count("train") == 5
+
+
 def test_no_download_by_default(tmp_path, monkeypatch):
     import torchvision.datasets
 
