@@ -19,6 +19,7 @@ import yaml
 
 from branches.config import ModelConfig, TrainConfig
 from data_split.config import SourceConfig, SplitConfig, StorageConfig
+from tune.config import SweepConfig, TuneConfig
 
 WEIGHT_RULES = ("uniform", "geometric", "tuned")
 
@@ -74,6 +75,8 @@ class SpectralConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # ensemble-weight search (ensemble.weights: tuned)
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # `spectral sweep`: hyperparameter search
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,6 +100,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0])
+    if tp is typing.Any:
+        return value
+    if origin is dict:  # e.g. sweep.space: {dotted key: {distribution: args}}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {_convert(k, key_tp, f"{key}.{k}"): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")

@@ -1,0 +1,152 @@
+"""Configuration of the Ray Tune parts: the ensemble-weight search (``tune:``) and sweeps (``sweep:``).
+
+Pure dataclasses validated on construction (no Ray import here: ``orchestrator.config``
+assembles them into ``SpectralConfig``). A sweep's search space is YAML, keyed by the
+dotted config key it overrides:
+
+    sweep:
+      space:
+        train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        train.weight_decay: {choice: [0.0, 1.0e-4]}
+        train.batch_size: {choice: [64, 128]}
+        model.width: {randint: [64, 256]}      # inclusive bounds
+        train.epochs: {choice: [2, 4]}
+
+Only ``train.<field>`` and ``model.width`` are searchable; any other key is an error that
+names it. ``randint`` bounds are inclusive (Tune's own upper bound is exclusive; we add one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from branches.config import TrainConfig
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+SEARCHABLE_MODEL_KEYS = ("model.width",)
+SWEEP_METRICS = {"val_acc": "max", "val_loss": "min", "loss": "min"}  # metric -> its natural mode
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass(kw_only=True, frozen=True)
+class TuneConfig:
+    """``tune:`` the Ray Tune search of ensemble weights on the validation logits (``ensemble.weights: tuned``)."""
+
+    num_samples: int = 64  # Tune trials; each starts from one TPE proposal
+    # A trial costs ~0.3-1.3 s of Tune overhead but scoring one weight vector costs ~1 ms, so each trial
+    # scores this many in a local search from its proposal (tune._simplex.local_search) and reports the best.
+    candidates_per_trial: int = 64  # 1 = plain TPE, one weight vector per trial
+    seed: int = 0  # seed of the TPE sampler and of the local searches
+    max_concurrent: int = 2  # trials at once; TPE only learns from finished trials, so more is closer to random
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"tune.num_samples must be >= 1, got {self.num_samples}")
+        if self.candidates_per_trial < 1:
+            raise ValueError(f"tune.candidates_per_trial must be >= 1, got {self.candidates_per_trial}")
+        if self.max_concurrent < 1:
+            raise ValueError(f"tune.max_concurrent must be >= 1, got {self.max_concurrent}")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched config key and its distribution, e.g. ``train.lr ~ loguniform(1e-4, 1e-2)``."""
+
+    key: str  # dotted config key: train.<field> or model.width
+    kind: str  # one of DISTRIBUTIONS
+    args: tuple  # (low, high) for ranges, the values for choice
+
+    def values_to_check(self) -> list:
+        """Values that must each give a valid config: both bounds, or every choice."""
+        return list(self.args)
+
+
+def _searchable_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    types = {f"train.{f.name}": hints[f.name] for f in dataclasses.fields(TrainConfig)}
+    return types | {"model.width": int}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_dimension(key: str, spec: Any) -> Dimension:
+    """Check one ``space`` entry; the error names ``sweep.space.<key>``."""
+    where = f"sweep.space.{key}"
+    types = _searchable_types()
+    if key not in types:
+        raise ValueError(f"{where}: {key!r} is not searchable; searchable keys are train.<field> "
+                         f"({', '.join(k.split('.', 1)[1] for k in types if k.startswith('train.'))}) and model.width")
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"{where}: expected one distribution such as {{loguniform: [1e-4, 1e-2]}}, got {spec!r}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"{where}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(args, (list, tuple)) or not args:
+        raise ValueError(f"{where}: {kind} expects a non-empty list, got {args!r}")
+    if kind == "choice":
+        return Dimension(key, kind, tuple(args))
+    if len(args) != 2 or not all(_is_number(a) for a in args) or not args[0] < args[1]:
+        raise ValueError(f"{where}: {kind} expects [low, high] numbers with low < high, got {args!r}")
+    if kind == "loguniform" and args[0] <= 0:
+        raise ValueError(f"{where}: loguniform needs low > 0, got {args!r}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise ValueError(f"{where}: randint expects integer bounds, got {args!r}")
+    allowed = (float,) if kind in ("uniform", "loguniform") else (int, float)
+    if types[key] not in allowed:
+        name = getattr(types[key], "__name__", str(types[key]))
+        raise ValueError(f"{where}: {key} takes {name} values, which {kind} does not draw; use choice"
+                         + (" or randint" if types[key] is int else ""))
+    return Dimension(key, kind, tuple(args))
+
+
+def parse_space(space: dict[str, Any]) -> list[Dimension]:
+    """All dimensions of a sweep space, in the order written."""
+    return [parse_dimension(key, spec) for key, spec in space.items()]
+
+
+@dataclass(kw_only=True, frozen=True)
+class SweepConfig:
+    """``sweep:`` a Ray Tune search over branch-training hyperparameters (``spectral sweep``)."""
+
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # dotted key -> {distribution: args}
+    num_samples: int = 16  # trials (configurations) to train
+    branches: list[int] = field(default_factory=lambda: [0])  # branches each trial trains; metric = their mean
+    metric: str = "val_acc"  # one of SWEEP_METRICS, reported every epoch
+    mode: str | None = None  # "max" or "min"; None: the metric's natural mode
+    scheduler: str = "asha"  # "asha" (early stopping) or "fifo" (every trial runs all its epochs)
+    grace_period: int = 1  # ASHA: epochs every trial runs before it may be stopped
+    reduction_factor: float = 2.0  # ASHA: keep the best 1/reduction_factor of trials at each rung
+    max_concurrent: int = 2  # trials at once (each also needs its branches' resources)
+    seed: int = 0  # seed of the TPE sampler
+
+    def __post_init__(self) -> None:
+        parse_space(self.space)  # raises naming the key
+        if self.num_samples < 1:
+            raise ValueError(f"sweep.num_samples must be >= 1, got {self.num_samples}")
+        if not self.branches or any(k < 0 for k in self.branches) or len(set(self.branches)) != len(self.branches):
+            raise ValueError(f"sweep.branches must be distinct branch indices >= 0, got {self.branches}")
+        if self.metric not in SWEEP_METRICS:
+            raise ValueError(f"sweep.metric: unknown metric {self.metric!r}; expected one of {', '.join(SWEEP_METRICS)}")
+        if self.mode not in (None, "max", "min"):
+            raise ValueError(f"sweep.mode must be 'max' or 'min', got {self.mode!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"sweep.scheduler: unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+        if self.grace_period < 1:
+            raise ValueError(f"sweep.grace_period must be >= 1 epoch, got {self.grace_period}")
+        if self.reduction_factor <= 1:
+            raise ValueError(f"sweep.reduction_factor must be > 1, got {self.reduction_factor}")
+        if self.max_concurrent < 1:
+            raise ValueError(f"sweep.max_concurrent must be >= 1, got {self.max_concurrent}")
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or SWEEP_METRICS[self.metric]
+
+    @property
+    def dimensions(self) -> list[Dimension]:
+        return parse_space(self.space)
