@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
-
 import ray
 
 from branches.config import ModelConfig, TrainConfig
@@ -55,9 +53,12 @@ class ProgressBoard:
 class BranchActor:
     """Created through ``ray.remote(...)`` by the launcher with per-branch resources."""
 
-    def __init__(self, storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig, board: Any) -> None:
+    def __init__(self, storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig, board: str) -> None:
+        # The board comes by name, not as a handle: a handle argument lives in the object store, and
+        # a restart after it is gone would fail (ray-project/ray#53727).
         self.storage = RecordingStorage(storage.uri, storage.endpoint_url)
-        self.k, self.model_cfg, self.train_cfg, self.board = k, model_cfg, train_cfg, board
+        self.k, self.model_cfg, self.train_cfg = k, model_cfg, train_cfg
+        self.board = ray.get_actor(board)
         self.board.update.remote(k, {"state": "starting", **self.placement()})
 
     def placement(self) -> dict:

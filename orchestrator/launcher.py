@@ -11,6 +11,7 @@ and its last exception, and the finished branches' outputs stay on storage.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,14 +76,15 @@ def train_branches(
 
     plan = plan_placement(len(todo), resources, cluster_nodes())
     log.info("placement plan: %s", plan.describe())
-    board = ProgressBoard.remote()
+    board_name = f"spectral-progress-{uuid.uuid4().hex[:12]}"
+    board = ProgressBoard.options(name=board_name).remote()
     actor_cls = ray.remote(BranchActor).options(
         num_cpus=plan.cpus_per_branch,
         num_gpus=plan.gpus_per_branch,
         max_restarts=resources.max_restarts,
         max_task_retries=resources.max_restarts,
     )
-    actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board) for k in todo}
+    actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board_name) for k in todo}
     pending = {actors[k].train.options(retry_exceptions=RETRYABLE_EXCEPTIONS).remote(): k for k in todo}
     failures: dict[int, str] = {}
     placed: set[int] = set()
