@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -36,3 +37,34 @@ def init_ray(cfg: RayConfig, *, quiet: bool = False) -> None:
         resources.get("CPU", 0),
         resources.get("GPU", 0),
     )
+
+
+def cluster_side(fn):
+    """Decorator of the API steps: with a ``ray://`` address, run the whole call as a task on the head.
+
+    Ray Data cannot execute a pipeline from a Ray Client process (2.60: its executor needs a core
+    worker, which a client lacks), so the split, and with it ``run``, would fail there. Instead the
+    call runs on the head node like a job's driver (the project must be installed on the nodes, as
+    ``cluster.yaml`` does), with ``ray.address`` cleared so that inside it nothing is redirected again,
+    and its result comes back. ``on_progress`` callbacks cannot cross: they are dropped (see the
+    dashboard, or use ``ray job submit`` with the CLI's live table).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kwargs):
+        if not (cfg.ray.address or "").startswith("ray://"):
+            return fn(cfg, *args, **kwargs)
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        init_ray(cfg.ray)
+        if kwargs.pop("on_progress", None) is not None:
+            log.info("%s through Ray Client: progress is not streamed back", fn.__name__)
+        head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None)
+        options = {"num_cpus": 0, "max_retries": 0}
+        if head:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
+        task = ray.remote(wrapper).options(**options)  # by reference: the module's decorated function
+        return ray.get(task.remote(cfg.replace(**{"ray.address": None}), *args, **kwargs))
+
+    return wrapper

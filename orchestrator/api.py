@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from data_split import RunStorage, SplitResult, load_manifest, split_dataset
-from orchestrator._ray import init_ray
+from orchestrator._ray import cluster_side, init_ray
 from orchestrator.config import SpectralConfig
 from orchestrator.ensemble import EnsembleResult, evaluate_ensemble, weight_rule, write_weights
 from orchestrator.launcher import TrainingOutcome, train_branches
@@ -37,12 +37,14 @@ def baseline_storage(cfg: SpectralConfig) -> RunStorage:
     return RunStorage(cfg.storage.uri.rstrip("/") + "/" + BASELINE_DIR, cfg.storage.endpoint_url)
 
 
+@cluster_side
 def split(cfg: SpectralConfig, *, overwrite: bool = False) -> SplitResult:
     """Write the K spectral sub-datasets (skipped when already up to date)."""
     init_ray(cfg.ray)
     return split_dataset(cfg.source, cfg.split, run_storage(cfg), overwrite=overwrite)
 
 
+@cluster_side
 def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> TrainingOutcome:
     """Train every unfinished branch as an isolated actor (the split must exist)."""
     init_ray(cfg.ray)
@@ -71,6 +73,7 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     return chosen
 
 
+@cluster_side
 def evaluate(cfg: SpectralConfig) -> dict:
     """Ensemble plus report (``report/report.json``, ``report.md``, plots); returns the report."""
     init_ray(cfg.ray)
@@ -78,6 +81,7 @@ def evaluate(cfg: SpectralConfig) -> dict:
     return build_report(run_storage(cfg))
 
 
+@cluster_side
 def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> dict:
     """The same network on full-resolution images, same optimizer and epochs, under ``<run>/baseline``.
 
@@ -104,6 +108,7 @@ class RunResult:
     paths: dict = field(default_factory=dict)
 
 
+@cluster_side
 def run(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: ProgressFn | None = None) -> RunResult:
     """The whole job: split if needed, train, ensemble, report."""
     split_result = split(cfg, overwrite=overwrite)

@@ -1,0 +1,43 @@
+"""benchmarks/gpu_check.sh --cpu-smoke: the GPU check's whole path in seconds on a CPU (one logical GPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_smoke_writes_every_number(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path)}  # the JSON goes to $OUT/gpu_check.json
+    proc = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+
+    assert record["mode"] == "cpu-smoke" and record["epochs"] == 1 and record["split"]["K"] == 4
+    assert record["machine"]["ray"].startswith("2.60") and record["command"]
+    assert set(record["models"]) == {"fc8", "cnn8"}
+    for model, r in record["models"].items():
+        base, spectral = r["baseline"], r["spectral_sub4"]
+        assert base["gpus"] == 1.0 and base["gpu_ids"] == ["0"]
+        assert base["in_shape"] == [1, 28, 28]
+        assert spectral["gpus_per_branch"] == 0.25
+        assert [b["k"] for b in spectral["branches"]] == [0, 1, 2, 3]
+        for b in spectral["branches"]:
+            assert b["gpu_ids"] == ["0"], b  # four quarter-GPU actors on the one (logical) GPU
+            assert b["in_shape"] == [1, 14, 14]
+            assert b["images_per_s"] > 0 and b["peak_gpu_memory_bytes"] > 0 and 0 <= b["test_acc"] <= 1
+            assert b["peak_memory_kind"] == "process_max_rss"  # no CUDA here: torch trained on the CPU
+        assert spectral["source_images_per_s"] > 0 and base["images_per_s"] > 0
+        assert spectral["branch_vs_baseline_peak_memory"] > 0
+        assert set(spectral["ensembles"]) >= {"uniform", "geometric"} and spectral["chosen_ensemble"] == "geometric"
+        assert 0 <= spectral["ensemble_test_acc"] <= 1 and 0 <= base["test_acc"] <= 1
+    # the fixed-width table, one baseline row per model
+    assert proc.stdout.count("baseline, 1 GPU") == 2

@@ -1,0 +1,82 @@
+"""Real branch actors on fake GPUs: ``ray.init(num_gpus=1)`` on a machine without one.
+
+Ray hands each actor a GPU id (and ``CUDA_VISIBLE_DEVICES``) from the logical GPUs it was told about;
+torch still finds no CUDA device and trains on the CPU. That is enough to check the placement plan
+end to end: with ``gpus_per_branch: 0.5``, K=4 branches share GPU 0 two at a time, and the launcher
+logs and returns where each one ran.
+
+The cluster is a separate ``ray.init`` in a subprocess: the session's shared ``ray_session`` (no GPUs)
+may already be initialised in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+DRIVER = textwrap.dedent(
+    """
+    import json, logging, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import tiny_config  # also sets the test environment (fake AWS keys, no auth, no usage stats)
+
+    import ray
+    from ray.data import DataContext
+    from data_split import RunStorage, split_dataset
+    from orchestrator.config import ResourcesConfig
+    from orchestrator.launcher import train_branches
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    DataContext.get_current().enable_progress_bars = False
+    cfg = tiny_config({uri!r})
+    storage = RunStorage(cfg.storage.uri)
+    split_dataset(cfg.source, cfg.split, storage)
+
+    busy = []  # per poll: how many branches held GPU 0 and had not finished
+    def on_progress(snapshot):
+        busy.append(sum(1 for s in snapshot.values() if s.get("state") != "done" and s.get("gpu_ids") == ["0"]))
+
+    resources = ResourcesConfig(gpus_per_branch=0.5, cpus_per_branch=1, max_restarts=0)
+    outcome = train_branches(storage, 4, cfg.model, cfg.train, resources, on_progress=on_progress)
+    print(json.dumps({{
+        "plan": vars(outcome.plan),
+        "results": {{k: {{"placement": r["placement"], "device": r["device"]}} for k, r in outcome.results.items()}},
+        "busy": busy,
+    }}))
+    """
+)
+
+
+def test_half_gpu_branches_share_gpu_0_two_at_a_time(tmp_path):
+    code = DRIVER.format(tests=str(TESTS), uri=str(tmp_path / "run"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # The plan: 0.5 GPU each on one GPU -> 2 at once, 2 waves (documented in orchestrator/placement.py).
+    assert out["plan"] == {"branches": 4, "gpus_per_branch": 0.5, "cpus_per_branch": 1.0, "concurrent": 2, "waves": 2}
+    assert "placement plan: 4 branches x (0.5 GPU, 1 CPU): 2 at once, 2 wave(s)" in proc.stderr
+
+    results = {int(k): r for k, r in out["results"].items()}
+    assert sorted(results) == [0, 1, 2, 3]
+    for k, r in results.items():
+        assert r["placement"]["gpu_ids"] == ["0"], (k, r)
+        assert r["device"] == "cpu"  # a logical GPU only: torch found no CUDA device
+        # The launcher printed where the branch landed, GPU included.
+        assert re.search(rf"branch {k} on node \S+ \(\w+, pid {r['placement']['pid']}\), GPU 0\b", proc.stderr), k
+    assert len({r["placement"]["pid"] for r in results.values()}) == 4  # one actor process per branch
+    # Ray never ran more than two half-GPU branches on the single GPU, and did run two together.
+    assert max(out["busy"]) == 2, out["busy"]

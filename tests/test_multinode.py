@@ -1,0 +1,269 @@
+"""Across nodes: a two-node Ray cluster on this machine, a whole job submitted to it, storage on S3.
+
+A head (``ray start --head``) and a second node (``ray start --address``), each with 2 CPUs and its own
+custom resource, temp dir and ports; branches at 1 CPU each, so the 4 branches of a sub4 split cannot
+all fit on one node. The job is ``spectral run`` through ``ray job submit``, its storage
+``s3://test-bucket/...`` on the loopback S3 endpoint, the AWS keys passed in the job's runtime env
+(the Ray nodes themselves are started without them). Checked from outside the job: every branch's
+``placement.json`` (node and files read, written by the branch actor) and every output of DESIGN.md
+section 3. A second test drives the same cluster through the Python API with a ``ray://`` address.
+
+The cluster is stopped by killing its own processes (found by their temp dirs): ``ray stop`` would
+stop every Ray on the machine, other test sessions' included.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import free_port
+from data_split import RunStorage
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+K = 4
+EPOCHS = 2
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def ray_env(**extra: str) -> dict:
+    """The environment of `ray start` / `ray job submit`: no token auth, no usage stats, no AWS keys."""
+    env = {k: v for k, v in os.environ.items() if k not in AWS_KEYS and k != "RAY_ADDRESS"}
+    return {**env, "PATH": f"{BIN}:{env['PATH']}", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+def node_ports() -> list[str]:
+    """Per-node ports that default to fixed numbers (two nodes on one machine, or another test's node, would clash)."""
+    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")
+    return [f"--{name}={free_port()}" for name in names]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line), read from /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        out[int(entry.name)] = (ppid, cmdline)
+    return out
+
+
+def stop_ray_processes(temp_dirs: list[str], grace_s: float = 5.0) -> None:
+    """Stop the Ray processes that belong to these temp dirs, and their children (workers, agents, jobs).
+
+    Ray's own processes carry their temp dir in their command line (``--temp-dir``, session, log and
+    socket paths); workers are the raylet's children. Nothing else on the machine is touched.
+    """
+    procs = _processes()
+    mine = {pid for pid, (_, cmd) in procs.items() if any(d in cmd for d in temp_dirs) and pid != os.getpid()}
+    while True:  # add descendants
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine
+        if not more:
+            break
+        mine |= more
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            mine = {pid for pid in mine if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+            if not mine:
+                return
+            time.sleep(0.2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass
+class TwoNodeCluster:
+    address: str  # GCS, host:port
+    dashboard: str  # http://127.0.0.1:port (jobs, state API)
+    client: str  # ray://127.0.0.1:port (Ray Client, for the Python API from outside the cluster)
+
+    def nodes(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.dashboard}/api/v0/nodes?detail=1", timeout=30) as r:
+            return json.load(r)["data"]["result"]["result"]
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    # Short temp dirs: Ray's unix sockets live under them (a path limit of ~107 bytes).
+    temp_dirs = [tempfile.mkdtemp(prefix="stn-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stn-node-", dir="/tmp")]
+    port, dashboard, client = free_port(), free_port(), free_port()
+    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000",
+              "--disable-usage-stats"]
+    head = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", '--resources={"head": 1}',
+            f"--temp-dir={temp_dirs[0]}", *common, *node_ports()]
+    second = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"second": 1}',
+              f"--temp-dir={temp_dirs[1]}", *common, *node_ports()]
+    try:
+        # The Ray Client proxy gives a new client's server 30 s to start; a loaded 2-core machine needs more.
+        env = ray_env(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180")
+        for cmd in (head, second):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+            assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        cluster = TwoNodeCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}")
+        deadline = time.monotonic() + 60
+        while len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) < 2:
+            assert time.monotonic() < deadline, f"the second node never joined: {cluster.nodes()}"
+            time.sleep(1)
+        yield cluster
+    finally:
+        stop_ray_processes(temp_dirs)
+        left = [cmd[:120] for _, cmd in _processes().values() if any(d in cmd for d in temp_dirs)]
+        assert not left, f"processes of the test's cluster survived: {left}"
+        for d in temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def job_config(path: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "source": {"name": "synthetic", "synthetic": {"train": 400, "test": 100, "height": 8, "width": 8, "classes": 4}},
+        "split": {"rows": 2, "cols": 2},
+        "model": {"name": "fc4"},
+        "train": {"epochs": EPOCHS, "batch_size": 64},
+        # 1 CPU per branch on 2-CPU nodes: at most 2 branches per node, so 4 branches need both nodes.
+        "resources": {"gpus_per_branch": 0, "cpus_per_branch": 1, "max_restarts": 1},
+        "ensemble": {"weights": "geometric"},
+    }))
+    return path
+
+
+def submit(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str) -> subprocess.CompletedProcess:
+    runtime_env = {"env_vars": {k: os.environ[k] for k in AWS_KEYS}}  # the fake keys of the loopback S3
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps(runtime_env), "--",
+           "spectral", "run", "--config", str(config), "--storage", uri, "--set", f"storage.endpoint_url={endpoint}"]
+    return subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
+
+
+def npy(storage: RunStorage, rel: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(rel)))
+
+
+def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_node_cluster, s3_endpoint, tmp_path):
+    uri = "s3://test-bucket/multinode/run"
+    proc = submit(two_node_cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "succeeded" in proc.stdout
+
+    nodes = {n["node_id"]: n for n in two_node_cluster.nodes()}
+    head_id = next(i for i, n in nodes.items() if n["is_head_node"])
+    second_id = next(i for i, n in nodes.items() if not n["is_head_node"])
+    assert "second" in nodes[second_id]["resources_total"]
+
+    storage = RunStorage(uri, s3_endpoint)
+    manifest = storage.read_json("data/manifest.json")
+    assert manifest["split"]["K"] == K
+    classes = manifest["source"]["classes"]
+
+    # -- placement and isolation, as each branch actor recorded them --------------------------------
+    placed_on = {}
+    for k in range(K):
+        record = storage.read_json(f"branches/{k}/placement.json")
+        placed_on[k] = record["placement"]["node_id"]
+        assert record["placement"]["gpu_ids"] == []
+        assert record["isolation"]["process_group"] is False
+        shards = [f for f in record["isolation"]["files_read"] if f.startswith("data/") and f.endswith(".parquet")]
+        assert {f.split("/")[1] for f in shards} == {"train", "val", "test"}, shards
+        foreign = [f for f in shards if not re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f)]
+        assert not foreign, f"branch {k} read other branches' shards: {foreign}"
+        own = {f for b in manifest["branches"] if b["k"] == k for s in b["splits"].values() for f in s["files"]}
+        assert set(shards) == own, f"branch {k} read {sorted(shards)}, its shards are {sorted(own)}"
+    assert set(placed_on.values()) == {head_id, second_id}, f"branches not spread over both nodes: {placed_on}"
+    assert sorted(list(placed_on.values()).count(n) for n in (head_id, second_id)) == [2, 2]
+
+    # -- every output of DESIGN.md section 3 --------------------------------------------------------
+    for split in ("train", "val", "test"):
+        for k in range(K):
+            parts = [p for p in storage.ls(f"data/{split}/branch={k}") if p.endswith(".parquet")]
+            assert parts, f"no parquet for {split} branch {k}"
+    for k in range(K):
+        base = f"branches/{k}"
+        for e in range(1, EPOCHS + 1):
+            assert storage.exists(f"{base}/checkpoints/epoch={e}.pt"), f"{base}: epoch {e} checkpoint"
+        metrics = [json.loads(line) for line in storage.read_bytes(f"{base}/metrics.jsonl").decode().splitlines()]
+        assert [m["epoch"] for m in metrics] == list(range(1, EPOCHS + 1))
+        for split in ("val", "test"):
+            logits = npy(storage, f"{base}/logits_{split}.npy")
+            rows = sum(b["splits"][split]["rows"] for b in manifest["branches"] if b["k"] == k)
+            assert logits.dtype == np.float32 and logits.shape == (rows, classes), (split, logits.shape)
+            assert np.isfinite(logits).all()
+        assert storage.read_json(f"{base}/result.json")["epochs"] == EPOCHS
+    weights = storage.read_json("ensemble/weights.json")
+    assert weights["method"] == "geometric"
+    report = storage.read_json("report/report.json")
+    assert len(report["branches"]) == K
+    assert storage.read_bytes("report/report.md").decode().strip()
+    pngs = [p for p in storage.ls("report") if p.endswith(".png")]
+    assert pngs and all(storage.read_bytes(f"report/{p}")[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+API_DRIVER = """
+import json, sys
+from orchestrator import load_config, run
+cfg = load_config(sys.argv[1], {"ray.address": sys.argv[2], "storage.uri": sys.argv[3]})
+result = run(cfg)
+print(json.dumps({k: r["placement"]["node_id"] for k, r in result.training.results.items()}))
+"""
+API_ATTEMPT_TIMEOUT_S = 300  # a run takes ~1 min here; a Ray Client whose server failed to start can hang
+
+
+@pytest.mark.parametrize("how", ["auto", "ray-client"])
+def test_python_api_runs_on_the_cluster_through_a_ray_address(two_node_cluster, tmp_path, how):
+    """The README's API call with ``ray.address`` set: "auto" (RAY_ADDRESS, as on a node) or ``ray://``."""
+    config = job_config(tmp_path / "job.yaml")
+    if how == "auto":
+        address, env = "auto", ray_env(RAY_ADDRESS=two_node_cluster.address)
+    else:
+        address, env = two_node_cluster.client, ray_env()
+    for attempt in (1, 2):
+        run_dir = tmp_path / f"run{attempt}"
+        try:
+            proc = subprocess.run([sys.executable, "-c", API_DRIVER, str(config), address, str(run_dir)],
+                                  env=env, capture_output=True, text=True, timeout=API_ATTEMPT_TIMEOUT_S, cwd=REPO)
+        except subprocess.TimeoutExpired as e:  # its output comes as bytes, text=True or not
+            out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
+            proc = subprocess.CompletedProcess(e.cmd, -1, out, err)
+        # Ray Client's proxy now and then fails to start the server of a new client on this shared machine
+        # (its process exits at once, logging nothing): one more try, then fail with the output.
+        if proc.returncode == 0 or how != "ray-client":
+            break
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    placed_on = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert set(placed_on.values()) == {n["node_id"] for n in two_node_cluster.nodes()}
+    storage = RunStorage(str(run_dir))
+    assert len(storage.read_json("report/report.json")["branches"]) == K
