@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import yaml
 
 from conftest import free_port
 from data_split import RunStorage
-from test_multinode import node_ports, ray_env, stop_ray_processes
+from ray_cluster import BIN, node_ports, ray_env, stop_ray_processes
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture

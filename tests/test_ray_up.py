@@ -40,7 +40,7 @@ import yaml
 
 from conftest import free_port
 from data_split import RunStorage
-from test_multinode import node_ports, ray_env, stop_ray_processes
+from ray_cluster import node_ports, ray_env, stop_ray_processes
 
 pytestmark = pytest.mark.slow
 

@@ -74,7 +74,7 @@ def score_candidates(weights: np.ndarray, logits: np.ndarray, y: np.ndarray) -> 
     """Validation NLL and accuracy of each candidate: (B, K), (K, N, C), (N,) -> (B,), (B,)."""
     W = np.asarray(weights, dtype=np.float64)
     Z = np.asarray(logits, dtype=np.float64)
-    B, (K, N, C) = W.shape[0], Z.shape
+    B, (_, N, C) = W.shape[0], Z.shape
     rows = np.arange(N)
     nll, acc = np.empty(B), np.empty(B)
     step = max(1, SCORE_CHUNK_BYTES // (8 * N * C))
