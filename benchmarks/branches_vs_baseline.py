@@ -71,7 +71,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -85,6 +84,7 @@ sys.path.insert(0, str(REPO))
 from data_split import RunStorage, split_dataset  # noqa: E402
 from orchestrator import SpectralConfig, api, load_config  # noqa: E402
 from orchestrator.launcher import train_branches  # noqa: E402
+from benchmarks._machine import machine_info  # noqa: E402
 
 RAY_CPUS = 2  # the whole machine here; branches and the baseline hold 1 CPU (1 torch thread) each
 OBJECT_STORE_BYTES = 512 * 1024**2  # small and fixed: training moves no tensors through the object store
@@ -103,19 +103,6 @@ TARGET_EFFICIENCY = 0.80  # 2 branches at once vs one after the other (wall time
 
 
 # -- machine ---------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    """As in benchmarks/split_throughput.py (copied: each benchmark is a standalone script)."""
-    import numpy, ray, torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
-    return {
-        "cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "ram_gib": round(mem_kb / 1024**2, 1),
-        "kernel": platform.release(), "python": platform.python_version(), "ray": ray.__version__,
-        "torch": torch.__version__, "numpy": numpy.__version__,
-    }
-
-
 def start_ray() -> float:
     import logging
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -70,6 +69,7 @@ from tune._simplex import local_search, simplex_from_unit  # noqa: E402
 from tune.config import TuneConfig  # noqa: E402
 from tune.exact import fit_exact_weights  # noqa: E402
 from tune.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact, search_weights  # noqa: E402
+from benchmarks._machine import machine_info  # noqa: E402
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2
@@ -80,16 +80,6 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "ensemble_weights.json"
 DEFAULT_EPOCHS = 3  # as benchmarks/branches_vs_baseline.py
 CONCURRENCY = 2  # Tune trials at once (the 2 CPUs)
 QUICK_SYNTHETIC = {"train": 3000, "test": 1000, "height": 28, "width": 28, "classes": 10, "noise": 0.9}
-
-
-def machine_info() -> dict:
-    import ray, torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
-    return {"cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "ram_gib": round(mem_kb / 1024**2, 1),
-            "kernel": platform.release(), "python": platform.python_version(), "ray": ray.__version__,
-            "torch": torch.__version__, "numpy": np.__version__}
 
 
 def say(msg: str) -> None:

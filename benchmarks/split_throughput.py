@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -68,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig  # noqa: E402
 from data_split.pipeline import MANIFEST, build_manifest, split_dataset, write_single_process  # noqa: E402
 from data_split.sources import make_source  # noqa: E402
+from benchmarks._machine import machine_info  # noqa: E402
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2  # fixed so that memory numbers are comparable between runs
@@ -77,18 +77,6 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "split_throughput.json"
 
 
 # -- machine and process-tree memory (from /proc; no psutil) ----------------------------------------
-def machine_info() -> dict:
-    import numpy, pyarrow, ray, torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
-    return {
-        "cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "ram_gib": round(mem_kb / 1024**2, 1),
-        "kernel": platform.release(), "python": platform.python_version(), "ray": ray.__version__,
-        "torch": torch.__version__, "pyarrow": pyarrow.__version__, "numpy": numpy.__version__,
-    }
-
-
 def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants (Ray's gcs/raylet are children of the driver, workers of the raylet)."""
     children = defaultdict(list)

@@ -1,0 +1,21 @@
+"""What machine a benchmark ran on: recorded beside every number it writes."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def machine_info() -> dict:
+    import numpy
+    import pyarrow
+    import ray
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
+    return {
+        "cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "ram_gib": round(mem_kb / 1024**2, 1),
+        "kernel": platform.release(), "python": platform.python_version(), "ray": ray.__version__,
+        "torch": torch.__version__, "pyarrow": pyarrow.__version__, "numpy": numpy.__version__,
+    }
