@@ -25,20 +25,19 @@ Numbers go to ``benchmarks/results/split_throughput.json`` (with the machine,
 the command and the date) and print as a table. Scratch data live under /tmp and
 are removed as soon as each measurement is done.
 
-Result (2026-11-27, 2-core Intel Xeon VM, 23.5 GiB, Ray 2.60, pyarrow 26; measured while
-other jobs shared the two cores, load average 5-9, so ratios are indicative; best of 2
-runs except 700k):
+Result (2026-11-27, 2-core Intel Xeon VM, 23.5 GiB, Ray 2.60, pyarrow 26; quiet machine, load ~1;
+700k single runs, the rest best of 2):
 
     case                 target  ray s   single s  ray/single
-    fashion-mnist sub4   local    4.38     6.62     0.66
-    fashion-mnist sub4   s3       6.42       -      0.97
-    fashion-mnist sub16  local   10.07    10.50     0.96
-    fashion-mnist sub16  s3      16.87       -      1.61
-    synthetic 70k sub4   local    7.01     5.16     1.36
-    synthetic 700k sub4  local   71.80    64.01     1.12   (target <= 2x: met)
+    fashion-mnist sub4   local    4.45     5.13     0.87
+    fashion-mnist sub4   s3       6.15       -      1.20
+    fashion-mnist sub16  local    5.38     6.75     0.80
+    fashion-mnist sub16  s3       8.07       -      1.20
+    synthetic 70k sub4   local    3.45     4.75     0.73
+    synthetic 700k sub4  local   32.55    39.53     0.82   (target <= 2x: met)
 
-    peak memory (PSS, process tree): 70k 1342 MB, 700k 1347 MB, ratio 1.00 (target <= 1.5x: met);
-    idle Ray 572 MB; object store ~0 MB (the fused read->transform->write task returns only
+    peak memory (PSS, process tree): 70k 1385 MB, 700k 1399 MB, ratio 1.01 (target <= 1.5x: met);
+    idle Ray 628 MB; object store ~0 MB (the fused read->transform->write task returns only
     small per-file records, so no image data passes through the object store).
 """
 
