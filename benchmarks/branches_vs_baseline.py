@@ -66,7 +66,6 @@ earlier run under load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -81,7 +80,7 @@ sys.path.insert(0, str(REPO))
 from data_split import RunStorage, split_dataset  # noqa: E402
 from orchestrator import SpectralConfig, api, load_config  # noqa: E402
 from orchestrator.launcher import train_branches  # noqa: E402
-from benchmarks._machine import machine_info  # noqa: E402
+from benchmarks._results import machine_info, write_results  # noqa: E402
 
 RAY_CPUS = 2  # the whole machine here; branches and the baseline hold 1 CPU (1 torch thread) each
 OBJECT_STORE_BYTES = 512 * 1024**2  # small and fixed: training moves no tensors through the object store
@@ -428,8 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     add_ratios_and_targets(res)
     print_tables(res)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n")
+        write_results(res, out)
         print(f"wrote {out}")
 
 

@@ -69,7 +69,7 @@ from tune._simplex import local_search, simplex_from_unit  # noqa: E402
 from tune.config import TuneConfig  # noqa: E402
 from tune.exact import fit_exact_weights  # noqa: E402
 from tune.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact, search_weights  # noqa: E402
-from benchmarks._machine import machine_info  # noqa: E402
+from benchmarks._results import machine_info, write_results  # noqa: E402
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2
@@ -289,8 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + res["markdown"] + "\n")
     print(json.dumps(res["verdicts"], indent=2))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n")
+        write_results(res, out)
         print(f"wrote {out}")
 
 

@@ -27,7 +27,6 @@ Result: not measured yet on a GPU (no GPU was lent when this was written); CPU s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -42,6 +41,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray; no token file needed
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks._results import write_results  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
@@ -245,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": {r["model"]: r for r in results},
         "storage": str(scratch) if args.keep else None,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)  # atomic: a half-written file never looks whole
+    write_results(record, out)
     print_table(results)
     print(f"total {total_s:.1f} s (budget {BUDGET_S} s); numbers in {out}")
     return 0

@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig  # noqa: E402
 from data_split.pipeline import MANIFEST, build_manifest, split_dataset, write_single_process  # noqa: E402
 from data_split.sources import make_source  # noqa: E402
-from benchmarks._machine import machine_info  # noqa: E402
+from benchmarks._results import machine_info, write_results  # noqa: E402
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2  # fixed so that memory numbers are comparable between runs
@@ -368,8 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print_tables(res)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n")
+        write_results(res, out)
         print(f"wrote {out}")
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 from data_split import RunStorage, SplitResult, load_manifest, split_dataset
 from orchestrator._ray import cluster_side, init_ray
 from orchestrator.config import SpectralConfig
-from orchestrator.ensemble import EnsembleResult, evaluate_ensemble, weight_rule, write_weights
+from orchestrator.ensemble import EnsembleResult, evaluate_ensemble, write_weights
 from orchestrator.launcher import TrainingOutcome, train_branches
 from orchestrator.report import build_report
 
@@ -57,11 +57,9 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     """Weigh the branches' logits by ``ensemble.weights``; write ``ensemble/weights.json``."""
     storage = run_storage(cfg)
     k = load_manifest(storage)["split"]["K"]
-    results = [storage.read_json(f"branches/{b}/result.json") for b in range(k)]
     chosen = None
     for rule in ("uniform", "geometric"):
-        w = weight_rule(rule, [r["train_loss"] for r in results], cfg.ensemble.p)
-        res = evaluate_ensemble(storage, k, rule, w)
+        res = evaluate_ensemble(storage, k, rule, p=cfg.ensemble.p)  # weights from the branches' train losses
         write_weights(storage, res, chosen=False)
         if rule == cfg.ensemble.weights:
             chosen = res

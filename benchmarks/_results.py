@@ -1,9 +1,11 @@
-"""What machine a benchmark ran on: recorded beside every number it writes."""
+"""What every benchmark records beside its numbers (the machine), and how it writes them."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 
 
 def machine_info() -> dict:
@@ -19,3 +21,11 @@ def machine_info() -> dict:
         "kernel": platform.release(), "python": platform.python_version(), "ray": ray.__version__,
         "torch": torch.__version__, "pyarrow": pyarrow.__version__, "numpy": numpy.__version__,
     }
+
+
+def write_results(results: dict, out: Path) -> None:
+    """Write ``results`` as JSON at ``out`` atomically: a half-written file never looks whole."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)
