@@ -29,7 +29,7 @@ import math
 import resource
 import time
 from dataclasses import asdict
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -37,15 +37,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from branches import _checkpoint as ckpt_io
+from branches._data import InMemorySplit
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
-from data_split.shards import load_manifest, read_branch
+from data_split.shards import load_manifest
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
-
-MIN_STD = 1e-6  # clamp of the per-channel std used to normalise (a constant channel would divide by 0)
-EVAL_BATCH_SIZE = 1024  # rows per forward pass when computing val/test logits
 
 
 # -- pure pieces -----------------------------------------------------------------------------------------
@@ -58,20 +56,6 @@ def lr_factor(cfg: TrainConfig, epoch_index: int) -> float:
     return 1.0
 
 
-def epoch_generator(seed: int, k: int, epoch: int) -> torch.Generator:
-    """The batch-order generator of one (branch, epoch): independent of every other RNG."""
-    state = np.random.SeedSequence([(seed + k) % 2**63, epoch]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A shuffled partition of ``range(n)`` into batches; a trailing batch of 1 joins the previous one."""
-    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:  # BatchNorm cannot train on a single sample
-        chunks[-2:] = [torch.cat(chunks[-2:])]
-    return chunks
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params, wd = model.parameters(), cfg.weight_decay
     if cfg.optimizer == "adam":
@@ -81,41 +65,32 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
 
 
-# -- data ---------------------------------------------------------------------------------------------------
-def _load_split(storage: RunStorage, manifest: dict, split: str, k: int, device: torch.device):
-    """(idx (N,) int64 numpy, y (N,) int64 numpy, x (N, C, h, w) float32 normalised tensor on ``device``)."""
-    data = read_branch(storage, manifest, split, k)
-    mean = np.asarray(manifest["branches"][k]["mean"], np.float32).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
-    std = np.maximum(np.asarray(manifest["branches"][k]["std"], np.float32), MIN_STD).reshape(1, -1, 1, 1)
-    x = torch.from_numpy(np.ascontiguousarray((data.x - mean) / std, np.float32)).to(device)
-    return data.idx, data.y, x
-
-
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor,
-                    y: torch.Tensor, batches: list[torch.Tensor], *, amp: bool) -> float:
-    """One pass over ``batches`` (index tensors into x (N, C, h, w) and y (N,)); the mean training loss."""
+# -- the steps ---------------------------------------------------------------------------------------------
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *, amp: bool) -> float:
+    """One pass over ``batches`` of (x (B, C, h, w), y (B,)) on ``device``; the mean training loss."""
     model.train()
-    total = torch.zeros((), device=x.device)
-    for idx in batches:
-        idx = idx.to(x.device)
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(x[idx]), y[idx])
+    total, n = torch.zeros((), device=device), 0
+    for xb, yb in batches:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.detach().float() * len(idx)
-    return total.item() / len(y)  # .item() waits for the device, so the caller's timing is honest
+        total += loss.detach().float() * len(yb)
+        n += len(yb)
+    return total.item() / max(n, 1)  # .item() waits for the device, so the caller's timing is honest
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, *, amp: bool) -> torch.Tensor:
-    """Logits (N, classes) float32 of the model in eval mode."""
+def predict(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, *, amp: bool) -> torch.Tensor:
+    """Logits (N, classes) float32 of the model in eval mode over input ``batches`` (at least one, maybe empty)."""
     model.eval()
     out = []
-    for xb in x.split(EVAL_BATCH_SIZE):
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+    for xb in batches:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             out.append(model(xb).float())
-    return torch.cat(out)  # x.split yields one empty chunk for an empty split, so out is never empty
+    return torch.cat(out)
 
 
 def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
@@ -215,24 +190,22 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         storage.remove(ckpt_io.checkpoint_path(k, e))
     _rewrite_metrics(storage, f"{base}/metrics.jsonl", history)
 
-    _, train_y, x_train = _load_split(storage, manifest, "train", k, dev)
-    y_train = torch.from_numpy(train_y).to(dev)
-    if len(y_train) == 0:
+    train = InMemorySplit(storage, manifest, "train", k, dev)
+    if len(train) == 0:
         raise ValueError(f"branch {k} of {storage.url('data')} has no training rows")
-    val_idx, val_y, x_val = _load_split(storage, manifest, "val", k, dev)
-    y_val = torch.from_numpy(val_y).to(dev)
+    val = InMemorySplit(storage, manifest, "val", k, dev)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
 
     for epoch in range(found.epoch + 1, train_cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        batches = batch_indices(len(y_train), train_cfg.batch_size, epoch_generator(train_cfg.seed, k, epoch))
-        train_loss = train_one_epoch(model, optimizer, loss_fn, x_train, y_train, batches, amp=amp)
+        batches = train.train_batches(train_cfg.seed, k, epoch, train_cfg.batch_size)
+        train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp)
         train_s = time.perf_counter() - t0
-        val_loss, val_acc = score(predict(model, x_val, amp=amp), y_val)
+        val_loss, val_acc = score(predict(model, val.eval_batches(), dev, amp=amp), val.y)
         scheduler.step()
         metrics = {"epoch": epoch, "loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-                   "images_per_s": len(y_train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr}
+                   "images_per_s": len(train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr}
         history.append(metrics)
         ckpt_io.save_checkpoint(storage, k, {
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -247,7 +220,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
             on_epoch({**metrics, "k": k})
 
     return _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history,
-                   (val_idx, val_y, x_val), found.epoch)
+                   val, found.epoch)
 
 
 def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:
@@ -267,11 +240,12 @@ def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None
 def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history, val, resumed_from):
     """Write logits and rows of val/test, then result.json (last: it marks the branch finished)."""
     base = f"branches/{k}"
-    test = _load_split(storage, manifest, "test", k, dev)
+    test = InMemorySplit(storage, manifest, "test", k, dev)
     summary = {}
-    for split, (idx, y, x) in (("val", val), ("test", test)):
-        logits = predict(model, x, amp=amp)  # (N, classes)
-        nll, acc = score(logits, torch.from_numpy(y).to(dev))
+    for split, data in (("val", val), ("test", test)):
+        idx, y = data.idx, data.y_np
+        logits = predict(model, data.eval_batches(), dev, amp=amp)  # (N, classes)
+        nll, acc = score(logits, data.y)
         storage.write_bytes(f"{base}/logits_{split}.npy", _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
         storage.write_bytes(f"{base}/rows_{split}.npy", _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
         summary[split] = (acc, nll)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from data_split.quantize import DTYPES
 from data_split.transforms import TRANSFORMS
 
 SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
@@ -68,6 +69,7 @@ class SplitConfig:
     val_fraction: float = 0.1  # share of the source train split carved out as validation
     seed: int = 0  # seed of the train/val carve
     images_per_task: int = 10_000  # images one Ray Data task reads, transforms and writes
+    dtype: str = "uint8"  # stored values: one of DTYPES; uint8 = affine codes whose range comes from the matrix
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -79,6 +81,8 @@ class SplitConfig:
             raise ValueError(f"split.transform 'haar' needs K = rows*cols to be a power of two, got K={k}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"split.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"split.dtype: unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         if self.images_per_task < 1:
             raise ValueError(f"split.images_per_task must be >= 1, got {self.images_per_task}")
 

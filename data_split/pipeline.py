@@ -10,6 +10,11 @@ overwrites its own files), and returns the files' row counts, sizes and
 per-channel sums. The driver checks that every source image arrived in every
 branch, then writes ``manifest.json`` last: a run without a manifest is
 incomplete and is redone from scratch.
+
+Storage version 2 (DESIGN.md section 3): values are stored as ``split.dtype``
+(``data_split.quantize``), Parquet is zstd, and the rows of every file are in
+a seeded random order (the same in every branch), so a stream of row groups
+is already class-mixed.
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_split.config import SourceConfig, SplitConfig
+from data_split.quantize import affine_params, decode, encode
 from data_split.sources import ImageSource, SourceError, make_source
 from data_split.storage import RunStorage, StorageError
 from data_split.transforms import spectral_components, transform_matrix
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+ROW_GROUP_ROWS = 2048  # rows per Parquet row group: the unit a streaming branch reads and shuffles
+MAIN_SRC = 0  # the `src` of the configured `source` (extra sources are 1, 2, ...)
 MANIFEST = "data/manifest.json"
 SPLITS = ("train", "val", "test")
 
@@ -76,45 +84,62 @@ def load_range(source: ImageSource, split_cfg: SplitConfig, source_split: str, s
         target = np.where(is_val, "val", "train")
     else:
         target = np.full(stop - start, "test")
-    return {"idx": np.arange(start, stop, dtype=np.int64), "y": y, "split": target, "x": x}
+    # The file's seeded random row order (a function of the seed and the range only, so a retried task
+    # writes the same file); every branch keeps it, so row i of branch k and of branch j is the same image.
+    order = np.random.default_rng([split_cfg.seed, ("train", "test").index(source_split), start]).permutation(stop - start)
+    return {"idx": np.arange(start, stop, dtype=np.int64)[order], "src": np.full(stop - start, MAIN_SRC, np.int16),
+            "y": y[order], "split": target[order], "x": x[order]}
 
 
 def transform_batch(batch: dict, r: int, c: int, matrix: np.ndarray) -> dict:
-    """``x`` uint8 (n, C, H, W) -> ``s`` float32 (n, K, C, H/r, W/c), pixels scaled to [0, 1]."""
+    """Adds ``s`` float32 (n, K, C, H/r, W/c) of ``x`` uint8 (n, C, H, W), pixels scaled to [0, 1]."""
     x = np.asarray(batch["x"], dtype=np.float32) * np.float32(1 / 255)
     s = spectral_components(x, r, c, matrix.astype(np.float32))
-    return {"idx": batch["idx"], "y": batch["y"], "split": batch["split"], "s": np.ascontiguousarray(s)}
+    return {**batch, "s": np.ascontiguousarray(s)}
 
 
-def parquet_bytes(idx: np.ndarray, y: np.ndarray, x: np.ndarray) -> bytes:
-    """One sub-dataset file: idx int64, y int64, x float32 fixed-shape tensor (C, h, w)."""
-    table = pa.table(
-        {
-            "idx": pa.array(idx, type=pa.int64()),
-            "y": pa.array(y, type=pa.int64()),
-            "x": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x, dtype=np.float32)),
-        }
-    )
+def _parquet(columns: dict) -> bytes:
+    """One Parquet file (zstd, ``ROW_GROUP_ROWS`` rows per group); numpy tensors become fixed-shape tensor columns."""
+    table = pa.table({
+        name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(v)) if v.ndim > 1 else pa.array(v)
+        for name, v in columns.items()
+    })
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return buf.getvalue()
 
 
-def write_parts(storage: RunStorage, batch: dict) -> list[dict]:
-    """Write every (split, branch) of one transformed range; return one record per file."""
+def parquet_bytes(idx: np.ndarray, src: np.ndarray, y: np.ndarray, x: np.ndarray) -> bytes:
+    """One sub-dataset file: idx int64, src int16, y int64, x fixed-shape tensor (C, h, w) of the stored dtype."""
+    return _parquet({"idx": idx.astype(np.int64), "src": src.astype(np.int16), "y": y.astype(np.int64), "x": x})
+
+
+def raw_parquet_size(x: np.ndarray) -> int:
+    """Bytes of raw uint8 images (n, C, H, W) as one zstd Parquet column: what the sub-datasets are compared to."""
+    return len(_parquet({"x": np.asarray(x, dtype=np.uint8)}))
+
+
+def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]) -> list[dict]:
+    """Write every (split, branch) of one transformed range; return one record per file.
+
+    ``codecs[k]``: branch k's uint8 ``offset``/``scale`` (ignored for float dtypes). The per-channel sums
+    are of the decoded values, so the manifest's mean/std describe exactly what training sees.
+    """
     records = []
     part = f"part-{int(batch['idx'].min()):09d}.parquet"
     for split in SPLITS:
         rows = batch["split"] == split
         if not rows.any():
             continue
-        idx, y, s = batch["idx"][rows], batch["y"][rows], batch["s"][rows]  # s: (n, K, C, h, w)
+        idx, src, y, s = batch["idx"][rows], batch["src"][rows], batch["y"][rows], batch["s"][rows]  # s: (n, K, C, h, w)
+        raw_bytes = raw_parquet_size(batch["x"][rows])
         for k in range(s.shape[1]):
             t0 = time.perf_counter()
-            data = parquet_bytes(idx, y, s[:, k])
+            stored = encode(s[:, k], dtype, codecs[k]["offset"], codecs[k]["scale"])
+            data = parquet_bytes(idx, src, y, stored)
             rel = f"data/{split}/branch={k}/{part}"
             storage.write_bytes(rel, data)
-            xk = s[:, k].astype(np.float64)
+            xk = decode(stored, dtype, codecs[k]["offset"], codecs[k]["scale"]).astype(np.float64)
             records.append(
                 {
                     "split": split,
@@ -122,6 +147,7 @@ def write_parts(storage: RunStorage, batch: dict) -> list[dict]:
                     "file": rel,
                     "rows": int(rows.sum()),
                     "bytes": len(data),
+                    "raw_bytes": raw_bytes if k == 0 else 0,  # the range's raw images, counted once
                     "seconds": time.perf_counter() - t0,
                     "sum": xk.sum(axis=(0, 2, 3)).tolist(),  # per channel
                     "sumsq": np.square(xk).sum(axis=(0, 2, 3)).tolist(),
@@ -131,7 +157,7 @@ def write_parts(storage: RunStorage, batch: dict) -> list[dict]:
 
 
 # -- Ray Data ----------------------------------------------------------------------------------------
-def _make_sink(storage: RunStorage):
+def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict]):
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
 
@@ -146,7 +172,7 @@ def _make_sink(storage: RunStorage):
             for block in blocks:
                 acc = BlockAccessor.for_block(block)
                 if acc.num_rows():
-                    out += write_parts(storage, acc.to_batch_format("numpy"))
+                    out += write_parts(storage, acc.to_batch_format("numpy"), dtype, codecs)
             return out
 
         def on_write_complete(self, write_result: Any) -> None:
@@ -168,7 +194,7 @@ def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunSto
         (split,), (start,), (stop,) = batch["source_split"], batch["start"], batch["stop"]
         return load_range(source, split_cfg, str(split), int(start), int(stop))
 
-    sink = _make_sink(storage)
+    sink = _make_sink(storage, split_cfg.dtype, affine_params(matrix, source.channels))
     (
         ray.data.from_items(ranges, override_num_blocks=len(ranges))
         .map_batches(read, batch_size=1, batch_format="numpy")
@@ -200,10 +226,11 @@ def _task_error(e: Exception) -> Exception:
 def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
     """The same files without Ray: the reference the benchmark compares against."""
     matrix = transform_matrix(split_cfg.transform, split_cfg.k)
-    records = []
+    codecs, records = affine_params(matrix, source.channels), []
     for item in plan_ranges(source, split_cfg.images_per_task):
         batch = load_range(source, split_cfg, item["source_split"], item["start"], item["stop"])
-        records += write_parts(storage, transform_batch(batch, split_cfg.rows, split_cfg.cols, matrix))
+        records += write_parts(storage, transform_batch(batch, split_cfg.rows, split_cfg.cols, matrix),
+                               split_cfg.dtype, codecs)
     return records
 
 
@@ -214,6 +241,8 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
     n_val = round(split_cfg.val_fraction * n_train)
     expected = {"train": n_train - n_val, "val": n_val, "test": source.count("test")}
     c, h, w = source.channels, source.height // split_cfg.rows, source.width // split_cfg.cols
+    matrix = transform_matrix(split_cfg.transform, k)
+    codecs = affine_params(matrix, c)
     branches = []
     for b in range(k):
         mine = sorted((r for r in records if r["branch"] == b), key=lambda r: r["file"])
@@ -223,30 +252,38 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
             rows = sum(r["rows"] for r in rs)
             if rows != expected[split]:
                 raise RuntimeError(f"branch {b} split {split}: wrote {rows} rows, expected {expected[split]}")
-            splits[split] = {"rows": rows, "bytes": sum(r["bytes"] for r in rs), "files": [r["file"] for r in rs]}
+            splits[split] = {"rows": rows, "rows_by_source": {str(MAIN_SRC): rows},
+                             "bytes": sum(r["bytes"] for r in rs), "files": [r["file"] for r in rs]}
         train = [r for r in mine if r["split"] == "train"]
         n_pix = max(expected["train"] * h * w, 1)
         total = np.sum([r["sum"] for r in train], axis=0) if train else np.zeros(c)
         total_sq = np.sum([r["sumsq"] for r in train], axis=0) if train else np.zeros(c)
         mean = total / n_pix
         std = np.sqrt(np.maximum(total_sq / n_pix - mean**2, 0.0))
-        branches.append({"k": b, "mean": mean.tolist(), "std": std.tolist(), "splits": splits})
+        codec = codecs[b] if split_cfg.dtype == "uint8" else {}
+        branches.append({"k": b, "mean": mean.tolist(), "std": std.tolist(), **codec, "splits": splits})
+    described = source.describe()
     return {
         "version": MANIFEST_VERSION,
         "config_hash": config_hash(source_cfg, split_cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": {**source.describe(), "root": source_cfg.root, "limit": source_cfg.limit},
+        "source": {**described, "root": source_cfg.root, "limit": source_cfg.limit},
+        "sources": [{"src": MAIN_SRC, "name": described["name"], "resolution": described["resolution"],
+                     "counts": described["counts"], "branches": list(range(k)), "nodes": None}],
         "split": {
             "r": split_cfg.rows,
             "c": split_cfg.cols,
             "K": k,
             "transform": split_cfg.transform,
-            "matrix": transform_matrix(split_cfg.transform, k).tolist(),
+            "dtype": split_cfg.dtype,
+            "matrix": matrix.tolist(),
             "branch_shape": [c, h, w],
         },
         "val_fraction": split_cfg.val_fraction,
         "seed": split_cfg.seed,
         "counts": expected,
+        # the same images as raw uint8, one zstd Parquet column per range file: the yardstick of `bytes`
+        "raw_bytes": {split: sum(r.get("raw_bytes", 0) for r in records if r["split"] == split) for split in SPLITS},
         "branches": branches,
     }
 

@@ -1,7 +1,9 @@
 """Reading a written split back: the manifest and one branch's shards.
 
 This is what a branch does: it opens the manifest, then only the files the
-manifest lists for its own branch, never another branch's.
+manifest lists for its own branch, never another branch's. Values come back
+as stored (``split.dtype``); ``BranchData.values()`` or, on the device,
+``data_split.quantize.decode`` turns them into float32.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_split.pipeline import MANIFEST, MANIFEST_VERSION
+from data_split.quantize import branch_codec, decode
 from data_split.storage import RunStorage
 
 REQUIRED_MANIFEST_FIELDS = ("version", "config_hash", "source", "split", "val_fraction", "seed", "branches")
@@ -30,6 +33,13 @@ def load_manifest(storage: RunStorage) -> dict:
     missing = [f for f in REQUIRED_MANIFEST_FIELDS if f not in manifest]
     if missing:
         raise ManifestError(f"{storage.url(MANIFEST)} lacks field(s) {', '.join(missing)}")
+    if manifest["version"] == 1:
+        raise ManifestError(
+            f"{storage.url(MANIFEST)} is storage version 1 (float32 sub-datasets); this code reads version "
+            f"{MANIFEST_VERSION} (compact uint8/float16 storage, `src` column). Re-split it: "
+            f"`spectral split --config <your config> --storage {storage.url()} --overwrite` "
+            "(branches trained on the old split must be retrained)"
+        )
     if manifest["version"] != MANIFEST_VERSION:
         raise ManifestError(f"{storage.url(MANIFEST)} has version {manifest['version']}, this code reads {MANIFEST_VERSION}")
     return manifest
@@ -37,18 +47,26 @@ def load_manifest(storage: RunStorage) -> dict:
 
 @dataclass(frozen=True)
 class BranchData:
-    """One split of one branch, rows in ascending ``idx`` order."""
+    """One split of one branch, rows in ascending ``(src, idx)`` order."""
 
     idx: np.ndarray  # (N,) int64
+    src: np.ndarray  # (N,) int16
     y: np.ndarray  # (N,) int64
-    x: np.ndarray  # (N, C, h, w) float32, pixels in [0, 1] through the transform; not normalised
+    x: np.ndarray  # (N, C, h, w) as stored: uint8 codes, float16 or float32 (pixels in [0, 1] through the transform)
+    dtype: str  # the manifest's split.dtype
+    offset: np.ndarray | None = None  # (C,) float32, uint8 only
+    scale: np.ndarray | None = None  # (C,) float32, uint8 only
 
     def __len__(self) -> int:
         return len(self.idx)
 
+    def values(self) -> np.ndarray:
+        """``x`` decoded to float32 (N, C, h, w); not normalised."""
+        return decode(self.x, self.dtype, self.offset, self.scale)
+
 
 def _tensor_column(col: pa.ChunkedArray, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """A fixed-shape tensor column as (N, *shape) float32, whatever extension type wrote it."""
+    """A fixed-shape tensor column as (N, *shape) in its stored dtype, whatever extension type wrote it."""
     arr = col.combine_chunks()
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
@@ -56,7 +74,7 @@ def _tensor_column(col: pa.ChunkedArray, shape: tuple[int, ...], where: str) -> 
     n = len(arr)
     if values.size != n * int(np.prod(shape)):
         raise ManifestError(f"{where}: column x holds {values.size} values for {n} rows, expected shape {shape} per row")
-    return values.astype(np.float32, copy=False).reshape(n, *shape)
+    return values.reshape(n, *shape)
 
 
 def read_branch(storage: RunStorage, manifest: dict, split: str, k: int) -> BranchData:
@@ -66,23 +84,26 @@ def read_branch(storage: RunStorage, manifest: dict, split: str, k: int) -> Bran
     except (IndexError, KeyError):
         raise ManifestError(f"{storage.url(MANIFEST)} has no branch {k} split {split!r}") from None
     shape = tuple(manifest["split"]["branch_shape"])
+    dtype, offset, scale = branch_codec(manifest, k)
     parts = []
     for rel in entry["files"]:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(rel)))
-        for name in ("idx", "y", "x"):
-            if name not in table.column_names:
-                raise ManifestError(f"{storage.url(rel)}: missing column {name!r}")
-        parts.append(
-            (
-                table.column("idx").to_numpy().astype(np.int64),
-                table.column("y").to_numpy().astype(np.int64),
-                _tensor_column(table.column("x"), shape, storage.url(rel)),
-            )
-        )
+        parts.append(table_arrays(pq.read_table(io.BytesIO(storage.read_bytes(rel))), shape, dtype, storage.url(rel)))
     if not parts:
-        return BranchData(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, *shape), np.float32))
-    idx, y, x = (np.concatenate(p) for p in zip(*parts))
+        parts = [(np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0, np.int64), np.zeros((0, *shape), dtype))]
+    idx, src, y, x = (np.concatenate(p) for p in zip(*parts))
     if len(idx) != entry["rows"]:
         raise ManifestError(f"branch {k} split {split}: files hold {len(idx)} rows, the manifest says {entry['rows']}")
-    order = np.argsort(idx, kind="stable")
-    return BranchData(idx=idx[order], y=y[order], x=x[order])
+    order = np.lexsort((idx, src))  # by src, then idx
+    return BranchData(idx=idx[order], src=src[order], y=y[order], x=x[order], dtype=dtype, offset=offset, scale=scale)
+
+
+def table_arrays(table: pa.Table, shape: tuple[int, ...], dtype: str, where: str):
+    """``(idx int64, src int16, y int64, x (n, *shape) stored dtype)`` of one file's table (or row group)."""
+    for name in ("idx", "src", "y", "x"):
+        if name not in table.column_names:
+            raise ManifestError(f"{where}: missing column {name!r}")
+    x = _tensor_column(table.column("x"), shape, where)
+    if x.dtype != np.dtype(dtype):
+        raise ManifestError(f"{where}: column x holds {x.dtype}, the manifest's split.dtype is {dtype}")
+    return (table.column("idx").to_numpy().astype(np.int64), table.column("src").to_numpy().astype(np.int16),
+            table.column("y").to_numpy().astype(np.int64), x)

@@ -36,6 +36,14 @@ class SourceError(ValueError):
     """A source file is missing, truncated or malformed; the message names the file."""
 
 
+KNOWN_CLASS_NAMES = {
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+    "mnist": [str(i) for i in range(10)],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+
+
 class ImageSource:
     """Base: ``(N, C, H, W)`` uint8 images with int64 labels in ``[0, classes)``."""
 
@@ -54,12 +62,18 @@ class ImageSource:
     def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def names_of_classes(self) -> list[str]:
+        """Label i's name: the dataset's own names, an image folder's class folders, else "0", "1", ..."""
+        names = getattr(self, "class_names", None) or KNOWN_CLASS_NAMES.get(self.name)
+        return list(names) if names and len(names) == self.classes else [str(i) for i in range(self.classes)]
+
     def describe(self) -> dict:
         return {
             "name": self.name,
             "resolution": [self.height, self.width],
             "channels": self.channels,
             "classes": self.classes,
+            "class_names": self.names_of_classes(),
             "counts": {s: self.count(s) for s in SOURCE_SPLITS},
         }
 

@@ -36,7 +36,7 @@ def _fmt_bytes(n: float) -> str:
 # -- tables ------------------------------------------------------------------------------------------
 def split_table(result) -> Table:
     table = Table(title="spectral split" + (" (up to date: nothing written)" if result.up_to_date else ""))
-    for col in ("split", "branch", "rows", "bytes", "seconds", "images/s"):
+    for col in ("split", "branch", "rows", "bytes", "/ raw", "seconds", "images/s"):
         table.add_column(col, justify="left" if col == "split" else "right")
     agg: dict[tuple[str, int], dict] = defaultdict(lambda: {"rows": 0, "bytes": 0, "seconds": 0.0})
     for r in result.records:
@@ -48,17 +48,22 @@ def split_table(result) -> Table:
         for b in result.manifest["branches"]:
             for s, entry in b["splits"].items():
                 agg[(s, b["k"])] = {"rows": entry["rows"], "bytes": entry["bytes"], "seconds": 0.0}
+    raw = result.manifest.get("raw_bytes", {})
+    ratio = lambda n, d: f"{n / d:.3f}" if d else "-"  # noqa: E731
     for (s, k), a in sorted(agg.items(), key=lambda kv: (["train", "val", "test"].index(kv[0][0]), kv[0][1])):
         secs = a["seconds"]
         rate = f"{a['rows'] / secs:,.0f}" if secs > 0 else "-"
-        table.add_row(s, str(k), f"{a['rows']:,}", _fmt_bytes(a["bytes"]), f"{secs:.2f}" if secs else "-", rate)
-    if not result.up_to_date:
-        images = sum(result.manifest["counts"].values())
-        total_bytes = sum(a["bytes"] for a in agg.values())
-        table.add_section()
-        table.add_row("all", f"K={result.manifest['split']['K']}", f"{images:,} images", _fmt_bytes(total_bytes),
-                      f"{result.seconds:.2f}", f"{images / result.seconds:,.0f}")
-    table.caption = "per branch: seconds spent serialising and writing its files; 'all': pipeline wall time"
+        table.add_row(s, str(k), f"{a['rows']:,}", _fmt_bytes(a["bytes"]), ratio(a["bytes"], raw.get(s, 0)),
+                      f"{secs:.2f}" if secs else "-", rate)
+    images = sum(result.manifest["counts"].values())
+    total_bytes = sum(a["bytes"] for a in agg.values())
+    table.add_section()
+    table.add_row("all", f"K={result.manifest['split']['K']}", f"{images:,} images", _fmt_bytes(total_bytes),
+                  ratio(total_bytes, sum(raw.values())), f"{result.seconds:.2f}" if not result.up_to_date else "-",
+                  f"{images / result.seconds:,.0f}" if not result.up_to_date else "-")
+    table.caption = (f"stored as {result.manifest['split'].get('dtype', 'float32')}; '/ raw': bytes over the same "
+                     "images as raw uint8 in one zstd Parquet column; per branch: seconds spent serialising and "
+                     "writing its files; 'all': pipeline wall time")
     return table
 
 

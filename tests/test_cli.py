@@ -29,6 +29,14 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
     assert "400 images" in out  # the total row: 300 train (incl. val) + 100 test
     manifest = RunStorage(uri).read_json("data/manifest.json")
     assert manifest["split"]["K"] == 4
+    # bytes per branch and their ratio to the raw images: each of the K=4 branches holds about 1/4
+    total_row = next(line for line in out.splitlines() if "400 images" in line)
+    stored = sum(e["bytes"] for b in manifest["branches"] for e in b["splits"].values())
+    want = f"{stored / sum(manifest['raw_bytes'].values()):.3f}"
+    assert want in total_row and "stored as uint8" in out
+    train0 = next(line for line in out.splitlines() if [c.strip() for c in line.split("│")[1:3]] == ["train", "0"])
+    ratio0 = manifest["branches"][0]["splits"]["train"]["bytes"] / manifest["raw_bytes"]["train"]
+    assert f"{ratio0:.3f}" in train0 and ratio0 < 0.6
 
     assert main(["split", "--config", config_file, "--storage", uri]) == 0
     assert "up to date" in capsys.readouterr().out

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import tiny_config
 from data_split import (
+    ManifestError,
     RunStorage,
     SourceConfig,
     SplitConfig,
@@ -42,20 +43,27 @@ def _files(run: Path) -> list[str]:
 
 
 def _read_pa(path: Path) -> dict:
-    """One part file with plain pyarrow: idx, y and x as numpy."""
+    """One part file with plain pyarrow: idx, src, y and x (the stored codes) as numpy, in file order."""
     t = pq.read_table(path)
     return {
         "idx": t.column("idx").to_numpy(),
+        "src": t.column("src").to_numpy(),
         "y": t.column("y").to_numpy(),
         "x": t.column("x").combine_chunks().to_numpy_ndarray(),
     }
 
 
 def _read_split_pa(run: Path, split: str, k: int) -> dict:
+    """Branch k of split, rows by idx; ``v``: the values decoded by DESIGN.md's formula offset + scale * q."""
     parts = [_read_pa(p) for p in sorted((run / "data" / split / f"branch={k}").glob("*.parquet"))]
-    out = {name: np.concatenate([p[name] for p in parts]) for name in ("idx", "y", "x")}
+    out = {name: np.concatenate([p[name] for p in parts]) for name in ("idx", "src", "y", "x")}
     order = np.argsort(out["idx"])
-    return {name: v[order] for name, v in out.items()}
+    out = {name: v[order] for name, v in out.items()}
+    br = json.loads((run / MANIFEST).read_text())["branches"][k]
+    off, scale = (np.asarray(br[f], np.float32).reshape(-1, 1, 1) for f in ("offset", "scale"))
+    out["v"] = off + scale * out["x"].astype(np.float32)  # float32, as training decodes
+    out["tol"] = float(np.max(scale)) / 2 + 1e-6  # round-to-nearest codes: at most half a step away
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +93,50 @@ def test_parquet_columns_with_pyarrow(written):
     cfg, _, _, run = written
     for path in sorted((run / "data").rglob("*.parquet")):
         t = pq.read_table(path)
-        assert t.column_names == ["idx", "y", "x"]
+        assert t.column_names == ["idx", "src", "y", "x"]
         assert t.schema.field("idx").type == pa.int64()
+        assert t.schema.field("src").type == pa.int16()
+        assert not t.column("src").to_numpy().any()  # 0: the main source
         assert t.schema.field("y").type == pa.int64()
         x_type = t.schema.field("x").type
         assert isinstance(x_type, pa.FixedShapeTensorType)
-        assert x_type.value_type == pa.float32() and list(x_type.shape) == [1, 4, 4]
+        assert x_type.value_type == pa.uint8() and list(x_type.shape) == [1, 4, 4]  # split.dtype's default
         x = t.column("x").combine_chunks().to_numpy_ndarray()
-        assert x.dtype == np.float32 and x.shape == (t.num_rows, 1, 4, 4)
+        assert x.dtype == np.uint8 and x.shape == (t.num_rows, 1, 4, 4)
+        meta = pq.read_metadata(path)
+        assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
+
+
+def test_rows_are_in_a_seeded_random_order_shared_by_every_branch(written):
+    cfg, _, _, run = written
+    for split in SPLITS:
+        for part in sorted((run / "data" / split / "branch=0").glob("*.parquet")):
+            idx0 = _read_pa(part)["idx"]
+            assert len(idx0) > 2 and not (np.diff(idx0) > 0).all(), part  # not in source order
+            for k in range(1, cfg.split.k):  # row i is the same image in every branch
+                np.testing.assert_array_equal(_read_pa(run / "data" / split / f"branch={k}" / part.name)["idx"], idx0)
+    # (The same seed writes the same order: test_single_process_reference_writes_the_same compares the files.)
+
+
+def test_float16_split_stores_the_values(ray_session, tmp_path):
+    cfg = tiny_config(str(tmp_path / "run"), **{"split.dtype": "float16", "source.limit": 40})
+    storage = RunStorage(cfg.storage.uri)
+    m = split_dataset(cfg.source, cfg.split, storage).manifest
+    assert m["split"]["dtype"] == "float16" and "scale" not in m["branches"][0]
+    x, _ = make_source(cfg.source).read("test", 0, 40)
+    want = spectral_components(x.astype(np.float32) / 255, 2, 2, "dct")  # (N, K, C, h, w)
+    for k in range(4):
+        bd = read_branch(storage, m, "test", k)
+        assert bd.x.dtype == np.float16 and bd.values().dtype == np.float32
+        np.testing.assert_allclose(bd.values(), want[bd.idx, k], rtol=2**-11, atol=2**-24)  # half precision
+
+
+def test_version_1_manifest_says_how_to_resplit(tmp_path):
+    storage = RunStorage(str(tmp_path / "old"))
+    storage.write_json(MANIFEST, {"version": 1, "config_hash": "x", "source": {}, "split": {}, "val_fraction": 0.1,
+                                  "seed": 0, "branches": []})
+    with pytest.raises(ManifestError, match=r"storage version 1 .*spectral split .*--overwrite"):
+        load_manifest(storage)
 
 
 def test_parquet_readable_by_ray_data(written):
@@ -103,7 +147,7 @@ def test_parquet_readable_by_ray_data(written):
     # The whole val split in one read, branch as a typed hive partition column (branch=<k> folders).
     ds = ray.data.read_parquet(str(run / "data" / "val"), partitioning=Partitioning("hive", field_types={"branch": int}))
     batch = ds.take_batch(10_000, batch_format="numpy")
-    assert batch["x"].dtype == np.float32 and batch["x"].shape[1:] == (1, 4, 4)
+    assert batch["x"].dtype == np.uint8 and batch["x"].shape[1:] == (1, 4, 4)
     assert batch["idx"].dtype == np.int64 and batch["y"].dtype == np.int64
     branch = batch["branch"].astype(int)
     np.testing.assert_array_equal(np.bincount(branch), [br["splits"]["val"]["rows"] for br in result.manifest["branches"]])
@@ -161,9 +205,9 @@ def test_values_are_spectral_components_of_the_source(written):
                 row = int(np.searchsorted(rows["idx"], i))
                 assert rows["idx"][row] == i
                 assert rows["y"][row] == y[0]
-                np.testing.assert_allclose(rows["x"][row], want[b], atol=1e-6)
+                np.testing.assert_allclose(rows["v"][row], want[b], atol=rows["tol"])
     # Branch 0 of dct is sqrt(K) x the 2x2 average pool, pixels in [0, 1].
-    x0 = per_branch["test"][0]["x"]
+    x0 = per_branch["test"][0]["v"]
     assert x0.min() >= 0 and x0.max() <= 2.0 + 1e-6
 
 
@@ -183,13 +227,16 @@ def test_manifest_fields(written):
     cfg, storage, result, run = written
     m = json.loads((run / MANIFEST).read_text())
     assert m == result.manifest == load_manifest(storage)
-    assert m["version"] == 1
+    assert m["version"] == 2
     assert m["config_hash"] == config_hash(cfg.source, cfg.split) and len(m["config_hash"]) == 64
     src = m["source"]
     assert (src["name"], src["resolution"], src["channels"], src["classes"]) == ("synthetic", [8, 8], 1, 4)
     assert src["counts"] == {"train": 400, "test": 100}
+    assert src["class_names"] == ["0", "1", "2", "3"]
+    assert m["sources"] == [{"src": 0, "name": "synthetic", "resolution": [8, 8], "counts": {"train": 400, "test": 100},
+                             "branches": [0, 1, 2, 3], "nodes": None}]
     sp = m["split"]
-    assert (sp["r"], sp["c"], sp["K"], sp["transform"]) == (2, 2, 4, "dct")
+    assert (sp["r"], sp["c"], sp["K"], sp["transform"], sp["dtype"]) == (2, 2, 4, "dct", "uint8")
     np.testing.assert_allclose(np.array(sp["matrix"]), transform_matrix("dct", 4), atol=1e-12)
     assert sp["branch_shape"] == [1, 4, 4]
     assert m["val_fraction"] == cfg.split.val_fraction and m["seed"] == cfg.split.seed
@@ -201,21 +248,26 @@ def test_manifest_fields(written):
         assert set(br["splits"]) == set(SPLITS)
         for split, entry in br["splits"].items():
             assert entry["rows"] == {"train": 360, "val": 40, "test": 100}[split]
+            assert entry["rows_by_source"] == {"0": entry["rows"]}
             assert entry["files"] and all(f.startswith(f"data/{split}/branch={k}/") for f in entry["files"])
             assert sum(pq.read_metadata(run / f).num_rows for f in entry["files"]) == entry["rows"]
             listed |= set(entry["files"])
         assert len(br["mean"]) == len(br["std"]) == 1
+        # uint8 codes span the branch's exact range for pixels in [0, 1], from the matrix: [sum T-, sum T+]
+        t = np.array(sp["matrix"])[k]
+        assert br["offset"] == pytest.approx([t[t < 0].sum()]) and br["scale"] == pytest.approx([np.abs(t).sum() / 255])
     assert listed == on_disk  # the manifest lists exactly the files there are
+    assert 0 < m["raw_bytes"]["train"] and set(m["raw_bytes"]) == set(SPLITS)
 
 
 def test_manifest_statistics_match_numpy(written):
     cfg, _, result, run = written
     for k, br in enumerate(result.manifest["branches"]):
-        x = _read_split_pa(run, "train", k)["x"].astype(np.float64)  # (N, C, h, w)
+        x = _read_split_pa(run, "train", k)["v"].astype(np.float64)  # (N, C, h, w): the values training sees
         np.testing.assert_allclose(br["mean"], x.mean(axis=(0, 2, 3)), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(br["std"], x.std(axis=(0, 2, 3)), rtol=1e-5, atol=1e-9)
     # Only train rows count: including val would move the numbers.
-    x_all = np.concatenate([_read_split_pa(run, s, 0)["x"] for s in ("train", "val")]).astype(np.float64)
+    x_all = np.concatenate([_read_split_pa(run, s, 0)["v"] for s in ("train", "val")]).astype(np.float64)
     assert not np.isclose(result.manifest["branches"][0]["mean"][0], x_all.mean(), rtol=1e-9, atol=0)
 
 
@@ -228,7 +280,9 @@ def test_read_branch_via_shards(written):
         assert len(bd) == m["branches"][3]["splits"][split]["rows"]
         np.testing.assert_array_equal(bd.idx, want["idx"])
         np.testing.assert_array_equal(bd.y, want["y"])
-        np.testing.assert_array_equal(bd.x, want["x"])
+        np.testing.assert_array_equal(bd.src, want["src"])
+        np.testing.assert_array_equal(bd.x, want["x"])  # the stored codes
+        np.testing.assert_allclose(bd.values(), want["v"], rtol=1e-6, atol=1e-7)
 
 
 def test_single_process_reference_writes_the_same(written, tmp_path):
@@ -264,7 +318,7 @@ def test_config_hash_covers_content_only():
     cfg = tiny_config("/tmp/a")
     base = config_hash(cfg.source, cfg.split)
     assert base == config_hash(tiny_config("/elsewhere").source, tiny_config("/elsewhere").split)  # not the URI
-    for key, value in [("split.transform", "identity"), ("split.rows", 4), ("split.val_fraction", 0.2),
+    for key, value in [("split.transform", "identity"), ("split.dtype", "float16"), ("split.rows", 4), ("split.val_fraction", 0.2),
                        ("split.seed", 1), ("source.limit", 10), ("source.synthetic.seed", 3)]:
         other = tiny_config("/tmp/a", **{key: value})
         assert config_hash(other.source, other.split) != base, key
@@ -293,7 +347,8 @@ def test_different_config_conflicts_unless_overwrite(ray_session, tmp_path):
     x, _ = source.read("test", 0, 3)
     want = spectral_components(x.astype(np.float32) / 255, 2, 2, "haar")
     for b in range(4):
-        np.testing.assert_allclose(read_branch(storage, m, "test", b).x[:3], want[:, b], atol=1e-6)
+        tol = m["branches"][b]["scale"][0] / 2 + 1e-6
+        np.testing.assert_allclose(read_branch(storage, m, "test", b).values()[:3], want[:, b], atol=tol)
 
 
 def test_interrupted_split_is_redone(ray_session, tmp_path):
@@ -341,9 +396,9 @@ def test_crash_mid_write_leaves_no_manifest(ray_session, tmp_path):
     assert m["counts"] == {"train": 7, "val": 1, "test": 4}
     listed = {f for b in m["branches"] for e in b["splits"].values() for f in e["files"]}
     assert {f for f in _files(run) if f != MANIFEST} == listed
-    x = read_branch(storage, m, "test", 0).x
+    x = read_branch(storage, m, "test", 0).values()
     want = spectral_components(np.stack([a.transpose(2, 0, 1) for _, _, a in files["test"]]).astype(np.float32) / 255, 2, 2)
-    np.testing.assert_allclose(x, want[:, 0], atol=1e-6)
+    np.testing.assert_allclose(x, want[:, 0], atol=m["branches"][0]["scale"][0] / 2 + 1e-6)
 
 
 def test_task_errors_are_unwrapped():
@@ -367,7 +422,7 @@ def test_rectangular_split_rgb_identity(ray_session, tmp_path):
         **{
             "source.synthetic": {"train": 30, "test": 10, "height": 4, "width": 8, "channels": 3, "classes": 3},
             "split.rows": 1, "split.cols": 4, "split.transform": "identity", "split.val_fraction": 0.2,
-            "source.limit": 20,
+            "source.limit": 20, "split.dtype": "float32",
         },
     )
     storage = RunStorage(cfg.storage.uri)
@@ -381,6 +436,7 @@ def test_rectangular_split_rgb_identity(ray_session, tmp_path):
         tr, va = read_branch(storage, m, "train", k), read_branch(storage, m, "val", k)
         idx = np.concatenate([tr.idx, va.idx])
         assert sorted(idx) == list(range(20))
+        assert tr.x.dtype == np.float32 and "offset" not in m["branches"][k]  # split.dtype float32: the values
         np.testing.assert_allclose(tr.x, poly[tr.idx, ..., k], rtol=1e-6, atol=0)  # x * (1/255) vs x / 255: 1 ulp
         np.testing.assert_array_equal(va.y, y[va.idx])
         assert len(m["branches"][k]["mean"]) == 3
@@ -451,7 +507,7 @@ def test_split_to_s3(ray_session, s3_endpoint):
         x, y = source.read(source_split, 0, source.count(source_split))
         np.testing.assert_array_equal(bd.y, y[bd.idx])
         want = spectral_components(x[bd.idx[:5]].astype(np.float32) / 255, 2, 2, "dct")[:, 2]
-        np.testing.assert_allclose(bd.x[:5], want, atol=1e-6)
+        np.testing.assert_allclose(bd.values()[:5], want, atol=m["branches"][2]["scale"][0] / 2 + 1e-6)
     # The driver's view (s3fs caches listings) sees what the Ray workers wrote.
     assert storage.ls("data") == ["manifest.json", "test", "train", "val"]
     assert storage.ls("data/train") == [f"branch={k}" for k in range(4)]

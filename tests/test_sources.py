@@ -57,7 +57,8 @@ def test_mnist_torchvision_layout(tmp_path, gz):
     np.testing.assert_array_equal(x[:, 0], arrays["train"][0][4:9])
     np.testing.assert_array_equal(y, arrays["train"][1][4:9])
     d = source.describe()
-    assert d == {"name": "mnist", "resolution": [8, 6], "channels": 1, "classes": 10, "counts": {"train": 12, "test": 5}}
+    assert d == {"name": "mnist", "resolution": [8, 6], "channels": 1, "classes": 10, "counts": {"train": 12, "test": 5},
+                 "class_names": [str(i) for i in range(10)]}
 
 
 def test_mnist_torchvision_layout_with_gz_and_extracted_files(tmp_path):
@@ -102,6 +103,7 @@ def test_debian_fashion_mnist_opens():
     assert d["counts"] == {"train": 60000, "test": 10000}
     assert sum(d["counts"].values()) == 70000
     assert (d["resolution"], d["channels"], d["classes"]) == ([28, 28], 1, 10)
+    assert d["class_names"][0] == "T-shirt/top" and d["class_names"][9] == "Ankle boot"
     x, y = source.read("test", 9990, 10000)
     assert x.shape == (10, 1, 28, 28) and x.dtype == np.uint8 and x.max() > 0
     assert y.min() >= 0 and y.max() < 10
@@ -273,6 +275,7 @@ def test_synthetic_limit_and_describe():
     source = make_source(SourceConfig(name="synthetic", limit=7, synthetic=SyntheticConfig(train=20, test=3, height=8, width=8)))
     assert source.describe() == {
         "name": "synthetic", "resolution": [8, 8], "channels": 1, "classes": 10, "counts": {"train": 7, "test": 3},
+        "class_names": [str(i) for i in range(10)],
     }
 
 

@@ -1,0 +1,81 @@
+"""A branch's data on its device: stored values in, decoded and normalised batches out.
+
+The sub-datasets hold ``split.dtype`` values (uint8 codes by default); they
+go to the device as stored (4x smaller than float32 for uint8) and each batch
+is decoded there with ``data_split.quantize.decode`` and normalised with the
+manifest's per-channel mean/std, so a branch's input is float32
+``(B, C, h, w)`` whatever the storage.
+
+``InMemorySplit``: the whole split on the device, rows in ascending
+``(src, idx)`` order; the batch order of an epoch is ``batch_indices(...)``
+of ``epoch_generator(seed, k, epoch)``, a function of (seed, branch, epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from data_split.quantize import branch_codec, decode
+from data_split.shards import read_branch
+from data_split.storage import RunStorage
+
+MIN_STD = 1e-6  # clamp of the per-channel std used to normalise (a constant channel would divide by 0)
+EVAL_BATCH_SIZE = 1024  # rows per forward pass when computing val/test logits
+
+
+def epoch_generator(seed: int, k: int, epoch: int) -> torch.Generator:
+    """The batch-order generator of one (branch, epoch): independent of every other RNG."""
+    state = np.random.SeedSequence([(seed + k) % 2**63, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled partition of ``range(n)`` into batches; a trailing batch of 1 joins the previous one."""
+    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:  # BatchNorm cannot train on a single sample
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+class Decoder:
+    """Stored values of branch ``k`` -> normalised float32, on ``device`` (one per branch)."""
+
+    def __init__(self, manifest: dict, k: int, device: torch.device) -> None:
+        self.dtype, offset, scale = branch_codec(manifest, k)
+        as_t = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float32, device=device)  # noqa: E731
+        self.offset, self.scale = as_t(offset), as_t(scale)
+        b = manifest["branches"][k]
+        self.mean = torch.as_tensor(b["mean"], dtype=torch.float32, device=device).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+        self.std = torch.as_tensor(np.maximum(np.asarray(b["std"], np.float32), MIN_STD), device=device).reshape(1, -1, 1, 1)
+
+    def __call__(self, stored: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) stored dtype on the device -> (B, C, h, w) float32 normalised."""
+        return (decode(stored, self.dtype, self.offset, self.scale) - self.mean) / self.std
+
+
+class InMemorySplit:
+    """One split of branch ``k``, all rows on the device as stored."""
+
+    def __init__(self, storage: RunStorage, manifest: dict, split: str, k: int, device: torch.device) -> None:
+        data = read_branch(storage, manifest, split, k)
+        self.idx, self.src, self.y_np = data.idx, data.src, data.y
+        self.y = torch.from_numpy(data.y).to(device)
+        self.stored = torch.from_numpy(np.ascontiguousarray(data.x)).to(device)
+        self.decode = Decoder(manifest, k, device)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def train_batches(self, seed: int, k: int, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's ``(x, y)`` batches, in the order fixed by (seed, k, epoch)."""
+        for rows in batch_indices(len(self), batch_size, epoch_generator(seed, k, epoch)):
+            rows = rows.to(self.stored.device)
+            yield self.decode(self.stored[rows]), self.y[rows]
+
+    def eval_batches(self) -> Iterator[torch.Tensor]:
+        """Normalised inputs in row order, ``EVAL_BATCH_SIZE`` at a time (one empty batch for an empty split)."""
+        for stored in self.stored.split(EVAL_BATCH_SIZE):
+            yield self.decode(stored)
