@@ -3,7 +3,7 @@
 from data_split.config import SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
 from data_split.pipeline import SplitConflictError, SplitResult, split_dataset
 from data_split.shards import BranchData, ManifestError, load_manifest, read_branch
-from data_split.sources import SourceError, make_source
+from data_split.sources import IMAGE_SUFFIXES, SourceError, decode_image, make_source
 from data_split.storage import RunStorage, StorageError
 from data_split.transforms import (
     TRANSFORMS,
@@ -15,8 +15,8 @@ from data_split.transforms import (
 )
 
 __all__ = [
-    "TRANSFORMS", "BranchData", "ManifestError", "RunStorage", "SourceConfig", "SourceError", "SplitConfig",
-    "SplitConflictError", "SplitResult", "StorageConfig", "StorageError", "SyntheticConfig", "load_manifest",
+    "IMAGE_SUFFIXES", "TRANSFORMS", "BranchData", "ManifestError", "RunStorage", "SourceConfig", "SourceError", "SplitConfig",
+    "SplitConflictError", "SplitResult", "StorageConfig", "StorageError", "SyntheticConfig", "decode_image", "load_manifest",
     "make_source", "polyphase_split", "read_branch", "spectral_components", "spectral_merge", "spectral_split",
     "split_dataset", "transform_matrix",
 ]

@@ -14,6 +14,7 @@ Source splits are ``train`` and ``test``; the validation split is carved from
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import pickle
@@ -285,19 +286,37 @@ class ImageFolderSource(ImageSource):
         return len(self._files[split])
 
     def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        from PIL import Image
-
-        mode = "L" if self.channels == 1 else "RGB"
         rows = self._files[split][start:stop]
         x = np.empty((len(rows), self.channels, self.height, self.width), dtype=np.uint8)
         for i, (path, _) in enumerate(rows):
-            try:
-                with Image.open(path) as im:
-                    a = np.asarray(im.convert(mode).resize((self.width, self.height), Image.BILINEAR))
-            except Exception as e:
-                raise SourceError(f"{path}: cannot decode image ({e})") from e
-            x[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+            x[i] = decode_image(path, self.channels, self.height, self.width)
         return x, np.array([label for _, label in rows], dtype=np.int64)
+
+
+def decode_image(image: str | bytes, channels: int, height: int, width: int, *, name: str | None = None) -> np.ndarray:
+    """A PNG/JPEG (a path or its bytes) as uint8 ``(channels, height, width)``: converted to grey (1) or RGB (3),
+    resized bilinearly to ``(height, width)``. The one way images are read, for training and for inference."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "L" if channels == 1 else "RGB"
+    name = name or (image if isinstance(image, str) else "image")
+    if isinstance(image, bytes) and not image:
+        raise SourceError(f"{name}: empty (0 bytes), not an image")
+    try:
+        im = Image.open(image if isinstance(image, str) else io.BytesIO(image))
+    except UnidentifiedImageError:
+        raise SourceError(f"{name}: cannot decode image (not a format PIL knows; PNG or JPEG expected)") from None
+    except Exception as e:
+        raise SourceError(f"{name}: cannot decode image ({e})") from e
+    try:
+        with im:
+            im = im.convert(mode)
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.BILINEAR)
+            a = np.asarray(im)
+    except Exception as e:  # PIL raises many types: truncated, unconvertible mode, decompression bomb
+        raise SourceError(f"{name}: cannot decode image ({e})") from e
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
 
 
 # -- synthetic ------------------------------------------------------------------------------------

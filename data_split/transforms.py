@@ -35,8 +35,8 @@ def _permute(a: Any, axes: tuple[int, ...]) -> Any:
     return a.permute(*axes) if _is_torch(a) else a.transpose(axes)
 
 
-def _as_matrix_like(t: np.ndarray, like: Any) -> Any:
-    """``t`` (float64 numpy) cast to ``like``'s dtype, library and device."""
+def _as_matrix_like(t: Any, like: Any) -> Any:
+    """``t`` (numpy, or a torch buffer of a module) cast to ``like``'s dtype, library and device."""
     # Casting T to an integer dtype would round its entries to 0/1 and return garbage silently.
     floating = like.is_floating_point() if _is_torch(like) else np.issubdtype(like.dtype, np.floating)
     if not floating:
@@ -45,7 +45,7 @@ def _as_matrix_like(t: np.ndarray, like: Any) -> Any:
         import torch
 
         return torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    return t.astype(like.dtype, copy=False)
+    return np.asarray(t).astype(like.dtype, copy=False)
 
 
 @lru_cache(maxsize=64)
@@ -114,9 +114,10 @@ def spectral_components(x: Any, r: int, c: int, transform: str | np.ndarray = "d
     """
     _check_divisible(tuple(x.shape), r, c)
     k = r * c
-    t = transform_matrix(transform, k) if isinstance(transform, str) else np.asarray(transform)
-    if t.shape != (k, k):
-        raise ValueError(f"transform matrix has shape {t.shape}, expected ({k}, {k}) for r={r}, c={c}")
+    # A torch matrix stays torch: inference's exported module holds T as a buffer (torch.export traces this).
+    t = transform_matrix(transform, k) if isinstance(transform, str) else transform if _is_torch(transform) else np.asarray(transform)
+    if tuple(t.shape) != (k, k):
+        raise ValueError(f"transform matrix has shape {tuple(t.shape)}, expected ({k}, {k}) for r={r}, c={c}")
     n, ch, h, w = x.shape
     y = x.reshape(n, ch, h // r, r, w // c, c)  # (N, C, h, a, w, b)
     phases = _permute(y, (0, 3, 5, 1, 2, 4)).reshape(n, k, ch * (h // r) * (w // c))  # (N, K, C*h*w)

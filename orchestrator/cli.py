@@ -3,6 +3,9 @@
     spectral split    --config configs/fashion_mnist.yaml [--storage URI] [--set KEY=VALUE ...] [--overwrite]
     spectral run      --config configs/fashion_mnist.yaml [--storage URI] [--set KEY=VALUE ...]
     spectral train | evaluate | baseline | tune-weights | sweep  (same options)
+    spectral export   --storage URI --output FILE [--weights METHOD]
+    spectral predict  --storage URI --input URI --output URI [--batch-size N] [--concurrency N] [--skip-bad]
+    spectral serve    --storage URI [--host 127.0.0.1] [--port 8000]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from orchestrator import api
+from orchestrator._ray import init_ray
 from orchestrator.config import SpectralConfig, load_config, parse_set
 
 console = Console()
@@ -186,6 +190,50 @@ def cmd_sweep(cfg: SpectralConfig, args) -> None:
     console.print(f"table: {result.table_path}\nbest config: {result.best_config_path}")
 
 
+def cmd_export(cfg: SpectralConfig, args) -> None:
+    from inference import export_ensemble
+
+    card = export_ensemble(cfg.storage.uri, args.output, weights=args.weights, endpoint_url=cfg.storage.endpoint_url)
+    acc = "n/a" if card["test_acc"] is None else f"{card['test_acc']:.4f}"
+    console.print(f"exported {args.output} (+ {args.output}.json): input {card['input_shape']}, "
+                  f"{len(card['classes'])} classes, {card['weights_method']} weights, test accuracy {acc}")
+
+
+def cmd_predict(cfg: SpectralConfig, args) -> None:
+    from inference import predict_images
+
+    overrides = {f"predict.{key}": v for key, v in (("batch_size", args.batch_size), ("concurrency", args.concurrency))
+                 if v is not None}
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    init_ray(cfg.ray, quiet=True)
+    result = predict_images(cfg.storage.uri, args.input, args.output, cfg.predict, weights=args.weights,
+                            skip_bad=args.skip_bad, endpoint_url=cfg.storage.endpoint_url)
+    for path in result.skipped:
+        console.print(f"[yellow]skipped unreadable image:[/yellow] {path}")
+    console.print(f"classified {result.images:,} images in {result.seconds:.2f} s: {result.images_per_s:,.0f} images/s "
+                  f"({cfg.predict.concurrency} actor(s), batch {cfg.predict.batch_size})")
+    if result.accuracy is not None:
+        console.print(f"accuracy {result.accuracy:.4f} over {result.labelled:,} images in folders named after classes")
+    console.print(f"predictions: {result.output}")
+
+
+def cmd_serve(cfg: SpectralConfig, args) -> None:
+    from ray import serve
+
+    from inference import start_serving
+
+    init_ray(cfg.ray)
+    url = start_serving(cfg.storage.uri, cfg.serve, host=args.host, port=args.port, weights=args.weights,
+                        endpoint_url=cfg.storage.endpoint_url)
+    console.print(f"serving {cfg.storage.uri} at {url}: POST {url}/predict (image bytes), GET {url}/healthz, "
+                  f"GET {url}/ (model card); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(1)
+    finally:
+        serve.shutdown()
+
+
 COMMANDS = {
     "split": (cmd_split, "write the K spectral sub-datasets (Ray Data) and the manifest"),
     "run": (cmd_run, "split if needed, train every branch, ensemble, report"),
@@ -194,7 +242,27 @@ COMMANDS = {
     "baseline": (cmd_baseline, "train the same network on full-resolution images for comparison"),
     "tune-weights": (cmd_tune_weights, "search the ensemble weights with Ray Tune (and fit the exact reference)"),
     "sweep": (cmd_sweep, "Ray Tune search over branch-training hyperparameters (sweep.space); resumes if interrupted"),
+    "export": (cmd_export, "write the run's ensemble as one torch.export program (FILE) plus FILE.json"),
+    "predict": (cmd_predict, "classify every PNG/JPEG under --input with Ray Data; Parquet under --output"),
+    "serve": (cmd_serve, "serve the run's ensemble over HTTP with Ray Serve (POST /predict, GET /healthz, GET /)"),
 }
+INFERENCE_COMMANDS = ("export", "predict", "serve")
+
+
+def _add_inference_args(name: str, p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="chosen",
+                   help="ensemble weights: chosen (the run's ensemble/weights.json) or a method the run evaluated")
+    if name == "export":
+        p.add_argument("--output", required=True, help="the program's file (any fsspec URI); FILE.json beside it")
+    elif name == "predict":
+        p.add_argument("--input", required=True, help="folder or prefix of PNG/JPEG images, searched recursively")
+        p.add_argument("--output", required=True, help="folder or prefix for the Parquet files (must not exist)")
+        p.add_argument("--batch-size", type=int, help="images per actor call (sets predict.batch_size)")
+        p.add_argument("--concurrency", type=int, help="actors, each holding the ensemble (sets predict.concurrency)")
+        p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
+    else:
+        p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy binds (0.0.0.0: every interface)")
+        p.add_argument("--port", type=int, default=8000, help="HTTP port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML config (defaults apply to keys it leaves out)")
         p.add_argument("--storage", help="the run's URI: a path, file://..., s3://bucket/prefix (sets storage.uri)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
-        p.add_argument("--overwrite", action="store_true", help="replace sub-datasets of a different configuration")
+        if name in INFERENCE_COMMANDS:
+            _add_inference_args(name, p)
+        else:
+            p.add_argument("--overwrite", action="store_true", help="replace sub-datasets of a different configuration")
     return parser
 
 

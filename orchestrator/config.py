@@ -19,6 +19,7 @@ import yaml
 
 from branches.config import ModelConfig, TrainConfig
 from data_split.config import SourceConfig, SplitConfig, StorageConfig
+from inference.config import PredictConfig, ServeConfig
 from tune.config import SweepConfig, TuneConfig
 
 WEIGHT_RULES = ("uniform", "geometric", "tuned")
@@ -77,6 +78,8 @@ class SpectralConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # ensemble-weight search (ensemble.weights: tuned)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # `spectral sweep`: hyperparameter search
+    predict: PredictConfig = field(default_factory=PredictConfig)  # `spectral predict`: Ray Data batch inference
+    serve: ServeConfig = field(default_factory=ServeConfig)  # `spectral serve`: Ray Serve endpoint
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -95,3 +95,23 @@ def tiny_split(ray_session, tiny_cfg):
     storage = RunStorage(tiny_cfg.storage.uri)
     split_dataset(tiny_cfg.source, tiny_cfg.split, storage)
     return tiny_cfg, storage
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(ray_session, tmp_path_factory):
+    """A finished tiny run (split, 4 branches trained 1 epoch, geometric weights chosen): its config.
+
+    Session-scoped: the inference tests (model, export, predict, serve) only read it.
+    """
+    from branches import train_branch
+    from data_split import RunStorage, split_dataset
+    from orchestrator import api
+
+    cfg = tiny_config(str(tmp_path_factory.mktemp("trained") / "run"),
+                      **{"train.epochs": 1, "ensemble.weights": "geometric", "source.limit": 200})
+    storage = RunStorage(cfg.storage.uri)
+    split_dataset(cfg.source, cfg.split, storage)
+    for k in range(cfg.split.k):  # in this process: four tiny branches train faster than four actors start
+        train_branch(storage, k, cfg.model, cfg.train)
+    api.ensemble(cfg)
+    return cfg

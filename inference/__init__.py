@@ -1,0 +1,32 @@
+"""Using a trained run: one ``nn.Module`` (``load_ensemble``), a ``torch.export`` file, Ray Data batch
+prediction and a Ray Serve endpoint.
+
+    from inference import load_ensemble, export_ensemble, predict_images, start_serving
+    model = load_ensemble("runs/fashion-mnist-sub4")          # pixels (N, C, H, W) in [0, 1] -> logits (N, classes)
+    export_ensemble("runs/fashion-mnist-sub4", "model.pt2")   # + model.pt2.json sidecar
+    predict_images("runs/fashion-mnist-sub4", "images/", "predictions/")   # Ray Data -> Parquet
+    start_serving("runs/fashion-mnist-sub4", port=8000)       # Ray Serve: POST /predict
+
+Layering: imports ``data_split``, ``branches`` and ``tune`` only; ``orchestrator`` (the CLI) calls it.
+Names load lazily: ``orchestrator.config`` imports ``inference.config`` and must not pull in torch or Ray Serve.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PredictConfig": "inference.config", "ServeConfig": "inference.config",
+    "CHOSEN": "inference.model", "EnsembleLoadError": "inference.model", "RunInfo": "inference.model",
+    "SpectralEnsemble": "inference.model", "load_ensemble": "inference.model",
+    "export_ensemble": "inference.export", "export_program": "inference.export",
+    "PredictError": "inference.predict", "PredictResult": "inference.predict", "predict_images": "inference.predict",
+    "build_app": "inference.serve", "start_serving": "inference.serve",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'inference' has no attribute {name!r}")

@@ -1,0 +1,42 @@
+"""Configuration of batch prediction (``predict.*``) and serving (``serve.*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(kw_only=True, frozen=True)
+class PredictConfig:
+    batch_size: int = 256  # images per map_batches call (one forward pass of an actor)
+    concurrency: int = 1  # actors in the pool, each holding the ensemble
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"predict.batch_size must be >= 1, got {self.batch_size}")
+        if self.concurrency < 1:
+            raise ValueError(f"predict.concurrency must be >= 1, got {self.concurrency}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ValueError(f"predict.gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class ServeConfig:
+    replicas: int = 1  # Ray Serve replicas, each holding the ensemble
+    batching: bool = True  # @serve.batch: concurrent requests share one forward pass
+    max_batch_size: int = 32  # largest dynamic batch
+    batch_wait_timeout_s: float = 0.005  # how long a batch waits to fill up
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float | None = None  # None: 1 when the cluster has GPUs, else 0
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"serve.replicas must be >= 1, got {self.replicas}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"serve.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.batch_wait_timeout_s < 0:
+            raise ValueError(f"serve.batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        if self.cpus_per_replica < 0:
+            raise ValueError(f"serve.cpus_per_replica must be >= 0, got {self.cpus_per_replica}")
+        if self.gpus_per_replica is not None and self.gpus_per_replica < 0:
+            raise ValueError(f"serve.gpus_per_replica must be >= 0, got {self.gpus_per_replica}")

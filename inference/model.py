@@ -1,0 +1,179 @@
+"""One trained run as one ``nn.Module``: raw pixels in, ensemble logits out.
+
+``SpectralEnsemble`` replays, inside ``forward``, exactly what the run's data
+went through before a branch saw it (DESIGN.md sections 1 and 3):
+
+    x (N, C, H, W) pixels in [0, 1]
+      -> spectral_components with the manifest's matrix  (N, K, C, H/r, W/c)
+      -> the storage's quantisation (split.dtype)          so inputs equal the stored shards
+      -> (s - mean_k) / std_k per branch and channel       as branches.train normalised them
+      -> branch k's model (final checkpoint), eval mode    (K, N, classes)
+      -> z = sum_k w_k z_k                                 (N, classes)
+
+Everything is torch on buffers, so ``torch.export`` captures the whole chain
+and the exported program needs nothing from this project.
+
+    from inference import load_ensemble
+    model = load_ensemble("runs/fashion-mnist-sub4")            # the run's chosen weights
+    logits = model(pixels)                                      # (N, 10); model.info: classes, run, test acc
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from branches import ModelConfig, build_model
+from branches._checkpoint import checkpoint_path, load_checkpoint
+from branches.train import MIN_STD
+from data_split import RunStorage, load_manifest, spectral_components
+
+log = logging.getLogger(__name__)
+
+CHOSEN = "chosen"  # load_ensemble(weights=...): the run's ensemble/weights.json
+
+
+class EnsembleLoadError(ValueError):
+    """A run cannot be turned into a model (unfinished branch, missing weights); the message names the file."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a user of the model needs to know about the run it came from (the export sidecar, the model card)."""
+
+    uri: str
+    channels: int
+    height: int
+    width: int
+    class_names: list[str]
+    source: str
+    rows: int
+    cols: int
+    transform: str
+    dtype: str  # the storage's split.dtype, whose quantisation the model applies
+    model: str
+    method: str  # weight rule: uniform, geometric, tuned, exact, or "given"
+    weights: list[float]
+    test_acc: float | None
+
+    @property
+    def k(self) -> int:
+        return self.rows * self.cols
+
+    def card(self) -> dict:
+        return {"run": self.uri, "source": self.source, "input_shape": ["N", self.channels, self.height, self.width],
+                "input": "float32 pixels in [0, 1]", "classes": self.class_names, "K": self.k,
+                "split": [self.rows, self.cols], "transform": self.transform, "storage_dtype": self.dtype,
+                "model": self.model, "weights_method": self.method, "weights": self.weights, "test_acc": self.test_acc}
+
+
+class SpectralEnsemble(nn.Module):
+    """Raw pixels ``(N, C, H, W)`` in [0, 1] -> logits ``(N, classes)`` of a weighted ensemble of K branches."""
+
+    def __init__(self, *, rows: int, cols: int, matrix: np.ndarray, dtype: str, mean: np.ndarray, std: np.ndarray,
+                 branches: Sequence[nn.Module], weights: Sequence[float], info: RunInfo | None = None) -> None:
+        super().__init__()
+        self.info = info  # where the model came from (not part of the computation)
+        k = rows * cols
+        if len(branches) != k or len(weights) != k:
+            raise ValueError(f"expected {k} branches and weights for a {rows}x{cols} split, "
+                             f"got {len(branches)} and {len(weights)}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"storage dtype {dtype!r} is not supported")
+        self.rows, self.cols, self.dtype = rows, cols, dtype
+        self.register_buffer("matrix", torch.as_tensor(np.asarray(matrix), dtype=torch.float32))  # (K, K)
+        # (1, K, C, 1, 1): broadcast over the branch-major components (N, K, C, h, w)
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32)[None, :, :, None, None])
+        std = np.maximum(np.asarray(std, dtype=np.float32), MIN_STD)
+        self.register_buffer("std", torch.as_tensor(std)[None, :, :, None, None])
+        self.register_buffer("weights", torch.as_tensor(np.asarray(weights), dtype=torch.float32))  # (K,)
+        self.branches = nn.ModuleList(branches)
+        self.eval()
+
+    def branch_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` pixels -> ``(N, K, C, h, w)`` normalised branch inputs, as training saw them."""
+        s = spectral_components(x, self.rows, self.cols, self.matrix)  # (N, K, C, h, w)
+        if self.dtype == "float16":  # stored as float16: the branches trained on the rounded values
+            s = s.to(torch.float16).to(torch.float32)
+        return (s - self.mean) / self.std
+
+    def branch_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(K, N, classes)``: every branch's logits for pixels ``x``."""
+        s = self.branch_inputs(x)
+        return torch.stack([branch(s[:, k]) for k, branch in enumerate(self.branches)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("k,knc->nc", self.weights, self.branch_logits(x))  # z = sum_k w_k z_k
+
+
+def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], classes: int) -> tuple[nn.Module, str]:
+    """Branch ``k``'s network from the checkpoint of its final epoch (the one its logits came from)."""
+    rel = f"branches/{k}/result.json"
+    if not storage.exists(rel):
+        raise EnsembleLoadError(f"branch {k} has not finished: {storage.url(rel)} is missing (train the run first)")
+    epochs = int(storage.read_json(rel)["epochs"])
+    ckpt_rel = checkpoint_path(k, epochs)
+    try:
+        ckpt = load_checkpoint(storage, ckpt_rel)
+    except FileNotFoundError:
+        raise EnsembleLoadError(f"branch {k}: final checkpoint {storage.url(ckpt_rel)} is missing") from None
+    except (ValueError, RuntimeError) as e:
+        raise EnsembleLoadError(f"branch {k}: final checkpoint {storage.url(ckpt_rel)} is unreadable: {e}") from e
+    cfg = ModelConfig(**ckpt["model_config"])
+    model = build_model(cfg, in_shape, classes)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg.name
+
+
+def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tuple[str, list[float], float | None]:
+    """(method, (K,) weights, test accuracy or None) for ``weights``: "chosen", a method name, or K numbers."""
+    if not isinstance(weights, str):
+        w = [float(v) for v in weights]
+        if len(w) != k or not np.all(np.isfinite(w)):
+            raise EnsembleLoadError(f"expected {k} finite ensemble weights, got {w}")
+        return "given", w, None
+    rel = "ensemble/weights.json" if weights == CHOSEN else f"ensemble/{weights}.json"
+    if not storage.exists(rel):
+        have = sorted(n[:-5] for n in storage.ls("ensemble") if n.endswith(".json") and n != "weights.json")
+        raise EnsembleLoadError(f"{storage.url(rel)} does not exist (run `spectral evaluate` first); "
+                                f"methods of this run: {', '.join(have) or 'none'}")
+    record = storage.read_json(rel)
+    w = [float(v) for v in record["weights"]]
+    if len(w) != k:
+        raise EnsembleLoadError(f"{storage.url(rel)} holds {len(w)} weights, the split has K={k}")
+    return record["method"], w, record.get("test_acc")
+
+
+def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN, *,
+                  endpoint_url: str | None = None) -> SpectralEnsemble:
+    """The run at ``uri`` as a ``SpectralEnsemble`` (CPU, eval mode); ``.info`` describes the run.
+
+    ``weights``: ``"chosen"`` (the run's ``ensemble/weights.json``), a method the run evaluated
+    (``"uniform"``, ``"geometric"``, ``"tuned"``, ``"exact"``), or K numbers.
+    """
+    storage = uri if isinstance(uri, RunStorage) else RunStorage(uri, endpoint_url)
+    manifest = load_manifest(storage)
+    split, source = manifest["split"], manifest["source"]
+    k, classes = int(split["K"]), int(source["classes"])
+    in_shape = tuple(int(d) for d in split["branch_shape"])
+    nets = [_final_branch(storage, b, in_shape, classes) for b in range(k)]
+    method, w, test_acc = _weights(storage, k, weights)
+    height, width = (int(v) for v in source["resolution"])
+    info = RunInfo(
+        uri=storage.uri, channels=int(source["channels"]), height=height, width=width,
+        class_names=[str(c) for c in source.get("class_names") or range(classes)], source=source["name"],
+        rows=int(split["r"]), cols=int(split["c"]), transform=split["transform"], dtype=split.get("dtype", "float32"),
+        model=nets[0][1], method=method, weights=w, test_acc=test_acc,
+    )
+    model = SpectralEnsemble(
+        rows=info.rows, cols=info.cols, matrix=np.asarray(split["matrix"]), dtype=info.dtype,
+        mean=np.asarray([b["mean"] for b in manifest["branches"]]), std=np.asarray([b["std"] for b in manifest["branches"]]),
+        branches=[net for net, _ in nets], weights=w, info=info,
+    )
+    log.info("loaded %s: K=%d %s branches, %s weights %s", storage.url(), k, info.model, method, np.round(w, 4).tolist())
+    return model

@@ -1,0 +1,152 @@
+"""`spectral predict`: classify every PNG/JPEG under a folder or prefix with Ray Data.
+
+    list the images (recursive, any fsspec URI)  ->  read_binary_files
+      -> map_batches(Classifier) on an ActorPoolStrategy: each actor loads the ensemble once
+         (on a GPU when the cluster has them), decodes its batch as the run's source did
+         (``data_split.decode_image``: grey/RGB, resized to the run's resolution) and runs it
+      -> check: an unreadable image is an error naming it (or, with ``skip_bad``, left out and listed)
+      -> write_parquet(output): path (string), pred (int64), class_name (string), prob (list<float32>)
+
+Nothing is written before every image has been classified, so a bad image never leaves half an output.
+When an image's folder is named after one of the run's classes it counts as labelled, and the
+accuracy over labelled images is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from data_split import IMAGE_SUFFIXES, RunStorage, SourceError, decode_image
+from inference.config import PredictConfig
+from inference.model import CHOSEN, load_ensemble
+
+log = logging.getLogger(__name__)
+
+MAX_NAMED_BAD = 20  # unreadable images named in an error message (all of them are in PredictResult.skipped)
+
+
+class PredictError(ValueError):
+    """No images, unreadable images, or an output that already exists; the message names them."""
+
+
+@dataclass
+class PredictResult:
+    output: str
+    images: int  # classified and written
+    seconds: float  # listing to written Parquet, Ray start-up excluded
+    labelled: int  # images under a folder named after a class of the run
+    accuracy: float | None  # over the labelled images; None when there are none
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def list_images(fs, root: str) -> list[str]:
+    """Every PNG/JPEG under ``root`` (recursive), sorted; ``root`` may also be one image."""
+    if fs.isfile(root):
+        found = [root]
+    else:
+        found = fs.find(root)
+    return sorted(p for p in found if p.lower().endswith(IMAGE_SUFFIXES) and not posixpath.basename(p).startswith("."))
+
+
+class Classifier:
+    """A Ray Data actor holding the ensemble: a batch of (path, bytes) -> path, pred, class_name, prob, error."""
+
+    def __init__(self, uri: str, weights: str | Sequence[float], endpoint_url: str | None, use_gpu: bool) -> None:
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = load_ensemble(uri, weights, endpoint_url=endpoint_url).to(self.device)
+        self.info = self.model.info
+
+    def __call__(self, batch: dict) -> pa.Table:
+        info, n = self.info, len(batch["path"])
+        x = np.zeros((n, info.channels, info.height, info.width), np.uint8)
+        errors: list[str | None] = [None] * n
+        for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
+            try:
+                x[i] = decode_image(bytes(data), info.channels, info.height, info.width, name=str(path))
+            except SourceError as e:
+                errors[i] = str(e)
+        pixels = torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255)).to(self.device)
+        with torch.no_grad():
+            prob = torch.softmax(self.model(pixels), dim=1).cpu().numpy()  # (n, classes)
+        pred = prob.argmax(1).astype(np.int64)
+        return pa.table({
+            "path": pa.array([str(p) for p in batch["path"]], pa.string()),
+            "pred": pa.array(pred, pa.int64()),
+            "class_name": pa.array([info.class_names[p] for p in pred], pa.string()),
+            "prob": pa.array(list(prob.astype(np.float32)), pa.list_(pa.float32())),
+            "error": pa.array(errors, pa.string()),
+        })
+
+
+def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig = PredictConfig(), *,
+                   weights: str | Sequence[float] = CHOSEN, skip_bad: bool = False,
+                   endpoint_url: str | None = None) -> PredictResult:
+    """Classify every image under ``input_uri`` with the run at ``uri``; write Parquet under ``output_uri``."""
+    import ray
+
+    t0 = time.perf_counter()
+    src, out = RunStorage(input_uri, endpoint_url), RunStorage(output_uri, endpoint_url)
+    if out.fs.exists(out.root) and out.fs.ls(out.root):
+        raise PredictError(f"output {output_uri} already exists and is not empty; choose another --output")
+    try:
+        paths = list_images(src.fs, src.root)
+    except FileNotFoundError:
+        raise PredictError(f"input {input_uri} does not exist") from None
+    if not paths:
+        raise PredictError(f"no PNG/JPEG images under {input_uri} (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+    model = load_ensemble(uri, weights, endpoint_url=endpoint_url)  # fail here, once, if the run is unusable
+    info, prefix = model.info, "" if src.protocol == "file" else f"{src.protocol}://"
+    gpus = cfg.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    log.info("predict: %d images under %s, %d actor(s) x batch %d, %g GPU per actor", len(paths), input_uri,
+             cfg.concurrency, cfg.batch_size, gpus)
+
+    ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=src.fs)
+    scored = ds.map_batches(
+        Classifier, fn_constructor_kwargs={"uri": uri, "weights": weights, "endpoint_url": endpoint_url,
+                                           "use_gpu": gpus > 0},
+        batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        num_gpus=gpus,
+    ).materialize()
+    summary = scored.select_columns(["path", "pred", "error"]).to_pandas()
+    bad = summary[summary["error"].notna()]
+    skipped = [prefix + p for p in bad["path"]]
+    if len(bad) and not skip_bad:
+        named = "; ".join(bad["error"].head(MAX_NAMED_BAD))
+        more = f" (and {len(bad) - MAX_NAMED_BAD} more)" if len(bad) > MAX_NAMED_BAD else ""
+        raise PredictError(f"{len(bad)} unreadable image(s), nothing written: {named}{more}; "
+                           "pass --skip-bad to leave them out")
+    if len(bad) == len(summary):
+        raise PredictError(f"none of the {len(summary)} images under {input_uri} could be read; nothing written")
+    good = summary[summary["error"].isna()]
+
+    def output_rows(table: pa.Table) -> pa.Table:  # the readable images, paths as URIs, no error column
+        table = table.filter(pc.is_null(table.column("error"))).drop_columns(["error"])
+        return table.set_column(0, "path", pa.array([prefix + p for p in table.column("path").to_pylist()], pa.string()))
+
+    scored.map_batches(output_rows, batch_format="pyarrow").write_parquet(out.root, filesystem=out.fs)
+    seconds = time.perf_counter() - t0
+
+    labels = {name: i for i, name in enumerate(info.class_names)}
+    folder = good["path"].map(lambda p: posixpath.basename(posixpath.dirname(p)))
+    known = folder.isin(list(labels))
+    accuracy = float((good["pred"][known] == folder[known].map(labels)).mean()) if known.any() else None
+    result = PredictResult(output=out.url(), images=len(good), seconds=seconds, labelled=int(known.sum()),
+                           accuracy=accuracy, skipped=skipped)
+    log.info("predict: %d images in %.2f s (%.0f images/s)%s", result.images, seconds, result.images_per_s,
+             "" if accuracy is None else f", accuracy {accuracy:.4f} over {result.labelled} labelled")
+    return result

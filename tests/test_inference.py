@@ -1,0 +1,116 @@
+"""SpectralEnsemble / load_ensemble and `spectral export`: the trained run as one module, and as one file."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from data_split import RunStorage, make_source
+from inference import EnsembleLoadError, export_ensemble, load_ensemble
+from orchestrator.cli import main
+
+PROJECT_PACKAGES = ("inference", "data_split", "branches", "orchestrator", "tune")
+
+
+def raw_test_split(cfg) -> tuple[torch.Tensor, np.ndarray]:
+    """The run's test split straight from the source: pixels (N, C, H, W) in [0, 1] as the split scaled them."""
+    source = make_source(cfg.source)
+    x, y = source.read("test", 0, source.count("test"))  # uint8 (N, C, H, W); idx order = the logits' row order
+    return torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255)), y
+
+
+def stored_logits(storage: RunStorage, k: int) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(f"branches/{k}/logits_test.npy")))
+
+
+def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run):
+    cfg = trained_tiny_run
+    storage = RunStorage(cfg.storage.uri)
+    chosen = storage.read_json("ensemble/weights.json")
+    model = load_ensemble(cfg.storage.uri)
+    x, y = raw_test_split(cfg)
+    with torch.no_grad():
+        per_branch = model.branch_logits(x).numpy()  # (K, N, classes)
+        z = model(x).numpy()
+    assert per_branch.shape == (4, len(y), 4)
+    for k in range(4):  # each branch sees exactly what training fed it
+        np.testing.assert_allclose(per_branch[k], stored_logits(storage, k), rtol=0, atol=1e-5)
+    expected = np.tensordot(np.asarray(chosen["weights"]), np.stack([stored_logits(storage, k) for k in range(4)]), 1)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
+    assert (z.argmax(1) == y).mean() == pytest.approx(chosen["test_acc"], abs=1e-12)
+    assert model.info.method == chosen["method"] and model.info.test_acc == chosen["test_acc"]
+
+    uniform = load_ensemble(cfg.storage.uri, weights="uniform")
+    assert uniform.info.weights == [0.25] * 4
+    with torch.no_grad():
+        np.testing.assert_allclose(uniform(x).numpy(), per_branch.mean(0), rtol=0, atol=1e-5)
+
+
+def test_load_ensemble_names_what_is_missing(trained_tiny_run, tmp_path):
+    with pytest.raises(EnsembleLoadError, match="nonesuch.json.*methods of this run: geometric, uniform"):
+        load_ensemble(trained_tiny_run.storage.uri, weights="nonesuch")
+    with pytest.raises(EnsembleLoadError, match="expected 4 finite ensemble weights"):
+        load_ensemble(trained_tiny_run.storage.uri, weights=[1.0, 0.0])
+
+
+# Runs in a fresh interpreter with -I (no PYTHONPATH, no user site), from a folder outside the repository,
+# with every project package denied at import: the program must need torch only.
+LOADER = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class Deny(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {packages!r}:
+                raise ImportError("project package " + name + " is denied here")
+    sys.meta_path.insert(0, Deny())
+    import numpy as np, torch
+    model = torch.export.load(sys.argv[1]).module()
+    x = torch.from_numpy(np.load(sys.argv[2]))
+    out = {{}}
+    for n in (1, 7, 1000):
+        xb = x[torch.arange(n) % len(x)]
+        out[n] = model(xb).tolist()
+    leaked = [m for m in sys.modules if m.split(".")[0] in {packages!r}]
+    print(json.dumps({{"logits": out, "leaked": leaked}}))
+""").format(packages=PROJECT_PACKAGES)
+
+
+def test_export_loads_without_the_project_for_any_batch(trained_tiny_run, tmp_path, capsys):
+    cfg = trained_tiny_run
+    out = tmp_path / "models" / "model.pt2"
+    assert main(["export", "--storage", cfg.storage.uri, "--output", str(out)]) == 0
+    assert "model.pt2" in capsys.readouterr().out
+    sidecar = json.loads((tmp_path / "models" / "model.pt2.json").read_text())
+    chosen = RunStorage(cfg.storage.uri).read_json("ensemble/weights.json")
+    assert sidecar["classes"] == ["0", "1", "2", "3"] and sidecar["input_shape"] == ["N", 1, 8, 8]
+    assert sidecar["run"] == cfg.storage.uri and sidecar["test_acc"] == chosen["test_acc"]
+
+    x, _ = raw_test_split(cfg)
+    np.save(tmp_path / "x.npy", x.numpy())
+    (tmp_path / "loader.py").write_text(LOADER)
+    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "loader.py"), str(out), str(tmp_path / "x.npy")],
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["leaked"] == []
+    model = load_ensemble(cfg.storage.uri)
+    for n in (1, 7, 1000):
+        got = np.asarray(result["logits"][str(n)], dtype=np.float32)
+        assert got.shape == (n, 4)
+        with torch.no_grad():
+            want = model(x[torch.arange(n) % len(x)]).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_export_of_an_untrained_run_fails_and_writes_nothing(tiny_split, tmp_path, capsys):
+    cfg, _ = tiny_split
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--storage", cfg.storage.uri, "--output", str(out)]) == 1
+    assert "branch 0 has not finished" in capsys.readouterr().out
+    assert not out.exists() and not (tmp_path / "model.pt2.json").exists()
