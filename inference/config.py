@@ -9,6 +9,8 @@ from dataclasses import dataclass
 class PredictConfig:
     batch_size: int = 256  # images per map_batches call (one forward pass of an actor)
     concurrency: int = 1  # actors in the pool, each holding the ensemble
+    # Leave CPUs for the read tasks: actors that hold every CPU starve the reads and the pipeline stalls.
+    cpus_per_actor: float = 1.0  # also sets the actor's torch threads (at least 1)
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
 
     def __post_init__(self) -> None:
@@ -16,6 +18,8 @@ class PredictConfig:
             raise ValueError(f"predict.batch_size must be >= 1, got {self.batch_size}")
         if self.concurrency < 1:
             raise ValueError(f"predict.concurrency must be >= 1, got {self.concurrency}")
+        if self.cpus_per_actor <= 0:
+            raise ValueError(f"predict.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise ValueError(f"predict.gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
 

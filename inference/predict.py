@@ -64,7 +64,9 @@ def list_images(fs, root: str) -> list[str]:
 class Classifier:
     """A Ray Data actor holding the ensemble: a batch of (path, bytes) -> path, pred, class_name, prob, error."""
 
-    def __init__(self, uri: str, weights: str | Sequence[float], endpoint_url: str | None, use_gpu: bool) -> None:
+    def __init__(self, uri: str, weights: str | Sequence[float], endpoint_url: str | None, use_gpu: bool,
+                 threads: int) -> None:
+        torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = load_ensemble(uri, weights, endpoint_url=endpoint_url).to(self.device)
         self.info = self.model.info
@@ -112,15 +114,19 @@ def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig
     gpus = cfg.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    log.info("predict: %d images under %s, %d actor(s) x batch %d, %g GPU per actor", len(paths), input_uri,
-             cfg.concurrency, cfg.batch_size, gpus)
+    cpus = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else None
+    if cpus is not None and cfg.concurrency * cfg.cpus_per_actor >= cpus:
+        raise PredictError(f"predict.concurrency x predict.cpus_per_actor = {cfg.concurrency} x {cfg.cpus_per_actor:g} "
+                           f"leaves none of the cluster's {cpus:g} CPUs to read the images; lower either")
+    log.info("predict: %d images under %s, %d actor(s) x batch %d, %g CPU and %g GPU per actor", len(paths),
+             input_uri, cfg.concurrency, cfg.batch_size, cfg.cpus_per_actor, gpus)
 
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=src.fs)
     scored = ds.map_batches(
         Classifier, fn_constructor_kwargs={"uri": uri, "weights": weights, "endpoint_url": endpoint_url,
-                                           "use_gpu": gpus > 0},
+                                           "use_gpu": gpus > 0, "threads": max(1, round(cfg.cpus_per_actor))},
         batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-        num_gpus=gpus,
+        num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
     ).materialize()
     summary = scored.select_columns(["path", "pred", "error"]).to_pandas()
     bad = summary[summary["error"].notna()]

@@ -1,0 +1,214 @@
+"""Inference throughput: `spectral predict` (Ray Data) and `spectral serve` (Ray Serve) on Fashion-MNIST.
+
+What it measures, on one trained run (Fashion-MNIST, fc8, sub4 DCT, ``--epochs``, geometric weights;
+created under ``--root`` unless it is already there):
+
+1. predict: the 10,000 test images written as PNGs (``<root>/png/<class>/<i>.png``), classified
+   - in one process by the exported program (``torch.export.load(FILE).module()``), decoding each PNG
+     with ``data_split.decode_image`` and running batches of ``--batch-size``: the no-Ray reference;
+   - by ``inference.predict_images`` (read_binary_files -> ActorPoolStrategy map_batches -> Parquet)
+     with 1 and 2 actors, batch ``--batch-size``. Ray start-up excluded; listing, decoding, the model
+     and the Parquet write included. Accuracy over the labelled folders is recorded beside.
+2. serve: ``--requests`` POST /predict requests (one PNG body each, cycling over the test images) at
+   concurrency 1, 8 and 32 (one keep-alive connection per client thread) against one replica, once with
+   ``@serve.batch`` (max batch 32, wait 5 ms) and once without: requests/s, p50/p99 latency, errors
+   (non-200 answers or failed connections; goal 0), and whether answers match the exported program.
+
+Command (repository root):
+
+    .venv/bin/python benchmarks/inference.py [--root /tmp/spectral-bench-inference] [--epochs 1]
+        [--requests 2000] [--batch-size 256] [--out benchmarks/results/inference.json]
+
+Numbers go to ``benchmarks/results/inference.json`` with the machine, the load average and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
+    os.environ.setdefault(_k, _v)
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks._results import machine_info, write_results  # noqa: E402
+from data_split import RunStorage, decode_image, make_source  # noqa: E402
+from inference import PredictConfig, ServeConfig, export_ensemble, predict_images, start_serving  # noqa: E402
+from orchestrator import api, load_config  # noqa: E402
+
+RAY_CPUS = 2
+CONFIG = REPO / "configs" / "fashion_mnist.yaml"
+DEFAULT_OUT = Path(__file__).parent / "results" / "inference.json"
+CONCURRENCIES = (1, 8, 32)
+SERVE_PORT = 8123
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def ensure_run(uri: str, epochs: int) -> None:
+    cfg = load_config(CONFIG, {"storage.uri": uri, "train.epochs": epochs, "ensemble.weights": "geometric",
+                               "resources.gpus_per_branch": 0, "ray.num_cpus": RAY_CPUS})
+    if RunStorage(uri).exists("ensemble/weights.json"):
+        return
+    say(f"training {uri} ({epochs} epoch(s))")
+    api.split(cfg)
+    api.train(cfg)
+    api.ensemble(cfg)
+
+
+def write_pngs(uri: str, folder: Path) -> tuple[np.ndarray, list[str]]:
+    """The run's test images as PNGs in class folders; returns the images and their paths (index order)."""
+    from PIL import Image
+
+    manifest = RunStorage(uri).read_json("data/manifest.json")
+    cfg = load_config(CONFIG, {"storage.uri": uri})
+    source = make_source(cfg.source)
+    x, y = source.read("test", 0, source.count("test"))
+    names = manifest["source"].get("class_names") or [str(i) for i in range(int(manifest["source"]["classes"]))]
+    paths = [str(folder / names[label].replace("/", "-") / f"{i:05d}.png") for i, label in enumerate(y)]
+    if not all(os.path.exists(p) for p in paths):
+        for img, p in zip(x, paths):
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            Image.fromarray(img[0]).save(p)
+    return x, paths
+
+
+def single_process(program_file: str, paths: list[str], batch_size: int, shape: tuple[int, int, int]) -> dict:
+    """Decode + exported program in this process, batch by batch: images/s."""
+    model = torch.export.load(program_file).module()
+    t0 = time.perf_counter()
+    preds = []
+    for i in range(0, len(paths), batch_size):
+        x = np.stack([decode_image(p, *shape) for p in paths[i:i + batch_size]])
+        with torch.no_grad():
+            preds.append(model(torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255))).argmax(1).numpy())
+    seconds = time.perf_counter() - t0
+    return {"mode": "single process (exported program)", "images": len(paths), "seconds": seconds,
+            "images_per_s": len(paths) / seconds}
+
+
+def load_test(url: str, bodies: list[bytes], requests: int, concurrency: int, want: np.ndarray) -> dict:
+    """``requests`` POSTs from ``concurrency`` keep-alive clients: requests/s, p50/p99 latency, errors, mismatches."""
+    host, port = url.split("//")[1].split(":")
+    latencies: list[float] = []
+    errors, mismatches = [0], [0]
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            j = i % len(bodies)
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", body=bodies[j], headers={"content-type": "image/png"})
+                resp = conn.getresponse()
+                data = resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok, data = False, b""
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            dt = time.perf_counter() - t
+            import json
+
+            with lock:
+                latencies.append(dt)
+                if not ok:
+                    errors[0] += 1
+                elif json.loads(data)["class"] != want[j]:
+                    mismatches[0] += 1
+        conn.close()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(client) for _ in range(concurrency)]:
+            f.result()
+    seconds = time.perf_counter() - t0
+    lat = sorted(latencies)
+    return {"concurrency": concurrency, "requests": requests, "seconds": seconds, "requests_per_s": requests / seconds,
+            "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "errors": errors[0], "mismatches_vs_export": mismatches[0]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default="/tmp/spectral-bench-inference")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+    from ray.data import DataContext
+
+    load_before = os.getloadavg()
+    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False
+    root, uri = Path(args.root), str(Path(args.root) / "fmnist-fc8-sub4")
+    ensure_run(uri, args.epochs)
+    x, paths = write_pngs(uri, root / "png")
+    program_file = str(root / "model.pt2")
+    card = export_ensemble(uri, program_file)
+    shape = tuple(card["input_shape"][1:])
+    with torch.no_grad():
+        want = torch.export.load(program_file).module()(torch.from_numpy(x.astype(np.float32) / 255)).argmax(1).numpy()
+
+    res: dict = {"run": uri, "test_acc": card["test_acc"], "images": len(paths), "predict": [], "serve": []}
+    say("single-process reference")
+    res["predict"].append(single_process(program_file, paths, args.batch_size, shape))
+    for actors in (1, 2):
+        out = root / f"preds-{actors}"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        say(f"predict with {actors} actor(s)")
+        r = predict_images(uri, str(root / "png"), str(out), PredictConfig(batch_size=args.batch_size, concurrency=actors))
+        res["predict"].append({"mode": f"Ray Data, {actors} actor(s)", "images": r.images, "seconds": r.seconds,
+                               "images_per_s": r.images_per_s, "accuracy": r.accuracy})
+    bodies = [Path(p).read_bytes() for p in paths]
+    for batching in (True, False):
+        url = start_serving(uri, ServeConfig(batching=batching, max_batch_size=32), port=SERVE_PORT)
+        for conc in CONCURRENCIES:
+            say(f"serve: batching {batching}, concurrency {conc}")
+            row = load_test(url, bodies, args.requests, conc, want)
+            res["serve"].append({"batching": batching, **row})
+        serve.shutdown()
+    ray.shutdown()
+    res |= {"machine": machine_info(), "load_average": {"before": load_before, "after": os.getloadavg()},
+            "command": " ".join([".venv/bin/python", "benchmarks/inference.py", *(argv or sys.argv[1:])]),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_results(res, args.out)
+
+    print("\n| mode | images | seconds | images/s |\n|:---|---:|---:|---:|")
+    for r in res["predict"]:
+        print(f"| {r['mode']} | {r['images']:,} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} |")
+    print("\n| @serve.batch | concurrency | requests | requests/s | p50 (ms) | p99 (ms) | errors |\n|:---|---:|---:|---:|---:|---:|---:|")
+    for r in res["serve"]:
+        print(f"| {'yes' if r['batching'] else 'no'} | {r['concurrency']} | {r['requests']:,} | {r['requests_per_s']:,.1f} "
+              f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    print(f"\nload average before {load_before}, after {res['load_average']['after']}; results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

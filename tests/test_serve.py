@@ -1,0 +1,93 @@
+"""`spectral serve`: real HTTP on loopback against a Ray Serve app; answers equal the exported program's."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import free_port
+from data_split import make_source
+from inference import ServeConfig, export_program, load_ensemble, start_serving
+
+HTTP_TIMEOUT_S = 60
+
+
+def request(url: str, body: bytes | None = None, content_type: str = "application/octet-stream") -> tuple[int, object]:
+    req = urllib.request.Request(url, data=body, headers={"content-type": content_type} if body is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def encode(img: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    im = Image.fromarray(img[0])
+    (im.convert(mode) if mode else im).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(trained_tiny_run):
+    from ray import serve
+
+    url = start_serving(trained_tiny_run.storage.uri, ServeConfig(cpus_per_replica=0.5, max_batch_size=8),
+                        port=free_port())
+    yield url
+    serve.shutdown()
+
+
+def test_predictions_equal_the_exported_programs(trained_tiny_run, server):
+    source = make_source(trained_tiny_run.source)
+    x, _ = source.read("test", 0, 12)
+    program = export_program(load_ensemble(trained_tiny_run.storage.uri)).module()
+    with torch.no_grad():
+        want = torch.softmax(program(torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255))), 1).numpy()
+
+    with ThreadPoolExecutor(8) as pool:  # concurrent requests: @serve.batch groups them
+        answers = list(pool.map(lambda img: request(f"{server}/predict", encode(img)), x))
+    for (status, body), p in zip(answers, want):
+        assert status == 200, body
+        np.testing.assert_allclose(body["probabilities"], p, rtol=0, atol=1e-5)
+        assert body["class"] == int(p.argmax()) and body["class_name"] == str(int(p.argmax()))
+
+    status, many = request(f"{server}/predict", json.dumps([base64.b64encode(encode(img)).decode() for img in x[:3]]).encode(),
+                           "application/json")
+    assert status == 200 and [a["class"] for a in many] == want[:3].argmax(1).tolist()
+    status, rgb = request(f"{server}/predict", encode(x[0], mode="RGB"))  # 3 channels: converted to grey as the source did
+    assert status == 200 and rgb["class"] == int(want[0].argmax())
+
+
+def test_health_and_model_card(trained_tiny_run, server):
+    assert request(f"{server}/healthz") == (200, {"status": "ok"})
+    status, card = request(f"{server}/")
+    assert status == 200
+    assert card["run"] == trained_tiny_run.storage.uri and card["K"] == 4 and card["transform"] == "dct"
+    assert card["weights_method"] == "geometric" and len(card["weights"]) == 4 and "test_acc" in card
+
+
+@pytest.mark.parametrize("body,content_type,message", [
+    (b"", "application/octet-stream", "empty request body"),
+    (b"this is not an image", "application/octet-stream", "cannot decode image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image/png", "cannot decode image"),
+    (b"{not json", "application/json", "not valid JSON"),
+    (b'{"image": "abc"}', "application/json", "non-empty array of base64"),
+    (b'["%%%not-base64"]', "application/json", "image 0: not valid base64"),
+    (json.dumps([base64.b64encode(b"GIF89a nonsense").decode()]).encode(), "application/json", "image 0: cannot decode"),
+])
+def test_bad_input_is_a_400_and_the_server_keeps_serving(trained_tiny_run, server, body, content_type, message):
+    status, answer = request(f"{server}/predict", body, content_type)
+    assert status == 400 and message in answer["error"]
+    x, _ = make_source(trained_tiny_run.source).read("test", 0, 1)
+    status, ok = request(f"{server}/predict", encode(x[0]))
+    assert status == 200 and len(ok["probabilities"]) == 4
