@@ -5,8 +5,8 @@ went through before a branch saw it (DESIGN.md sections 1 and 3):
 
     x (N, C, H, W) pixels in [0, 1]
       -> spectral_components with the manifest's matrix  (N, K, C, H/r, W/c)
-      -> the storage's quantisation (split.dtype)          so inputs equal the stored shards
-      -> (s - mean_k) / std_k per branch and channel       as branches.train normalised them
+      -> encode + decode of the storage (split.dtype)      uint8 codes by default: inputs equal the stored shards
+      -> (s - mean_k) / std_k per branch and channel       as branches' Decoder normalised them
       -> branch k's model (final checkpoint), eval mode    (K, N, classes)
       -> z = sum_k w_k z_k                                 (N, classes)
 
@@ -30,8 +30,9 @@ import torch.nn as nn
 
 from branches import ModelConfig, build_model
 from branches._checkpoint import checkpoint_path, load_checkpoint
-from branches.train import MIN_STD
+from branches._data import MIN_STD
 from data_split import RunStorage, load_manifest, spectral_components
+from data_split.quantize import DTYPES, branch_codec, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -76,36 +77,40 @@ class SpectralEnsemble(nn.Module):
     """Raw pixels ``(N, C, H, W)`` in [0, 1] -> logits ``(N, classes)`` of a weighted ensemble of K branches."""
 
     def __init__(self, *, rows: int, cols: int, matrix: np.ndarray, dtype: str, mean: np.ndarray, std: np.ndarray,
-                 branches: Sequence[nn.Module], weights: Sequence[float], info: RunInfo | None = None) -> None:
+                 branches: Sequence[nn.Module], weights: Sequence[float], offset: np.ndarray | None = None,
+                 scale: np.ndarray | None = None, info: RunInfo | None = None) -> None:
+        """``mean``/``std`` (and for uint8 storage ``offset``/``scale``): ``(K, C)`` from the manifest's branches."""
         super().__init__()
         self.info = info  # where the model came from (not part of the computation)
         k = rows * cols
         if len(branches) != k or len(weights) != k:
             raise ValueError(f"expected {k} branches and weights for a {rows}x{cols} split, "
                              f"got {len(branches)} and {len(weights)}")
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"storage dtype {dtype!r} is not supported")
+        if dtype not in DTYPES:
+            raise ValueError(f"storage dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype == "uint8" and (offset is None or scale is None):
+            raise ValueError("uint8 storage needs the branches' offset and scale")
         self.rows, self.cols, self.dtype = rows, cols, dtype
-        self.register_buffer("matrix", torch.as_tensor(np.asarray(matrix), dtype=torch.float32))  # (K, K)
-        # (1, K, C, 1, 1): broadcast over the branch-major components (N, K, C, h, w)
-        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32)[None, :, :, None, None])
-        std = np.maximum(np.asarray(std, dtype=np.float32), MIN_STD)
-        self.register_buffer("std", torch.as_tensor(std)[None, :, :, None, None])
-        self.register_buffer("weights", torch.as_tensor(np.asarray(weights), dtype=torch.float32))  # (K,)
+        as_buffer = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float32))  # noqa: E731
+        self.register_buffer("matrix", as_buffer(matrix))  # (K, K)
+        self.register_buffer("weights", as_buffer(weights))  # (K,)
+        # (K, C) per-branch, per-channel constants; quantize/decode broadcast a (C,) row over (N, C, h, w)
+        self.register_buffer("mean", as_buffer(mean)[:, None, :, None, None])  # (K, 1, C, 1, 1)
+        self.register_buffer("std", as_buffer(np.maximum(np.asarray(std, np.float32), MIN_STD))[:, None, :, None, None])
+        self.register_buffer("offset", as_buffer(offset if offset is not None else np.zeros_like(mean)))  # (K, C)
+        self.register_buffer("scale", as_buffer(scale if scale is not None else np.ones_like(mean)))  # (K, C)
         self.branches = nn.ModuleList(branches)
         self.eval()
 
-    def branch_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` pixels -> ``(N, K, C, h, w)`` normalised branch inputs, as training saw them."""
-        s = spectral_components(x, self.rows, self.cols, self.matrix)  # (N, K, C, h, w)
-        if self.dtype == "float16":  # stored as float16: the branches trained on the rounded values
-            s = s.to(torch.float16).to(torch.float32)
-        return (s - self.mean) / self.std
+    def branch_input(self, s: torch.Tensor, k: int) -> torch.Tensor:
+        """Spectral component ``k`` ``(N, C, h, w)`` -> what branch ``k`` trained on: stored, decoded, normalised."""
+        stored = encode(s, self.dtype, self.offset[k], self.scale[k])  # the split's quantisation (data_split.quantize)
+        return (decode(stored, self.dtype, self.offset[k], self.scale[k]) - self.mean[k]) / self.std[k]
 
     def branch_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(K, N, classes)``: every branch's logits for pixels ``x``."""
-        s = self.branch_inputs(x)
-        return torch.stack([branch(s[:, k]) for k, branch in enumerate(self.branches)])
+        """``(K, N, classes)``: every branch's logits for pixels ``x`` ``(N, C, H, W)``."""
+        s = spectral_components(x, self.rows, self.cols, self.matrix)  # (N, K, C, h, w)
+        return torch.stack([branch(self.branch_input(s[:, k], k)) for k, branch in enumerate(self.branches)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("k,knc->nc", self.weights, self.branch_logits(x))  # z = sum_k w_k z_k
@@ -167,12 +172,15 @@ def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN
     info = RunInfo(
         uri=storage.uri, channels=int(source["channels"]), height=height, width=width,
         class_names=[str(c) for c in source.get("class_names") or range(classes)], source=source["name"],
-        rows=int(split["r"]), cols=int(split["c"]), transform=split["transform"], dtype=split.get("dtype", "float32"),
+        rows=int(split["r"]), cols=int(split["c"]), transform=split["transform"], dtype=split["dtype"],
         model=nets[0][1], method=method, weights=w, test_acc=test_acc,
     )
+    codecs = [branch_codec(manifest, b) for b in range(k)]  # (dtype, offset (C,) or None, scale (C,) or None)
     model = SpectralEnsemble(
         rows=info.rows, cols=info.cols, matrix=np.asarray(split["matrix"]), dtype=info.dtype,
         mean=np.asarray([b["mean"] for b in manifest["branches"]]), std=np.asarray([b["std"] for b in manifest["branches"]]),
+        offset=np.asarray([c[1] for c in codecs]) if info.dtype == "uint8" else None,
+        scale=np.asarray([c[2] for c in codecs]) if info.dtype == "uint8" else None,
         branches=[net for net, _ in nets], weights=w, info=info,
     )
     log.info("loaded %s: K=%d %s branches, %s weights %s", storage.url(), k, info.model, method, np.round(w, 4).tolist())

@@ -8,8 +8,8 @@
       -> write_parquet(output): path (string), pred (int64), class_name (string), prob (list<float32>)
 
 Nothing is written before every image has been classified, so a bad image never leaves half an output.
-When an image's folder is named after one of the run's classes it counts as labelled, and the
-accuracy over labelled images is reported.
+When an image's folder is named after one of the run's classes (or its index) it counts as
+labelled, and the accuracy over labelled images is reported.
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ class PredictResult:
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def folder_labels(class_names: list[str]) -> dict[str, int]:
+    """Folder names that label their images: a class's name (``/`` may be written ``-`` or ``_``) or its index."""
+    labels = {str(i): i for i in range(len(class_names))}
+    for i, name in enumerate(class_names):
+        labels.update({name: i, name.replace("/", "-"): i, name.replace("/", "_"): i})
+    return labels
 
 
 def list_images(fs, root: str) -> list[str]:
@@ -147,7 +155,7 @@ def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig
     scored.map_batches(output_rows, batch_format="pyarrow").write_parquet(out.root, filesystem=out.fs)
     seconds = time.perf_counter() - t0
 
-    labels = {name: i for i, name in enumerate(info.class_names)}
+    labels = folder_labels(info.class_names)
     folder = good["path"].map(lambda p: posixpath.basename(posixpath.dirname(p)))
     known = folder.isin(list(labels))
     accuracy = float((good["pred"][known] == folder[known].map(labels)).mean()) if known.any() else None

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_split import RunStorage, make_source
+from data_split import RunStorage, load_manifest, make_source, read_branch, spectral_components
+from data_split.quantize import encode
 from inference import EnsembleLoadError, export_ensemble, load_ensemble
 from orchestrator.cli import main
 
@@ -28,6 +29,21 @@ def raw_test_split(cfg) -> tuple[torch.Tensor, np.ndarray]:
 
 def stored_logits(storage: RunStorage, k: int) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(f"branches/{k}/logits_test.npy")))
+
+
+def test_ensemble_quantises_exactly_as_the_split_stored(trained_tiny_run):
+    cfg = trained_tiny_run
+    storage = RunStorage(cfg.storage.uri)
+    manifest = load_manifest(storage)
+    model = load_ensemble(cfg.storage.uri)
+    assert model.info.dtype == manifest["split"]["dtype"] == "uint8"  # the default storage: codes, not floats
+    x, _ = raw_test_split(cfg)
+    s = spectral_components(x, 2, 2, model.matrix)  # (N, K, C, h, w)
+    for k in range(4):
+        stored = read_branch(storage, manifest, "test", k).x.astype(np.int64)  # codes, rows in idx order
+        codes = encode(s[:, k], "uint8", model.offset[k], model.scale[k]).numpy().astype(np.int64)
+        diff = np.abs(codes - stored)
+        assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3  # equal but for a float32 rounding tie, if any
 
 
 def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run):
