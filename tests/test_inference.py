@@ -11,13 +11,49 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
-from data_split import RunStorage, load_manifest, make_source, read_branch, spectral_components
+from data_split import RunStorage, load_manifest, make_source, read_branch, spectral_components, transform_matrix
 from data_split.quantize import encode
-from inference import EnsembleLoadError, export_ensemble, load_ensemble
+from data_split.quantize import affine_params, decode
+from inference import EnsembleLoadError, SpectralEnsemble, export_ensemble, load_ensemble
+from inference.predict import folder_labels
 from orchestrator.cli import main
 
 PROJECT_PACKAGES = ("inference", "data_split", "branches", "orchestrator", "tune")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16", "float32"])
+def test_forward_is_split_then_storage_then_normalise_then_weighted_branches(dtype):
+    """By hand on random data: T (haar, 2x2), the dtype's round trip, (s - mean) / std, linear branches, weights."""
+    torch.manual_seed(0)
+    t = transform_matrix("haar", 4)
+    mean, std = np.random.default_rng(0).uniform(0.1, 0.5, (2, 4, 3)).astype(np.float32)  # (K, C) each, C=3
+    codec = affine_params(t, 3)
+    offset, scale = (np.asarray([c[f] for c in codec], np.float32) for f in ("offset", "scale"))
+    branches = [nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 3, 5)) for _ in range(4)]
+    w = [0.1, 0.2, 0.3, 0.4]
+    model = SpectralEnsemble(rows=2, cols=2, matrix=t, dtype=dtype, mean=mean, std=std, branches=branches, weights=w,
+                             offset=offset, scale=scale)
+    x = torch.rand(6, 3, 4, 6)  # (N, C, H, W)
+    s = spectral_components(x.numpy(), 2, 2, t.astype(np.float32))  # (N, K, C, 2, 3), numpy: the split's own path
+    expected = 0
+    for k in range(4):
+        if dtype == "uint8":
+            v = decode(encode(s[:, k], "uint8", offset[k], scale[k]), "uint8", offset[k], scale[k])
+        else:
+            v = s[:, k].astype(dtype).astype(np.float32)
+        v = (v - mean[k].reshape(-1, 1, 1)) / std[k].reshape(-1, 1, 1)
+        with torch.no_grad():
+            expected = expected + w[k] * branches[k](torch.from_numpy(v)).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), expected, rtol=0, atol=1e-4)
+
+
+def test_folder_names_that_label_images():
+    labels = folder_labels(["T-shirt/top", "Trouser"])
+    assert labels["T-shirt/top"] == labels["T-shirt-top"] == labels["T-shirt_top"] == labels["0"] == 0
+    assert labels["Trouser"] == labels["1"] == 1 and "trouser" not in labels
 
 
 def raw_test_split(cfg) -> tuple[torch.Tensor, np.ndarray]:
@@ -31,6 +67,7 @@ def stored_logits(storage: RunStorage, k: int) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(f"branches/{k}/logits_test.npy")))
 
 
+@pytest.mark.slow
 def test_ensemble_quantises_exactly_as_the_split_stored(trained_tiny_run):
     cfg = trained_tiny_run
     storage = RunStorage(cfg.storage.uri)
@@ -46,6 +83,7 @@ def test_ensemble_quantises_exactly_as_the_split_stored(trained_tiny_run):
         assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3  # equal but for a float32 rounding tie, if any
 
 
+@pytest.mark.slow
 def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run):
     cfg = trained_tiny_run
     storage = RunStorage(cfg.storage.uri)
@@ -69,6 +107,7 @@ def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run)
         np.testing.assert_allclose(uniform(x).numpy(), per_branch.mean(0), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_load_ensemble_names_what_is_missing(trained_tiny_run, tmp_path):
     with pytest.raises(EnsembleLoadError, match="nonesuch.json.*methods of this run: geometric, uniform"):
         load_ensemble(trained_tiny_run.storage.uri, weights="nonesuch")
@@ -97,6 +136,7 @@ LOADER = textwrap.dedent("""
 """).format(packages=PROJECT_PACKAGES)
 
 
+@pytest.mark.slow
 def test_export_loads_without_the_project_for_any_batch(trained_tiny_run, tmp_path, capsys):
     cfg = trained_tiny_run
     out = tmp_path / "models" / "model.pt2"
@@ -124,6 +164,7 @@ def test_export_loads_without_the_project_for_any_batch(trained_tiny_run, tmp_pa
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_of_an_untrained_run_fails_and_writes_nothing(tiny_split, tmp_path, capsys):
     cfg, _ = tiny_split
     out = tmp_path / "model.pt2"

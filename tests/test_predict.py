@@ -15,6 +15,8 @@ from data_split import RunStorage, make_source
 from inference import load_ensemble
 from orchestrator.cli import main
 
+pytestmark = pytest.mark.slow  # a trained run, Ray Data / Ray Serve end to end
+
 
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):

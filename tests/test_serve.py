@@ -20,6 +20,8 @@ from inference import ServeConfig, export_program, load_ensemble, start_serving
 
 HTTP_TIMEOUT_S = 60
 
+pytestmark = pytest.mark.slow  # a trained run, Ray Data / Ray Serve end to end
+
 
 def request(url: str, body: bytes | None = None, content_type: str = "application/octet-stream") -> tuple[int, object]:
     req = urllib.request.Request(url, data=body, headers={"content-type": content_type} if body is not None else {})
