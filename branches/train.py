@@ -4,7 +4,9 @@
 shards, trains, and writes under ``<run>/branches/<k>/`` (DESIGN.md section 3):
 
     checkpoints/epoch=<e>.pt  every epoch, atomic; the newest that loads is resumed from
-    metrics.jsonl             one line per epoch: epoch, loss, val_loss, val_acc, images_per_s, seconds, lr
+    metrics.jsonl             one line per epoch: epoch, loss, val_loss, val_acc, images_per_s, seconds, lr,
+                              time (unix seconds when the epoch ended: time-to-accuracy curves)
+    epochs/logits_val_<e>.npy with train.epoch_logits: the validation logits after each epoch (the ensemble's curve)
     logits_{val,test}.npy     float32 (N, classes), rows in ascending idx order
     rows_{val,test}.npy       int64 (N, 2): idx, y of those rows (alignment check and labels for the ensemble)
     result.json               written last: the "branch finished" marker and its summary
@@ -140,8 +142,14 @@ def train_branch(
     *,
     device: str | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    started: float | None = None,
 ) -> dict:
-    """Train branch ``k`` of the split at ``storage`` (resuming from its newest good checkpoint); return result.json."""
+    """Train branch ``k`` of the split at ``storage`` (resuming from its newest good checkpoint); return result.json.
+
+    ``started`` (unix seconds, default now) is when the engine that runs this branch began; it is kept in
+    result.json so that wall time to an accuracy can be measured from the epochs' ``time``.
+    """
+    started = time.time() if started is None else started
     manifest = load_manifest(storage)
     n_branches = int(manifest["split"]["K"])
     if not 0 <= k < n_branches:
@@ -158,12 +166,12 @@ def train_branch(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)
     try:
-        return _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch)
+        return _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch, started)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch) -> dict:
+def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch, started) -> dict:
     base, amp = f"branches/{k}", train_cfg.amp and dev.type == "cuda"
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -202,10 +210,14 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         batches = train.train_batches(train_cfg.seed, k, epoch, train_cfg.batch_size)
         train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp)
         train_s = time.perf_counter() - t0
-        val_loss, val_acc = score(predict(model, val.eval_batches(), dev, amp=amp), val.y)
+        val_logits = predict(model, val.eval_batches(), dev, amp=amp)  # (N_val, classes)
+        val_loss, val_acc = score(val_logits, val.y)
+        if train_cfg.epoch_logits:
+            storage.write_bytes(f"{base}/epochs/logits_val_{epoch}.npy", _npy(val_logits.cpu().numpy().astype(np.float32)))
         scheduler.step()
         metrics = {"epoch": epoch, "loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-                   "images_per_s": len(train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr}
+                   "images_per_s": len(train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr,
+                   "time": time.time()}
         history.append(metrics)
         ckpt_io.save_checkpoint(storage, k, {
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -220,7 +232,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
             on_epoch({**metrics, "k": k})
 
     return _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history,
-                   val, found.epoch)
+                   val, found.epoch, started)
 
 
 def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:
@@ -237,7 +249,8 @@ def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None
         storage.write_text(rel, text)
 
 
-def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history, val, resumed_from):
+def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history, val, resumed_from,
+            started):
     """Write logits and rows of val/test, then result.json (last: it marks the branch finished)."""
     base = f"branches/{k}"
     test = InMemorySplit(storage, manifest, "test", k, dev)
@@ -262,7 +275,7 @@ def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, 
         "train_seconds": sum(m["seconds"] for m in history),
         "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
         "peak_memory_bytes": int(peak), "device": str(dev), "in_shape": list(in_shape), "classes": classes,
-        "resumed_from_epoch": resumed_from, **configs,
+        "resumed_from_epoch": resumed_from, "started": started, **configs,
     }
     storage.write_json(f"{base}/result.json", result)
     log.info("branch %d finished: val_acc %s test_acc %s, %d params", k, result["val_acc"], result["test_acc"], params)

@@ -26,6 +26,7 @@ from orchestrator.report import build_report
 log = logging.getLogger(__name__)
 
 BASELINE_DIR = "baseline"
+DDP_BASELINE_DIR = "baseline-ddp"
 ProgressFn = Callable[[dict[int, dict]], None]
 
 
@@ -35,6 +36,10 @@ def run_storage(cfg: SpectralConfig) -> RunStorage:
 
 def baseline_storage(cfg: SpectralConfig) -> RunStorage:
     return RunStorage(cfg.storage.uri.rstrip("/") + "/" + BASELINE_DIR, cfg.storage.endpoint_url)
+
+
+def ddp_baseline_storage(cfg: SpectralConfig) -> RunStorage:
+    return RunStorage(cfg.storage.uri.rstrip("/") + "/" + DDP_BASELINE_DIR, cfg.storage.endpoint_url)
 
 
 @cluster_side
@@ -81,20 +86,29 @@ def evaluate(cfg: SpectralConfig) -> dict:
 
 @cluster_side
 def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> dict:
-    """The same network on full-resolution images, same optimizer and epochs, under ``<run>/baseline``.
+    """The same network on full-resolution images, same optimizer, schedule and epochs.
 
     The full-resolution dataset is the K=1 identity split of the same source
-    (same validation carve), so the baseline trains through the very same
-    code path as a branch.
+    (same validation carve), written under ``<run>/baseline``. With
+    ``baseline.engine: single`` it trains there through the very same code
+    path as a branch (one actor) and returns its ``result.json``; with ``ddp``
+    Ray Train DDP trains it on ``baseline.workers`` workers with the same
+    global batch (``orchestrator.ddp``) and the result is
+    ``<run>/baseline-ddp/result.json``.
     """
     init_ray(cfg.ray)
     storage = baseline_storage(cfg)
     full = dataclasses.replace(cfg.split, rows=1, cols=1, transform="identity")
     split_dataset(cfg.source, full, storage)
-    outcome = train_branches(storage, 1, cfg.model, cfg.train, cfg.resources, on_progress=on_progress)
+    if cfg.baseline.engine == "ddp":
+        from orchestrator.ddp import train_ddp
+
+        result = train_ddp(cfg, storage, ddp_baseline_storage(cfg))
+    else:
+        result = train_branches(storage, 1, cfg.model, cfg.train, cfg.resources, on_progress=on_progress).results[0]
     if run_storage(cfg).exists("ensemble/weights.json"):
         build_report(run_storage(cfg))  # put the baseline beside the ensemble
-    return outcome.results[0]
+    return result
 
 
 @dataclass

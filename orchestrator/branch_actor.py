@@ -25,15 +25,40 @@ log = logging.getLogger(__name__)
 
 
 class RecordingStorage(RunStorage):
-    """RunStorage that remembers every file it read (to prove branch isolation)."""
+    """RunStorage that remembers every file it read and the bytes it wrote where (to prove branch isolation)."""
 
     def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
         super().__init__(uri, endpoint_url)
         object.__setattr__(self, "reads", [])
+        object.__setattr__(self, "writes", {})  # rel -> bytes written there
 
     def read_bytes(self, rel: str) -> bytes:
         self.reads.append(rel)
         return super().read_bytes(rel)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        super().write_bytes(rel, data)
+        self.writes[rel] = self.writes.get(rel, 0) + len(data)
+
+
+def isolation_record(storage: RecordingStorage, k: int) -> dict:
+    """What branch ``k`` exchanged with other branches, measured: a process group (none) and bytes sent to them.
+
+    A branch could reach another only through a collective (which needs a process group) or through
+    the other's files; so the bytes it sent to other branches are the bytes it wrote outside its own
+    ``branches/<k>/`` folder (0 when isolated) plus collective traffic (0 without a process group).
+    """
+    import torch.distributed as dist
+
+    process_group = dist.is_available() and dist.is_initialized()
+    own = f"branches/{k}/"
+    outside = {rel: n for rel, n in storage.writes.items() if rel.startswith("branches/") and not rel.startswith(own)}
+    return {
+        "process_group": process_group,
+        "files_read": sorted(set(storage.reads)),
+        "files_written_for_other_branches": sorted(outside),
+        "bytes_sent_to_other_branches": sum(outside.values()),
+    }
 
 
 @ray.remote(num_cpus=0)
@@ -53,11 +78,12 @@ class ProgressBoard:
 class BranchActor:
     """Created through ``ray.remote(...)`` by the launcher with per-branch resources."""
 
-    def __init__(self, storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig, board: str) -> None:
+    def __init__(self, storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig, board: str,
+                 started: float | None = None) -> None:
         # The board comes by name, not as a handle: a handle argument lives in the object store, and
         # a restart after it is gone would fail (ray-project/ray#53727).
         self.storage = RecordingStorage(storage.uri, storage.endpoint_url)
-        self.k, self.model_cfg, self.train_cfg = k, model_cfg, train_cfg
+        self.k, self.model_cfg, self.train_cfg, self.started = k, model_cfg, train_cfg, started
         self.board = ray.get_actor(board)
         self.board.update.remote(k, {"state": "starting", **self.placement()})
 
@@ -78,13 +104,9 @@ class BranchActor:
             self.board.update.remote(self.k, {"state": "training", **metrics})
 
         self.board.update.remote(self.k, {"state": "training"})
-        result = train_branch(self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch)
-        import torch.distributed as dist
-
-        isolation = {
-            "process_group": dist.is_available() and dist.is_initialized(),
-            "files_read": sorted(set(self.storage.reads)),
-        }
+        result = train_branch(self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch,
+                              started=self.started)
+        isolation = isolation_record(self.storage, self.k)
         placement = self.placement()
         # Beside result.json, for checks from outside the job's driver (which alone gets the return value).
         self.storage.write_json(f"branches/{self.k}/placement.json", {"placement": placement, "isolation": isolation})

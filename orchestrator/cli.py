@@ -142,12 +142,22 @@ def cmd_run(cfg: SpectralConfig, args) -> None:
 
 
 def cmd_baseline(cfg: SpectralConfig, args) -> None:
-    with _LiveProgress(cfg.train.epochs) as progress:
-        result = api.baseline(cfg, on_progress=progress)
-    console.print(
-        f"baseline {result['model']}: test accuracy {result['test_acc']:.4f}, {result['params']:,} parameters, "
-        f"{result['train_seconds']:.1f} s, peak memory {_fmt_bytes(result['peak_memory_bytes'])}"
-    )
+    if cfg.baseline.engine == "ddp":
+        result = api.baseline(cfg)
+        fractions = ", ".join(f"{100 * f:.0f}%" for f in result["allreduce_fraction_by_worker"])
+        console.print(
+            f"baseline {result['model']} (Ray Train DDP, {result['workers']} workers, {result['backend']}): test accuracy "
+            f"{result['test_acc']:.4f}, {result['parameters']:,} parameters, {result['seconds']:.1f} s, "
+            f"{result['steps']} steps, all-reduce {_fmt_bytes(result['allreduce_bytes_per_worker'])} per worker "
+            f"(time in all-reduce per worker: {fractions} of training)"
+        )
+    else:
+        with _LiveProgress(cfg.train.epochs) as progress:
+            result = api.baseline(cfg, on_progress=progress)
+        console.print(
+            f"baseline {result['model']}: test accuracy {result['test_acc']:.4f}, {result['params']:,} parameters, "
+            f"{result['train_seconds']:.1f} s, peak memory {_fmt_bytes(result['peak_memory_bytes'])}"
+        )
     storage = api.run_storage(cfg)
     if storage.exists("report/report.json"):
         console.print(report_table(storage.read_json("report/report.json")))

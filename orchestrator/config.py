@@ -23,6 +23,7 @@ from inference.config import PredictConfig, ServeConfig
 from tune.config import SweepConfig, TuneConfig
 
 WEIGHT_RULES = ("uniform", "geometric", "tuned")
+BASELINE_ENGINES = ("single", "ddp")
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,26 @@ class EnsembleConfig:
 
 
 @dataclass(kw_only=True, frozen=True)
+class BaselineConfig:
+    """How `spectral baseline` trains the full-resolution network (the comparison the method is measured against)."""
+
+    engine: str = "single"  # one of BASELINE_ENGINES: "single" (one actor, like a branch) or "ddp" (Ray Train DDP)
+    workers: int = 2  # ddp: Ray Train workers; train.batch_size is the global batch, split evenly over them
+    cpus_per_worker: float = 1.0  # ddp: CPUs per worker (each trains with train.threads torch threads)
+    max_failures: int = 3  # ddp: worker-group restarts (FailureConfig) after a dead worker; each resumes from the newest checkpoint
+
+    def __post_init__(self) -> None:
+        if self.engine not in BASELINE_ENGINES:
+            raise ValueError(f"baseline.engine: unknown engine {self.engine!r}; expected one of {', '.join(BASELINE_ENGINES)}")
+        if self.workers < 1:
+            raise ValueError(f"baseline.workers must be >= 1, got {self.workers}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"baseline.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < 0:
+            raise ValueError(f"baseline.max_failures must be >= 0, got {self.max_failures}")
+
+
+@dataclass(kw_only=True, frozen=True)
 class RayConfig:
     address: str | None = None  # None: start Ray locally; "auto" or "ray://host:10001" for a cluster
     num_cpus: int | None = None  # local Ray only: CPUs to offer (None = all)
@@ -75,6 +96,7 @@ class SpectralConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)  # `spectral baseline`: single or Ray Train DDP
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # ensemble-weight search (ensemble.weights: tuned)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # `spectral sweep`: hyperparameter search

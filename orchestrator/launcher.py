@@ -11,6 +11,7 @@ and its last exception, and the finished branches' outputs stay on storage.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
@@ -63,6 +64,7 @@ def train_branches(
     on_progress: Callable[[dict[int, dict]], None] | None = None,
 ) -> TrainingOutcome:
     """Train every unfinished branch as its own actor; return when all have settled."""
+    started = time.time()  # the engine's start: every branch's time to accuracy counts from here
     results: dict[int, dict] = {}
     for k in range(branches):
         if (done := finished_result(storage, k, model_cfg, train_cfg)) is not None:
@@ -84,7 +86,7 @@ def train_branches(
         max_restarts=resources.max_restarts,
         max_task_retries=resources.max_restarts,
     )
-    actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board_name) for k in todo}
+    actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board_name, started) for k in todo}
     pending = {actors[k].train.options(retry_exceptions=RETRYABLE_EXCEPTIONS).remote(): k for k in todo}
     failures: dict[int, str] = {}
     placed: set[int] = set()
