@@ -2,7 +2,9 @@
 
 Reads (DESIGN.md section 3): ``data/manifest.json``; per branch ``branches/<k>/result.json`` and
 ``metrics.jsonl``; every ``ensemble/<method>.json`` record plus ``ensemble/weights.json`` (the
-chosen one); and the full-resolution baseline, a run of its own under ``<run>/baseline/`` (K=1).
+chosen one); the full-resolution baseline, a run of its own under ``<run>/baseline/`` (K=1), and its
+Ray Train DDP version ``<run>/baseline-ddp/result.json``; the engines side by side come from
+``orchestrator.engines``.
 Writes ``report/report.json``, ``report/report.md``, ``report/accuracy.png`` and
 ``report/training_curves.png``, all through ``RunStorage.write_bytes`` so s3:// works too.
 
@@ -24,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from data_split.storage import RunStorage
+from orchestrator.engines import NOT_REACHED, compare_engines
 from orchestrator.ensemble import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 REPORT_VERSION = 1
 MANIFEST_FILE = "data/manifest.json"
 BASELINE_DIR = "baseline"  # the baseline run lives at <run>/baseline/
+DDP_RESULT = "baseline-ddp/result.json"  # the baseline trained with Ray Train DDP
 METHOD_ORDER = ("uniform", "geometric", "tuned", "exact")  # table order; other methods follow by name
 TABLE_HEADER = ["Network", "Test accuracy", "Model size", "Training time"]
 PLOT_DPI = 120
@@ -130,7 +134,8 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     split = (manifest or {}).get("split", {})
     source = (manifest or {}).get("source", {})
     model = next((b.get("model") for b in branches if b.get("model")), None)
-    return {
+    baseline_ddp = storage.read_json(DDP_RESULT) if storage.exists(DDP_RESULT) else None
+    report = {
         "report_version": REPORT_VERSION,
         "title": f"spectral-{model or 'net'}-sub{K} on {source.get('name', '?')} ({split.get('transform', '?')})",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -143,8 +148,11 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
         "ensembles": ensembles,
         "chosen_ensemble": next((e["method"] for e in ensembles if e["chosen"]), None),
         "baseline": baseline,
+        "baseline_ddp": baseline_ddp,
         "totals": _totals(branches),
     }
+    report["comparison"] = compare_engines(storage, report, baseline_ddp)
+    return report
 
 
 # -- table and markdown --------------------------------------------------------------------------------
@@ -212,9 +220,29 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Ensemble weights", "",
                   *_markdown_table(["Method", "Weights (branch 0..K-1)", "Val accuracy", "Val NLL", "Test NLL"],
                                    rows, "llrrr")]
+    lines += _engines_markdown(report.get("comparison"))
     if report["missing_branches"]:
         lines += ["", f"**Missing branches** (no result.json): {', '.join(map(str, report['missing_branches']))}"]
     return "\n".join(lines) + "\n"
+
+
+def _engines_markdown(comparison: dict | None) -> list[str]:
+    """The engines side by side: bytes communicated, wall time, test accuracy, time to the single's val accuracy."""
+    if not comparison or len(comparison["engines"]) < 2:
+        return []
+    target = comparison["target_val_acc"]
+    reach = f"Time to {_pct(target)} val. acc." if target is not None else "Time to single's val. acc."
+    rows = []
+    for e in comparison["engines"]:
+        t = e["time_to_target_s"]
+        rows.append([e["engine"], str(e["workers"]), f"{e['bytes_per_worker']:,}" + (" (process group)" if e["process_group"] else ""),
+                     _seconds(e["wall_s"]), _pct(e["test_acc"]), t if t == NOT_REACHED else _seconds(t)])
+    return ["", "## Engines: communication, wall time, time to accuracy", "",
+            *_markdown_table(["Engine", "Workers", "Bytes sent per worker", "Wall time", "Test accuracy", reach],
+                             rows, "lrrrrr"), "",
+            "Wall time: from the engine's start to the end of its last epoch (DDP includes Ray Train's start-up). "
+            "DDP's bytes are measured by a communication hook (gradient buckets handed to all-reduce); a branch's "
+            "are the bytes it wrote for other branches (none) with no process group."]
 
 
 # -- plots ---------------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
-    """A one-node cluster with the dashboard (job submission); stopped by killing only its own processes."""
+    """A one-node cluster with the dashboard (job submission), shared by this module's jobs; stopped by killing
+    only its own processes."""
     temp_dir = tempfile.mkdtemp(prefix="stn-jobs-", dir="/tmp")  # short: Ray's unix sockets live under it
     dashboard = free_port()
     cmd = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
@@ -54,3 +55,22 @@ def test_job_submission_runs_the_whole_job(ray_head, tmp_path):
     report = storage.read_json("report/report.json")
     assert len(report["branches"]) == 4
     assert storage.read_json("ensemble/weights.json")["method"] == "geometric"
+
+
+def test_job_submission_runs_the_ddp_baseline(ray_head, tmp_path):
+    """`spectral baseline --set baseline.engine=ddp --set baseline.workers=2` as a job: Ray Train inside the job."""
+    run_uri = tmp_path / "run"
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "source": {"name": "synthetic", "synthetic": {"train": 200, "test": 50, "height": 8, "width": 8, "classes": 4}},
+        "model": {"name": "fc4"},
+        "train": {"epochs": 1, "batch_size": 32},
+    }))
+    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
+              "spectral", "baseline", "--config", str(config), "--storage", str(run_uri),
+              "--set", "baseline.engine=ddp", "--set", "baseline.workers=2"]
+    proc = subprocess.run(submit, env=ray_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = RunStorage(str(run_uri)).read_json("baseline-ddp/result.json")
+    assert result["workers"] == 2 and result["backend"] == "gloo"
+    assert result["allreduce_bytes_per_worker"] == result["steps"] * result["parameters"] * 4

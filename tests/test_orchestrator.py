@@ -29,11 +29,15 @@ def test_run_trains_every_branch_in_isolation(ray_session, tiny_cfg):
     for k, res in result.training.results.items():
         # No process group, and the only data files a branch opened are its own shards.
         assert res["isolation"]["process_group"] is False
+        assert res["isolation"]["bytes_sent_to_other_branches"] == 0
+        assert res["isolation"]["files_written_for_other_branches"] == []
         data_files = [f for f in res["isolation"]["files_read"] if f.startswith("data/") and f.endswith(".parquet")]
         assert data_files, f"branch {k} read no shards"
         assert all(re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f) for f in data_files), data_files
         assert res["placement"]["pid"] != os.getpid()
         assert metric_epochs(storage, k) == [1, 2]
+        times = [json.loads(line)["time"] for line in storage.read_bytes(f"branches/{k}/metrics.jsonl").decode().splitlines()]
+        assert res["started"] < times[0] < times[1]  # the launcher's start, then each epoch's end
         for split in ("val", "test"):
             assert storage.exists(f"branches/{k}/logits_{split}.npy")
     # branches ran as separate actors (separate processes)
