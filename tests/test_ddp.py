@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from data_split import RunStorage
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
 
@@ -75,9 +74,16 @@ def test_meter_counts_the_bytes_ddp_hands_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_baseline_resumes_after_a_killed_worker_and_measures_its_traffic(ray_session, tmp_path):
-    cfg = tiny_config(str(tmp_path / "run"), **{"baseline.engine": "ddp", "baseline.workers": 2,
-                                                "train.epochs": 2, "train.batch_size": 32})
+def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traffic(ray_session, s3_endpoint):
+    """Ray Train checkpoints to the run's S3 storage; a worker killed after epoch 1's checkpoint; the group resumes.
+
+    (The CLI, `api.baseline` and `ray job submit` run it in tests/test_jobs.py.)
+    """
+    import uuid
+
+    cfg = tiny_config(f"s3://test-bucket/ddp-{uuid.uuid4().hex[:8]}", **{
+        "baseline.engine": "ddp", "baseline.workers": 2, "train.epochs": 2, "train.batch_size": 32,
+        "storage.endpoint_url": s3_endpoint})
     data = api.baseline_storage(cfg)
     api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity",
                              "storage.uri": data.uri}))
@@ -104,31 +110,3 @@ def test_ddp_baseline_resumes_after_a_killed_worker_and_measures_its_traffic(ray
     # a finished result is not trained again
     assert train_ddp(cfg, data, out) == result
 
-
-@pytest.mark.slow
-def test_cli_ddp_baseline_with_the_run_on_s3(ray_session, s3_endpoint, tmp_path, capsys,
-                                                                           monkeypatch):
-    """`spectral baseline --set baseline.engine=ddp --set baseline.workers=2` with the run on S3 (loopback)."""
-    import uuid
-
-    import yaml
-
-    from orchestrator.cli import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "source": {"name": "synthetic", "synthetic": {"train": 300, "test": 100, "height": 8, "width": 8, "classes": 4}},
-        "split": {"rows": 2, "cols": 2, "images_per_task": 150},
-        "model": {"name": "fc4"}, "train": {"epochs": 1, "batch_size": 32},
-        "storage": {"endpoint_url": s3_endpoint},
-    }))
-    uri = f"s3://test-bucket/ddp-{uuid.uuid4().hex[:8]}"
-    assert main(["baseline", "--config", str(config), "--storage", uri, "--set", "baseline.engine=ddp",
-                 "--set", "baseline.workers=2"]) == 0
-    out = capsys.readouterr().out
-    assert "Ray Train DDP, 2 workers, gloo" in out and "all-reduce" in out
-    run = RunStorage(uri, s3_endpoint)
-    result = run.read_json("baseline-ddp/result.json")
-    assert result["engine"] == "ddp" and result["allreduce_bytes_per_worker"] == result["steps"] * result["parameters"] * 4
-    assert any(name.startswith("checkpoint") for name in run.ls("baseline-ddp/ray_train"))  # Ray Train wrote to S3

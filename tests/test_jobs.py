@@ -58,7 +58,8 @@ def test_job_submission_runs_the_whole_job(ray_head, tmp_path):
 
 
 def test_job_submission_runs_the_ddp_baseline(ray_head, tmp_path):
-    """`spectral baseline --set baseline.engine=ddp --set baseline.workers=2` as a job: Ray Train inside the job."""
+    """`spectral baseline --set baseline.engine=ddp --set baseline.workers=2` as a job: the CLI, `api.baseline` and
+    Ray Train inside the job (the kill/resume and S3 checks are in tests/test_ddp.py)."""
     run_uri = tmp_path / "run"
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
@@ -71,6 +72,7 @@ def test_job_submission_runs_the_ddp_baseline(ray_head, tmp_path):
               "--set", "baseline.engine=ddp", "--set", "baseline.workers=2"]
     proc = subprocess.run(submit, env=ray_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray Train DDP, 2 workers, gloo" in proc.stdout  # the CLI's summary line
     result = RunStorage(str(run_uri)).read_json("baseline-ddp/result.json")
     assert result["workers"] == 2 and result["backend"] == "gloo"
     assert result["allreduce_bytes_per_worker"] == result["steps"] * result["parameters"] * 4
