@@ -27,9 +27,10 @@ from data_split import ManifestError, RunStorage, load_manifest, read_branch, sp
 FC4 = ModelConfig(name="fc4")
 # 3 epochs of ~11 steps at lr 1e-2 take the tiny data from chance (0.25) to ~0.8 in a fraction of a second.
 FAST = TrainConfig(epochs=3, batch_size=32, lr=1e-2)
-METRIC_KEYS = {"epoch", "loss", "val_loss", "val_acc", "images_per_s", "seconds", "lr"}
+METRIC_KEYS = {"epoch", "loss", "val_loss", "val_acc", "images_per_s", "seconds", "lr", "time"}
 RESULT_KEYS = {"k", "model", "epochs", "params", "model_bytes", "train_loss", "val_acc", "val_nll", "test_acc",
-               "test_nll", "train_seconds", "images_per_s", "peak_memory_bytes", "device", "in_shape", "classes"}
+               "test_nll", "train_seconds", "images_per_s", "peak_memory_bytes", "device", "in_shape", "classes",
+               "started"}
 
 
 def with_epochs(cfg: TrainConfig, epochs: int, **more) -> TrainConfig:
@@ -93,6 +94,8 @@ def test_outputs_follow_the_storage_contract(make_run):
     assert result["train_loss"] == lines[-1]["loss"]
     assert result["train_seconds"] == pytest.approx(sum(m["seconds"] for m in lines))
     assert seen == [{**m, "k": 2} for m in lines]
+    assert result["started"] < lines[0]["time"] < lines[1]["time"] < lines[2]["time"]  # time-to-accuracy clock
+    assert not storage.exists("branches/2/epochs")  # per-epoch logits are opt-in (train.epoch_logits)
 
     assert storage.ls("branches/2/checkpoints") == ["epoch=1.pt", "epoch=2.pt", "epoch=3.pt"]
     ckpt = load_checkpoint(storage, "branches/2/checkpoints/epoch=3.pt")
@@ -245,3 +248,16 @@ def test_branches_import_neither_ray_nor_torch_distributed_process_groups():
     code = "import sys, branches, branches.train; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+def test_epoch_logits_are_each_epochs_validation_logits(make_run):
+    storage = make_run()
+    result = train_branch(storage, 0, FC4, dataclasses.replace(FAST, epoch_logits=True))
+    assert storage.ls("branches/0/epochs") == [f"logits_val_{e}.npy" for e in (1, 2, 3)]
+    last = load_npy(storage, "branches/0/epochs/logits_val_3.npy")
+    np.testing.assert_array_equal(last, load_npy(storage, "branches/0/logits_val.npy"))  # the final model's
+    y = load_npy(storage, "branches/0/rows_val.npy")[:, 1]
+    for e, line in zip((1, 2, 3), metric_lines(storage, 0)):
+        acc = (load_npy(storage, f"branches/0/epochs/logits_val_{e}.npy").argmax(1) == y).mean()
+        assert acc == pytest.approx(line["val_acc"])  # the accuracy metrics.jsonl reported for that epoch
+    assert result["epochs"] == 3
