@@ -1,6 +1,6 @@
 """Spectral split of image datasets into K sub-datasets (transforms, sources, Ray Data pipeline, storage)."""
 
-from data_split.config import SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
+from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
 from data_split.pipeline import SplitConflictError, SplitResult, split_dataset
 from data_split.shards import BranchData, ManifestError, load_manifest, read_branch
 from data_split.sources import IMAGE_SUFFIXES, SourceError, decode_image, make_source
@@ -11,12 +11,14 @@ from data_split.transforms import (
     spectral_components,
     spectral_merge,
     spectral_split,
+    split_matrix,
     transform_matrix,
 )
 
 __all__ = [
-    "IMAGE_SUFFIXES", "TRANSFORMS", "BranchData", "ManifestError", "RunStorage", "SourceConfig", "SourceError", "SplitConfig",
-    "SplitConflictError", "SplitResult", "StorageConfig", "StorageError", "SyntheticConfig", "decode_image", "load_manifest",
+    "IMAGE_SUFFIXES", "TRANSFORMS", "BranchData", "ExtraSourceConfig", "ManifestError", "RunStorage", "SourceConfig",
+    "SourceError", "SplitConfig", "SplitConflictError", "SplitResult", "StorageConfig", "StorageError", "SyntheticConfig",
+    "decode_image", "load_manifest",
     "make_source", "polyphase_split", "read_branch", "spectral_components", "spectral_merge", "spectral_split",
-    "split_dataset", "transform_matrix",
+    "split_dataset", "split_matrix", "transform_matrix",
 ]

@@ -62,6 +62,24 @@ class SourceConfig:
 
 
 @dataclass(kw_only=True, frozen=True)
+class ExtraSourceConfig(SourceConfig):
+    """One of ``extra_sources``: a lower-resolution source that trains the branches it determines.
+
+    Its resolution must be ``(H/fr, W/fc)`` of the main source's with ``fr | rows``,
+    ``fc | cols`` (checked when the split runs, against the files). All of its train
+    split goes to training; its test split is not used.
+    """
+
+    resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources its read tasks need, e.g. {site_b: 1}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = {k: v for k, v in self.resources.items() if not v > 0}
+        if bad:
+            raise ValueError(f"extra_sources resources must be positive amounts, got {bad}")
+
+
+@dataclass(kw_only=True, frozen=True)
 class SplitConfig:
     rows: int = 2  # r: polyphase rows
     cols: int = 2  # c: polyphase cols; K = rows * cols branches
@@ -79,6 +97,8 @@ class SplitConfig:
         k = self.rows * self.cols
         if self.transform == "haar" and k & (k - 1):
             raise ValueError(f"split.transform 'haar' needs K = rows*cols to be a power of two, got K={k}")
+        if self.transform == "haar2" and (self.rows & (self.rows - 1) or self.cols & (self.cols - 1)):
+            raise ValueError(f"split.transform 'haar2' needs rows and cols to be powers of two, got {self.rows} x {self.cols}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"split.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.dtype not in DTYPES:

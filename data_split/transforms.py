@@ -9,7 +9,9 @@ Layout (DESIGN.md section 1): an image batch ``x`` of shape ``(N, C, H, W)``
 is split into ``K = r*c`` polyphase components; component ``k = a*c + b`` is
 ``x[:, :, a::r, b::c]``. The components are mixed by an orthonormal ``K x K``
 matrix ``T``: ``s = stack @ T.T``. Because ``T`` is orthonormal the split is
-lossless: ``stack = s @ T``.
+lossless: ``stack = s @ T``. The separable ``dct2``/``haar2`` use
+``T = T_r (x) T_c`` (``split_matrix``), so branch ``k = kr*c + kc`` is the 2-D
+frequency ``(kr, kc)``.
 
 Two layouts of the same numbers:
 - ``spectral_components``: branch-major ``(N, K, C, H/r, W/c)``, what the
@@ -24,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-TRANSFORMS = ("dct", "dft", "haar", "identity")
+TRANSFORMS = ("dct", "dft", "haar", "identity", "dct2", "haar2")
+SEPARABLE = {"dct2": "dct", "haar2": "haar"}  # 2-D transform -> its 1-D factor: T = T_r (x) T_c
 
 
 def _is_torch(a: Any) -> bool:
@@ -75,6 +78,8 @@ def _transform_matrix_cached(name: str, k: int) -> np.ndarray:
             t = np.vstack([coarse, fine]) / np.sqrt(2.0)
     elif name == "identity":
         t = np.eye(k)
+    elif name in SEPARABLE:
+        raise ValueError(f"transform {name!r} is separable: its matrix depends on (rows, cols), use split_matrix")
     else:
         raise ValueError(f"unknown transform {name!r}; expected one of {', '.join(TRANSFORMS)}")
     t.setflags(write=False)
@@ -82,8 +87,27 @@ def _transform_matrix_cached(name: str, k: int) -> np.ndarray:
 
 
 def transform_matrix(name: str, k: int) -> np.ndarray:
-    """The orthonormal ``(K, K)`` float64 matrix ``T`` of transform ``name``."""
+    """The orthonormal ``(K, K)`` float64 matrix of the 1-D transform ``name`` (not ``dct2``/``haar2``)."""
     return _transform_matrix_cached(name, int(k)).copy()
+
+
+def split_matrix(name: str, r: int, c: int) -> np.ndarray:
+    """The ``(K, K)`` matrix ``T`` that an ``r x c`` split with transform ``name`` applies, ``K = r*c``.
+
+    1-D transforms act on the row-major phase index ``k = a*c + b``; the separable
+    ones are ``T = T_r (x) T_c``, so branch ``k = kr*c + kc`` is the 2-D frequency
+    ``(kr, kc)`` (``haar2`` needs r and c to be powers of two).
+    """
+    if name not in SEPARABLE:
+        return transform_matrix(name, r * c)
+    if r < 1 or c < 1:
+        raise ValueError(f"split rows and cols must be >= 1, got r={r}, c={c}")
+    one_d = SEPARABLE[name]
+    try:
+        t = np.kron(transform_matrix(one_d, r), transform_matrix(one_d, c))
+    except ValueError as e:  # haar on a side that is not a power of two
+        raise ValueError(f"transform {name!r} needs rows and cols that suit {one_d!r} (got {r} x {c}): {e}") from None
+    return t
 
 
 def _check_divisible(shape: tuple[int, ...], r: int, c: int) -> None:
@@ -115,7 +139,7 @@ def spectral_components(x: Any, r: int, c: int, transform: str | np.ndarray = "d
     _check_divisible(tuple(x.shape), r, c)
     k = r * c
     # A torch matrix stays torch: inference's exported module holds T as a buffer (torch.export traces this).
-    t = transform_matrix(transform, k) if isinstance(transform, str) else transform if _is_torch(transform) else np.asarray(transform)
+    t = split_matrix(transform, r, c) if isinstance(transform, str) else transform if _is_torch(transform) else np.asarray(transform)
     if tuple(t.shape) != (k, k):
         raise ValueError(f"transform matrix has shape {tuple(t.shape)}, expected ({k}, {k}) for r={r}, c={c}")
     n, ch, h, w = x.shape
@@ -134,8 +158,7 @@ def spectral_merge(s: Any, r: int, c: int, transform: str | np.ndarray = "dct") 
     """Exact inverse of ``spectral_split``: ``(N, C, h, w, K)`` -> ``(N, C, h*r, w*c)``."""
     if len(s.shape) != 5 or s.shape[-1] != r * c:
         raise ValueError(f"expected spectral components of shape (N, C, h, w, {r * c}), got {tuple(s.shape)}")
-    k = r * c
-    t = transform_matrix(transform, k) if isinstance(transform, str) else np.asarray(transform)
+    t = split_matrix(transform, r, c) if isinstance(transform, str) else np.asarray(transform)
     stack = s @ _as_matrix_like(t, s)  # (N, C, h, w, K): s @ T undoes s = stack @ T.T
     n, ch, h, w, _ = stack.shape
     y = stack.reshape(n, ch, h, w, r, c)  # (N, C, h, w, a, b)

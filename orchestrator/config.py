@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from branches.config import ModelConfig, TrainConfig
-from data_split.config import SourceConfig, SplitConfig, StorageConfig
+from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig, StorageConfig
 from inference.config import PredictConfig, ServeConfig
 from tune.config import SweepConfig, TuneConfig
 
@@ -90,6 +90,7 @@ class RayConfig:
 @dataclass(kw_only=True, frozen=True)
 class SpectralConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
+    extra_sources: list[ExtraSourceConfig] = field(default_factory=list)  # lower-resolution sources (src = 1, 2, ...)
     split: SplitConfig = field(default_factory=SplitConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -8,11 +8,13 @@ import scipy.fft
 import torch
 
 from data_split.transforms import (
+    SEPARABLE,
     TRANSFORMS,
     polyphase_split,
     spectral_components,
     spectral_merge,
     spectral_split,
+    split_matrix,
     transform_matrix,
 )
 
@@ -20,13 +22,20 @@ SIZES = (1, 2, 3, 4, 9, 16)
 SHAPES = ((2, 2), (1, 4), (3, 3), (4, 4))  # (r, c)
 
 
-def _defined(name: str, k: int) -> bool:
-    return name != "haar" or (k & (k - 1)) == 0
+def _pow2(k: int) -> bool:
+    return (k & (k - 1)) == 0
 
 
-# (transform, K) and (transform, r, c) where the transform is defined (haar: K a power of two only).
-MATRIX_CASES = [(n, k) for n in TRANSFORMS for k in SIZES if _defined(n, k)]
-SPLIT_CASES = [(n, r, c) for n in TRANSFORMS for r, c in SHAPES if _defined(n, r * c)]
+def _defined(name: str, r: int, c: int) -> bool:
+    """haar: K a power of two; haar2: r and c powers of two."""
+    return {"haar": _pow2(r * c), "haar2": _pow2(r) and _pow2(c)}.get(name, True)
+
+
+ONE_D = [n for n in TRANSFORMS if n not in SEPARABLE]
+# (transform, K) and (transform, r, c) where the transform is defined.
+MATRIX_CASES = [(n, k) for n in ONE_D for k in SIZES if _defined(n, 1, k)]
+SPLIT_CASES = [(n, r, c) for n in TRANSFORMS for r, c in SHAPES if _defined(n, r, c)]
+SEPARABLE_CASES = [(n, r, c) for n in SEPARABLE for r, c in SHAPES + ((2, 4), (4, 1)) if _defined(n, r, c)]
 
 
 def _images(r: int, c: int, seed: int = 0) -> np.ndarray:
@@ -40,6 +49,32 @@ def test_matrix_is_orthonormal(name, k):
     assert t.shape == (k, k) and t.dtype == np.float64
     np.testing.assert_allclose(t @ t.T, np.eye(k), atol=1e-12)
     np.testing.assert_allclose(t.T @ t, np.eye(k), atol=1e-12)
+
+
+@pytest.mark.parametrize("name,r,c", SEPARABLE_CASES)
+def test_separable_matrix_is_orthonormal_kronecker(name, r, c):
+    t = split_matrix(name, r, c)
+    assert t.shape == (r * c, r * c)
+    np.testing.assert_allclose(t @ t.T, np.eye(r * c), atol=1e-12)
+    tr, tc = transform_matrix(SEPARABLE[name], r), transform_matrix(SEPARABLE[name], c)
+    for kr in range(r):  # branch k = kr*c + kc is the 2-D frequency (kr, kc): row = outer(T_r[kr], T_c[kc])
+        for kc in range(c):
+            np.testing.assert_allclose(t[kr * c + kc].reshape(r, c), np.outer(tr[kr], tc[kc]), atol=1e-12)
+
+
+@pytest.mark.parametrize("r,c", ((2, 2), (4, 4), (2, 3)))
+def test_dct2_is_scipy_dctn(r, c):
+    """dct2 of one phase grid is scipy's orthonormal 2-D DCT-II of that grid."""
+    grid = np.random.default_rng(0).random((r, c))
+    s = split_matrix("dct2", r, c) @ grid.reshape(-1)
+    np.testing.assert_allclose(s.reshape(r, c), scipy.fft.dctn(grid, norm="ortho"), atol=1e-12)
+
+
+def test_separable_needs_split_shape_and_haar2_powers_of_two():
+    with pytest.raises(ValueError, match="split_matrix"):
+        transform_matrix("haar2", 4)
+    with pytest.raises(ValueError, match=r"'haar2'.*2 x 3|2 x 3.*'haar2'|\(got 2 x 3\)"):
+        split_matrix("haar2", 2, 3)
 
 
 @pytest.mark.parametrize("k", SIZES)
@@ -87,7 +122,7 @@ def test_split_merge_roundtrip_numpy(name, r, c):
     assert s.shape == (3, 2, 4, 3, r * c) and s.dtype == np.float32
     np.testing.assert_allclose(spectral_merge(s, r, c, name), x, atol=2e-6)
     # Definition: s = polyphase @ T.T, and the branch-major layout holds the same numbers.
-    t = transform_matrix(name, r * c)
+    t = split_matrix(name, r, c)
     np.testing.assert_allclose(s, polyphase_split(x, r, c).astype(np.float64) @ t.T, atol=2e-6)
     comps = spectral_components(x, r, c, name)
     assert comps.shape == (3, r * c, 2, 4, 3)
