@@ -15,6 +15,10 @@ Storage version 2 (DESIGN.md section 3): values are stored as ``split.dtype``
 (``data_split.quantize``), Parquet is zstd, and the rows of every file are in
 a seeded random order (the same in every branch), so a stream of row groups
 is already class-mixed.
+
+Extra sources (``extra_sources``, ``data_split.extra_sources``) run one such
+pipeline each, on the nodes that hold them, and add their train rows (``src``
+= j) to the train split of the branches they feed.
 """
 
 from __future__ import annotations
@@ -26,23 +30,31 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_split.config import SourceConfig, SplitConfig
+from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig
+from data_split.extra_sources import (
+    MAIN_SRC,
+    ExtraPlan,
+    check_resources,
+    load_extra_range,
+    plan_extra_ranges,
+    plan_extra_sources,
+    transform_lowres_batch,
+)
 from data_split.quantize import affine_params, decode, encode
 from data_split.sources import ImageSource, SourceError, make_source
 from data_split.storage import RunStorage, StorageError
-from data_split.transforms import spectral_components, transform_matrix
+from data_split.transforms import spectral_components, split_matrix
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 2
 ROW_GROUP_ROWS = 2048  # rows per Parquet row group: the unit a streaming branch reads and shuffles
-MAIN_SRC = 0  # the `src` of the configured `source` (extra sources are 1, 2, ...)
 MANIFEST = "data/manifest.json"
 SPLITS = ("train", "val", "test")
 
@@ -51,11 +63,16 @@ class SplitConflictError(RuntimeError):
     """The run URI holds sub-datasets of a different configuration."""
 
 
-def config_hash(source: SourceConfig, split: SplitConfig) -> str:
+def config_hash(source: SourceConfig, split: SplitConfig, extra: Sequence[ExtraSourceConfig] = ()) -> str:
     """Content hash of everything that changes the written data (not of where it goes)."""
     cfg = {"manifest_version": MANIFEST_VERSION, "source": asdict(source), "split": asdict(split)}
     cfg["split"].pop("images_per_task")  # changes file boundaries, not content
     cfg["source"].pop("download")  # fetching the files first does not change them
+    if extra:  # absent when there are none, so that existing runs keep their hash
+        cfg["extra_sources"] = [asdict(e) for e in extra]
+        for e in cfg["extra_sources"]:
+            e.pop("download")
+            e.pop("resources")  # where a source is read, not what it holds
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
 
@@ -119,23 +136,29 @@ def raw_parquet_size(x: np.ndarray) -> int:
     return len(_parquet({"x": np.asarray(x, dtype=np.uint8)}))
 
 
-def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]) -> list[dict]:
+def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict],
+                branches: Sequence[int] | None = None) -> list[dict]:
     """Write every (split, branch) of one transformed range; return one record per file.
 
     ``codecs[k]``: branch k's uint8 ``offset``/``scale`` (ignored for float dtypes). The per-channel sums
     are of the decoded values, so the manifest's mean/std describe exactly what training sees.
+    ``batch["s"][:, i]`` is branch ``branches[i]`` (default ``i``: an extra source holds only the
+    branches it feeds). Records name the ``src`` and the node that read the range (when known).
     """
     records = []
-    part = f"part-{int(batch['idx'].min()):09d}.parquet"
+    src_id = int(batch["src"][0])
+    part = f"part-{'' if src_id == MAIN_SRC else f'src{src_id}-'}{int(batch['idx'].min()):09d}.parquet"
+    node = str(batch["node"][0]) if "node" in batch else None
     for split in SPLITS:
         rows = batch["split"] == split
         if not rows.any():
             continue
         idx, src, y, s = batch["idx"][rows], batch["src"][rows], batch["y"][rows], batch["s"][rows]  # s: (n, K, C, h, w)
         raw_bytes = raw_parquet_size(batch["x"][rows])
-        for k in range(s.shape[1]):
+        for i in range(s.shape[1]):
+            k = i if branches is None else branches[i]
             t0 = time.perf_counter()
-            stored = encode(s[:, k], dtype, codecs[k]["offset"], codecs[k]["scale"])
+            stored = encode(s[:, i], dtype, codecs[k]["offset"], codecs[k]["scale"])
             data = parquet_bytes(idx, src, y, stored)
             rel = f"data/{split}/branch={k}/{part}"
             storage.write_bytes(rel, data)
@@ -144,10 +167,12 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
                 {
                     "split": split,
                     "branch": k,
+                    "src": src_id,
+                    "node": node,
                     "file": rel,
                     "rows": int(rows.sum()),
                     "bytes": len(data),
-                    "raw_bytes": raw_bytes if k == 0 else 0,  # the range's raw images, counted once
+                    "raw_bytes": raw_bytes if i == 0 else 0,  # the range's raw images, counted once
                     "seconds": time.perf_counter() - t0,
                     "sum": xk.sum(axis=(0, 2, 3)).tolist(),  # per channel
                     "sumsq": np.square(xk).sum(axis=(0, 2, 3)).tolist(),
@@ -157,7 +182,7 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
 
 
 # -- Ray Data ----------------------------------------------------------------------------------------
-def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict]):
+def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict], branches: Sequence[int] | None):
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
 
@@ -172,7 +197,7 @@ def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict]):
             for block in blocks:
                 acc = BlockAccessor.for_block(block)
                 if acc.num_rows():
-                    out += write_parts(storage, acc.to_batch_format("numpy"), dtype, codecs)
+                    out += write_parts(storage, acc.to_batch_format("numpy"), dtype, codecs, branches)
             return out
 
         def on_write_complete(self, write_result: Any) -> None:
@@ -184,25 +209,47 @@ def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict]):
     return SpectralParquetSink()
 
 
-def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
+def _run_ray_pipeline(ranges: list[dict], read: Callable[[dict], dict], transform: Callable[..., dict],
+                      transform_kwargs: dict, storage: RunStorage, dtype: str, codecs: list[dict],
+                      branches: Sequence[int] | None, resources: dict[str, float]) -> list[dict]:
+    """ranges -> read -> transform -> write, every operator held to nodes with ``resources`` (so Ray fuses
+    them into one task per range there: raw images never leave those nodes). Records name the reading node."""
     import ray
 
-    ranges = plan_ranges(source, split_cfg.images_per_task)
-    matrix = transform_matrix(split_cfg.transform, split_cfg.k)
+    held = {"resources": dict(resources)} if resources else {}  # the same on every operator, so they fuse
 
-    def read(batch: dict) -> dict:
-        (split,), (start,), (stop,) = batch["source_split"], batch["start"], batch["stop"]
-        return load_range(source, split_cfg, str(split), int(start), int(stop))
+    def read_here(batch: dict) -> dict:
+        out = read({name: v[0] for name, v in batch.items()})
+        return {**out, "node": np.full(len(out["idx"]), ray.get_runtime_context().get_node_id())}
 
-    sink = _make_sink(storage, split_cfg.dtype, affine_params(matrix, source.channels))
+    sink = _make_sink(storage, dtype, codecs, branches)
     (
         ray.data.from_items(ranges, override_num_blocks=len(ranges))
-        .map_batches(read, batch_size=1, batch_format="numpy")
-        .map_batches(transform_batch, batch_size=None, batch_format="numpy",
-                     fn_kwargs={"r": split_cfg.rows, "c": split_cfg.cols, "matrix": matrix})
-        .write_datasink(sink)
+        .map_batches(read_here, batch_size=1, batch_format="numpy", **held)
+        .map_batches(transform, batch_size=None, batch_format="numpy", fn_kwargs=transform_kwargs, **held)
+        .write_datasink(sink, ray_remote_args=held or None)
     )
     return sink.records
+
+
+def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage,
+                    extras: Sequence[ExtraPlan] = ()) -> list[dict]:
+    """All sources' sub-datasets: the main source's, then each extra source's on its own nodes."""
+    matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
+    r, c, dtype, codecs = split_cfg.rows, split_cfg.cols, split_cfg.dtype, affine_params(matrix, source.channels)
+    records = _run_ray_pipeline(
+        plan_ranges(source, split_cfg.images_per_task),
+        lambda item: load_range(source, split_cfg, str(item["source_split"]), int(item["start"]), int(item["stop"])),
+        transform_batch, {"r": r, "c": c, "matrix": matrix}, storage, dtype, codecs, None, {},
+    )
+    for plan in extras:
+        records += _run_ray_pipeline(
+            plan_extra_ranges(plan, split_cfg.images_per_task),
+            lambda item, plan=plan: load_extra_range(plan, int(item["start"]), int(item["stop"]), split_cfg.seed),
+            transform_lowres_batch, {"r": r, "c": c, "fr": plan.fr, "fc": plan.fc, "matrix": matrix},
+            storage, dtype, codecs, plan.fed, plan.cfg.resources,
+        )
+    return records
 
 
 # A task's own error, as the last line of the traceback text Ray Data re-raises it in.
@@ -225,7 +272,7 @@ def _task_error(e: Exception) -> Exception:
 
 def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
     """The same files without Ray: the reference the benchmark compares against."""
-    matrix = transform_matrix(split_cfg.transform, split_cfg.k)
+    matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     codecs, records = affine_params(matrix, source.channels), []
     for item in plan_ranges(source, split_cfg.images_per_task):
         batch = load_range(source, split_cfg, item["source_split"], item["start"], item["stop"])
@@ -235,13 +282,19 @@ def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: R
 
 
 # -- manifest ------------------------------------------------------------------------------------------
-def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: SplitConfig, records: list[dict]) -> dict:
+def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: SplitConfig, records: list[dict],
+                   extras: Sequence[ExtraPlan] = ()) -> dict:
     """Aggregate the file records; raise if any image is missing from any branch."""
     k, n_train = split_cfg.k, source.count("train")
     n_val = round(split_cfg.val_fraction * n_train)
-    expected = {"train": n_train - n_val, "val": n_val, "test": source.count("test")}
+    counts = {"train": n_train - n_val, "val": n_val, "test": source.count("test")}
+    # expected[split][branch][src]: the main source everywhere, each extra source's train in the branches it feeds
+    expected = {split: [{str(MAIN_SRC): counts[split]} for _ in range(k)] for split in SPLITS}
+    for plan in extras:
+        for b in plan.fed:
+            expected["train"][b][str(plan.src)] = plan.source.count("train")
     c, h, w = source.channels, source.height // split_cfg.rows, source.width // split_cfg.cols
-    matrix = transform_matrix(split_cfg.transform, k)
+    matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     codecs = affine_params(matrix, c)
     branches = []
     for b in range(k):
@@ -249,27 +302,32 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
         splits = {}
         for split in SPLITS:
             rs = [r for r in mine if r["split"] == split]
-            rows = sum(r["rows"] for r in rs)
-            if rows != expected[split]:
-                raise RuntimeError(f"branch {b} split {split}: wrote {rows} rows, expected {expected[split]}")
-            splits[split] = {"rows": rows, "rows_by_source": {str(MAIN_SRC): rows},
+            by_source = {src: sum(r["rows"] for r in rs if str(r.get("src", MAIN_SRC)) == src) for src in expected[split][b]}
+            if by_source != expected[split][b] or sum(by_source.values()) != sum(r["rows"] for r in rs):
+                raise RuntimeError(f"branch {b} split {split}: wrote rows by source {by_source}, expected {expected[split][b]}")
+            splits[split] = {"rows": sum(by_source.values()), "rows_by_source": by_source,
                              "bytes": sum(r["bytes"] for r in rs), "files": [r["file"] for r in rs]}
         train = [r for r in mine if r["split"] == "train"]
-        n_pix = max(expected["train"] * h * w, 1)
+        n_pix = max(splits["train"]["rows"] * h * w, 1)
         total = np.sum([r["sum"] for r in train], axis=0) if train else np.zeros(c)
         total_sq = np.sum([r["sumsq"] for r in train], axis=0) if train else np.zeros(c)
         mean = total / n_pix
         std = np.sqrt(np.maximum(total_sq / n_pix - mean**2, 0.0))
         codec = codecs[b] if split_cfg.dtype == "uint8" else {}
         branches.append({"k": b, "mean": mean.tolist(), "std": std.tolist(), **codec, "splits": splits})
+    nodes = {src: sorted({r["node"] for r in records if r.get("src", MAIN_SRC) == src and r.get("node")})
+             for src in range(len(extras) + 1)}
     described = source.describe()
+    main = {"src": MAIN_SRC, "name": described["name"], "root": source_cfg.root, "limit": source_cfg.limit,
+            "resolution": described["resolution"], "factors": [1, 1], "counts": described["counts"],
+            "branches": list(range(k)), "resources": {}}
     return {
         "version": MANIFEST_VERSION,
-        "config_hash": config_hash(source_cfg, split_cfg),
+        "config_hash": config_hash(source_cfg, split_cfg, [p.cfg for p in extras]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": {**described, "root": source_cfg.root, "limit": source_cfg.limit},
-        "sources": [{"src": MAIN_SRC, "name": described["name"], "resolution": described["resolution"],
-                     "counts": described["counts"], "branches": list(range(k)), "nodes": None}],
+        # every source in src order: resolution, counts, the branches it feeds, the nodes whose tasks read it
+        "sources": [{**d, "nodes": nodes[d["src"]]} for d in (main, *(p.describe() for p in extras))],
         "split": {
             "r": split_cfg.rows,
             "c": split_cfg.cols,
@@ -281,7 +339,7 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
         },
         "val_fraction": split_cfg.val_fraction,
         "seed": split_cfg.seed,
-        "counts": expected,
+        "counts": counts,
         # the same images as raw uint8, one zstd Parquet column per range file: the yardstick of `bytes`
         "raw_bytes": {split: sum(r.get("raw_bytes", 0) for r in records if r["split"] == split) for split in SPLITS},
         "branches": branches,
@@ -297,9 +355,10 @@ class SplitResult:
 
 
 def split_dataset(
-    source_cfg: SourceConfig, split_cfg: SplitConfig, storage: RunStorage, *, overwrite: bool = False
+    source_cfg: SourceConfig, split_cfg: SplitConfig, storage: RunStorage, *, overwrite: bool = False,
+    extra_sources: Sequence[ExtraSourceConfig] = (),
 ) -> SplitResult:
-    """Write the K spectral sub-datasets of ``source_cfg`` under ``storage`` (idempotent)."""
+    """Write the K spectral sub-datasets of ``source_cfg`` (and ``extra_sources``) under ``storage`` (idempotent)."""
     source = make_source(source_cfg)  # validates every source file before anything is written
     h, w = source.height, source.width
     if h % split_cfg.rows or w % split_cfg.cols:
@@ -307,8 +366,14 @@ def split_dataset(
             f"source {source.name!r} images are (H, W) = ({h}, {w}), not divisible by "
             f"split (rows, cols) = ({split_cfg.rows}, {split_cfg.cols})"
         )
+    extras = plan_extra_sources(source, list(extra_sources), split_cfg,
+                                split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols))
+    if any(p.cfg.resources for p in extras):
+        import ray
+
+        check_resources(extras, ray.cluster_resources())  # fail now rather than hang on an infeasible task
     storage.check_writable()
-    digest = config_hash(source_cfg, split_cfg)
+    digest = config_hash(source_cfg, split_cfg, list(extra_sources))
     if storage.exists(MANIFEST):
         old = storage.read_json(MANIFEST)
         if old.get("config_hash") == digest:
@@ -328,12 +393,12 @@ def split_dataset(
 
     t0 = time.perf_counter()
     try:
-        records = _write_with_ray(source, split_cfg, storage)
+        records = _write_with_ray(source, split_cfg, storage, extras)
     except Exception as e:  # no manifest was written: the run stays incomplete
         err = _task_error(e)
         if err is e:
             raise
         raise err from e
-    manifest = build_manifest(source, source_cfg, split_cfg, records)
+    manifest = build_manifest(source, source_cfg, split_cfg, records, extras)
     storage.write_json(MANIFEST, manifest)  # last: its presence marks the split complete
     return SplitResult(manifest=manifest, up_to_date=False, seconds=time.perf_counter() - t0, records=records)

@@ -46,7 +46,7 @@ def ddp_baseline_storage(cfg: SpectralConfig) -> RunStorage:
 def split(cfg: SpectralConfig, *, overwrite: bool = False) -> SplitResult:
     """Write the K spectral sub-datasets (skipped when already up to date)."""
     init_ray(cfg.ray)
-    return split_dataset(cfg.source, cfg.split, run_storage(cfg), overwrite=overwrite)
+    return split_dataset(cfg.source, cfg.split, run_storage(cfg), overwrite=overwrite, extra_sources=cfg.extra_sources)
 
 
 @cluster_side

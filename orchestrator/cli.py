@@ -71,6 +71,23 @@ def split_table(result) -> Table:
     return table
 
 
+def sources_table(manifest: dict) -> Table:
+    """Sources by branches: the train rows each source gives each branch ('-': it cannot feed that branch)."""
+    from data_split.extra_sources import sources_by_branches
+
+    table = Table(title="train rows by source and branch")
+    table.add_column("src", justify="right")
+    table.add_column("source")
+    for k in range(manifest["split"]["K"]):
+        table.add_column(str(k), justify="right")
+    table.add_column("read on")
+    for row in sources_by_branches(manifest):
+        nodes = ", ".join(n[:8] for n in row["nodes"]) or "-"
+        table.add_row(str(row["src"]), f"{row['name']} {row['resolution'][0]}x{row['resolution'][1]}",
+                      *(f"{n:,}" if n is not None else "-" for n in row["train_rows"]), nodes)
+    return table
+
+
 def progress_table(snapshot: dict[int, dict], epochs: int) -> Table:
     table = Table(title="branches")
     for col in ("branch", "state", "epoch", "loss", "val acc", "images/s", "node", "GPU"):
@@ -118,6 +135,8 @@ class _LiveProgress:
 def cmd_split(cfg: SpectralConfig, args) -> None:
     result = api.split(cfg, overwrite=args.overwrite)
     console.print(split_table(result))
+    if len(result.manifest.get("sources", [])) > 1:
+        console.print(sources_table(result.manifest))
     console.print(f"sub-datasets: {api.run_storage(cfg).url('data')}")
 
 

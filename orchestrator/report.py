@@ -134,6 +134,9 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     split = (manifest or {}).get("split", {})
     source = (manifest or {}).get("source", {})
     model = next((b.get("model") for b in branches if b.get("model")), None)
+    for b in branches:  # where each branch's training rows came from (extra sources feed some branches only)
+        entry = manifest["branches"][b["k"]]["splits"]["train"] if manifest else {}
+        b["train_rows_by_source"] = entry.get("rows_by_source")
     baseline_ddp = storage.read_json(DDP_RESULT) if storage.exists(DDP_RESULT) else None
     report = {
         "report_version": REPORT_VERSION,
@@ -141,6 +144,8 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": storage.url(),
         "source": source,
+        "sources": [{key: s.get(key) for key in ("src", "name", "resolution", "branches", "nodes")}
+                    for s in (manifest or {}).get("sources", [])],
         "split": {key: split.get(key) for key in ("r", "c", "K", "transform")} | {"K": K},
         "model": model,
         "branches": branches,
@@ -221,6 +226,8 @@ def render_markdown(report: dict) -> str:
                   *_markdown_table(["Method", "Weights (branch 0..K-1)", "Val accuracy", "Val NLL", "Test NLL"],
                                    rows, "llrrr")]
     lines += _engines_markdown(report.get("comparison"))
+    if len(report.get("sources") or []) > 1:
+        lines += ["", *branch_sources_section(report)]
     if report["missing_branches"]:
         lines += ["", f"**Missing branches** (no result.json): {', '.join(map(str, report['missing_branches']))}"]
     return "\n".join(lines) + "\n"
@@ -243,6 +250,20 @@ def _engines_markdown(comparison: dict | None) -> list[str]:
             "Wall time: from the engine's start to the end of its last epoch (DDP includes Ray Train's start-up). "
             "DDP's bytes are measured by a communication hook (gradient buckets handed to all-reduce); a branch's "
             "are the bytes it wrote for other branches (none) with no process group."]
+
+
+def branch_sources_section(report: dict) -> list[str]:
+    """Per branch: the sources that trained it, its training rows, its test accuracy."""
+    names = {str(s["src"]): f"{s['src']}: {s['name']} {'x'.join(map(str, s['resolution']))}" for s in report["sources"]}
+    rows = []
+    for b in report["branches"]:
+        by_source = b.get("train_rows_by_source") or {}
+        rows.append([str(b["k"]), "; ".join(f"{names.get(src, src)} ({n:,})" for src, n in by_source.items()),
+                     f"{sum(by_source.values()):,}", _pct(b.get("test_acc"))])
+    lines = ["## Branches by source", "",
+             "Lower-resolution sources train only the branches they determine exactly; the main source alone "
+             "gives validation and test data.", ""]
+    return lines + _markdown_table(["Branch", "Sources (train rows)", "Train rows", "Test accuracy"], rows, "llrr")
 
 
 # -- plots ---------------------------------------------------------------------------------------------------

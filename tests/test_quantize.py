@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data_split.quantize import affine_params, branch_ranges, decode, dequantize, encode, quantize
-from data_split.transforms import TRANSFORMS, spectral_components, transform_matrix
+from data_split.transforms import TRANSFORMS, spectral_components, split_matrix, transform_matrix
 
 SPLITS = [(r, c) for r, c in ((2, 2), (4, 4), (1, 4), (2, 4))]
 
@@ -36,7 +36,7 @@ def _extreme_images(t: np.ndarray, r: int, c: int, channels: int = 2) -> np.ndar
 
 @pytest.mark.parametrize("name,r,c", list(_cases()))
 def test_codes_never_clip_and_round_to_nearest(name, r, c):
-    t = transform_matrix(name, r * c)
+    t = split_matrix(name, r, c)
     lo, hi = branch_ranges(t)
     params = affine_params(t, channels=2)
     rng = np.random.default_rng(0)

@@ -1,0 +1,106 @@
+"""Data locality on a two-node Ray cluster: an extra source is read only where its custom resource is.
+
+A head node (no custom resource) and a second node with ``site_b``, started with ``ray start`` and
+private ports and temp dirs (``tests/ray_cluster.py``). A driver process joins the cluster and splits
+site A (the main source, no resources) plus site B (``extra_sources[0]`` with ``resources:
+{site_b: 1}``). The manifest's ``sources[i].nodes`` (node ids recorded by the read tasks themselves)
+must name only the second node for site B; site A may be read anywhere in the cluster. A source
+asking for a resource that no node has fails at once, before any task is submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import free_port
+from fixtures_formats import write_mnist_files
+from ray_cluster import BIN, node_ports, ray_env, stop_ray_processes
+
+pytestmark = pytest.mark.slow
+
+DRIVER = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    from data_split import ExtraSourceConfig, RunStorage, SourceConfig, SplitConfig, split_dataset
+    address, a, b, run, resource = sys.argv[1:]
+    ray.init(address=address, log_to_driver=False)
+    deadline = time.monotonic() + 60  # both nodes registered (ray start returns as the second one joins)
+    while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    nodes = {n["NodeID"]: sorted(n["Resources"]) for n in ray.nodes() if n["Alive"]}
+    t0 = time.monotonic()
+    try:
+        result = split_dataset(SourceConfig(name="mnist", root=a), SplitConfig(rows=2, cols=2, images_per_task=20),
+                               RunStorage(run), extra_sources=[ExtraSourceConfig(name="mnist", root=b,
+                                                                                  resources={resource: 1})])
+        out = {"sources": result.manifest["sources"]}
+    except ValueError as e:
+        out = {"error": str(e)}
+    print("RESULT " + json.dumps({**out, "nodes": nodes, "seconds": time.monotonic() - t0}))
+""")
+
+
+@pytest.fixture(scope="module")
+def site_b_cluster():
+    """(GCS address, temp dirs): a head without custom resources, a second node with ``site_b``."""
+    temp_dirs = [tempfile.mkdtemp(prefix="stl-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stl-b-", dir="/tmp")]
+    port = free_port()
+    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
+              "--disable-usage-stats", "--include-dashboard=false"]
+    head = [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp_dirs[0]}", *common,
+            f"--ray-client-server-port={free_port()}", *node_ports()]
+    second = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"site_b": 1}',
+              f"--temp-dir={temp_dirs[1]}", *[c for c in common if c != "--include-dashboard=false"], *node_ports()]
+    try:
+        for cmd in (head, second):
+            proc = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=180)
+            assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_ray_processes(temp_dirs)
+
+
+def _drive(address: str, a, b, run, resource: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", DRIVER, address, str(a), str(b), str(run), resource],
+                          env=ray_env(), capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("sites")
+    a = {"train": (rng.integers(0, 256, (60, 8, 8), dtype=np.uint8), rng.integers(0, 10, 60).astype(np.uint8)),
+         "test": (rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), rng.integers(0, 10, 20).astype(np.uint8))}
+    b = {"train": (rng.integers(0, 256, (80, 4, 4), dtype=np.uint8), rng.integers(0, 10, 80).astype(np.uint8)),
+         "test": (np.zeros((0, 4, 4), np.uint8), np.zeros(0, np.uint8))}
+    write_mnist_files(root / "a", a, gz=False)
+    write_mnist_files(root / "b", b, gz=False)
+    return root
+
+
+def test_extra_source_is_read_only_on_the_node_with_its_resource(site_b_cluster, sites, tmp_path):
+    out = _drive(site_b_cluster, sites / "a", sites / "b", tmp_path / "run", "site_b")
+    assert len(out["nodes"]) == 2, out["nodes"]
+    assert "error" not in out, out["error"]
+    (site_b_node,) = [n for n, res in out["nodes"].items() if "site_b" in res]
+    main, extra = out["sources"]
+    assert extra["resources"] == {"site_b": 1.0}
+    assert extra["nodes"] == [site_b_node]  # all 4 read tasks of site B ran there
+    assert main["nodes"] and set(main["nodes"]) <= set(out["nodes"])  # site A: anywhere in the cluster
+
+
+def test_resource_no_node_has_fails_within_seconds(site_b_cluster, sites, tmp_path):
+    out = _drive(site_b_cluster, sites / "a", sites / "b", tmp_path / "run", "site_c")
+    assert "site_c" in out["error"] and "extra_sources[0]" in out["error"] and "site_b" in out["error"]
+    assert out["seconds"] < 10  # a check of the cluster's resources, not a wait on a pending task
+    assert not (tmp_path / "run").exists()
