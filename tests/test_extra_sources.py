@@ -119,6 +119,21 @@ def test_resource_no_node_has_fails_fast(ray_session, sites, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_sources_by_branches_table(written):
+    from rich.console import Console
+
+    from orchestrator.cli import sources_table
+
+    console = Console(width=200, record=True)
+    console.print(sources_table(written[1]))
+    text = console.export_text()
+    cells = lambda name: re.search(rf"{name} *│(.*)│", text)[1].replace(" ", "").split("│")  # noqa: E731
+    n_train = N_A - round(0.25 * N_A)
+    assert cells("mnist 8x8")[:16] == [str(n_train)] * 16
+    assert cells("mnist 4x4")[:16] == [str(N_B) if k in FED else "-" for k in range(16)]
+
+
+@pytest.mark.slow
 def test_cli_run_prints_sources_by_branches_and_reports_per_branch(ray_session, sites, tmp_path, capsys, monkeypatch):
     """`spectral run` with an extra source: the split's sources-by-branches table, training on the extra
     rows of the branches it feeds (dct 2x2: branch 0 only), and the report's per-branch section."""

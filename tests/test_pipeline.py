@@ -233,8 +233,11 @@ def test_manifest_fields(written):
     assert (src["name"], src["resolution"], src["channels"], src["classes"]) == ("synthetic", [8, 8], 1, 4)
     assert src["counts"] == {"train": 400, "test": 100}
     assert src["class_names"] == ["0", "1", "2", "3"]
-    assert m["sources"] == [{"src": 0, "name": "synthetic", "resolution": [8, 8], "counts": {"train": 400, "test": 100},
-                             "branches": [0, 1, 2, 3], "nodes": None}]
+    (main,) = m["sources"]
+    nodes = main.pop("nodes")  # the Ray node ids whose tasks read the source
+    assert main == {"src": 0, "name": "synthetic", "root": None, "limit": None, "resolution": [8, 8], "factors": [1, 1],
+                    "counts": {"train": 400, "test": 100}, "branches": [0, 1, 2, 3], "resources": {}}
+    assert nodes and all(isinstance(n, str) and len(n) == 56 for n in nodes)
     sp = m["split"]
     assert (sp["r"], sp["c"], sp["K"], sp["transform"], sp["dtype"]) == (2, 2, 4, "dct", "uint8")
     np.testing.assert_allclose(np.array(sp["matrix"]), transform_matrix("dct", 4), atol=1e-12)
