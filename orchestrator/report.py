@@ -134,8 +134,9 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     split = (manifest or {}).get("split", {})
     source = (manifest or {}).get("source", {})
     model = next((b.get("model") for b in branches if b.get("model")), None)
+    split_branches = (manifest or {}).get("branches") or []
     for b in branches:  # where each branch's training rows came from (extra sources feed some branches only)
-        entry = manifest["branches"][b["k"]]["splits"]["train"] if manifest else {}
+        entry = split_branches[b["k"]]["splits"]["train"] if b["k"] < len(split_branches) else {}
         b["train_rows_by_source"] = entry.get("rows_by_source")
     baseline_ddp = storage.read_json(DDP_RESULT) if storage.exists(DDP_RESULT) else None
     report = {
