@@ -1,8 +1,9 @@
 """`spectral predict`: classify every PNG/JPEG under a folder or prefix with Ray Data.
 
-    list the images (recursive, any fsspec URI)  ->  read_binary_files
+    list the images (recursive, any fsspec URI)  ->  from_items(paths), one block per batch
       -> map_batches(Classifier) on an ActorPoolStrategy: each actor loads the ensemble once
-         (on a GPU when the cluster has them), decodes its batch as the run's source did
+         (on a GPU when the cluster has them), reads its batch's files (``fs.cat``, concurrent on
+         object stores), decodes them as the run's source did
          (``data_split.decode_image``: grey/RGB, resized to the run's resolution) and runs it
       -> check: an unreadable image is an error naming it (or, with ``skip_bad``, left out and listed)
       -> write_parquet(output): path (string), pred (int64), class_name (string), prob (list<float32>)
@@ -73,8 +74,9 @@ class Classifier:
     """A Ray Data actor holding the ensemble: a batch of (path, bytes) -> path, pred, class_name, prob, error."""
 
     def __init__(self, uri: str, weights: str | Sequence[float], endpoint_url: str | None, use_gpu: bool,
-                 threads: int) -> None:
+                 threads: int, input_uri: str) -> None:
         torch.set_num_threads(threads)
+        self.fs = RunStorage(input_uri, endpoint_url).fs
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = load_ensemble(uri, weights, endpoint_url=endpoint_url).to(self.device)
         self.info = self.model.info
@@ -83,9 +85,14 @@ class Classifier:
         info, n = self.info, len(batch["path"])
         x = np.zeros((n, info.channels, info.height, info.width), np.uint8)
         errors: list[str | None] = [None] * n
-        for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
+        paths = [str(p) for p in batch["path"]]
+        contents = self.fs.cat(paths, on_error="return")  # {path: bytes or the exception}; concurrent on object stores
+        for i, path in enumerate(paths):
+            data = contents.get(path)
             try:
-                x[i] = decode_image(bytes(data), info.channels, info.height, info.width, name=str(path))
+                if not isinstance(data, bytes):
+                    raise SourceError(f"{path}: cannot read ({data!r})")
+                x[i] = decode_image(data, info.channels, info.height, info.width, name=path)
             except SourceError as e:
                 errors[i] = str(e)
         pixels = torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255)).to(self.device)
@@ -129,10 +136,13 @@ def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig
     log.info("predict: %d images under %s, %d actor(s) x batch %d, %g CPU and %g GPU per actor", len(paths),
              input_uri, cfg.concurrency, cfg.batch_size, cfg.cpus_per_actor, gpus)
 
-    ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=src.fs)
+    # The actors read the files themselves: Ray Data's file reader makes a task per few files and a row per file,
+    # which for small images costs more than decoding them (benchmarks/inference.py). One block per actor batch.
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=-(-len(paths) // cfg.batch_size))
     scored = ds.map_batches(
         Classifier, fn_constructor_kwargs={"uri": uri, "weights": weights, "endpoint_url": endpoint_url,
-                                           "use_gpu": gpus > 0, "threads": max(1, round(cfg.cpus_per_actor))},
+                                           "use_gpu": gpus > 0, "threads": max(1, round(cfg.cpus_per_actor)),
+                                           "input_uri": input_uri},
         batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
     ).materialize()
