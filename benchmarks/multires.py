@@ -20,6 +20,9 @@ Command (repository root; few epochs to fit a shared 2-core machine; ``--quick``
     .venv/bin/python benchmarks/multires.py [--quick] [--epochs 2] [--seeds 0 1] [--transforms dct haar2]
         [--root /tmp/spectral-bench-multires] [--out benchmarks/results/multires.json]
 
+Runs can be spread over processes (``--seeds``, ``--transforms``, ``--configs`` select a part; each
+its own ``--root`` and ``--out``) and combined with ``--merge FILE ... [--out PATH]``.
+
 Numbers go to ``benchmarks/results/multires.json`` (machine, load average, command, date; rewritten
 after every run, so an interrupted benchmark keeps what it measured) and print as a table plus a
 README-ready markdown table.
@@ -170,6 +173,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--transforms", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--tune-samples", type=int, default=16)
     p.add_argument("--root", type=Path, default=Path("/tmp/spectral-bench-multires"))
     p.add_argument("--out", type=Path, default=None)
@@ -196,7 +200,7 @@ def main() -> None:
     for seed in args.seeds:
         folders = make_sites(args.root, seed, limit)
         for transform in args.transforms:
-            for config in CONFIGS:
+            for config in args.configs:
                 run = run_one(args.root, transform, config, seed, folders, args)
                 results["runs"].append(run)
                 results["summary"] = summarise(results["runs"])
