@@ -40,7 +40,8 @@ def init_ray(cfg: RayConfig, *, quiet: bool = False) -> None:
 
 
 def cluster_side(fn):
-    """Decorator of the API steps: with a ``ray://`` address, run the whole call as a task on the head.
+    """Decorator of the API steps: the step holds the run's lease (``orchestrator.lease``), and with a
+    ``ray://`` address the whole call runs as a task on the head (which then holds the lease).
 
     Ray Data cannot execute a pipeline from a Ray Client process (2.60: its executor needs a core
     worker, which a client lacks), so the split, and with it ``run``, would fail there. Instead the
@@ -53,7 +54,11 @@ def cluster_side(fn):
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
         if not (cfg.ray.address or "").startswith("ray://"):
-            return fn(cfg, *args, **kwargs)
+            from data_split.storage import RunStorage
+            from orchestrator.lease import hold_lease
+
+            with hold_lease(RunStorage(cfg.storage.uri, cfg.storage.endpoint_url), timeout_s=cfg.storage.lease_timeout_s):
+                return fn(cfg, *args, **kwargs)
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -111,6 +111,14 @@ def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> d
     return result
 
 
+@cluster_side
+def sweep(cfg: SpectralConfig, *, overwrite: bool = False):
+    """Ray Tune search over branch-training hyperparameters (``sweep.space``); returns ``tune.SweepResult``."""
+    from tune import run_sweep
+
+    return run_sweep(cfg, overwrite=overwrite)
+
+
 @dataclass
 class RunResult:
     uri: str

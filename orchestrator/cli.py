@@ -204,10 +204,9 @@ def cmd_tune_weights(cfg: SpectralConfig, args) -> None:
 
 
 def cmd_sweep(cfg: SpectralConfig, args) -> None:
-    from tune import run_sweep
     from tune._sweep_table import table_rows
 
-    result = run_sweep(cfg, overwrite=args.overwrite)
+    result = api.sweep(cfg, overwrite=args.overwrite)
     header, rows = table_rows(result)
     table = Table(title=f"sweep: {result.metric} ({result.mode}), {result.stopped_early} of {len(rows)} trials "
                         f"stopped early" + (", resumed" if result.restored else ""))
