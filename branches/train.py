@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from branches import _checkpoint as ckpt_io
+from branches import _test_hooks
 from branches._data import InMemorySplit
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
@@ -226,6 +227,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         })
         storage.append_line(f"{base}/metrics.jsonl", json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
         ckpt_io.prune_checkpoints(storage, k, keep=train_cfg.keep_checkpoints)
+        _test_hooks.epoch_written(k, epoch)
         log.info("branch %d epoch %d/%d: loss %.4f val_acc %s (%.0f img/s, %.2f s)", k, epoch, train_cfg.epochs,
                  train_loss, "n/a" if val_acc is None else f"{val_acc:.4f}", metrics["images_per_s"], metrics["seconds"])
         if on_epoch is not None:

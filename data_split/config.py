@@ -116,9 +116,12 @@ class StorageConfig:
     uri: str = "./runs/fashion-mnist"  # the run's URI: a path, file://..., s3://bucket/prefix
     endpoint_url: str | None = None  # S3-compatible endpoint; None = AWS_ENDPOINT_URL or AWS itself
     lease_timeout_s: float = 60.0  # a driver's lease (<run>/lease.json) without a heartbeat this long is taken over
+    retry_budget_s: float = 120.0  # remote stores: seconds one read/write keeps retrying (with backoff) through an outage
 
     def __post_init__(self) -> None:
         if not self.uri:
             raise ValueError("storage.uri must not be empty")
         if self.lease_timeout_s <= 0:
             raise ValueError(f"storage.lease_timeout_s must be > 0, got {self.lease_timeout_s}")
+        if self.retry_budget_s < 0:
+            raise ValueError(f"storage.retry_budget_s must be >= 0, got {self.retry_budget_s}")

@@ -2,9 +2,14 @@
 
 Every write is atomic (DESIGN.md section 3): on a local disk we write a hidden
 temporary file beside the target and ``os.replace`` it; on object stores a
-single PUT is already all-or-nothing. Readers therefore never see half a file.
-Hidden names start with ``.`` so that Parquet readers skip leftovers of a
-crashed writer.
+single PUT is already all-or-nothing (a PUT cut off mid-body creates nothing).
+Readers therefore never see half a file. Hidden names start with ``.`` so that
+Parquet readers skip leftovers of a crashed writer.
+
+Outages: on remote filesystems every call that fails for a transient reason
+(connection refused or reset, timeouts, 5xx/throttling) is retried with
+exponential backoff for up to ``retry_budget_s`` seconds; after that it fails
+with ``StorageError`` naming the endpoint. Local disks are not retried.
 
 S3 credentials come from the standard AWS chain (environment, config files,
 instance profile); the endpoint from ``endpoint_url`` or ``AWS_ENDPOINT_URL``.
@@ -13,10 +18,13 @@ Neither is ever logged.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import posixpath
+import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +38,41 @@ S3_CONNECT_TIMEOUT_S = 5
 S3_READ_TIMEOUT_S = 60
 S3_MAX_ATTEMPTS = 3  # botocore attempts per request, before the error reaches us
 S3FS_RETRIES = 2  # s3fs attempts per call (each of them up to S3_MAX_ATTEMPTS botocore attempts)
+DEFAULT_RETRY_BUDGET_S = 120.0  # how long one call keeps retrying through an outage of a remote store
+RETRY_FIRST_DELAY_S = 0.25  # backoff: 0.25, 0.5, 1, 2, 4, 5, 5, ... s (times a random 0.5-1 jitter)
+RETRY_MAX_DELAY_S = 5.0
+_NOT_TRANSIENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.EHOSTUNREACH, errno.ENETUNREACH}
+_TRANSIENT_WORDS = ("Could not connect", "Connection was closed", "timed out", "Read timeout", "SlowDown",
+                    "Service Unavailable", "ServiceUnavailable", "InternalError", "Please reduce your request rate")
 
 
 class StorageError(RuntimeError):
     """The run URI cannot be read or written; the message names the URI or endpoint."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` from a remote store may go away by itself (an outage), as opposed to a real answer."""
+    if isinstance(error, _NOT_TRANSIENT):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)) or getattr(error, "errno", None) in _TRANSIENT_ERRNOS:
+        return True
+    try:
+        import botocore.exceptions as boto
+
+        if isinstance(error, (boto.ConnectionError, boto.HTTPClientError)):  # refused, closed, read/connect timeouts
+            return True
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        if isinstance(error, aiohttp.ClientConnectionError):
+            return True
+    except ImportError:
+        pass
+    return any(word in str(error) for word in _TRANSIENT_WORDS)
 
 
 @dataclass(frozen=True)
@@ -42,6 +81,7 @@ class RunStorage:
 
     uri: str
     endpoint_url: str | None = None
+    retry_budget_s: float = DEFAULT_RETRY_BUDGET_S  # remote stores: how long a call retries through an outage
     _fs: Any = field(default=None, init=False, repr=False, compare=False)
 
     # -- filesystem -------------------------------------------------------------------------
@@ -77,12 +117,36 @@ class RunStorage:
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship the URI, not a live filesystem (its connections don't survive pickling).
-        return {"uri": self.uri, "endpoint_url": self.endpoint_url}
+        return {"uri": self.uri, "endpoint_url": self.endpoint_url, "retry_budget_s": self.retry_budget_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         object.__setattr__(self, "uri", state["uri"])
         object.__setattr__(self, "endpoint_url", state["endpoint_url"])
+        object.__setattr__(self, "retry_budget_s", state.get("retry_budget_s", DEFAULT_RETRY_BUDGET_S))
         object.__setattr__(self, "_fs", None)
+
+    def _retrying(self, what: str, call):
+        """``call()``, retried with backoff through transient failures for up to ``retry_budget_s`` (remote only)."""
+        if self.protocol == "file":
+            return call()
+        t0, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return call()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                elapsed = time.monotonic() - t0
+                delay = min(RETRY_MAX_DELAY_S, RETRY_FIRST_DELAY_S * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                if elapsed + delay > self.retry_budget_s:
+                    raise StorageError(f"cannot {what} on {self.describe_endpoint()}: still failing after {attempt} "
+                                       f"attempt(s) over {elapsed:.1f} s (storage.retry_budget_s = "
+                                       f"{self.retry_budget_s:g}): {e!r}") from e
+                log.warning("%s on %s failed (%s); retry %d in %.1f s", what, self.describe_endpoint(),
+                            type(e).__name__, attempt, delay)
+                time.sleep(delay)
+                self.fs.invalidate_cache()
 
     @property
     def root(self) -> str:
@@ -97,6 +161,10 @@ class RunStorage:
         """``parts`` as a URI a user can paste (protocol included)."""
         p = self.path(*parts)
         return p if self.protocol == "file" else f"{self.protocol}://{p}"
+
+    def at(self, uri: str) -> "RunStorage":
+        """The same store and settings (endpoint, retry budget) at another URI."""
+        return RunStorage(uri, self.endpoint_url, self.retry_budget_s)
 
     def describe_endpoint(self) -> str:
         if self.protocol != "s3":
@@ -120,8 +188,10 @@ class RunStorage:
                 finally:
                     if os.path.exists(tmp):
                         os.remove(tmp)
-            else:
-                self.fs.pipe_file(target, data)  # one PUT: atomic on object stores
+            else:  # one PUT: atomic on object stores
+                self._retrying(f"write {self.url(rel)}", lambda: self.fs.pipe_file(target, data))
+        except StorageError:
+            raise
         except OSError as e:
             raise StorageError(f"cannot write {self.url(rel)} on {self.describe_endpoint()}: {e}") from e
         except Exception as e:  # botocore/aiohttp errors do not derive from OSError
@@ -141,8 +211,8 @@ class RunStorage:
     # -- reads ----------------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
         try:
-            return self.fs.cat_file(self.path(rel))
-        except FileNotFoundError:
+            return self._retrying(f"read {self.url(rel)}", lambda: self.fs.cat_file(self.path(rel)))
+        except (FileNotFoundError, StorageError):
             raise
         except Exception as e:
             raise StorageError(f"cannot read {self.url(rel)} on {self.describe_endpoint()}: {e!r}") from e
@@ -156,25 +226,30 @@ class RunStorage:
 
     def exists(self, rel: str) -> bool:
         try:
-            return self.fs.exists(self.path(rel))
+            return self._retrying(f"look up {self.url(rel)}", lambda: self.fs.exists(self.path(rel)))
+        except StorageError:
+            raise
         except Exception as e:
             raise StorageError(f"cannot reach {self.describe_endpoint()}: {e!r}") from e
 
     def ls(self, rel: str) -> list[str]:
         """Names (not paths) directly under ``rel``; empty when it does not exist."""
         try:
-            entries = self.fs.ls(self.path(rel), detail=False)
+            entries = self._retrying(f"list {self.url(rel)}", lambda: self.fs.ls(self.path(rel), detail=False))
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
     def size(self, rel: str) -> int:
-        return int(self.fs.size(self.path(rel)))
+        return int(self._retrying(f"stat {self.url(rel)}", lambda: self.fs.size(self.path(rel))))
 
     def remove(self, rel: str) -> None:
         """Remove ``rel`` and everything under it; a missing path is not an error."""
         if self.exists(rel):
-            self.fs.rm(self.path(rel), recursive=True)
+            try:
+                self._retrying(f"remove {self.url(rel)}", lambda: self.fs.rm(self.path(rel), recursive=True))
+            except FileNotFoundError:
+                pass  # removed by an earlier attempt whose answer was lost
             self.fs.invalidate_cache()
 
     def check_writable(self) -> None:

@@ -57,7 +57,8 @@ def cluster_side(fn):
             from data_split.storage import RunStorage
             from orchestrator.lease import hold_lease
 
-            with hold_lease(RunStorage(cfg.storage.uri, cfg.storage.endpoint_url), timeout_s=cfg.storage.lease_timeout_s):
+            storage = RunStorage(cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.retry_budget_s)
+            with hold_lease(storage, timeout_s=cfg.storage.lease_timeout_s):
                 return fn(cfg, *args, **kwargs)
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

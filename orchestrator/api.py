@@ -31,11 +31,11 @@ ProgressFn = Callable[[dict[int, dict]], None]
 
 
 def run_storage(cfg: SpectralConfig) -> RunStorage:
-    return RunStorage(cfg.storage.uri, cfg.storage.endpoint_url)
+    return RunStorage(cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.retry_budget_s)
 
 
 def baseline_storage(cfg: SpectralConfig) -> RunStorage:
-    return RunStorage(cfg.storage.uri.rstrip("/") + "/" + BASELINE_DIR, cfg.storage.endpoint_url)
+    return run_storage(cfg).at(cfg.storage.uri.rstrip("/") + "/" + BASELINE_DIR)
 
 
 def ddp_baseline_storage(cfg: SpectralConfig) -> RunStorage:

@@ -20,7 +20,7 @@ import ray
 
 from branches import finished_result
 from branches.config import ModelConfig, TrainConfig
-from data_split.storage import RunStorage, StorageError
+from data_split.storage import RunStorage
 from orchestrator.branch_actor import BranchActor, ProgressBoard
 from orchestrator.config import ResourcesConfig
 from orchestrator.placement import PlacementPlan, cluster_nodes, plan_placement
@@ -28,9 +28,10 @@ from orchestrator.placement import PlacementPlan, cluster_nodes, plan_placement
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.5
-# Exceptions worth another try: storage hiccups. Anything else (bad data, config conflicts, bugs) fails the
-# same way every time, so it fails the branch at once. A dead process is always restarted (max_restarts).
-RETRYABLE_EXCEPTIONS = [StorageError, OSError]
+# Exceptions worth another try of the whole branch: none. Storage outages are retried with backoff inside
+# RunStorage (storage.retry_budget_s), so a StorageError that gets here has spent its budget; anything else
+# (bad data, config conflicts, bugs) fails the same way every time. A dead process is always restarted
+# (max_restarts), and resumes from its checkpoint.
 
 
 class BranchFailedError(RuntimeError):
@@ -87,7 +88,7 @@ def train_branches(
         max_task_retries=resources.max_restarts,
     )
     actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board_name, started) for k in todo}
-    pending = {actors[k].train.options(retry_exceptions=RETRYABLE_EXCEPTIONS).remote(): k for k in todo}
+    pending = {actors[k].train.remote(): k for k in todo}
     failures: dict[int, str] = {}
     placed: set[int] = set()
     try:

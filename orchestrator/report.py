@@ -46,7 +46,7 @@ class ReportError(RuntimeError):
 
 def baseline_storage(storage: RunStorage) -> RunStorage:
     """The baseline run stored under ``<run>/baseline/`` (same layout, one branch 0)."""
-    return RunStorage(storage.uri.rstrip("/") + "/" + BASELINE_DIR, endpoint_url=storage.endpoint_url)
+    return storage.at(storage.uri.rstrip("/") + "/" + BASELINE_DIR)
 
 
 # -- reading --------------------------------------------------------------------------------------------

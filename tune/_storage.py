@@ -18,7 +18,7 @@ EXPERIMENT_NAME = "experiment"  # Tune's experiment folder under each tune/<what
 
 def absolute(storage: RunStorage) -> RunStorage:
     """The same run with a URI that means the same thing in any working directory."""
-    return RunStorage(storage.root, storage.endpoint_url) if storage.protocol == "file" else storage
+    return storage.at(storage.root) if storage.protocol == "file" else storage
 
 
 def tune_location(storage: RunStorage, rel: str) -> tuple[str, pyarrow.fs.FileSystem | None]:

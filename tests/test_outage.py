@@ -1,0 +1,187 @@
+"""Storage outages: the loopback S3 endpoint goes away mid-training and comes back on the same port.
+
+A branch stops at a known point (``branches/_test_hooks``: after branch 0's checkpoint of an epoch is
+written it waits for the test), the test stops the endpoint, lets the branch go on into the outage,
+and restarts the endpoint with the same data (moto keeps its state in this process's backend, so a new
+``ThreadedMotoServer`` on the same port serves the same buckets). Each driver is a real
+``spectral run`` process with its own local Ray.
+
+- longer than ``storage.retry_budget_s``: the run fails, naming the endpoint; a re-run resumes the
+  branch from its last complete checkpoint;
+- shorter (10 s): the writes retry with backoff and the run finishes, with every epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from conftest import free_port, tiny_config
+from data_split import RunStorage
+
+pytestmark = pytest.mark.slow
+
+OUTAGE_S = 10.0
+EPOCHS = 3
+
+
+class RestartableS3:
+    """A moto S3 server on a fixed loopback port that can be stopped and started again with its data."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._cls, self.port = ThreadedMotoServer, free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+        self.start()
+
+    def start(self) -> None:
+        self.server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server = None
+        with socket.socket() as s:  # really gone: a connection is refused
+            assert s.connect_ex(("127.0.0.1", self.port)) != 0
+
+
+@pytest.fixture
+def s3():
+    server = RestartableS3()
+    yield server
+    if server.server is not None:
+        server.stop()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, f"driver exited ({proc.returncode}) before {path.name}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{path.name} did not appear within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def _spectral_run(config: Path, hooks: Path, log: Path, *sets: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(config)]
+    for s in sets:
+        args += ["--set", s]
+    env = {**os.environ, "SPECTRAL_TEST_HOOKS": str(hooks), "COLUMNS": "200"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout_s: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def _epochs(storage: RunStorage, k: int) -> list[int]:
+    return [json.loads(line)["epoch"] for line in storage.read_bytes(f"branches/{k}/metrics.jsonl").decode().splitlines()]
+
+
+def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_path):
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/run"
+    cfg = tiny_config(uri, **{"storage.endpoint_url": s3.endpoint, "train.epochs": EPOCHS})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    storage = RunStorage(uri, s3.endpoint)
+
+    # 1. Outage longer than a 2 s budget, right after branch 0's epoch 1 is on storage: the run fails.
+    (hooks / "branch=0.epoch=1.wait").touch()
+    first = _spectral_run(config, hooks, tmp_path / "first.log", "storage.retry_budget_s=2")
+    _wait_for(hooks / "branch=0.epoch=1.written", first, tmp_path / "first.log")
+    s3.stop()
+    (hooks / "branch=0.epoch=1.go").touch()
+    assert _finish(first) == 1
+    out = (tmp_path / "first.log").read_text()
+    assert "BranchFailedError" in out and "branch 0" in out, out[-3000:]
+    assert s3.endpoint in out and "retry_budget_s" in out, out[-3000:]  # the error names the endpoint
+    s3.start()
+    assert _epochs(storage, 0) == [1]  # epoch 2 never completed
+    assert not storage.exists("branches/0/result.json")
+
+    # 2. The re-run resumes branch 0 after epoch 1; a 10 s outage after its epoch 2 is ridden out.
+    (hooks / "branch=0.epoch=2.wait").touch()
+    second = _spectral_run(config, hooks, tmp_path / "second.log", "storage.retry_budget_s=60")
+    _wait_for(hooks / "branch=0.epoch=2.written", second, tmp_path / "second.log")
+    s3.stop()
+    (hooks / "branch=0.epoch=2.go").touch()
+    t0 = time.monotonic()
+    time.sleep(OUTAGE_S)  # the outage itself: a duration, not a wait for an event
+    s3.start()
+    assert _finish(second) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finished_after_outage_s = time.monotonic() - t0
+    out = (tmp_path / "second.log").read_text()
+    assert "retry" in out and s3.endpoint in out  # the retries were logged, naming the endpoint
+
+    result = storage.read_json("branches/0/result.json")
+    assert result["resumed_from_epoch"] == 1
+    for k in range(4):
+        assert _epochs(storage, k) == list(range(1, EPOCHS + 1))
+    assert storage.exists("report/report.json") and storage.exists("ensemble/weights.json")
+    assert not storage.exists("lease.json")  # the second driver released it
+    print(f"outage {OUTAGE_S:.0f} s; run finished {finished_after_outage_s:.1f} s after the outage began")
+
+
+# -- a half-written object is never loaded ---------------------------------------------------------------
+def test_interrupted_put_leaves_no_object(s3):
+    """A PUT whose connection drops mid-body creates nothing: a reader finds no file, never half of one."""
+    bucket = f"half-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
+    storage = RunStorage(f"s3://{bucket}/run", s3.endpoint)
+    storage.write_bytes("branches/0/checkpoints/epoch=1.pt", b"old")
+    body = b"x" * 10_000
+    with socket.create_connection(("127.0.0.1", s3.port)) as sock:
+        sock.sendall(f"PUT /{bucket}/run/branches/0/checkpoints/epoch=2.pt HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+                     f"Content-Length: {2 * len(body)}\r\n\r\n".encode() + body)
+    boto3.client("s3", endpoint_url=s3.endpoint).put_object(Bucket=bucket, Key="barrier", Body=b"")  # server moved on
+    assert storage.ls("branches/0/checkpoints") == ["epoch=1.pt"]
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes("branches/0/checkpoints/epoch=2.pt")
+
+
+def test_writer_killed_mid_write_leaves_the_old_file_and_a_hidden_leftover(tmp_path):
+    """Local disk: a writer killed before its rename leaves only a hidden temporary that nothing reads."""
+    from branches._checkpoint import find_resume_point, save_checkpoint
+
+    storage = RunStorage(str(tmp_path / "run"))
+    state = {"epoch": 1, "model": {}, "optimizer": {}, "scheduler": {}, "rng": {}, "model_config": {},
+             "train_config": {}, "history": []}
+    save_checkpoint(storage, 0, state)
+    script = (
+        "import os, signal, sys\n"
+        "from data_split.storage import RunStorage\n"
+        "from branches._checkpoint import save_checkpoint\n"
+        "def crash(src, dst):\n"
+        "    os.truncate(src, os.path.getsize(src) // 2)  # half of it on disk\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.replace = crash\n"
+        f"save_checkpoint(RunStorage({storage.uri!r}), 0, {{**{state!r}, 'epoch': 2}})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    names = os.listdir(tmp_path / "run/branches/0/checkpoints")
+    assert "epoch=1.pt" in names and "epoch=2.pt" not in names
+    assert any(n.startswith(".epoch=2.pt.tmp-") for n in names)  # the half file, hidden
+    found = find_resume_point(storage, 0, max_epoch=5)
+    assert found.epoch == 1 and found.skipped == ()
