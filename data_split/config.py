@@ -117,6 +117,14 @@ class StorageConfig:
     endpoint_url: str | None = None  # S3-compatible endpoint; None = AWS_ENDPOINT_URL or AWS itself
     lease_timeout_s: float = 60.0  # a driver's lease (<run>/lease.json) without a heartbeat this long is taken over
     retry_budget_s: float = 120.0  # remote stores: seconds one read/write keeps retrying (with backoff) through an outage
+    # S3 keys, when neither the environment nor an instance profile provides them. Never written to the run,
+    # its logs or the lease (tested); prefer profiles or AWS_* environment variables.
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        return (self.access_key_id, self.secret_access_key) if self.access_key_id and self.secret_access_key else None
 
     def __post_init__(self) -> None:
         if not self.uri:
@@ -125,3 +133,5 @@ class StorageConfig:
             raise ValueError(f"storage.lease_timeout_s must be > 0, got {self.lease_timeout_s}")
         if self.retry_budget_s < 0:
             raise ValueError(f"storage.retry_budget_s must be >= 0, got {self.retry_budget_s}")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("storage.access_key_id and storage.secret_access_key go together: set both or neither")

@@ -11,9 +11,10 @@ Outages: on remote filesystems every call that fails for a transient reason
 exponential backoff for up to ``retry_budget_s`` seconds; after that it fails
 with ``StorageError`` naming the endpoint. Local disks are not retried.
 
-S3 credentials come from the standard AWS chain (environment, config files,
-instance profile); the endpoint from ``endpoint_url`` or ``AWS_ENDPOINT_URL``.
-Neither is ever logged.
+S3 credentials come from ``credentials`` (the config's ``storage.access_key_id``
+/ ``secret_access_key``) or else the standard AWS chain (environment, config
+files, instance profile); the endpoint from ``endpoint_url`` or
+``AWS_ENDPOINT_URL``. Credentials are never logged, written or repr'd.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class RunStorage:
     uri: str
     endpoint_url: str | None = None
     retry_budget_s: float = DEFAULT_RETRY_BUDGET_S  # remote stores: how long a call retries through an outage
+    credentials: tuple[str, str] | None = field(default=None, repr=False)  # S3 (key, secret); None: the AWS chain
     _fs: Any = field(default=None, init=False, repr=False, compare=False)
 
     # -- filesystem -------------------------------------------------------------------------
@@ -108,6 +110,8 @@ class RunStorage:
                 },
                 "skip_instance_cache": True,
             }
+            if self.credentials:
+                options["key"], options["secret"] = self.credentials
         fs, _ = fsspec.core.url_to_fs(self.uri, **options)
         if self.protocol == "s3":
             # s3fs's own retry loop on top of botocore's. A class attribute, not a constructor
@@ -117,12 +121,14 @@ class RunStorage:
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship the URI, not a live filesystem (its connections don't survive pickling).
-        return {"uri": self.uri, "endpoint_url": self.endpoint_url, "retry_budget_s": self.retry_budget_s}
+        return {"uri": self.uri, "endpoint_url": self.endpoint_url, "retry_budget_s": self.retry_budget_s,
+                "credentials": self.credentials}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         object.__setattr__(self, "uri", state["uri"])
         object.__setattr__(self, "endpoint_url", state["endpoint_url"])
         object.__setattr__(self, "retry_budget_s", state.get("retry_budget_s", DEFAULT_RETRY_BUDGET_S))
+        object.__setattr__(self, "credentials", state.get("credentials"))
         object.__setattr__(self, "_fs", None)
 
     def _retrying(self, what: str, call):
@@ -163,8 +169,8 @@ class RunStorage:
         return p if self.protocol == "file" else f"{self.protocol}://{p}"
 
     def at(self, uri: str) -> "RunStorage":
-        """The same store and settings (endpoint, retry budget) at another URI."""
-        return RunStorage(uri, self.endpoint_url, self.retry_budget_s)
+        """The same store and settings (endpoint, retry budget, credentials) at another URI."""
+        return RunStorage(uri, self.endpoint_url, self.retry_budget_s, self.credentials)
 
     def describe_endpoint(self) -> str:
         if self.protocol != "s3":

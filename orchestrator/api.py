@@ -31,7 +31,7 @@ ProgressFn = Callable[[dict[int, dict]], None]
 
 
 def run_storage(cfg: SpectralConfig) -> RunStorage:
-    return RunStorage(cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.retry_budget_s)
+    return RunStorage(cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.retry_budget_s, cfg.storage.credentials)
 
 
 def baseline_storage(cfg: SpectralConfig) -> RunStorage:

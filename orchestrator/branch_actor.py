@@ -28,7 +28,7 @@ class RecordingStorage(RunStorage):
     """RunStorage that remembers every file it read and the bytes it wrote where (to prove branch isolation)."""
 
     def __init__(self, storage: RunStorage) -> None:
-        super().__init__(storage.uri, storage.endpoint_url, storage.retry_budget_s)
+        super().__init__(storage.uri, storage.endpoint_url, storage.retry_budget_s, storage.credentials)
         object.__setattr__(self, "reads", [])
         object.__setattr__(self, "writes", {})  # rel -> bytes written there
 

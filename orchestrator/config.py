@@ -24,6 +24,7 @@ from tune.config import SweepConfig, TuneConfig
 
 WEIGHT_RULES = ("uniform", "geometric", "tuned")
 BASELINE_ENGINES = ("single", "ddp")
+SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")  # never written anywhere (public_dict)
 
 
 class ConfigError(ValueError):
@@ -106,6 +107,10 @@ class SpectralConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict:
+        """``to_dict`` without the secrets (``SECRET_KEYS`` set to None): what may be written or shown."""
+        return apply_overrides(self.to_dict(), {key: None for key in SECRET_KEYS})
 
     def replace(self, **overrides: Any) -> "SpectralConfig":
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"train.epochs": 2})``."""

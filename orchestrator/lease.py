@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -35,12 +36,14 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 from data_split.storage import RunStorage, StorageError
+from orchestrator.config import SECRET_KEYS
 
 log = logging.getLogger(__name__)
 
 LEASE_FILE = "lease.json"
 LOCK_FILE = ".lease.lock"
 DEFAULT_TIMEOUT_S = 60.0  # a lease whose heartbeat is older than this is a dead driver's
+SECRET_ARG = re.compile(r"^(-*(?:set=)?(?:%s))=.*$" % "|".join(re.escape(k) for k in SECRET_KEYS))
 HEARTBEATS_PER_TIMEOUT = 4  # renew 4 times per timeout: one slow write does not make a live lease stale
 
 
@@ -233,10 +236,11 @@ _held: dict[str, tuple[Lease, int]] = {}  # run URL -> (lease, depth): run() cal
 _held_lock = threading.Lock()
 
 
-def command_line() -> str:
-    """What the lease names as its holder: the CLI's command line, or the Python program."""
-    return " ".join(["spectral" if sys.argv[0].endswith("spectral") else os.path.basename(sys.argv[0] or "python"),
-                     *sys.argv[1:]])
+def command_line(argv: list[str] | None = None) -> str:
+    """What the lease names as its holder: the CLI's command line (secrets masked), or the Python program."""
+    argv = sys.argv if argv is None else argv
+    args = [re.sub(SECRET_ARG, r"\1=***", a) for a in argv[1:]]
+    return " ".join(["spectral" if argv[0].endswith(("spectral", "cli.py")) else os.path.basename(argv[0] or "python"), *args])
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ def test_ranking_prefers_the_best_finished_trial():
 def test_trial_storage_reads_the_runs_data_and_writes_its_own_branches(tmp_path):
     run = RunStorage(str(tmp_path / "run"))
     run.write_json("data/manifest.json", {"hello": 1})
-    trial = TrialStorage(run.uri + "/tune/sweep/trials/t1", None, data_root=run.root)
+    trial = TrialStorage(run, run.uri + "/tune/sweep/trials/t1")
     assert trial.read_json("data/manifest.json") == {"hello": 1}
     trial.write_json("branches/0/result.json", {"ok": True})
     assert (tmp_path / "run/tune/sweep/trials/t1/branches/0/result.json").exists()

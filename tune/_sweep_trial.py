@@ -31,9 +31,9 @@ TRIALS_DIR = "tune/sweep/trials"  # under the run
 class TrialStorage(RunStorage):
     """RunStorage rooted at a trial's folder whose ``data/`` paths resolve to the run's shards (read-only)."""
 
-    def __init__(self, uri: str, endpoint_url: str | None, data_root: str) -> None:
-        super().__init__(uri, endpoint_url)
-        object.__setattr__(self, "data_root", data_root)
+    def __init__(self, run: RunStorage, uri: str) -> None:
+        super().__init__(uri, run.endpoint_url, run.retry_budget_s, run.credentials)
+        object.__setattr__(self, "data_root", run.root)
 
     def path(self, *parts: str) -> str:
         rel = posixpath.join(*parts) if parts else ""
@@ -97,14 +97,13 @@ def _train_lockstep(storage: RunStorage, branches: list[int], model_cfg, train_c
             reported = e
 
 
-def _sweep_trial(config: dict, *, run_uri: str, endpoint_url: str | None, base: dict, branches: list[int]) -> None:
+def _sweep_trial(config: dict, *, run: RunStorage, base: dict, branches: list[int]) -> None:
     """One Tune trial: train the branches with ``config``'s overrides, report validation metrics per epoch."""
     from ray import tune
 
     cfg = from_dict(apply_overrides(base, config))
     trial_id = tune.get_context().get_trial_id()
-    run = RunStorage(run_uri, endpoint_url)
-    storage = TrialStorage(f"{run_uri.rstrip('/')}/{TRIALS_DIR}/{trial_id}", endpoint_url, data_root=run.root)
+    storage = TrialStorage(run, f"{run.uri.rstrip('/')}/{TRIALS_DIR}/{trial_id}")
     done = 0  # last epoch Tune knows of
     resumed = tune.get_checkpoint()
     if resumed is not None:

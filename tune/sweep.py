@@ -173,7 +173,7 @@ def _make_tuner(cfg: SpectralConfig, dims: list[Dimension], storage: RunStorage,
     storage_path, filesystem = tune_location(storage, SWEEP_DIR)
     experiment = posixpath.join(storage_path, EXPERIMENT_NAME)  # no scheme: the filesystem comes with it
     trainable = tune.with_resources(
-        tune.with_parameters(_sweep_trial, run_uri=storage.uri, endpoint_url=storage.endpoint_url,
+        tune.with_parameters(_sweep_trial, run=storage,
                              base=cfg.to_dict(), branches=list(cfg.sweep.branches)),
         _trial_resources(cfg),
     )
@@ -263,7 +263,7 @@ def _summarise(cfg: SpectralConfig, dims: list[Dimension], storage: RunStorage, 
               f"# Overrides: {json.dumps(best['overrides'])}\n"
               "# storage.uri is the sweep's run (its shards are reused); pass --storage for a fresh run if\n"
               "# branches/ there were trained with another configuration.\n")
-    text = header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False)
+    text = header + yaml.safe_dump(best_cfg.public_dict(), sort_keys=False)
     if from_dict(yaml.safe_load(text)) != best_cfg:  # what we write must load back as this very config
         raise SweepError("the best configuration does not round-trip through YAML")
     result = SweepResult(
