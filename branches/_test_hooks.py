@@ -1,7 +1,7 @@
 """Test-only hooks: kills and outages happen at a known point of training, never on a race.
 
 With ``SPECTRAL_TEST_HOOKS=<dir>`` in a branch process's environment, once epoch ``e`` of branch ``k``
-is on storage (checkpoint and metrics line), the branch touches ``<dir>/branch=<k>.epoch=<e>.written``;
+is on storage (checkpoint and metrics line), the branch writes its pid to ``<dir>/branch=<k>.epoch=<e>.written``;
 if ``<dir>/branch=<k>.epoch=<e>.wait`` exists it then blocks until ``<dir>/branch=<k>.epoch=<e>.go``
 appears. A test thus knows that epoch ``e`` is complete, and that nothing later has happened yet, when
 it kills the process or the node, or stops the storage endpoint. Unset (always, outside tests): nothing.
@@ -23,7 +23,7 @@ def epoch_written(k: int, epoch: int) -> None:
     if not root:
         return
     stem = f"branch={k}.epoch={epoch}"
-    (Path(root) / f"{stem}.written").touch()
+    (Path(root) / f"{stem}.written").write_text(str(os.getpid()))  # which process to kill
     if not (Path(root) / f"{stem}.wait").exists():
         return
     deadline = time.monotonic() + WAIT_LIMIT_S

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from branches import finished_result
 from branches.config import ModelConfig, TrainConfig
@@ -80,7 +81,9 @@ def train_branches(
     plan = plan_placement(len(todo), resources, cluster_nodes())
     log.info("placement plan: %s", plan.describe())
     board_name = f"spectral-progress-{uuid.uuid4().hex[:12]}"
-    board = ProgressBoard.options(name=board_name).remote()
+    # On the driver's node: the board must outlive the loss of any other node (branches restart elsewhere).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    board = ProgressBoard.options(name=board_name, scheduling_strategy=here).remote()
     actor_cls = ray.remote(BranchActor).options(
         num_cpus=plan.cpus_per_branch,
         num_gpus=plan.gpus_per_branch,

@@ -6,11 +6,19 @@ tests stop their clusters by killing only the processes that carry their temp di
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from conftest import free_port
 
@@ -78,3 +86,63 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return True
+
+
+@dataclass
+class TwoNodeCluster:
+    address: str  # GCS, host:port
+    dashboard: str  # http://127.0.0.1:port (jobs, state API)
+    client: str  # ray://127.0.0.1:port (Ray Client, for the Python API from outside the cluster)
+    temp_dirs: list[str]  # the head's, the second node's: their processes carry them in their command lines
+
+    def nodes(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.dashboard}/api/v0/nodes?detail=1", timeout=30) as r:
+            return json.load(r)["data"]["result"]["result"]
+
+
+@contextlib.contextmanager
+def start_two_node_cluster(env: dict | None = None) -> Iterator[TwoNodeCluster]:
+    """A head and a second node; ``env`` goes to both ``ray start`` commands (so to every Ray process)."""
+    # Short temp dirs: Ray's unix sockets live under them (a path limit of ~107 bytes).
+    temp_dirs = [tempfile.mkdtemp(prefix="stn-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stn-node-", dir="/tmp")]
+    port, dashboard, client = free_port(), free_port(), free_port()
+    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000",
+              "--disable-usage-stats"]
+    head = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", '--resources={"head": 1}',
+            f"--temp-dir={temp_dirs[0]}", *common, *node_ports()]
+    second = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"second": 1}',
+              f"--temp-dir={temp_dirs[1]}", *common, *node_ports()]
+    try:
+        # The Ray Client proxy gives a new client's server 30 s to start; a loaded 2-core machine needs more.
+        env = ray_env(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180", **(env or {}))
+        for cmd in (head, second):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+            assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        cluster = TwoNodeCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}",
+                                 temp_dirs)
+        deadline = time.monotonic() + 60
+        while len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) < 2:
+            assert time.monotonic() < deadline, f"the second node never joined: {cluster.nodes()}"
+            time.sleep(1)
+        yield cluster
+    finally:
+        stop_ray_processes(temp_dirs)
+        left = [cmd[:120] for _, cmd in ray_processes().values() if any(d in cmd for d in temp_dirs)]
+        assert not left, f"processes of the test's cluster survived: {left}"
+        for d in temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def kill_node(temp_dir: str) -> set[int]:
+    """SIGKILL every process of the node with this temp dir, and their children, at once: a lost machine."""
+    procs = ray_processes()
+    mine = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd and pid != os.getpid()}
+    while more := {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine:
+        mine |= more
+    for pid in mine:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return mine

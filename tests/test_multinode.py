@@ -18,21 +18,15 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import free_port
-from ray_cluster import AWS_KEYS, BIN, node_ports, ray_env, ray_processes, stop_ray_processes
+from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env, start_two_node_cluster
 from data_split import RunStorage
 
 pytestmark = pytest.mark.slow
@@ -42,47 +36,10 @@ K = 4
 EPOCHS = 2
 
 
-@dataclass
-class TwoNodeCluster:
-    address: str  # GCS, host:port
-    dashboard: str  # http://127.0.0.1:port (jobs, state API)
-    client: str  # ray://127.0.0.1:port (Ray Client, for the Python API from outside the cluster)
-
-    def nodes(self) -> list[dict]:
-        with urllib.request.urlopen(f"{self.dashboard}/api/v0/nodes?detail=1", timeout=30) as r:
-            return json.load(r)["data"]["result"]["result"]
-
-
 @pytest.fixture(scope="module")
 def two_node_cluster():
-    # Short temp dirs: Ray's unix sockets live under them (a path limit of ~107 bytes).
-    temp_dirs = [tempfile.mkdtemp(prefix="stn-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stn-node-", dir="/tmp")]
-    port, dashboard, client = free_port(), free_port(), free_port()
-    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000",
-              "--disable-usage-stats"]
-    head = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", '--resources={"head": 1}',
-            f"--temp-dir={temp_dirs[0]}", *common, *node_ports()]
-    second = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"second": 1}',
-              f"--temp-dir={temp_dirs[1]}", *common, *node_ports()]
-    try:
-        # The Ray Client proxy gives a new client's server 30 s to start; a loaded 2-core machine needs more.
-        env = ray_env(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180")
-        for cmd in (head, second):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-            assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        cluster = TwoNodeCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}")
-        deadline = time.monotonic() + 60
-        while len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) < 2:
-            assert time.monotonic() < deadline, f"the second node never joined: {cluster.nodes()}"
-            time.sleep(1)
+    with start_two_node_cluster() as cluster:
         yield cluster
-    finally:
-        stop_ray_processes(temp_dirs)
-        left = [cmd[:120] for _, cmd in ray_processes().values() if any(d in cmd for d in temp_dirs)]
-        assert not left, f"processes of the test's cluster survived: {left}"
-        for d in temp_dirs:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def job_config(path: Path) -> Path:
@@ -98,12 +55,17 @@ def job_config(path: Path) -> Path:
     return path
 
 
+def submit_command(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, **env_vars: str) -> list[str]:
+    """``ray job submit`` of ``spectral run``; ``env_vars`` (and the loopback S3's fake keys) go to the job."""
+    runtime_env = {"env_vars": {**{k: os.environ[k] for k in AWS_KEYS}, **env_vars}}
+    return [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
+            "--runtime-env-json", json.dumps(runtime_env), "--",
+            "spectral", "run", "--config", str(config), "--storage", uri, "--set", f"storage.endpoint_url={endpoint}"]
+
+
 def submit(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str) -> subprocess.CompletedProcess:
-    runtime_env = {"env_vars": {k: os.environ[k] for k in AWS_KEYS}}  # the fake keys of the loopback S3
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
-           "--runtime-env-json", json.dumps(runtime_env), "--",
-           "spectral", "run", "--config", str(config), "--storage", uri, "--set", f"storage.endpoint_url={endpoint}"]
-    return subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
+    return subprocess.run(submit_command(cluster, config, uri, endpoint), env=ray_env(), capture_output=True,
+                          text=True, timeout=900, cwd=REPO)
 
 
 def npy(storage: RunStorage, rel: str) -> np.ndarray:
@@ -124,7 +86,6 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
     storage = RunStorage(uri, s3_endpoint)
     manifest = storage.read_json("data/manifest.json")
     assert manifest["split"]["K"] == K
-    classes = manifest["source"]["classes"]
 
     # -- placement and isolation, as each branch actor recorded them --------------------------------
     placed_on = {}
@@ -142,7 +103,13 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
     assert set(placed_on.values()) == {head_id, second_id}, f"branches not spread over both nodes: {placed_on}"
     assert sorted(list(placed_on.values()).count(n) for n in (head_id, second_id)) == [2, 2]
 
-    # -- every output of DESIGN.md section 3 --------------------------------------------------------
+    check_outputs(storage)
+
+
+def check_outputs(storage: RunStorage) -> None:
+    """Every output of DESIGN.md section 3, complete: shards, checkpoints, continuous metrics, logits, report."""
+    manifest = storage.read_json("data/manifest.json")
+    classes = manifest["source"]["classes"]
     for split in ("train", "val", "test"):
         for k in range(K):
             parts = [p for p in storage.ls(f"data/{split}/branch={k}") if p.endswith(".parquet")]

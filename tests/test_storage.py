@@ -157,8 +157,10 @@ def test_s3_endpoint_down():
     assert elapsed < DEAD_ENDPOINT_BOUND_S, f"took {elapsed:.1f}s to notice a dead endpoint"
     # Unreachable is not reported as "bucket does not exist".
     assert "does not exist" not in str(err.value)
+    # Later calls retry through what may be an outage, for storage.retry_budget_s, then fail naming it.
+    st = RunStorage("s3://test-bucket/run", endpoint_url=endpoint, retry_budget_s=1.0)
     t0 = time.monotonic()
-    with pytest.raises(StorageError, match=endpoint):
+    with pytest.raises(StorageError, match=f"{endpoint}.*retry_budget_s = 1"):
         st.exists("data/manifest.json")
     assert time.monotonic() - t0 < DEAD_ENDPOINT_BOUND_S
 
@@ -178,3 +180,35 @@ def test_s3_missing_bucket(s3_endpoint):
     with pytest.raises(StorageError, match="no-such-bucket"):
         split_dataset(TINY_SOURCE, SplitConfig(), st)
 
+
+
+def test_transient_errors_are_retried_with_backoff_others_raised_at_once(monkeypatch):
+    import botocore.exceptions
+
+    import data_split.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "RETRY_FIRST_DELAY_S", 0.01)
+    st = RunStorage("s3://test-bucket/run", endpoint_url="http://127.0.0.1:9", retry_budget_s=30)
+    calls = []
+
+    class FlakyFS:  # refuses twice, then works
+        def pipe_file(self, path, data):
+            calls.append(path)
+            if len(calls) <= 2:
+                raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+        def cat_file(self, path):
+            raise FileNotFoundError(path)  # a real answer: not retried
+
+        def invalidate_cache(self):
+            pass
+
+        def _strip_protocol(self, uri):
+            return uri.split("://", 1)[1]
+
+    object.__setattr__(st, "_fs", FlakyFS())
+    st.write_bytes("x.json", b"{}")
+    assert len(calls) == 3
+    with pytest.raises(FileNotFoundError):
+        st.read_bytes("missing.json")
+    assert storage_mod.is_transient(ConnectionRefusedError()) and not storage_mod.is_transient(PermissionError())
