@@ -45,16 +45,25 @@ class RestartableS3:
         self._cls, self.port = ThreadedMotoServer, free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.server = None
+        self.placeholder: socket.socket | None = None  # binds the port while the server is down
         self.start()
 
     def start(self) -> None:
+        if self.placeholder is not None:
+            self.placeholder.close()
+            self.placeholder = None
         self.server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
 
     def stop(self) -> None:
+        """Down: the port stays bound but does not listen (connections are refused, as to a stopped server),
+        so that no other process's outgoing connection can take it before the restart."""
         self.server.stop()
         self.server = None
-        with socket.socket() as s:  # really gone: a connection is refused
+        self.placeholder = socket.socket()
+        self.placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.placeholder.bind(("127.0.0.1", self.port))
+        with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", self.port)) != 0
 
 
@@ -63,7 +72,9 @@ def s3():
     server = RestartableS3()
     yield server
     if server.server is not None:
-        server.stop()
+        server.server.stop()
+    if server.placeholder is not None:
+        server.placeholder.close()
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout_s: float = 240) -> None:
