@@ -39,7 +39,7 @@ def baseline_storage(cfg: SpectralConfig) -> RunStorage:
 
 
 def ddp_baseline_storage(cfg: SpectralConfig) -> RunStorage:
-    return RunStorage(cfg.storage.uri.rstrip("/") + "/" + DDP_BASELINE_DIR, cfg.storage.endpoint_url)
+    return run_storage(cfg).at(cfg.storage.uri.rstrip("/") + "/" + DDP_BASELINE_DIR)
 
 
 @cluster_side

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class RecordingStorage(RunStorage):
     """RunStorage that remembers every file it read and the bytes it wrote where (to prove branch isolation)."""
 
-    def __init__(self, storage: RunStorage) -> None:
-        super().__init__(storage.uri, storage.endpoint_url, storage.retry_budget_s, storage.credentials)
+    def __init__(self, *args, **kwargs) -> None:  # RunStorage's fields
+        super().__init__(*args, **kwargs)
         object.__setattr__(self, "reads", [])
         object.__setattr__(self, "writes", {})  # rel -> bytes written there
 
@@ -82,7 +82,7 @@ class BranchActor:
                  started: float | None = None) -> None:
         # The board comes by name, not as a handle: a handle argument lives in the object store, and
         # a restart after it is gone would fail (ray-project/ray#53727).
-        self.storage = RecordingStorage(storage)
+        self.storage = RecordingStorage(storage.uri, storage.endpoint_url, storage.retry_budget_s, storage.credentials)
         self.k, self.model_cfg, self.train_cfg, self.started = k, model_cfg, train_cfg, started
         self.board = ray.get_actor(board)
         self.board.update.remote(k, {"state": "starting", **self.placement()})
