@@ -79,3 +79,17 @@ class InMemorySplit:
         """Normalised inputs in row order, ``EVAL_BATCH_SIZE`` at a time (one empty batch for an empty split)."""
         for stored in self.stored.split(EVAL_BATCH_SIZE):
             yield self.decode(stored)
+
+
+def in_memory_bytes(manifest: dict, k: int) -> int:
+    """Bytes of branch ``k``'s stored values (all splits, decompressed): what ``InMemorySplit`` holds."""
+    per_row = int(np.prod(manifest["split"]["branch_shape"])) * np.dtype(manifest["split"]["dtype"]).itemsize
+    return per_row * sum(int(e["rows"]) for e in manifest["branches"][k]["splits"].values())
+
+
+def choose_mode(mode: str, manifest: dict, k: int, memory_limit_mb: int) -> str:
+    """``memory`` or ``stream`` for ``train.data`` = ``mode`` (``auto``: stream above the limit)."""
+    if mode != "auto":
+        return mode
+    return "stream" if in_memory_bytes(manifest, k) > memory_limit_mb * 2**20 else "memory"
+

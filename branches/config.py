@@ -7,6 +7,7 @@ from dataclasses import dataclass
 MODELS = ("fc8", "fc4", "cnn8", "resnet18", "resnet34")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
+DATA_MODES = ("auto", "memory", "stream")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -44,6 +45,12 @@ class TrainConfig:
     # validation logits of that epoch (branches/<k>/epochs/logits_val_<e>.npy; 240 KB per epoch for
     # Fashion-MNIST, 200 MB for ImageNet's 50k x 1000), so it is opt-in.
     epoch_logits: bool = False  # also write the validation logits after each epoch
+    # Where a branch's data lives while it trains: "memory" holds the whole split on the device (fastest);
+    # "stream" reads Parquet row groups from storage with a shuffle buffer (bounded memory); "auto" streams
+    # when the branch's stored values (train + val + test, decompressed) exceed memory_limit_mb.
+    data: str = "auto"  # one of DATA_MODES
+    memory_limit_mb: int = 4096
+    shuffle_buffer: int = 8192  # stream: rows mixed at a time (more = closer to a full shuffle, more memory)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -60,5 +67,11 @@ class TrainConfig:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.threads < 1:
             raise ValueError(f"train.threads must be >= 1, got {self.threads}")
+        if self.data not in DATA_MODES:
+            raise ValueError(f"train.data: unknown mode {self.data!r}; expected one of {', '.join(DATA_MODES)}")
+        if self.memory_limit_mb < 0:
+            raise ValueError(f"train.memory_limit_mb must be >= 0, got {self.memory_limit_mb}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"train.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"train.keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 from branches import _checkpoint as ckpt_io
 from branches import _test_hooks
-from branches._data import InMemorySplit
+from branches._data import InMemorySplit, choose_mode
+from branches._stream import StreamingSplit
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
 from data_split.shards import load_manifest
@@ -199,10 +200,12 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         storage.remove(ckpt_io.checkpoint_path(k, e))
     _rewrite_metrics(storage, f"{base}/metrics.jsonl", history)
 
-    train = InMemorySplit(storage, manifest, "train", k, dev)
+    mode = choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb)
+    log.info("branch %d: data mode %s (train.data=%s, memory_limit_mb=%d)", k, mode, train_cfg.data, train_cfg.memory_limit_mb)
+    train = _open_split(storage, manifest, "train", k, dev, train_cfg, mode)
     if len(train) == 0:
         raise ValueError(f"branch {k} of {storage.url('data')} has no training rows")
-    val = InMemorySplit(storage, manifest, "val", k, dev)
+    val = _open_split(storage, manifest, "val", k, dev, train_cfg, mode)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
 
     for epoch in range(found.epoch + 1, train_cfg.epochs + 1):
@@ -234,7 +237,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
             on_epoch({**metrics, "k": k})
 
     return _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history,
-                   val, found.epoch, started)
+                   val, found.epoch, started, mode)
 
 
 def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:
@@ -251,16 +254,23 @@ def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None
         storage.write_text(rel, text)
 
 
+def _open_split(storage, manifest, split, k, dev, train_cfg, mode):
+    if mode == "stream":
+        return StreamingSplit(storage, manifest, split, k, dev, shuffle_buffer=train_cfg.shuffle_buffer)
+    return InMemorySplit(storage, manifest, split, k, dev)
+
+
 def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history, val, resumed_from,
-            started):
+            started, mode):
     """Write logits and rows of val/test, then result.json (last: it marks the branch finished)."""
     base = f"branches/{k}"
-    test = InMemorySplit(storage, manifest, "test", k, dev)
+    test = _open_split(storage, manifest, "test", k, dev, train_cfg, mode)
     summary = {}
     for split, data in (("val", val), ("test", test)):
-        idx, y = data.idx, data.y_np
-        logits = predict(model, data.eval_batches(), dev, amp=amp)  # (N, classes)
-        nll, acc = score(logits, data.y)
+        order = np.lexsort((data.idx, data.src))  # rows in ascending (src, idx): the identity in memory mode
+        idx, y = data.idx[order], data.y_np[order]
+        logits = predict(model, data.eval_batches(), dev, amp=amp)[torch.from_numpy(order).to(dev)]  # (N, classes)
+        nll, acc = score(logits, torch.from_numpy(y).to(dev))
         storage.write_bytes(f"{base}/logits_{split}.npy", _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
         storage.write_bytes(f"{base}/rows_{split}.npy", _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
         summary[split] = (acc, nll)
@@ -276,8 +286,8 @@ def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, 
         "test_acc": summary["test"][0], "test_nll": summary["test"][1],
         "train_seconds": sum(m["seconds"] for m in history),
         "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
-        "peak_memory_bytes": int(peak), "device": str(dev), "in_shape": list(in_shape), "classes": classes,
-        "resumed_from_epoch": resumed_from, "started": started, **configs,
+        "peak_memory_bytes": int(peak), "device": str(dev), "data_mode": mode, "in_shape": list(in_shape),
+        "classes": classes, "resumed_from_epoch": resumed_from, "started": started, **configs,
     }
     storage.write_json(f"{base}/result.json", result)
     log.info("branch %d finished: val_acc %s test_acc %s, %d params", k, result["val_acc"], result["test_acc"], params)

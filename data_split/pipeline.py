@@ -121,8 +121,11 @@ def _parquet(columns: dict) -> bytes:
         name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(v)) if v.ndim > 1 else pa.array(v)
         for name, v in columns.items()
     })
+    # idx is a random permutation: a dictionary only adds to it (measured: 3.4 -> 2.0 bytes/row with delta coding)
+    leaves = [f"{name}.list.element" if v.ndim > 1 else name for name, v in columns.items() if name != "idx"]
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS, use_dictionary=leaves,
+                   column_encoding={"idx": "DELTA_BINARY_PACKED"} if "idx" in columns else None)
     return buf.getvalue()
 
 

@@ -223,6 +223,15 @@ class RunStorage:
         except Exception as e:
             raise StorageError(f"cannot read {self.url(rel)} on {self.describe_endpoint()}: {e!r}") from e
 
+    def open_read(self, rel: str):
+        """A seekable binary file object of ``rel`` (ranged reads: a streaming branch reads one row group at a time)."""
+        try:
+            return self.fs.open(self.path(rel), "rb")
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise StorageError(f"cannot open {self.url(rel)} on {self.describe_endpoint()}: {e!r}") from e
+
     def read_json(self, rel: str) -> Any:
         data = self.read_bytes(rel)
         try:

@@ -36,6 +36,10 @@ class RecordingStorage(RunStorage):
         self.reads.append(rel)
         return super().read_bytes(rel)
 
+    def open_read(self, rel: str):
+        self.reads.append(rel)
+        return super().open_read(rel)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         super().write_bytes(rel, data)
         self.writes[rel] = self.writes.get(rel, 0) + len(data)

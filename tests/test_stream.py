@@ -1,0 +1,140 @@
+"""Streaming branches (``train.data: stream``): every row once per epoch, seeded order, class-mixed batches from a
+class-sorted source, bitwise resume, and the same output files as the in-memory path.
+
+The splits are written in-process (``write_single_process``, the same files as the Ray pipeline) with
+16-row Parquet row groups, so a tiny split still has many row groups to order and shuffle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import data_split.pipeline as pipeline
+from branches import ModelConfig, TrainConfig, train_branch
+from branches._data import InMemorySplit, choose_mode, in_memory_bytes
+from branches._stream import StreamingSplit
+from conftest import tiny_config
+from data_split import RunStorage, SourceConfig, SplitConfig, load_manifest, make_source
+from fixtures_formats import write_imagefolder
+
+FC4 = ModelConfig(name="fc4")
+STREAM = TrainConfig(epochs=3, batch_size=32, lr=1e-2, data="stream", shuffle_buffer=64)
+CPU = torch.device("cpu")
+
+
+def write_split(root, source_cfg: SourceConfig, split_cfg: SplitConfig, monkeypatch) -> RunStorage:
+    monkeypatch.setattr(pipeline, "ROW_GROUP_ROWS", 16)
+    storage = RunStorage(str(root))
+    source = make_source(source_cfg)
+    records = pipeline.write_single_process(source, split_cfg, storage)
+    storage.write_json(pipeline.MANIFEST, pipeline.build_manifest(source, source_cfg, split_cfg, records))
+    return storage
+
+
+@pytest.fixture
+def tiny_split(tmp_path, monkeypatch):
+    cfg = tiny_config(str(tmp_path / "unused"))
+    return write_split(tmp_path / "data-only", cfg.source, cfg.split, monkeypatch)
+
+
+def copy_run(storage: RunStorage, dst) -> RunStorage:
+    shutil.copytree(storage.path("data"), dst / "data")
+    return RunStorage(str(dst))
+
+
+def load_npy(storage: RunStorage, rel: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(rel)))
+
+
+def test_an_epoch_streams_every_row_once_in_a_seeded_order(tiny_split):
+    m = load_manifest(tiny_split)
+    stream = StreamingSplit(tiny_split, m, "train", 1, CPU, shuffle_buffer=64)
+    assert sum(stream._row_groups(f) for f in stream.files) >= 8  # many row groups to order
+    mem = InMemorySplit(tiny_split, m, "train", 1, CPU)
+    want = np.sort(mem.decode(mem.stored).reshape(len(mem), -1).numpy(), axis=0)
+
+    def epoch(seed, e):
+        xs, ys = zip(*stream.train_batches(seed, 1, e, 32))
+        return torch.cat(xs).reshape(sum(len(y) for y in ys), -1).numpy(), torch.cat(ys).numpy()
+
+    x1, y1 = epoch(0, 1)
+    assert len(y1) == len(mem) == 360
+    np.testing.assert_array_equal(np.sort(x1, axis=0), want)  # the same rows, each once
+    np.testing.assert_array_equal(np.bincount(y1), np.bincount(mem.y_np))
+    x1b, y1b = epoch(0, 1)
+    np.testing.assert_array_equal(x1b, x1)  # a function of (seed, k, epoch) ...
+    assert not np.array_equal(epoch(0, 2)[1], y1) and not np.array_equal(epoch(1, 1)[1], y1)  # ... of each of them
+
+
+def test_class_sorted_source_gives_class_mixed_batches(tmp_path, monkeypatch):
+    files = write_imagefolder(tmp_path / "imgs", classes=("a", "b", "c", "d"), per_class={"train": 60, "test": 4},
+                              size=(4, 4), mode="L")
+    source_cfg = SourceConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=[4, 4], channels=1)
+    _, y_source = make_source(source_cfg).read("train", 0, 240)
+    assert (np.diff(y_source) >= 0).all() and len(set(y_source)) == 4  # the source is sorted by class
+    storage = write_split(tmp_path / "run", source_cfg, SplitConfig(images_per_task=120, val_fraction=0.0), monkeypatch)
+    # Each 120-image file holds 2 classes (contiguous source ranges); row groups of 16, a buffer of 4 row groups.
+    stream = StreamingSplit(storage, load_manifest(storage), "train", 0, CPU, shuffle_buffer=64)
+    batches = [y.numpy() for _, y in stream.train_batches(0, 0, 1, 16)]
+    assert sum(len(b) for b in batches) == len(files["train"]) == 240
+    # Batches of 16 from 4 balanced classes: every one mixes classes, none is mostly one class, and the
+    # first quarter of the epoch already holds every class (a file-by-file read would hold 2).
+    assert all(len(set(b)) >= 2 and np.bincount(b).max() <= 12 for b in batches), batches
+    assert np.mean([len(set(b)) for b in batches]) >= 3
+    assert set(np.concatenate(batches[:4])) == {0, 1, 2, 3}
+
+
+def test_stream_trains_and_writes_what_memory_writes(tiny_split, tmp_path):
+    mem, stream = copy_run(tiny_split, tmp_path / "mem"), copy_run(tiny_split, tmp_path / "stream")
+    a = train_branch(mem, 2, FC4, dataclasses.replace(STREAM, data="memory"))
+    b = train_branch(stream, 2, FC4, STREAM)
+    assert (a["data_mode"], b["data_mode"]) == ("memory", "stream")
+    assert b["val_acc"] > 0.6 and b["test_acc"] > 0.6, b  # chance is 0.25
+    for split in ("val", "test"):  # the same rows in the same (ascending idx) order, learned as well
+        np.testing.assert_array_equal(load_npy(mem, f"branches/2/rows_{split}.npy"),
+                                      load_npy(stream, f"branches/2/rows_{split}.npy"))
+    assert abs(a["test_acc"] - b["test_acc"]) < 0.1
+
+
+def test_stream_resume_matches_a_straight_run_bitwise(tiny_split, tmp_path):
+    straight, resumed = copy_run(tiny_split, tmp_path / "s"), copy_run(tiny_split, tmp_path / "r")
+    train_branch(straight, 0, FC4, STREAM)
+    train_branch(resumed, 0, FC4, dataclasses.replace(STREAM, epochs=1))  # the "killed" run: 1 epoch done
+    result = train_branch(resumed, 0, FC4, STREAM)
+    assert result["resumed_from_epoch"] == 1
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(load_npy(straight, f"branches/0/logits_{split}.npy"),
+                                      load_npy(resumed, f"branches/0/logits_{split}.npy"))
+
+
+def test_auto_streams_above_the_memory_limit(tiny_split):
+    m = load_manifest(tiny_split)
+    need = in_memory_bytes(m, 0)
+    assert need == 500 * 16  # 500 rows of (1, 4, 4) uint8 codes
+    assert choose_mode("auto", m, 0, memory_limit_mb=1) == "memory"
+    assert choose_mode("auto", m, 0, memory_limit_mb=0) == "stream"
+    assert choose_mode("memory", m, 0, memory_limit_mb=0) == "memory"
+    with pytest.raises(ValueError, match=r"train\.data.*'disk'"):
+        TrainConfig(data="disk")
+
+
+def test_stream_from_s3_matches_local(tiny_split, s3_endpoint, monkeypatch):
+    import uuid
+
+    cfg = tiny_config("unused")
+    s3 = RunStorage(f"s3://test-bucket/stream-{uuid.uuid4().hex[:8]}", endpoint_url=s3_endpoint)
+    monkeypatch.setattr(pipeline, "ROW_GROUP_ROWS", 16)
+    source = make_source(cfg.source)
+    s3.write_json(pipeline.MANIFEST, pipeline.build_manifest(
+        source, cfg.source, cfg.split, pipeline.write_single_process(source, cfg.split, s3)))
+    local = StreamingSplit(tiny_split, load_manifest(tiny_split), "train", 3, CPU, shuffle_buffer=64)
+    remote = StreamingSplit(s3, load_manifest(s3), "train", 3, CPU, shuffle_buffer=64)
+    for (xa, ya), (xb, yb) in zip(local.train_batches(0, 3, 2, 32), remote.train_batches(0, 3, 2, 32), strict=True):
+        torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
