@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from data_split.augment import FLIPS, branch_signs, image_op, translate
 from data_split.quantize import branch_codec, decode
 from data_split.shards import read_branch
 from data_split.storage import RunStorage
@@ -51,9 +52,47 @@ class Decoder:
         self.mean = torch.as_tensor(b["mean"], dtype=torch.float32, device=device).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
         self.std = torch.as_tensor(np.maximum(np.asarray(b["std"], np.float32), MIN_STD), device=device).reshape(1, -1, 1, 1)
 
-    def __call__(self, stored: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) stored dtype on the device -> (B, C, h, w) float32 normalised."""
-        return (decode(stored, self.dtype, self.offset, self.scale) - self.mean) / self.std
+    def __call__(self, stored: torch.Tensor, augment: "Augmenter | None" = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, C, h, w) stored dtype on the device -> (B, C, h, w) float32 normalised (augmented first, if asked)."""
+        values = decode(stored, self.dtype, self.offset, self.scale)
+        if augment is not None:
+            values = augment(values, generator)
+        return (values - self.mean) / self.std
+
+
+class Augmenter:
+    """``train.augment`` for branch ``k``: exact flips (with the branch's sign) and the sub-pixel crop, on values.
+
+    ``data_split.augment.check_augment`` has refused inexact names before this is built. Every draw comes
+    from the caller's generator, one per (seed, k, epoch), so a resumed epoch augments the same way.
+    """
+
+    def __init__(self, names: list[str], manifest: dict, k: int, pad: int) -> None:
+        t, r, c = np.asarray(manifest["split"]["matrix"]), manifest["split"]["r"], manifest["split"]["c"]
+        self.flips = [(n, float(branch_signs(n, t, r, c)[k])) for n in names if n in FLIPS]
+        self.pad = pad if "crop" in names else 0
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x (B, C, h, w) float32 values (not normalised: a zero pixel is 0 in every branch) -> augmented copy."""
+        x = x.clone()
+        for name, sign in self.flips:
+            mask = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+            x[mask] = sign * image_op(name, x[mask])
+        if self.pad:
+            shifts = torch.randint(-self.pad, self.pad + 1, (len(x), 2), generator=generator)
+            out = torch.empty_like(x)
+            for dy, dx in {tuple(v) for v in shifts.tolist()}:
+                rows = ((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).to(x.device)
+                out[rows] = translate(x[rows], dy, dx)
+            x = out
+        return x
+
+
+def augment_generator(seed: int, k: int, epoch: int) -> torch.Generator:
+    """The augmentation draws of one (branch, epoch), independent of the batch order's."""
+    state = np.random.SeedSequence([(seed + k) % 2**63, epoch, 2]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 class InMemorySplit:
@@ -65,15 +104,17 @@ class InMemorySplit:
         self.y = torch.from_numpy(data.y).to(device)
         self.stored = torch.from_numpy(np.ascontiguousarray(data.x)).to(device)
         self.decode = Decoder(manifest, k, device)
+        self.augment: Augmenter | None = None  # set by the training loop for the train split
 
     def __len__(self) -> int:
         return len(self.idx)
 
     def train_batches(self, seed: int, k: int, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's ``(x, y)`` batches, in the order fixed by (seed, k, epoch)."""
+        gen = augment_generator(seed, k, epoch)
         for rows in batch_indices(len(self), batch_size, epoch_generator(seed, k, epoch)):
             rows = rows.to(self.stored.device)
-            yield self.decode(self.stored[rows]), self.y[rows]
+            yield self.decode(self.stored[rows], self.augment, gen), self.y[rows]
 
     def eval_batches(self) -> Iterator[torch.Tensor]:
         """Normalised inputs in row order, ``EVAL_BATCH_SIZE`` at a time (one empty batch for an empty split)."""

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from branches._data import EVAL_BATCH_SIZE, Decoder
+from branches._data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
 from data_split.quantize import branch_codec
 from data_split.shards import ManifestError, table_arrays
 from data_split.storage import RunStorage
@@ -58,6 +58,7 @@ class StreamingSplit:
         self.dtype = branch_codec(manifest, k)[0]
         self.device, self.shuffle_buffer = device, shuffle_buffer
         self.decode = Decoder(manifest, k, device)
+        self.augment: Augmenter | None = None  # set by the training loop for the train split
         self._groups: dict[str, int] = {}
         self._labels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._open: dict[str, tuple] = {}  # rel -> (file, ParquetFile), of the prefetch thread only
@@ -124,6 +125,7 @@ class StreamingSplit:
     def train_batches(self, seed: int, k: int, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's ``(x, y)`` batches on the device: a function of (seed, k, epoch)."""
         plan, rng = self.epoch_plan(seed, k, epoch)
+        gen = augment_generator(seed, k, epoch)
         held_x: list[np.ndarray] = []
         held_y: list[np.ndarray] = []
         n_held = 0
@@ -134,11 +136,11 @@ class StreamingSplit:
             if n_held >= self.shuffle_buffer + batch_size:
                 xs, ys = self._mix(held_x, held_y, rng)
                 emit = (n_held - self.shuffle_buffer // 2) // batch_size * batch_size
-                yield from self._batches(xs[:emit], ys[:emit], batch_size)
+                yield from self._batches(xs[:emit], ys[:emit], batch_size, gen)
                 held_x, held_y, n_held = [xs[emit:]], [ys[emit:]], n_held - emit
         if n_held:
             xs, ys = self._mix(held_x, held_y, rng)
-            yield from self._batches(xs, ys, batch_size, last=True)
+            yield from self._batches(xs, ys, batch_size, gen, last=True)
 
     @staticmethod
     def _mix(xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -146,13 +148,13 @@ class StreamingSplit:
         order = rng.permutation(len(y))
         return x[order], y[order]
 
-    def _batches(self, x: np.ndarray, y: np.ndarray, batch_size: int, last: bool = False):
+    def _batches(self, x: np.ndarray, y: np.ndarray, batch_size: int, gen: torch.Generator, last: bool = False):
         starts = list(range(0, len(y), batch_size))
         if last and len(starts) > 1 and len(y) - starts[-1] == 1:  # BatchNorm cannot train on a single sample
             starts.pop()
         for i, s in enumerate(starts):
             e = starts[i + 1] if i + 1 < len(starts) else len(y)
-            yield (self.decode(torch.from_numpy(np.ascontiguousarray(x[s:e])).to(self.device)),
+            yield (self.decode(torch.from_numpy(np.ascontiguousarray(x[s:e])).to(self.device), self.augment, gen),
                    torch.from_numpy(y[s:e]).to(self.device))
 
     # -- evaluation ---------------------------------------------------------------------------------------

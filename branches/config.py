@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MODELS = ("fc8", "fc4", "cnn8", "resnet18", "resnet34")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -51,6 +51,11 @@ class TrainConfig:
     data: str = "auto"  # one of DATA_MODES
     memory_limit_mb: int = 4096
     shuffle_buffer: int = 8192  # stream: rows mixed at a time (more = closer to a full shuffle, more memory)
+    # Exact spectral augmentation of the training batches: "crop" (a random shift by up to augment_pad
+    # sub-pixels, zero-padded: the CIFAR crop at the branch's resolution) and the flips exact for the split's
+    # transform ("hflip", "vflip", "rot180"; checked against the matrix, an inexact one is an error).
+    augment: list[str] = field(default_factory=list)
+    augment_pad: int = 2
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -73,5 +78,7 @@ class TrainConfig:
             raise ValueError(f"train.memory_limit_mb must be >= 0, got {self.memory_limit_mb}")
         if self.shuffle_buffer < 1:
             raise ValueError(f"train.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        if self.augment_pad < 0:
+            raise ValueError(f"train.augment_pad must be >= 0, got {self.augment_pad}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"train.keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")

@@ -40,10 +40,11 @@ import torch.nn.functional as F
 
 from branches import _checkpoint as ckpt_io
 from branches import _test_hooks
-from branches._data import InMemorySplit, choose_mode
+from branches._data import Augmenter, InMemorySplit, choose_mode
 from branches._stream import StreamingSplit
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
+from data_split.augment import check_augment
 from data_split.shards import load_manifest
 from data_split.storage import RunStorage
 
@@ -161,6 +162,8 @@ def train_branch(
     in_shape = tuple(int(d) for d in manifest["split"]["branch_shape"])
     classes = int(manifest["source"]["classes"])
     configs = _stored_configs(model_cfg, train_cfg, manifest)
+    sp = manifest["split"]
+    check_augment(list(train_cfg.augment), np.asarray(sp["matrix"]), sp["r"], sp["c"], sp["transform"])
     if (done := finished_result(storage, k, model_cfg, train_cfg, manifest)) is not None:
         log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(f"branches/{k}"), done["epochs"])
         return done
@@ -205,6 +208,8 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
     train = _open_split(storage, manifest, "train", k, dev, train_cfg, mode)
     if len(train) == 0:
         raise ValueError(f"branch {k} of {storage.url('data')} has no training rows")
+    if train_cfg.augment:
+        train.augment = Augmenter(list(train_cfg.augment), manifest, k, train_cfg.augment_pad)
     val = _open_split(storage, manifest, "val", k, dev, train_cfg, mode)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
 

@@ -138,3 +138,17 @@ def test_stream_from_s3_matches_local(tiny_split, s3_endpoint, monkeypatch):
     for (xa, ya), (xb, yb) in zip(local.train_batches(0, 3, 2, 32), remote.train_batches(0, 3, 2, 32), strict=True):
         torch.testing.assert_close(xa, xb, rtol=0, atol=0)
         torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+
+
+def test_augmented_training_resumes_bitwise_and_inexact_flips_are_refused(tiny_split, tmp_path):
+    aug = dataclasses.replace(STREAM, data="memory", augment=["crop"], augment_pad=1)
+    straight, resumed, plain = (copy_run(tiny_split, tmp_path / n) for n in ("s", "r", "p"))
+    train_branch(straight, 1, FC4, aug)
+    train_branch(resumed, 1, FC4, dataclasses.replace(aug, epochs=1))
+    assert train_branch(resumed, 1, FC4, aug)["resumed_from_epoch"] == 1
+    train_branch(plain, 1, FC4, dataclasses.replace(aug, augment=[]))
+    a, b, c = (load_npy(s, "branches/1/logits_test.npy") for s in (straight, resumed, plain))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)  # the crop changed what was learned
+    with pytest.raises(ValueError, match=r"hflip is not exact for the 2x2 dct split.*exact here: crop"):
+        train_branch(copy_run(tiny_split, tmp_path / "x"), 1, FC4, dataclasses.replace(aug, augment=["hflip"]))
