@@ -221,8 +221,9 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         train_s = time.perf_counter() - t0
         val_logits = predict(model, val.eval_batches(), dev, amp=amp)  # (N_val, classes)
         val_loss, val_acc = score(val_logits, val.y)
-        if train_cfg.epoch_logits:
-            storage.write_bytes(f"{base}/epochs/logits_val_{epoch}.npy", _npy(val_logits.cpu().numpy().astype(np.float32)))
+        if train_cfg.epoch_logits:  # rows in ascending (src, idx), as logits_val.npy (streamed val is in file order)
+            in_order = val_logits.cpu().numpy()[np.lexsort((val.idx, val.src))]
+            storage.write_bytes(f"{base}/epochs/logits_val_{epoch}.npy", _npy(in_order.astype(np.float32)))
         scheduler.step()
         metrics = {"epoch": epoch, "loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                    "images_per_s": len(train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr,
