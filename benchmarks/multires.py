@@ -30,7 +30,7 @@ README-ready markdown table.
 Result (2026-11-28, shared 2-core VM at load average 52-87, 1 epoch, 8 Tune trials): configuration 2
 beats 1 in both seeds for both transforms; tuned ensemble dct 2x2 83.75 -> 85.44% (seed 0, full 86.31%:
 0.66 of the gap) and 83.05 -> 85.66% (seed 1, full 86.46%: 0.77); haar2 4x4 77.95 -> 83.36% (seed 0,
-its full run not finished) and 79.01 -> 83.66% (seed 1, full 83.86%: 0.96 of the gap).
+full 83.82%: 0.92) and 79.01 -> 83.66% (seed 1, full 83.86%: 0.96 of the gap).
 """
 
 from __future__ import annotations
