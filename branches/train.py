@@ -42,6 +42,7 @@ from branches import _checkpoint as ckpt_io
 from branches import _test_hooks
 from branches._data import Augmenter, InMemorySplit, choose_mode
 from branches._stream import StreamingSplit
+from branches._test_hold import hold_after_epoch
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
 from data_split.augment import check_augment
@@ -241,6 +242,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
                  train_loss, "n/a" if val_acc is None else f"{val_acc:.4f}", metrics["images_per_s"], metrics["seconds"])
         if on_epoch is not None:
             on_epoch({**metrics, "k": k})
+        hold_after_epoch(storage.uri, k, epoch)
 
     return _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history,
                    val, found.epoch, started, mode)

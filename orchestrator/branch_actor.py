@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+
 import ray
 
 from branches.config import ModelConfig, TrainConfig
@@ -108,10 +110,11 @@ class BranchActor:
             self.board.update.remote(self.k, {"state": "training", **metrics})
 
         self.board.update.remote(self.k, {"state": "training"})
+        started_at = time.time()  # wall clock: comparable across the processes of one machine
         result = train_branch(self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch,
                               started=self.started)
         isolation = isolation_record(self.storage, self.k)
-        placement = self.placement()
+        placement = {**self.placement(), "started_at": started_at, "finished_at": time.time()}
         # Beside result.json, for checks from outside the job's driver (which alone gets the return value).
         self.storage.write_json(f"branches/{self.k}/placement.json", {"placement": placement, "isolation": isolation})
         self.board.update.remote(self.k, {"state": "done", "val_acc": result.get("val_acc")})

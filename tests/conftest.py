@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import random
+import shutil
 import socket
+import tempfile
 
 import pytest
 
@@ -18,15 +22,45 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("AWS_ENDPOINT_URL", None)
+# Where tests ask branches to pause at a known point (tests/holds.py); inherited by Ray workers and CLIs.
+os.environ["SPECTRAL_TEST_HOLD_DIR"] = tempfile.mkdtemp(prefix="spectral-holds-")
+atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_HOLD_DIR"], ignore_errors=True)
 
 RAY_TEST_CPUS = 2
 RAY_TEST_OBJECT_STORE_BYTES = 256 * 1024**2
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS_HANDED_OUT: set[int] = set()
+_PORT_RNG = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a server we cannot hand a bound socket to (``ray start``): free now, and safe to reuse soon.
+
+    Binding port 0 and closing gives an *ephemeral* port, which the kernel may hand to any outgoing
+    connection (Ray opens many) before the server binds it. This picks a random port below the
+    ephemeral range instead, where only an explicit bind can take it, checks it is free on every
+    interface, and never hands the same port out twice in this process.
+    """
+    low, high = 10000, min(_ephemeral_start(), 32768)
+    while True:
+        port = _PORT_RNG.randrange(low, high)
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _PORTS_HANDED_OUT.add(port)
+        return port
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +87,9 @@ def s3_endpoint():
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the OS picks and keeps the port
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = "http://127.0.0.1:%d" % server.get_host_and_port()[1]
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="test-bucket")
     yield endpoint
     server.stop()

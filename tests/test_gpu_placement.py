@@ -2,7 +2,8 @@
 
 Ray hands each actor a GPU id (and ``CUDA_VISIBLE_DEVICES``) from the logical GPUs it was told about;
 torch still finds no CUDA device and trains on the CPU. That is enough to check the placement plan
-end to end: with ``gpus_per_branch: 0.5``, K=4 branches share GPU 0 two at a time, and the launcher
+end to end: with ``gpus_per_branch: 0.5``, K=4 branches share GPU 0 two at a time (two are paused
+together by a test hold; their recorded training intervals never overlap three deep), and the launcher
 logs and returns where each one ran.
 
 The cluster is a separate ``ray.init`` in a subprocess: the session's shared ``ray_session`` (no GPUs)
@@ -20,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 DRIVER = textwrap.dedent(
     """
-    import json, logging, sys
+    import json, logging, sys, time
     sys.path.insert(0, {tests!r})
     from conftest import tiny_config  # also sets the test environment (fake AWS keys, no auth, no usage stats)
+    from holds import REACHED_TIMEOUT_S, Hold
 
     import ray
     from ray.data import DataContext
@@ -45,21 +46,27 @@ DRIVER = textwrap.dedent(
     storage = RunStorage(cfg.storage.uri)
     split_dataset(cfg.source, cfg.split, storage)
 
-    busy = []  # per poll: how many branches held GPU 0 and had not finished
+    # Every branch pauses after epoch 1 until two of them are paused at once: proof that two ran together.
+    hold, together = Hold(cfg.storage.uri, epoch=1), []
+    deadline = time.monotonic() + REACHED_TIMEOUT_S
     def on_progress(snapshot):
-        busy.append(sum(1 for s in snapshot.values() if s.get("state") != "done" and s.get("gpu_ids") == ["0"]))
+        if not together and (len(reached := hold.markers()) >= 2 or time.monotonic() > deadline):
+            together.extend(reached)
+            hold.release()
 
     resources = ResourcesConfig(gpus_per_branch=0.5, cpus_per_branch=1, max_restarts=0)
     outcome = train_branches(storage, 4, cfg.model, cfg.train, resources, on_progress=on_progress)
+    hold.release()
     print(json.dumps({{
         "plan": vars(outcome.plan),
         "results": {{k: {{"placement": r["placement"], "device": r["device"]}} for k, r in outcome.results.items()}},
-        "busy": busy,
+        "held_together": together,
     }}))
     """
 )
 
 
+@pytest.mark.slow
 def test_half_gpu_branches_share_gpu_0_two_at_a_time(tmp_path):
     code = DRIVER.format(tests=str(TESTS), uri=str(tmp_path / "run"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -78,5 +85,23 @@ def test_half_gpu_branches_share_gpu_0_two_at_a_time(tmp_path):
         # The launcher printed where the branch landed, GPU included.
         assert re.search(rf"branch {k} on node \S+ \(\w+, pid {r['placement']['pid']}\), GPU 0\b", proc.stderr), k
     assert len({r["placement"]["pid"] for r in results.values()}) == 4  # one actor process per branch
-    # Ray never ran more than two half-GPU branches on the single GPU, and did run two together.
-    assert max(out["busy"]) == 2, out["busy"]
+    # Two half-GPU branches ran together: both were paused after epoch 1 at the same time ...
+    assert len(out["held_together"]) == 2, out["held_together"]
+    # ... and Ray never ran more than two on the single GPU: at most two training intervals overlap.
+    assert max_overlap([(r["placement"]["started_at"], r["placement"]["finished_at"]) for r in results.values()]) == 2
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) intervals that hold one instant in common."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])  # ends sort first
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_max_overlap_counts_intervals_sharing_an_instant():
+    assert max_overlap([(0, 2), (1, 3), (2, 4), (3, 5)]) == 2  # touching ends do not overlap
+    assert max_overlap([(0, 4), (1, 3), (2, 5)]) == 3
+    assert max_overlap([(0, 1), (1, 2)]) == 1

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def npy(storage: RunStorage, rel: str) -> np.ndarray:
 
 
 def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_node_cluster, s3_endpoint, tmp_path):
-    uri = "s3://test-bucket/multinode/run"
+    uri = f"s3://test-bucket/{uuid.uuid4().hex}/run"
     proc = submit(two_node_cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout

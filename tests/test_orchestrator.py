@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 
 import pytest
 
+from branches import train_branch
 from conftest import tiny_config
+from holds import Hold
 from data_split import RunStorage
 from orchestrator import api
 from orchestrator.launcher import BranchFailedError
@@ -22,7 +25,7 @@ def metric_epochs(storage: RunStorage, k: int) -> list[int]:
     return [json.loads(line)["epoch"] for line in lines]
 
 
-def test_run_trains_every_branch_in_isolation(ray_session, tiny_cfg):
+def test_run_trains_every_branch_in_isolation(ray_session, tiny_cfg, tmp_path):
     result = api.run(tiny_cfg)
     storage = api.run_storage(tiny_cfg)
     assert sorted(result.training.results) == [0, 1, 2, 3]
@@ -44,6 +47,16 @@ def test_run_trains_every_branch_in_isolation(ray_session, tiny_cfg):
     assert len({r["placement"]["pid"] for r in result.training.results.values()}) == 4
     report = storage.read_json("report/report.json")
     assert report == result.report
+
+    # Isolation by denial: each branch trains again where the other branches' shards are gone from storage,
+    # and gives the same logits, bit for bit.
+    for k in range(4):
+        denied = RunStorage(str(tmp_path / f"denied{k}"))
+        shutil.copytree(tmp_path / "run/data", tmp_path / f"denied{k}/data")
+        for other in (p for p in (tmp_path / f"denied{k}/data").glob("*/branch=*") if p.name != f"branch={k}"):
+            shutil.rmtree(other)
+        train_branch(denied, k, tiny_cfg.model, tiny_cfg.train)
+        assert denied.read_bytes(f"branches/{k}/logits_test.npy") == storage.read_bytes(f"branches/{k}/logits_test.npy")
     assert storage.exists("ensemble/weights.json")
     assert storage.exists("report/report.md")
 
@@ -60,34 +73,38 @@ def test_rerun_skips_finished_branches_and_resumes_unfinished(ray_session, tiny_
     again = api.run(tiny_cfg)
     assert again.split.up_to_date
     assert again.training.skipped == [0, 1, 3]
+    assert again.training.results[2]["resumed_from_epoch"] == 1
     assert metric_epochs(storage, 2) == [1, 2]
     assert storage.exists("branches/2/result.json")
 
 
 def test_killed_branch_process_restarts_and_resumes(ray_session, tmp_path):
-    # Slow enough (small batches, several epochs) that the kill lands mid-training.
-    cfg = tiny_config(
-        str(tmp_path / "run"),
-        **{"source.synthetic": {"train": 3000, "test": 200, "height": 8, "width": 8, "classes": 4},
-           "split.rows": 1, "split.cols": 2, "train.epochs": 6, "train.batch_size": 8,
-           "resources.max_restarts": 2},
-    )
+    cfg = tiny_config(str(tmp_path / "run"), **{"split.rows": 1, "split.cols": 2, "train.epochs": 4,
+                                                  "resources.max_restarts": 2})
     api.split(cfg)
-    killed: dict[str, int] = {}
+    killed: dict = {}
+    with Hold(cfg.storage.uri, epoch=2, branch=0) as hold:  # branch 0 waits after epoch 2's checkpoint
 
-    def kill_branch_0_after_epoch_2(snapshot):
-        s = snapshot.get(0, {})
-        if not killed and s.get("state") == "training" and s.get("epoch", 0) >= 2:
-            killed["pid"], killed["epoch"] = s["pid"], s["epoch"]
-            os.kill(s["pid"], signal.SIGKILL)
+        def kill_the_held_branch(snapshot):
+            if not killed and (reached := hold.markers()):
+                killed.update(reached[0])
+                os.kill(killed["pid"], signal.SIGKILL)
+                hold.release()
 
-    outcome = api.train(cfg, on_progress=kill_branch_0_after_epoch_2)
-    assert killed, "training finished before the kill could land: make it slower"
-    assert killed["epoch"] < 6
+        outcome = api.train(cfg, on_progress=kill_the_held_branch)
+    assert killed and killed["k"] == 0 and killed["epoch"] == 2
     storage = api.run_storage(cfg)
-    assert metric_epochs(storage, 0) == [1, 2, 3, 4, 5, 6]  # continuous: no epoch lost twice or repeated
     assert outcome.results[0]["placement"]["pid"] != killed["pid"]  # a new process finished it
-    assert outcome.results[0]["epochs"] == 6
+    assert outcome.results[0]["resumed_from_epoch"] == 2  # from the checkpoint the kill left, not from scratch
+    assert metric_epochs(storage, 0) == [1, 2, 3, 4]  # continuous: no epoch lost or repeated
+    assert outcome.results[1]["resumed_from_epoch"] == 0
+
+    # The killed branch's outputs equal an uninterrupted training's, bit for bit.
+    straight = RunStorage(str(tmp_path / "straight"))
+    shutil.copytree(tmp_path / "run/data", tmp_path / "straight/data")
+    train_branch(straight, 0, cfg.model, cfg.train)
+    for split in ("val", "test"):
+        assert storage.read_bytes(f"branches/0/logits_{split}.npy") == straight.read_bytes(f"branches/0/logits_{split}.npy")
 
 
 def test_branch_failing_past_its_limit_fails_the_run_and_keeps_the_others(ray_session, tiny_split):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_small_sizes_and_times_stay_readable(tmp_path):
 
 def test_report_on_s3(s3_endpoint):
     """Every read and write goes through RunStorage, so the report works on object storage too."""
-    storage = RunStorage("s3://test-bucket/report-run", endpoint_url=s3_endpoint)
+    storage = RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=s3_endpoint)
     storage.write_json("data/manifest.json", {"source": {"name": "synthetic", "resolution": [8, 8]},
                                               "split": {"r": 1, "c": 2, "K": 2, "transform": "dct"}})
     rng = np.random.default_rng(3)

@@ -19,10 +19,12 @@ DEAD_ENDPOINT_BOUND_S = 60  # an unreachable endpoint must fail within this (it 
 TINY_SOURCE = SourceConfig(name="synthetic", synthetic=SyntheticConfig(train=20, test=5, height=4, width=4))
 
 
-def _closed_port() -> int:
+@pytest.fixture
+def closed_port():
+    """A port that refuses connections for the whole test: bound by us, never listening (nobody else can take it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the socket is: connections are refused
+        yield s.getsockname()[1]
 
 
 # -- local ------------------------------------------------------------------------------------------
@@ -147,9 +149,9 @@ def test_s3_endpoint_from_environment(s3_endpoint, monkeypatch):
     assert s3_endpoint in st.describe_endpoint()
 
 
-def test_s3_endpoint_down():
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
-    st = RunStorage("s3://test-bucket/run", endpoint_url=endpoint)
+def test_s3_endpoint_down(closed_port):
+    endpoint = f"http://127.0.0.1:{closed_port}"
+    st = RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=endpoint)
     t0 = time.monotonic()
     with pytest.raises(StorageError, match=f"endpoint {endpoint}") as err:
         st.check_writable()
@@ -165,11 +167,11 @@ def test_s3_endpoint_down():
     assert time.monotonic() - t0 < DEAD_ENDPOINT_BOUND_S
 
 
-def test_split_to_dead_endpoint_writes_nothing(tmp_path):
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+def test_split_to_dead_endpoint_writes_nothing(tmp_path, closed_port):
+    endpoint = f"http://127.0.0.1:{closed_port}"
     t0 = time.monotonic()
     with pytest.raises(StorageError, match=endpoint):
-        split_dataset(TINY_SOURCE, SplitConfig(), RunStorage("s3://test-bucket/run", endpoint_url=endpoint))
+        split_dataset(TINY_SOURCE, SplitConfig(), RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=endpoint))
     assert time.monotonic() - t0 < DEAD_ENDPOINT_BOUND_S
 
 

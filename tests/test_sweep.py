@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import tiny_config
+from holds import Hold
 from data_split.storage import RunStorage
 from orchestrator import api, cli
 from orchestrator.config import ConfigError, load_config
@@ -157,55 +158,60 @@ def test_sweep_of_two_branches_on_s3(ray_session, s3_endpoint):
     assert storage.exists("tune/sweep.md") and storage.exists("tune/best_config.yaml")
 
 
-def trial_caught_mid_training(run: Path) -> str | None:
-    """The id of a trial that Tune's newest saved state shows running with at least one epoch reported."""
+def tune_state_shows(run: Path, trial_id: str, epoch: int) -> bool:
+    """Whether Tune's newest saved experiment state holds ``trial_id`` running with ``epoch`` reported."""
     states = sorted(glob.glob(str(run / "tune/sweep/experiment/experiment_state-*.json")))
     if not states:
-        return None
+        return False
     try:
         trials = json.loads(Path(states[-1]).read_text())["trial_data"]
     except (OSError, ValueError):  # being rewritten right now
-        return None
+        return False
     for state, runtime in trials:
         trial, meta = json.loads(state), json.loads(runtime)
-        last = meta.get("last_result") or {}
-        if trial["status"] == "RUNNING" and last.get("epoch", 0) >= 1 and not last.get("done"):
-            return trial["trial_id"]
-    return None
+        if trial["trial_id"] == trial_id and (meta.get("last_result") or {}).get("epoch", 0) >= epoch:
+            return True
+    return False
 
 
 @pytest.mark.slow
 def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
     run = tmp_path / "run"
-    # slow enough per epoch (small batches of more images) that the kill lands while a trial is training
-    cfg = tiny_config(str(run), **{
-        "source.synthetic": {"train": 2000, "test": 100, "height": 8, "width": 8, "classes": 4}, "split.rows": 1,
-        "train.epochs": 4, "train.batch_size": 8, "sweep.space": LR_SPACE, "sweep.num_samples": 2,
-        "sweep.scheduler": "fifo"})
+    cfg = tiny_config(str(run), **{"split.rows": 1, "train.epochs": 4, "sweep.space": LR_SPACE,
+                                   "sweep.num_samples": 2, "sweep.scheduler": "fifo"})
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     cmd = [SPECTRAL, "sweep", "--config", str(config)]
     # Tune saves its experiment state every TUNE_GLOBAL_CHECKPOINT_S (default >= 10 s): 1 s here, so that
-    # a state showing a trial mid-training appears soon.
+    # the state showing the held trial's epoch 2 is written soon.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     log1 = open(tmp_path / "first.log", "w")
+    hold = Hold(str(run), epoch=2, branch=0)  # every trial's branch 0 waits after its epoch-2 checkpoint
     first = subprocess.Popen(cmd, stdout=log1, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while (caught := trial_caught_mid_training(run)) is None:
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial seen mid-training within 300 s"
+        alive = lambda: first.poll() is None  # noqa: E731
+        held = hold.wait_reached(1, alive=alive)
+        caught = held[0]["uri"].rsplit("/", 1)[1]
+        deadline = time.monotonic() + 60
+        while not tune_state_shows(run, caught, 2):  # the trial is held: this state must come
+            assert alive() and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.1)
-        first.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
+        first.send_signal(signal.SIGKILL)  # the driver dies mid-sweep, at a known epoch
         first.wait()
     finally:
         try:  # its local Ray's agents outlive it in the same session: end them too
             os.killpg(first.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for marker in hold.markers():  # and the held trial processes, before they are let go
+            try:
+                os.kill(marker["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        hold.release()
         log1.close()
     trials_before = {p.name for p in (run / "tune/sweep/trials").iterdir()}
-    assert trials_before
+    held_trials = {m["uri"].rsplit("/", 1)[1] for m in hold.markers()}
 
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -214,10 +220,11 @@ def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
     assert summary["restored"] is True
     assert len(summary["trials"]) == 2 and all(t["status"] == "finished" for t in summary["trials"])
     assert caught in trials_before <= {t["trial"] for t in summary["trials"]}  # resumed, not replaced
-    branch = json.loads((run / f"tune/sweep/trials/{caught}/branches/0/result.json").read_text())
-    assert branch["resumed_from_epoch"] >= 1  # the interrupted trial went on from its last epoch checkpoint
-    metrics = (run / f"tune/sweep/trials/{caught}/branches/0/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2, 3, 4]
+    for trial in held_trials:  # each interrupted trial went on from its epoch-2 checkpoint
+        branch = json.loads((run / f"tune/sweep/trials/{trial}/branches/0/result.json").read_text())
+        assert branch["resumed_from_epoch"] == 2
+        metrics = (run / f"tune/sweep/trials/{trial}/branches/0/metrics.jsonl").read_text().splitlines()
+        assert [json.loads(m)["epoch"] for m in metrics] == [1, 2, 3, 4]
     for t in summary["trials"]:  # no epoch went missing for Tune across the kill
         lines = (run / f"tune/sweep/experiment/trial_{t['trial']}/result.json").read_text().splitlines()
         assert {json.loads(line)["epoch"] for line in lines} == {1, 2, 3, 4}
