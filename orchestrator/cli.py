@@ -127,6 +127,8 @@ class _LiveProgress:
 
     def __exit__(self, *exc):
         self.live.__exit__(*exc)
+        if not console.is_terminal:  # rich ends a live display with a newline only on a terminal
+            console.line()
 
     def __call__(self, snapshot: dict[int, dict]) -> None:
         self.live.update(progress_table(snapshot, self.epochs))

@@ -62,3 +62,64 @@ def test_bad_configuration_is_one_clear_error_line(config_file, tmp_path, capsys
     out = capsys.readouterr().out
     assert "error:" in out and message in out
     assert not (tmp_path / "run").exists()  # failed before touching storage
+
+
+def error_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_train_evaluate_and_baseline_commands(ray_session, config_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    uri = str(tmp_path / "run")
+    common = ["--config", config_file, "--storage", uri, "--set", "model.name=fc4", "--set", "train.epochs=1",
+              "--set", "split.rows=1"]  # K = 2: fewer branches, the same commands
+    storage = RunStorage(uri)
+
+    # train before split: exit code 1 and one line naming what is missing, no traceback
+    assert main(["train", *common]) == 1
+    out = capsys.readouterr().out
+    assert len(error_lines(out)) == 1 and "manifest" in error_lines(out)[0] and "Traceback" not in out
+
+    assert main(["split", *common]) == 0
+    assert main(["train", *common]) == 0
+    assert "trained 2 branch(es), skipped 0 finished" in capsys.readouterr().out
+    assert all(storage.exists(f"branches/{k}/result.json") for k in range(2))
+    assert not storage.exists("report/report.json")  # train trains, nothing more
+
+    assert main(["evaluate", *common]) == 0
+    out = capsys.readouterr().out
+    report = storage.read_json("report/report.json")
+    assert report["baseline"] is None and [b["k"] for b in report["branches"]] == [0, 1]
+    assert "branch 1" in out and storage.url("report", "report.md") in out
+
+    assert main(["baseline", *common]) == 0
+    out = capsys.readouterr().out
+    baseline = storage.read_json("baseline/branches/0/result.json")
+    assert f"baseline fc4: test accuracy {baseline['test_acc']:.4f}" in out
+    assert storage.read_json("baseline/data/manifest.json")["split"]["K"] == 1  # full resolution
+    report = storage.read_json("report/report.json")  # rebuilt with the baseline row
+    assert report["baseline"]["test_acc"] == baseline["test_acc"]
+    assert "fc4 (full resolution)" in out.split("baseline fc4:")[1]  # the report table printed after has the row
+    assert "fc4 (full resolution)" in storage.read_bytes("report/report.md").decode()
+
+
+@pytest.mark.slow
+def test_a_failed_run_exits_1_with_one_error_line_naming_the_branch(ray_session, config_file, tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    uri = str(tmp_path / "run")
+    common = ["--config", config_file, "--storage", uri, "--set", "model.name=fc4", "--set", "train.epochs=1",
+              "--set", "resources.max_restarts=0", "--set", "split.rows=1"]
+    assert main(["split", *common]) == 0
+    storage = RunStorage(uri)
+    bad = storage.read_json("data/manifest.json")["branches"][1]["splits"]["train"]["files"][0]
+    storage.write_bytes(bad, b"this is not parquet")
+    capsys.readouterr()
+
+    assert main(["run", *common]) == 1
+    out = capsys.readouterr().out
+    assert len(error_lines(out)) == 1, out
+    assert error_lines(out)[0].startswith("error: BranchFailedError: 1 branch(es) failed: branch 1: ")
+    assert "Traceback" not in out
+    assert not storage.exists("report/report.json")  # no report of a failed run

@@ -1,0 +1,22 @@
+"""The embedded default config (configs/fashion_mnist.yaml): it loads, and every key it sets is taken."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from orchestrator.config import load_config
+
+DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
+
+
+def test_the_embedded_default_config_loads_with_every_value_it_sets():
+    cfg = load_config(DEFAULT)
+    assert (cfg.source.name, cfg.split.k, cfg.split.transform, cfg.model.name) == ("fashion-mnist", 4, "dct", "fc8")
+    loaded = cfg.to_dict()
+    for section, values in yaml.safe_load(DEFAULT.read_text()).items():
+        for key, value in values.items():
+            assert loaded[section][key] == value, f"{section}.{key}: file says {value!r}, loaded {loaded[section][key]!r}"
+    # overrides apply on top of the file
+    assert load_config(DEFAULT, {"train.epochs": 1, "split.rows": 1}).train.epochs == 1
