@@ -7,9 +7,9 @@
 from branches.config import MODELS, OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
 from branches._checkpoint import BranchConflictError
-from branches.train import finished_result, lr_factor, train_branch
+from branches.train import NonFiniteError, finished_result, lr_factor, train_branch
 
 __all__ = [
-    "MODELS", "OPTIMIZERS", "SCHEDULES", "BranchConflictError", "ModelConfig", "TrainConfig", "build_model",
+    "MODELS", "OPTIMIZERS", "SCHEDULES", "BranchConflictError", "NonFiniteError", "ModelConfig", "TrainConfig", "build_model",
     "count_parameters", "finished_result", "lr_factor", "train_branch",
 ]

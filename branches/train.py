@@ -72,14 +72,24 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 # -- the steps ---------------------------------------------------------------------------------------------
+class NonFiniteError(RuntimeError):
+    """A branch's training loss or logits became NaN or infinite: it stops, and nothing of that epoch is written."""
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *, amp: bool) -> float:
-    """One pass over ``batches`` of (x (B, C, h, w), y (B,)) on ``device``; the mean training loss."""
+    """One pass over ``batches`` of (x (B, C, h, w), y (B,)) on ``device``; the mean training loss.
+
+    Raises ``NonFiniteError`` naming the (1-based) step at the first NaN/inf loss, before that step updates
+    the weights. The check waits for the device once per step: the price of stopping at once.
+    """
     model.train()
     total, n = torch.zeros((), device=device), 0
-    for xb, yb in batches:
+    for step, (xb, yb) in enumerate(batches, 1):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             loss = loss_fn(model(xb), yb)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -97,6 +107,14 @@ def predict(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.dev
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             out.append(model(xb).float())
     return torch.cat(out)
+
+
+def check_finite(logits: torch.Tensor, what: str) -> torch.Tensor:
+    """``logits`` unchanged, or ``NonFiniteError`` naming ``what`` and how many rows hold NaN/inf."""
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum()) if logits.numel() else 0
+    if bad:
+        raise NonFiniteError(f"non-finite {what} in {bad} of {len(logits)} rows")
+    return logits
 
 
 def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
@@ -218,9 +236,12 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         batches = train.train_batches(train_cfg.seed, k, epoch, train_cfg.batch_size)
-        train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp)
-        train_s = time.perf_counter() - t0
-        val_logits = predict(model, val.eval_batches(), dev, amp=amp)  # (N_val, classes)
+        try:  # a diverged branch stops here: nothing of this epoch (checkpoint, metrics, logits) is written
+            train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp)
+            train_s = time.perf_counter() - t0
+            val_logits = check_finite(predict(model, val.eval_batches(), dev, amp=amp), "validation logits")  # (N_val, classes)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"branch {k} diverged at epoch {epoch}: {e} (lr {lr:g}: lower train.lr)") from None
         val_loss, val_acc = score(val_logits, val.y)
         if train_cfg.epoch_logits:  # rows in ascending (src, idx), as logits_val.npy (streamed val is in file order)
             in_order = val_logits.cpu().numpy()[np.lexsort((val.idx, val.src))]
@@ -273,11 +294,17 @@ def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, 
     """Write logits and rows of val/test, then result.json (last: it marks the branch finished)."""
     base = f"branches/{k}"
     test = _open_split(storage, manifest, "test", k, dev, train_cfg, mode)
-    summary = {}
-    for split, data in (("val", val), ("test", test)):
+    summary, outputs = {}, {}
+    for split, data in (("val", val), ("test", test)):  # every check before the first write
         order = np.lexsort((data.idx, data.src))  # rows in ascending (src, idx): the identity in memory mode
+        try:
+            logits = predict(model, data.eval_batches(), dev, amp=amp)[torch.from_numpy(order).to(dev)]  # (N, classes)
+            outputs[split] = (order, check_finite(logits, f"{split} logits"))
+        except NonFiniteError as e:
+            raise NonFiniteError(f"branch {k} diverged after its last epoch ({len(history)}): {e}") from None
+    for split, data in (("val", val), ("test", test)):
+        order, logits = outputs[split]
         idx, y = data.idx[order], data.y_np[order]
-        logits = predict(model, data.eval_batches(), dev, amp=amp)[torch.from_numpy(order).to(dev)]  # (N, classes)
         nll, acc = score(logits, torch.from_numpy(y).to(dev))
         storage.write_bytes(f"{base}/logits_{split}.npy", _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
         storage.write_bytes(f"{base}/rows_{split}.npy", _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))

@@ -23,7 +23,8 @@ def init_ray(cfg: RayConfig, *, quiet: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    kwargs = {"log_to_driver": not quiet}
+    # ray.init resets the "ray" logger to INFO unless told otherwise: keep the level the caller chose (the CLI's -v)
+    kwargs = {"log_to_driver": not quiet, "logging_level": logging.getLogger("ray").level or logging.INFO}
     if cfg.address:
         ray.init(address=cfg.address, **kwargs)
     elif os.environ.get("RAY_ADDRESS"):

@@ -297,7 +297,8 @@ def _add_inference_args(name: str, p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectral", description="Communication-free spectral tensor networks on Ray")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray's own INFO output (Ray Data progress, Tune's experiment box)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -311,6 +312,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve")  # Ray Data and Tune set their own levels
+
+
+def quiet_ray(verbose: bool) -> None:
+    """By default the console shows our own progress and only Ray's warnings and errors; ``-v`` shows all.
+
+    Hidden unless ``-v``: Ray's INFO lines (Ray Data's progress, "Started a local Ray instance", Tune's
+    "Wrote the latest version..."). Not yet: the experiment box and TensorBoard hint that Tune's output
+    engine print()s even at ``verbose=0``.
+    ``init_ray`` keeps the level set here on the "ray" logger, which ``ray.init`` would reset.
+    """
+    import ray.data  # configures its loggers on import: set levels after that
+    from ray.util.debug import log_once
+
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        log_once("ray_data_progress_manager_disabled")  # spend Ray Data's one "progress bars disabled" warning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -318,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
+    quiet_ray(args.verbose)
     try:
         overrides = parse_set(args.set)
         if args.storage:
@@ -330,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the CLI owns the console: one clear line, not a traceback
         if args.verbose:
             console.print_exception()
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}", soft_wrap=True)  # one line, however long
         return 1
     return 0
 

@@ -100,6 +100,10 @@ def load_branch_outputs(storage: RunStorage, K: int, split: str) -> BranchOutput
         logits, rows = _load_npy(storage, lrel, k), _load_npy(storage, rrel, k)
         if logits.ndim != 2:
             raise EnsembleInputError(f"branch {k}: {storage.url(lrel)} has shape {logits.shape}, expected (N, classes)")
+        if not np.isfinite(logits).all():  # branches never write these; refuse what another writer left
+            bad = int((~np.isfinite(logits)).any(axis=1).sum())
+            raise EnsembleInputError(f"branch {k}: {storage.url(lrel)} holds NaN/inf in {bad} of {len(logits)} rows "
+                                     f"(a diverged branch?): not ensembling it")
         if rows.ndim != 2 or rows.shape[1] != 2 or rows.shape[0] != logits.shape[0]:
             raise EnsembleInputError(
                 f"branch {k}: {storage.url(rrel)} has shape {rows.shape}, expected ({logits.shape[0]}, 2) "

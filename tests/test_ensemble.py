@@ -164,6 +164,16 @@ def test_shape_mismatch_is_an_error(run):
         load_branch_outputs(storage, K, "val")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_are_refused(run, bad):
+    storage, fake = run
+    logits = fake["test"][0][2].copy()
+    logits[[1, 5], 0] = bad
+    storage.write_bytes("branches/2/logits_test.npy", npy(logits))
+    with pytest.raises(EnsembleInputError, match=r"branch 2: .*logits_test\.npy holds NaN/inf in 2 of \d+ rows"):
+        load_branch_outputs(storage, K, "test")
+
+
 # -- evaluation ----------------------------------------------------------------------------------------------
 def test_evaluate_geometric_scores_and_writes_records(run):
     storage, fake = run

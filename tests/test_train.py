@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from branches import BranchConflictError, ModelConfig, TrainConfig, lr_factor, train_branch
+from branches import BranchConflictError, ModelConfig, NonFiniteError, TrainConfig, lr_factor, train_branch
 from branches._checkpoint import load_checkpoint
 from conftest import tiny_config
 from data_split import ManifestError, RunStorage, load_manifest, read_branch, split_dataset
@@ -261,3 +261,14 @@ def test_epoch_logits_are_each_epochs_validation_logits(make_run):
         acc = (load_npy(storage, f"branches/0/epochs/logits_val_{e}.npy").argmax(1) == y).mean()
         assert acc == pytest.approx(line["val_acc"])  # the accuracy metrics.jsonl reported for that epoch
     assert result["epochs"] == 3
+
+
+def test_a_diverging_branch_stops_at_once_and_writes_nothing_of_that_epoch(make_run):
+    storage = make_run()
+    wild = with_epochs(FAST, 3, optimizer="sgd", lr=1e4)  # `spectral run --set train.lr=10000`: NaN within steps
+    with pytest.raises(NonFiniteError, match=r"branch 0 diverged at epoch 1: non-finite training loss \(nan\) at step \d+"):
+        train_branch(storage, 0, FC4, wild)
+    assert not storage.exists("branches/0/checkpoints/epoch=1.pt") and not storage.exists("branches/0/metrics.jsonl")
+    for split in ("val", "test"):
+        assert not storage.exists(f"branches/0/logits_{split}.npy")
+    assert not storage.exists("branches/0/result.json")
