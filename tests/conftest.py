@@ -47,9 +47,10 @@ def free_port() -> int:
     Binding port 0 and closing gives an *ephemeral* port, which the kernel may hand to any outgoing
     connection (Ray opens many) before the server binds it. This picks a random port below the
     ephemeral range instead, where only an explicit bind can take it, checks it is free on every
-    interface, and never hands the same port out twice in this process.
+    interface, and never hands the same port out twice in this process. It starts above Ray's default
+    worker port range (10002-19999): `ray start` refuses a component port that lies inside it.
     """
-    low, high = 10000, min(_ephemeral_start(), 32768)
+    low, high = 20000, min(_ephemeral_start(), 32768)
     while True:
         port = _PORT_RNG.randrange(low, high)
         if port in _PORTS_HANDED_OUT:
