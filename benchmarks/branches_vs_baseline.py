@@ -38,7 +38,7 @@ and ``<root>/parallel-efficiency`` at the start, so every number is measured, ne
 Command (repository root; ``--quick``: the first 2,000 images of each split and 1 epoch, a smoke test of a
 minute or two that writes no results file unless --out is given):
 
-    .venv/bin/python benchmarks/branches_vs_baseline.py [--quick] [--epochs N] [--root DIR] [--out PATH]
+    .venv/bin/python -m benchmarks.branches_vs_baseline [--quick] [--epochs N] [--root DIR] [--out PATH]
 
 Numbers go to ``benchmarks/results/branches_vs_baseline.json`` (machine, load average before and after,
 command, date, epochs) and print as a table plus a README-ready markdown table.
@@ -72,15 +72,11 @@ import sys
 import time
 from pathlib import Path
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
-    os.environ.setdefault(_k, _v)
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from data_split import RunStorage, split_dataset  # noqa: E402
-from orchestrator import SpectralConfig, api, load_config  # noqa: E402
-from orchestrator.launcher import train_branches  # noqa: E402
-from benchmarks._results import machine_info, write_results  # noqa: E402
+from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
+from data_split import RunStorage, split_dataset
+from orchestrator import SpectralConfig, api, load_config
+from orchestrator.launcher import train_branches
 
 RAY_CPUS = 2  # the whole machine here; branches and the baseline hold 1 CPU (1 torch thread) each
 OBJECT_STORE_BYTES = 512 * 1024**2  # small and fixed: training moves no tensors through the object store
@@ -99,18 +95,6 @@ TARGET_EFFICIENCY = 0.80  # 2 branches at once vs one after the other (wall time
 
 
 # -- machine ---------------------------------------------------------------------------------------------
-def start_ray() -> float:
-    import logging
-
-    import ray
-
-    t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
-             object_store_memory=OBJECT_STORE_BYTES)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one progress block per split otherwise
-    return time.perf_counter() - t0
-
-
 def idle_actor_memory() -> int:
     """ru_maxrss (bytes) of a fresh 1-CPU actor that imported what a branch actor imports, and trained nothing:
     the floor under every ``peak_memory_bytes`` (Ray worker, torch, pyarrow)."""
@@ -262,7 +246,7 @@ def benchmark(root: str, epochs: int, pair_epochs: int, pair_repeats: int, limit
     first = cfgs["sub4"]
 
     # Session 1: every sub-dataset (Ray Data tasks).
-    res: dict = {"ray_startup_s": round(start_ray(), 2), "runs": {}}
+    res: dict = {"ray_startup_s": round(start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES), 2), "runs": {}}
     _, base_split_s = timed(split_dataset, first.source, baseline_split_cfg(first), api.baseline_storage(first))
     say(f"split baseline (K=1 identity): {base_split_s:.1f} s")
     split_s = {}
@@ -273,7 +257,7 @@ def benchmark(root: str, epochs: int, pair_epochs: int, pair_repeats: int, limit
     ray.shutdown()
 
     # Session 2: training only, in fresh worker processes.
-    res["ray_restart_s"] = round(start_ray(), 2)
+    res["ray_restart_s"] = round(start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES), 2)
     res["idle_actor_peak_memory_bytes"] = idle_actor_memory()
     say(f"idle actor: ru_maxrss {res['idle_actor_peak_memory_bytes'] / 1e6:.0f} MB")
     baseline, base_wall = timed(api.baseline, first)
@@ -400,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     limit = QUICK_LIMIT if args.quick else None
     out = args.out or (None if args.quick else DEFAULT_OUT)
     given = sys.argv[1:] if argv is None else argv
-    command = " ".join([".venv/bin/python", "benchmarks/branches_vs_baseline.py", *given])
+    command = " ".join([".venv/bin/python", "-m", "benchmarks.branches_vs_baseline", *given])
     started, load_before = time.time(), os.getloadavg()
     res = benchmark(root, epochs, pair_epochs, pair_repeats, limit)
     res = {

@@ -25,7 +25,7 @@ with ``api.run`` + ``api.baseline`` (``configs/fashion_mnist.yaml``: Fashion-MNI
 Command (repository root; ``--quick``: synthetic 28x28 images, 1 epoch, small searches, its own runs under
 /tmp/spectral-bench-ew-quick, no results file unless --out):
 
-    .venv/bin/python benchmarks/ensemble_weights.py [--quick] [--runs URI URI] [--epochs N]
+    .venv/bin/python -m benchmarks.ensemble_weights [--quick] [--runs URI URI] [--epochs N]
         [--samples 16 64] [--candidates 64] [--out PATH]
 
 Numbers go to ``benchmarks/results/ensemble_weights.json`` (machine, load average, command, date) and
@@ -55,21 +55,19 @@ import tempfile
 import time
 from pathlib import Path
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
-    os.environ.setdefault(_k, _v)
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
+import numpy as np
 
-from data_split import RunStorage, load_manifest  # noqa: E402
-from orchestrator import SpectralConfig, api, load_config  # noqa: E402
-from orchestrator.ensemble import evaluate_weights, load_branch_outputs, read_train_losses, weight_rule  # noqa: E402
-from tune._simplex import local_search, simplex_from_unit  # noqa: E402
-from tune.config import TuneConfig  # noqa: E402
-from tune.exact import fit_exact_weights  # noqa: E402
-from tune.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact, search_weights  # noqa: E402
-from benchmarks._results import machine_info, write_results  # noqa: E402
+from data_split import RunStorage, layout, load_manifest
+from orchestrator import SpectralConfig, api, load_config
+from orchestrator.ensemble import evaluate_weights, load_branch_outputs, read_train_losses, weight_rule
+from tune._simplex import local_search, simplex_from_unit
+from tune.config import TuneConfig
+from tune.scoring import COMPUTED_RULES, GEOMETRIC_P
+from tune.exact import fit_exact_weights
+from orchestrator.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact
+from tune.weights import search_weights
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2
@@ -101,7 +99,7 @@ def run_is_finished(storage: RunStorage) -> bool:
         K = int(load_manifest(storage)["split"]["K"])
     except Exception:
         return False
-    return all(storage.exists(f"branches/{k}/result.json") for k in range(K))
+    return all(layout.read_result(storage, k) is not None for k in range(K))
 
 
 def ensure_run(uri: str, rows: int, epochs: int, quick: bool, baseline_from: RunStorage | None) -> dict:
@@ -112,8 +110,8 @@ def ensure_run(uri: str, rows: int, epochs: int, quick: bool, baseline_from: Run
         say(f"{uri}: not there or unfinished: training it ({epochs} epoch(s))")
         api.run(run_config(uri, rows, epochs, quick))
         created["run"] = True
-    has_baseline = storage.exists("baseline/branches/0/result.json")
-    if not has_baseline and (baseline_from is None or not baseline_from.exists("baseline/branches/0/result.json")):
+    has_baseline = baseline_result(storage, None) is not None
+    if not has_baseline and (baseline_from is None or baseline_result(baseline_from, None) is None):
         say(f"{uri}: training the full-resolution baseline")
         api.baseline(run_config(uri, rows, epochs, quick))
         created["baseline"] = True
@@ -122,8 +120,8 @@ def ensure_run(uri: str, rows: int, epochs: int, quick: bool, baseline_from: Run
 
 def baseline_result(storage: RunStorage, fallback: RunStorage | None) -> dict | None:
     for s in (storage, fallback):
-        if s is not None and s.exists("baseline/branches/0/result.json"):
-            return s.read_json("baseline/branches/0/result.json")
+        if s is not None and (result := layout.read_result(s.child(layout.BASELINE), 0)) is not None:
+            return result
     return None
 
 
@@ -135,7 +133,7 @@ def row(result, **extra) -> dict:
 
 
 def search_row(name: str, val, test, exact, cfg: TuneConfig, scratch: RunStorage, seeds: dict) -> dict:
-    search = search_weights(val, cfg, scratch, seeds=seeds)  # the uniform and geometric rules go first, as in a run
+    search = search_weights(val.logits, val.y, cfg, scratch, seeds=seeds)  # the uniform and geometric rules go first, as in a run
     res = evaluate_weights(name, search.weights, val, test)
     gap = compare_to_exact(res, exact)
     work = in_trial_work_s(val, cfg.candidates_per_trial)
@@ -162,8 +160,8 @@ def measure_run(name: str, uri: str, samples: list[int], candidates: int, seed: 
     K = int(load_manifest(storage)["split"]["K"])
     val, test = load_branch_outputs(storage, K, "val"), load_branch_outputs(storage, K, "test")
     losses = read_train_losses(storage, K)
-    branches = [storage.read_json(f"branches/{k}/result.json") for k in range(K)]
-    seeds = {rule: weight_rule(rule, losses, 0.3) for rule in ("uniform", "geometric")}
+    branches = [layout.read_result(storage, k) for k in range(K)]
+    seeds = {rule: weight_rule(rule, losses, GEOMETRIC_P) for rule in COMPUTED_RULES}
     rows = [row(evaluate_weights(rule, w, val, test)) for rule, w in seeds.items()]
     t0 = time.perf_counter()
     fit = fit_exact_weights(val.logits, val.y)
@@ -261,14 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     samples = sorted(args.samples or ([8, 16] if args.quick else [16, 64]))
     out = args.out or (None if args.quick else DEFAULT_OUT)
 
-    import ray
-
     load_before = os.getloadavg()
-    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
-             object_store_memory=OBJECT_STORE_BYTES)
+    start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES)
     scratch_root = tempfile.mkdtemp(prefix="ensemble-weights-tune-")
     res = {"benchmark": "ensemble_weights", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "command": " ".join([".venv/bin/python", "benchmarks/ensemble_weights.py", *(argv or sys.argv[1:])]),
+           "command": " ".join([".venv/bin/python", "-m", "benchmarks.ensemble_weights", *(argv or sys.argv[1:])]),
            "machine": machine_info(), "quick": args.quick, "samples": samples, "candidates_per_trial": args.candidates,
            "concurrency": CONCURRENCY, "tolerance": {"val_nll_pct": NLL_TOLERANCE_PCT, "val_acc_points": ACC_TOLERANCE_POINTS},
            "runs": {}}

@@ -37,12 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray; no token file needed
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks._results import write_results  # noqa: E402
+from benchmarks import _common
+from benchmarks._common import REPO, write_results
 
 log = logging.getLogger("gpu_check")
 
@@ -79,13 +75,11 @@ def source_overrides(args: argparse.Namespace) -> dict:
 
 
 def machine_info() -> dict:
-    import ray
+    """The common machine record plus the GPUs."""
     import torch
 
-    info = {
-        "host": platform.node(), "python": platform.python_version(), "ray": ray.__version__, "torch": torch.__version__,
-        "cpus": len(os.sched_getaffinity(0)), "cuda": torch.version.cuda, "gpus": torch.cuda.device_count(),
-    }
+    info = {**_common.machine_info(), "host": platform.node(), "cuda": torch.version.cuda,
+            "gpus": torch.cuda.device_count()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_bytes=props.total_memory)
@@ -99,21 +93,20 @@ def machine_info() -> dict:
 
 def start_ray(smoke: bool) -> None:
     import ray
-    from ray.data import DataContext
 
     if smoke:  # one logical GPU on a CPU machine: real placement, CPU training
-        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=256 * 1024**2)
+        _common.start_ray(num_cpus=2, num_gpus=1, object_store_memory=256 * 1024**2)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    DataContext.get_current().enable_progress_bars = False
+        _common.start_ray()
     if ray.cluster_resources().get("GPU", 0) < 1:
         raise SystemExit("gpu_check: Ray sees no GPU (use --cpu-smoke on a machine without one)")
 
 
 def copy_split(src_run: Path, dst_run: Path) -> None:
     """Reuse a written split (same source and split config, so its manifest hash matches) for another model."""
-    for rel in ("data", "baseline/data"):
+    from data_split import layout  # here, like the project's other imports: after the device setup
+
+    for rel in (layout.DATA, f"{layout.BASELINE}/{layout.DATA}"):
         if (src_run / rel).exists():
             shutil.copytree(src_run / rel, dst_run / rel)
 

@@ -16,4 +16,4 @@ if ! "$PY" -c "import ray, torch" 2>/dev/null; then
     echo "gpu_check: $PY cannot import ray and torch; run scripts/setup.sh first (or set PYTHON)" >&2
     exit 2
 fi
-exec "$PY" benchmarks/gpu_check.py "$@"
+exec "$PY" -m benchmarks.gpu_check "$@"

@@ -16,7 +16,7 @@ created under ``--root`` unless it is already there):
 
 Command (repository root):
 
-    .venv/bin/python benchmarks/inference.py [--root /tmp/spectral-bench-inference] [--epochs 1]
+    .venv/bin/python -m benchmarks.inference [--root /tmp/spectral-bench-inference] [--epochs 1]
         [--requests 2000] [--batch-size 256] [--out benchmarks/results/inference.json]
 
 Numbers go to ``benchmarks/results/inference.json`` with the machine, the load average and the command.
@@ -35,19 +35,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
-    os.environ.setdefault(_k, _v)
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
+import numpy as np
+import torch
 
-from benchmarks._results import machine_info, write_results  # noqa: E402
-from branches import train_branch  # noqa: E402
-from data_split import RunStorage, decode_image, make_source  # noqa: E402
-from inference import PredictConfig, ServeConfig, export_ensemble, predict_images, start_serving  # noqa: E402
-from orchestrator import api, load_config  # noqa: E402
+from branches import train_branch
+from data_split import RunStorage, decode_image, layout, load_manifest, make_source
+from inference import PredictConfig, ServeConfig, export_ensemble, predict_images, start_serving
+from orchestrator import api, load_config
 
 RAY_CPUS = 2
 CONFIG = REPO / "configs" / "fashion_mnist.yaml"
@@ -63,7 +59,7 @@ def say(msg: str) -> None:
 def ensure_run(uri: str, epochs: int) -> None:
     cfg = load_config(CONFIG, {"storage.uri": uri, "train.epochs": epochs, "ensemble.weights": "geometric",
                                "resources.gpus_per_branch": 0, "ray.num_cpus": RAY_CPUS})
-    if RunStorage(uri).exists("ensemble/weights.json"):
+    if RunStorage(uri).exists(layout.WEIGHTS):
         return
     say(f"training {uri} ({epochs} epoch(s))")
     api.split(cfg)
@@ -77,7 +73,7 @@ def write_pngs(uri: str, folder: Path) -> tuple[np.ndarray, list[str]]:
     """The run's test images as PNGs in class folders; returns the images and their paths (index order)."""
     from PIL import Image
 
-    manifest = RunStorage(uri).read_json("data/manifest.json")
+    manifest = load_manifest(RunStorage(uri))
     cfg = load_config(CONFIG, {"storage.uri": uri})
     source = make_source(cfg.source)
     x, y = source.read("test", 0, source.count("test"))
@@ -162,11 +158,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
     from ray import serve
-    from ray.data import DataContext
 
     load_before = os.getloadavg()
-    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
-    DataContext.get_current().enable_progress_bars = False
+    start_ray(num_cpus=RAY_CPUS)
     root, uri = Path(args.root), str(Path(args.root) / "fmnist-fc8-sub4")
     ensure_run(uri, args.epochs)
     x, paths = write_pngs(uri, root / "png")
@@ -205,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         serve.shutdown()
     ray.shutdown()
     res |= {"machine": machine_info(), "load_average": {"before": load_before, "after": os.getloadavg()},
-            "command": " ".join([".venv/bin/python", "benchmarks/inference.py", *(argv or sys.argv[1:])]),
+            "command": " ".join([".venv/bin/python", "-m", "benchmarks.inference", *(argv or sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_results(res, args.out)
 

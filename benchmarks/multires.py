@@ -17,7 +17,7 @@ accuracy). Goal: configuration 2 beats 1 in both seeds for both transforms.
 Command (repository root; few epochs to fit a shared 2-core machine; ``--quick``: 2,000 images,
 1 epoch, 8 Tune trials, no results file unless --out):
 
-    .venv/bin/python benchmarks/multires.py [--quick] [--epochs 2] [--seeds 0 1] [--transforms dct haar2]
+    .venv/bin/python -m benchmarks.multires [--quick] [--epochs 2] [--seeds 0 1] [--transforms dct haar2]
         [--root /tmp/spectral-bench-multires] [--out benchmarks/results/multires.json]
 
 Runs can be spread over processes (``--seeds``, ``--transforms``, ``--configs`` select a part; each
@@ -43,16 +43,11 @@ import sys
 import time
 from pathlib import Path
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
-    os.environ.setdefault(_k, _v)
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data_split import SourceConfig, make_source  # noqa: E402
-from orchestrator import api, load_config  # noqa: E402
-from benchmarks._results import machine_info, write_results  # noqa: E402
+from data_split import SourceConfig, make_source
+from orchestrator import api, load_config
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 SITE_A_FRACTION = 0.25
@@ -165,7 +160,7 @@ def merge(parts: list[Path], out: Path) -> None:
                   key=lambda r: (list(SPLITS).index(r["transform"]), r["seed"], CONFIGS.index(r["config"])))
     results = {**{k: v for k, v in loaded[0].items() if k not in ("runs", "summary", "command", "machine", "date")},
                "command": " && ".join(part["command"] for part in loaded) + " (in parallel), then "
-               + " ".join([".venv/bin/python", "benchmarks/multires.py", *sys.argv[1:]]),
+               + " ".join([".venv/bin/python", "-m", "benchmarks.multires", *sys.argv[1:]]),
                "date": [part["date"] for part in loaded], "machine": [part["machine"] for part in loaded],
                "runs": runs, "summary": summarise(runs)}
     write_results(results, out)
@@ -194,10 +189,8 @@ def main() -> None:
     out = args.out or (None if args.quick else DEFAULT_OUT)
     shutil.rmtree(args.root, ignore_errors=True)  # every number comes from this invocation
 
-    import ray
-
-    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
-    results = {"command": " ".join([".venv/bin/python", "benchmarks/multires.py", *sys.argv[1:]]),
+    start_ray(num_cpus=RAY_CPUS)
+    results = {"command": " ".join([".venv/bin/python", "-m", "benchmarks.multires", *sys.argv[1:]]),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": {**machine_info(), "loadavg_before": list(os.getloadavg())},
                "epochs": args.epochs, "model": "fc8", "tune_samples": args.tune_samples, "limit": limit,
@@ -216,6 +209,8 @@ def main() -> None:
                     write_results(results, out)
     print()
     print_tables(results)
+    import ray
+
     ray.shutdown()
 
 

@@ -19,7 +19,7 @@ What it measures (one run, one local Ray with 2 CPUs and a fixed object store):
 
 Command (repository root; ``--quick`` shrinks everything to a smoke test of seconds):
 
-    .venv/bin/python benchmarks/split_throughput.py [--quick] [--out PATH]
+    .venv/bin/python -m benchmarks.split_throughput [--quick] [--out PATH]
 
 Numbers go to ``benchmarks/results/split_throughput.json`` (with the machine,
 the command and the date) and print as a table. Scratch data live under /tmp and
@@ -61,12 +61,11 @@ for _k, _v in {  # fake credentials for the loopback endpoint; set before Ray st
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("AWS_ENDPOINT_URL", None)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig  # noqa: E402
-from data_split.pipeline import MANIFEST, build_manifest, split_dataset, write_single_process  # noqa: E402
-from data_split.sources import make_source  # noqa: E402
-from benchmarks._results import machine_info, write_results  # noqa: E402
+from benchmarks._common import machine_info, start_ray, write_results  # first: sets Ray's environment
+from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
+from data_split.pipeline import MANIFEST, build_manifest, split_dataset, write_single_process
+from data_split.sources import make_source
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2  # fixed so that memory numbers are comparable between runs
@@ -162,17 +161,6 @@ def ray_gcs_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def start_ray() -> float:
-    import ray
-    from ray.data import DataContext
-
-    t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
-             object_store_memory=OBJECT_STORE_BYTES)
-    DataContext.get_current().enable_progress_bars = False
-    return time.perf_counter() - t0
-
-
 def synthetic_source(n_images: int) -> SourceConfig:
     """``n_images`` 28x28x1 images, 6/7 train and 1/7 test (as 600k/100k, 60k/10k)."""
     return SourceConfig(name="synthetic", synthetic=SyntheticConfig(train=n_images * 6 // 7, test=n_images // 7))
@@ -213,7 +201,7 @@ def memory_probe(n_images: int, scratch: str) -> dict:
 
     sampler = MemorySampler()
     sampler.start()
-    start_ray()
+    start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES)
     time.sleep(1.0)  # let the idle cluster settle: its footprint is the baseline
     idle = tree_memory(os.getpid())
     sampler.watch_store()
@@ -268,7 +256,7 @@ def benchmark(quick: bool, scratch: str) -> dict:
     fm_limit = 2000 if quick else None  # per source split
     synth_sizes = (20_000, 2_000) if quick else (700_000, 70_000)
     repeats = 1 if quick else 2
-    res: dict = {"ray_startup_s": round(start_ray(), 2)}
+    res: dict = {"ray_startup_s": round(start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES), 2)}
     local = lambda name: RunStorage(str(Path(scratch) / name))  # noqa: E731
     run_writer("ray", synthetic_source(2000), SplitConfig(images_per_task=500), local("warmup"))  # workers up
     local("warmup").remove("")
@@ -351,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.scratch)))
         return
-    command = " ".join([".venv/bin/python", "benchmarks/split_throughput.py", *sys.argv[1:]])
+    command = " ".join([".venv/bin/python", "-m", "benchmarks.split_throughput", *sys.argv[1:]])
     out = args.out or (None if args.quick else DEFAULT_OUT)
     started, load_before = time.time(), os.getloadavg()
     scratch = tempfile.mkdtemp(prefix="split_bench_", dir="/tmp")

@@ -1,7 +1,7 @@
 """What the compact storage (version 2) saves, and what its uint8 codes cost in accuracy.
 
-    .venv/bin/python benchmarks/storage.py                 # both parts, full Fashion-MNIST
-    .venv/bin/python benchmarks/storage.py --part storage  # bytes only (a minute)
+    .venv/bin/python -m benchmarks.storage                 # both parts, full Fashion-MNIST
+    .venv/bin/python -m benchmarks.storage --part storage  # bytes only (a minute)
 
 Part ``storage``: bytes of all K train sub-datasets against the raw train
 images (the same 54,000 images as uint8 in one zstd Parquet column), for
@@ -34,13 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._results import machine_info, write_results  # noqa: E402
-from branches import ModelConfig, TrainConfig, train_branch  # noqa: E402
-from data_split import RunStorage, SourceConfig, SplitConfig, make_source  # noqa: E402
-from data_split.pipeline import MANIFEST, build_manifest, val_mask, write_single_process  # noqa: E402
-from orchestrator.ensemble import evaluate_ensemble  # noqa: E402
+from benchmarks._common import machine_info, write_results  # first: sets Ray's environment
+from branches import ModelConfig, TrainConfig, train_branch
+from data_split import RunStorage, SourceConfig, SplitConfig, make_source
+from data_split import layout
+from data_split.layout import MANIFEST
+from data_split.pipeline import build_manifest, val_mask, write_single_process
+from orchestrator.ensemble import evaluate_ensemble
 
 OUT = Path(__file__).parent / "results" / "storage.json"
 SPLITS = {"sub4": (2, 2), "sub16": (4, 4)}
@@ -97,7 +97,7 @@ def part_accuracy(tmp: Path, source_cfg: SourceConfig, seeds: list[int], epochs:
             storage, m, _ = write_split(data_root, source_cfg, SplitConfig(rows=r, cols=c, dtype=dtype))
             for seed in seeds:
                 run = tmp / f"acc-{name}-{dtype}-s{seed}"
-                shutil.copytree(data_root / "data", run / "data")
+                shutil.copytree(data_root / layout.DATA, run / layout.DATA)
                 rs = RunStorage(str(run))
                 t0 = time.perf_counter()
                 results = [train_branch(rs, k, ModelConfig(name="fc8"), TrainConfig(epochs=epochs, seed=seed), device="cpu")
@@ -133,16 +133,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     source_cfg = SourceConfig(name="fashion-mnist", limit=args.limit)
     res = json_load(OUT)
-    res.update({"machine": machine_info(), "load_avg_start": os.getloadavg(), "command": " ".join(["benchmarks/storage.py", *(argv or sys.argv[1:])])})
+    res.update({"machine": machine_info(), "load_avg_start": os.getloadavg(), "command": " ".join(["python -m benchmarks.storage", *(argv or sys.argv[1:])])})
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         if args.part in ("storage", "all"):
             res["storage"] = {**part_storage(Path(tmp), source_cfg), "goal": "uint8 ratio <= 1.10",
-                              "command": f"benchmarks/storage.py --part storage", "load_avg": os.getloadavg()}
+                              "command": "python -m benchmarks.storage --part storage", "load_avg": os.getloadavg()}
         if args.part in ("accuracy", "all"):
             res["accuracy"] = {**part_accuracy(Path(tmp), source_cfg, args.seeds, args.epochs),
                                "goal": "mean |uint8 - float32| ensemble test accuracy <= 0.15 points",
                                "epochs": args.epochs, "seeds": args.seeds, "model": "fc8",
-                               "command": f"benchmarks/storage.py --part accuracy", "load_avg": os.getloadavg()}
+                               "command": "python -m benchmarks.storage --part accuracy", "load_avg": os.getloadavg()}
     write_results(res, OUT)
     say(f"wrote {OUT}")
 

@@ -1,7 +1,7 @@
 """Streaming branches against in-memory ones: peak memory as the data grows, and images/s.
 
-    .venv/bin/python benchmarks/streaming.py                      # 70k and 700k images
-    .venv/bin/python benchmarks/streaming.py --sizes 70000        # quick
+    .venv/bin/python -m benchmarks.streaming                      # 70k and 700k images
+    .venv/bin/python -m benchmarks.streaming --sizes 70000        # quick
 
 Synthetic 3x32x32 images (10 classes), 2x2 dct (branch shape 3x16x16,
 uint8), branch 0 trained for one epoch in a fresh process per measurement
@@ -26,14 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._results import machine_info, write_results  # noqa: E402
-from data_split import RunStorage, SourceConfig, SplitConfig, SyntheticConfig, make_source  # noqa: E402
-from data_split.pipeline import MANIFEST, build_manifest, write_single_process  # noqa: E402
+from benchmarks._common import REPO, machine_info, write_results  # first: sets Ray's environment
+from data_split import RunStorage, SourceConfig, SplitConfig, SyntheticConfig, make_source
+from data_split.layout import MANIFEST
+from data_split.pipeline import build_manifest, write_single_process
 
 OUT = Path(__file__).parent / "results" / "streaming.json"
-ROOT = Path(__file__).resolve().parents[1]
 
 # One measurement, in a fresh interpreter: train branch 0 for one epoch, print result.json.
 CHILD = """
@@ -62,7 +60,7 @@ def write_split(root: Path, n: int) -> float:
 
 
 def measure(uri: str, endpoint: str | None, mode: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if endpoint:
         env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     RunStorage(uri, endpoint_url=endpoint).remove("branches")  # a fresh branch: no resume, no conflict
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-s3", action="store_true")
     args = ap.parse_args(argv)
     res = {"machine": machine_info(), "load_avg_start": os.getloadavg(),
-           "command": " ".join(["benchmarks/streaming.py", *(argv if argv is not None else sys.argv[1:])]),
+           "command": " ".join(["python -m benchmarks.streaming", *(argv if argv is not None else sys.argv[1:])]),
            "model": "fc8 (width 768), batch 256, 1 epoch, CPU 1 thread", "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         for n in args.sizes:

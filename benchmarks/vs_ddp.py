@@ -25,7 +25,7 @@ step measured here (forward + backward + Adam, 224x224, batch 32, this machine's
 Command (repository root; ``--quick``: 2,000 images per split and 1 epoch, a smoke test that writes no
 results file unless --out is given):
 
-    .venv/bin/python benchmarks/vs_ddp.py [--quick] [--epochs N] [--root DIR] [--out PATH]
+    .venv/bin/python -m benchmarks.vs_ddp [--quick] [--epochs N] [--root DIR] [--out PATH]
 
 Numbers go to ``benchmarks/results/vs_ddp.json`` (machine, load average before and after, command, date).
 """
@@ -41,14 +41,9 @@ import sys
 import time
 from pathlib import Path
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
-    os.environ.setdefault(_k, _v)
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from data_split import split_dataset  # noqa: E402
-from orchestrator import api, load_config  # noqa: E402
-from benchmarks._results import machine_info, write_results  # noqa: E402
+from benchmarks._common import REPO, machine_info, write_results  # first: sets Ray's environment
+from data_split import split_dataset
+from orchestrator import api, load_config
 
 RAY_CPUS = 2
 CONFIG = REPO / "configs" / "fashion_mnist.yaml"
@@ -189,7 +184,7 @@ def main() -> None:
     r34 = measure_resnet34_step()
     assert r34["params"] == RESNET34_PARAMS, r34["params"]
     results = {
-        "benchmark": "vs_ddp", "date": started, "command": " ".join([".venv/bin/python", *sys.argv]),
+        "benchmark": "vs_ddp", "date": started, "command": " ".join([".venv/bin/python", "-m", "benchmarks.vs_ddp", *sys.argv[1:]]),
         "machine": machine_info(), "load_before": load_before, "load_after": load(), "epochs": epochs,
         "quick": args.quick, "run": uri, "target_val_acc": report["comparison"]["target_val_acc"],
         "engines": engine_rows(report, walls), "resnet34": r34, "projection": projection(r34["step_s"], r34["params"]),

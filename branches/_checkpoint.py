@@ -7,7 +7,7 @@ from it should not be able to run code. So everything in it is tensors,
 numbers, strings and containers of them (numpy's RNG key array becomes a
 tensor).
 
-Layout: ``branches/<k>/checkpoints/epoch=<e>.pt``, ``e`` 1-based.
+Layout: ``layout.checkpoint(k, e)`` = ``branches/<k>/checkpoints/epoch=<e>.pt``, ``e`` 1-based.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_split import layout
+from data_split.errors import SpectralError
 from data_split.storage import RunStorage, StorageError
 
 log = logging.getLogger(__name__)
@@ -31,21 +33,13 @@ REQUIRED_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "model_confi
 RESUMABLE_CHANGES = ("epochs", "threads", "keep_checkpoints", "epoch_logits")  # train fields that may differ from a stored run's
 
 
-class BranchConflictError(RuntimeError):
+class BranchConflictError(SpectralError, RuntimeError):
     """``branches/<k>`` holds a branch trained with a different configuration."""
-
-
-def checkpoint_dir(k: int) -> str:
-    return f"branches/{k}/checkpoints"
-
-
-def checkpoint_path(k: int, epoch: int) -> str:
-    return f"{checkpoint_dir(k)}/epoch={epoch}.pt"
 
 
 def list_epochs(storage: RunStorage, k: int) -> list[int]:
     """Epochs with a checkpoint file, ascending (hidden temporaries of a crashed writer are ignored)."""
-    return sorted(int(m.group(1)) for name in storage.ls(checkpoint_dir(k)) if (m := CHECKPOINT_RE.match(name)))
+    return sorted(int(m.group(1)) for name in storage.ls(layout.checkpoints_dir(k)) if (m := CHECKPOINT_RE.match(name)))
 
 
 # -- RNG state ---------------------------------------------------------------------------------------
@@ -78,7 +72,7 @@ def save_checkpoint(storage: RunStorage, k: int, state: dict[str, Any]) -> str:
     """Write ``state`` (with ``state["epoch"]``) atomically; return its relative path."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    rel = checkpoint_path(k, state["epoch"])
+    rel = layout.checkpoint(k, state["epoch"])
     storage.write_bytes(rel, buf.getvalue())
     return rel
 
@@ -108,7 +102,7 @@ def find_resume_point(storage: RunStorage, k: int, max_epoch: int) -> Found:
     epochs = list_epochs(storage, k)
     skipped = [e for e in epochs if e > max_epoch]
     for e in sorted((e for e in epochs if e <= max_epoch), reverse=True):
-        rel = checkpoint_path(k, e)
+        rel = layout.checkpoint(k, e)
         try:
             ckpt = load_checkpoint(storage, rel)
             if int(ckpt["epoch"]) != e:
@@ -129,7 +123,7 @@ def prune_checkpoints(storage: RunStorage, k: int, *, keep: int) -> None:
     if keep <= 0:
         return
     for e in list_epochs(storage, k)[:-keep]:
-        storage.remove(checkpoint_path(k, e))
+        storage.remove(layout.checkpoint(k, e))
 
 
 # -- is the stored branch the same run? -----------------------------------------------------------------
@@ -153,5 +147,5 @@ def check_same_run(storage: RunStorage, k: int, stored: dict, configs: dict) -> 
         diffs.append("the sub-datasets were split again with another configuration (manifest config_hash changed)")
     if diffs:
         raise BranchConflictError(
-            f"{storage.url(f'branches/{k}')} holds branch {k} trained with a different configuration "
-            f"({'; '.join(diffs)}); use another --storage URI or remove branches/{k}")
+            f"{storage.url(layout.branch_dir(k))} holds branch {k} trained with a different configuration "
+            f"({'; '.join(diffs)}); use another --storage URI or remove {layout.branch_dir(k)}")

@@ -32,7 +32,9 @@ import torch
 
 from branches._data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
 from data_split.quantize import branch_codec
-from data_split.shards import ManifestError, table_arrays
+from data_split import layout
+from data_split.layout import ManifestError
+from data_split.shards import table_arrays
 from data_split.storage import RunStorage
 
 PREFETCH_ROW_GROUPS = 2  # row groups read ahead of the consumer on the background thread
@@ -52,7 +54,7 @@ class StreamingSplit:
         try:
             entry = manifest["branches"][k]["splits"][split]
         except (IndexError, KeyError):
-            raise ManifestError(f"{storage.url('data/manifest.json')} has no branch {k} split {split!r}") from None
+            raise ManifestError(f"{storage.url(layout.MANIFEST)} has no branch {k} split {split!r}") from None
         self.storage, self.files, self.rows = storage, list(entry["files"]), int(entry["rows"])
         self.shape = tuple(manifest["split"]["branch_shape"])
         self.dtype = branch_codec(manifest, k)[0]
@@ -168,7 +170,7 @@ class StreamingSplit:
                                     if parts else np.zeros(0, dt))
             self._labels = (cat("idx", np.int64), cat("src", np.int16), cat("y", np.int64))
             if len(self._labels[0]) != self.rows:
-                raise ManifestError(f"{self.storage.url(self.files[0] if self.files else 'data')}: files hold "
+                raise ManifestError(f"{self.storage.url(self.files[0] if self.files else layout.DATA)}: files hold "
                                     f"{len(self._labels[0])} rows, the manifest says {self.rows}")
         return self._labels
 

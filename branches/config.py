@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-MODELS = ("fc8", "fc4", "cnn8", "resnet18", "resnet34")
+from branches.models import MODELS
+from data_split.fields import option
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DATA_MODES = ("auto", "memory", "stream")
@@ -12,8 +14,8 @@ DATA_MODES = ("auto", "memory", "stream")
 
 @dataclass(kw_only=True, frozen=True)
 class ModelConfig:
-    name: str = "fc8"  # one of MODELS
-    width: int | None = None  # fc*: hidden width (None = input width, as in the paper); cnn8: base channels (None = 64)
+    name: str = option("fc8", 'the network of every branch: one of `fc8`, `fc4`, `cnn8`, `resnet18`, `resnet34`')
+    width: int | None = option(None, '`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)')
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
@@ -24,38 +26,37 @@ class ModelConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "adam"  # one of OPTIMIZERS
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    schedule: str = "cosine"  # one of SCHEDULES; stepped once per epoch
-    step_size: int = 10  # step schedule: epochs between decays
-    gamma: float = 0.1  # step schedule: decay factor
-    label_smoothing: float = 0.0
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
-    seed: int = 0  # each branch seeds with seed + k
-    threads: int = 1  # torch CPU threads per branch (match resources.cpus_per_branch)
+    epochs: int = option(3, 'training epochs of every branch (more epochs extend a finished run)')
+    batch_size: int = option(128, 'training batch size')
+    optimizer: str = option("adam", '`adam`, `adamw` or `sgd`')
+    lr: float = option(1e-3, 'learning rate at epoch 1')
+    weight_decay: float = option(0.0, 'weight decay of the optimizer')
+    momentum: float = option(0.9, '`sgd` only: momentum')
+    schedule: str = option("cosine", 'learning-rate schedule, stepped once per epoch: `none`, `cosine` (to 0 at the last epoch), `step`')
+    step_size: int = option(10, '`step` schedule: epochs between decays')
+    gamma: float = option(0.1, '`step` schedule: decay factor')
+    label_smoothing: float = option(0.0, 'label smoothing of the cross-entropy loss, in [0, 1)')
+    amp: bool = option(True, 'bfloat16 autocast on CUDA; ignored on CPU')
+    seed: int = option(0, 'seed of initialisation and batch order; branch k uses seed + k')
+    threads: int = option(1, 'torch CPU threads per branch (match `resources.cpus_per_branch`)')
     # Added with the training loop: a ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping
     # one per epoch of a 100-epoch run is 25 GB per branch. Older ones are removed after each save;
     # 2 or more lets a corrupt newest checkpoint fall back to the one before it.
-    keep_checkpoints: int = 3  # newest epoch checkpoints kept per branch; 0 = keep all
+    keep_checkpoints: int = option(3, 'newest epoch checkpoints kept per branch; 0 = keep all')
     # Added for time to accuracy: the ensemble's validation accuracy after every epoch needs every branch's
     # validation logits of that epoch (branches/<k>/epochs/logits_val_<e>.npy; 240 KB per epoch for
     # Fashion-MNIST, 200 MB for ImageNet's 50k x 1000), so it is opt-in.
-    epoch_logits: bool = False  # also write the validation logits after each epoch
-    # Where a branch's data lives while it trains: "memory" holds the whole split on the device (fastest);
-    # "stream" reads Parquet row groups from storage with a shuffle buffer (bounded memory); "auto" streams
-    # when the branch's stored values (train + val + test, decompressed) exceed memory_limit_mb.
-    data: str = "auto"  # one of DATA_MODES
-    memory_limit_mb: int = 4096
-    shuffle_buffer: int = 8192  # stream: rows mixed at a time (more = closer to a full shuffle, more memory)
-    # Exact spectral augmentation of the training batches: "crop" (a random shift by up to augment_pad
-    # sub-pixels, zero-padded: the CIFAR crop at the branch's resolution) and the flips exact for the split's
-    # transform ("hflip", "vflip", "rot180"; checked against the matrix, an inexact one is an error).
-    augment: list[str] = field(default_factory=list)
-    augment_pad: int = 2
+    epoch_logits: bool = option(False, "also write each epoch's validation logits (for the ensemble's time to accuracy)")
+    # "auto" streams when the branch's stored values (train + val + test, decompressed) exceed memory_limit_mb.
+    data: str = option("auto", "where a branch's data lives while it trains: memory (whole split on the device), "
+                       "stream (Parquet row groups through a shuffle buffer) or auto (stream above memory_limit_mb)")
+    memory_limit_mb: int = option(4096, "train.data=auto streams a branch whose decompressed values exceed this (MB)")
+    shuffle_buffer: int = option(8192, "stream: rows mixed at a time (more = closer to a full shuffle, more memory)")
+    # Exact spectral augmentation: "crop" is the CIFAR crop at the branch's resolution; a flip the split's
+    # transform does not make exact is an error.
+    augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, rot180",
+                                factory=list)
+    augment_pad: int = option(2, "crop: largest random shift in sub-pixels (zero-padded)")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -11,9 +11,12 @@ so each branch holds about 1/16 of the parameters.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch.nn as nn
 
-from branches.config import ModelConfig
+if TYPE_CHECKING:  # branches.config validates model.name against MODELS below
+    from branches.config import ModelConfig
 
 CNN8_BASE_WIDTH = 64  # cnn8 channels of the first layer when ModelConfig.width is None
 CNN8_WIDTH_MULTIPLIERS = (1, 1, 2, 2, 4, 4, 8, 8)  # channels of the 8 conv layers, times the base width
@@ -65,6 +68,25 @@ def small_input_resnet(name: str, in_shape: tuple[int, int, int], classes: int) 
     return model
 
 
+def _resnet(name: str) -> Callable[..., nn.Module]:
+    def build(in_shape: tuple[int, int, int], classes: int, *, width: int | None = None) -> nn.Module:
+        if width is not None:
+            raise ValueError(f"model.width is not used by {name} (torchvision's widths are fixed); leave it unset")
+        return small_input_resnet(name, in_shape, classes)
+
+    return build
+
+
+# model.name -> builder(in_shape, classes, *, width): the registry that ModelConfig validates against
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fc8": lambda in_shape, classes, *, width=None: fc_net(in_shape, classes, depth=8, width=width),
+    "fc4": lambda in_shape, classes, *, width=None: fc_net(in_shape, classes, depth=4, width=width),
+    "cnn8": cnn8,
+    "resnet18": _resnet("resnet18"),
+    "resnet34": _resnet("resnet34"),
+}
+
+
 def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int) -> nn.Module:
     """The network ``cfg.name`` for inputs ``(N, *in_shape)`` and ``classes`` outputs."""
     in_shape = tuple(int(d) for d in in_shape)
@@ -72,17 +94,9 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int) 
         raise ValueError(f"in_shape must be (C, h, w) with positive sizes, got {in_shape}")
     if classes < 2:
         raise ValueError(f"classes must be >= 2, got {classes}")
-    if cfg.name == "fc8":
-        return fc_net(in_shape, classes, depth=8, width=cfg.width)
-    if cfg.name == "fc4":
-        return fc_net(in_shape, classes, depth=4, width=cfg.width)
-    if cfg.name == "cnn8":
-        return cnn8(in_shape, classes, width=cfg.width)
-    if cfg.name in ("resnet18", "resnet34"):
-        if cfg.width is not None:
-            raise ValueError(f"model.width is not used by {cfg.name} (torchvision's widths are fixed); leave it unset")
-        return small_input_resnet(cfg.name, in_shape, classes)
-    raise ValueError(f"model.name: unknown model {cfg.name!r}")  # ModelConfig validates; kept for direct callers
+    if cfg.name not in MODELS:  # ModelConfig validates; kept for direct callers
+        raise ValueError(f"model.name: unknown model {cfg.name!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[cfg.name](in_shape, classes, width=cfg.width)
 
 
 def count_parameters(model: nn.Module) -> int:

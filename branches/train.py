@@ -1,7 +1,7 @@
 """Training one branch: plain PyTorch on one device, no Ray and no process group.
 
 ``train_branch(storage, k, model_cfg, train_cfg)`` reads only branch ``k``'s
-shards, trains, and writes under ``<run>/branches/<k>/`` (DESIGN.md section 3):
+shards, trains, and writes under ``<run>/branches/<k>/`` (docs/design.md section 3; paths: ``data_split.layout``):
 
     checkpoints/epoch=<e>.pt  every epoch, atomic; the newest that loads is resumed from
     metrics.jsonl             one line per epoch: epoch, loss, val_loss, val_acc, images_per_s, seconds, lr,
@@ -30,7 +30,7 @@ import logging
 import math
 import resource
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -45,8 +45,10 @@ from branches._stream import StreamingSplit
 from branches._test_hold import hold_after_epoch
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
+from data_split import layout
 from data_split.augment import check_augment
-from data_split.shards import load_manifest
+from data_split.errors import ConfigError, SpectralError
+from data_split.layout import load_manifest
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 # -- the steps ---------------------------------------------------------------------------------------------
-class NonFiniteError(RuntimeError):
+class NonFiniteError(SpectralError, RuntimeError):
     """A branch's training loss or logits became NaN or infinite: it stops, and nothing of that epoch is written."""
 
 
@@ -136,6 +138,35 @@ def _stored_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: di
     return {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg), "split_config_hash": manifest["config_hash"]}
 
 
+@dataclass(frozen=True)
+class BranchJob:
+    """One branch's training, as ``train_branch`` resolved it before the loop (no tensors)."""
+
+    storage: RunStorage
+    k: int
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    manifest: dict
+    device: torch.device
+    started: float  # unix seconds: when the engine that runs this branch began (kept in result.json)
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:  # (C, h, w) of one spectral sub-image
+        return tuple(int(d) for d in self.manifest["split"]["branch_shape"])
+
+    @property
+    def classes(self) -> int:
+        return int(self.manifest["source"]["classes"])
+
+    @property
+    def amp(self) -> bool:  # bfloat16 autocast: CUDA only
+        return self.train_cfg.amp and self.device.type == "cuda"
+
+    @property
+    def configs(self) -> dict:  # stored in every checkpoint and in result.json (the same-run check)
+        return _stored_configs(self.model_cfg, self.train_cfg, self.manifest)
+
+
 def finished_result(storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
                     manifest: dict | None = None) -> dict | None:
     """Branch ``k``'s result.json when it already finished exactly this training, else None.
@@ -144,15 +175,14 @@ def finished_result(storage: RunStorage, k: int, model_cfg: ModelConfig, train_c
     configuration; removes a result of the same run with another epoch count
     (the run is being extended or shortened).
     """
-    rel = f"branches/{k}/result.json"
-    if not storage.exists(rel):
+    done = layout.read_result(storage, k)
+    if done is None:
         return None
     manifest = manifest or load_manifest(storage)
-    done = storage.read_json(rel)
     ckpt_io.check_same_run(storage, k, done, _stored_configs(model_cfg, train_cfg, manifest))
     if done.get("epochs") == train_cfg.epochs:
         return done
-    storage.remove(rel)
+    storage.remove(layout.result(k))
     return None
 
 
@@ -175,28 +205,29 @@ def train_branch(
     manifest = load_manifest(storage)
     n_branches = int(manifest["split"]["K"])
     if not 0 <= k < n_branches:
-        raise ValueError(f"branch k={k} is out of range: the split at {storage.url('data')} has K={n_branches} "
+        raise ConfigError(f"branch k={k} is out of range: the split at {storage.url(layout.DATA)} has K={n_branches} "
                          f"branches (k = 0..{n_branches - 1})")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    in_shape = tuple(int(d) for d in manifest["split"]["branch_shape"])
-    classes = int(manifest["source"]["classes"])
-    configs = _stored_configs(model_cfg, train_cfg, manifest)
     sp = manifest["split"]
     check_augment(list(train_cfg.augment), np.asarray(sp["matrix"]), sp["r"], sp["c"], sp["transform"])
     if (done := finished_result(storage, k, model_cfg, train_cfg, manifest)) is not None:
-        log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(f"branches/{k}"), done["epochs"])
+        log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(layout.branch_dir(k)),
+                 done["epochs"])
         return done
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    job = BranchJob(storage=storage, k=k, model_cfg=model_cfg, train_cfg=train_cfg, manifest=manifest, device=dev,
+                    started=started)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)
     try:
-        return _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch, started)
+        return _train(job, on_epoch)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, manifest, on_epoch, started) -> dict:
-    base, amp = f"branches/{k}", train_cfg.amp and dev.type == "cuda"
+def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
+    storage, k, model_cfg, train_cfg, dev, manifest = job.storage, job.k, job.model_cfg, job.train_cfg, job.device, job.manifest
+    in_shape, classes, configs, amp = job.in_shape, job.classes, job.configs, job.amp
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     torch.manual_seed(train_cfg.seed + k)
@@ -217,16 +248,16 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         ckpt_io.restore_rng(ck["rng"])
         history = list(ck["history"])[: found.epoch]
         log.info("branch %d: resuming after epoch %d from %s", k, found.epoch,
-                 storage.url(ckpt_io.checkpoint_path(k, found.epoch)))
+                 storage.url(layout.checkpoint(k, found.epoch)))
     for e in found.skipped:  # corrupt, or from a longer run whose later epochs are being redone
-        storage.remove(ckpt_io.checkpoint_path(k, e))
-    _rewrite_metrics(storage, f"{base}/metrics.jsonl", history)
+        storage.remove(layout.checkpoint(k, e))
+    _rewrite_metrics(storage, layout.metrics(k), history)
 
     mode = choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb)
     log.info("branch %d: data mode %s (train.data=%s, memory_limit_mb=%d)", k, mode, train_cfg.data, train_cfg.memory_limit_mb)
     train = _open_split(storage, manifest, "train", k, dev, train_cfg, mode)
     if len(train) == 0:
-        raise ValueError(f"branch {k} of {storage.url('data')} has no training rows")
+        raise ConfigError(f"branch {k} of {storage.url(layout.DATA)} has no training rows")
     if train_cfg.augment:
         train.augment = Augmenter(list(train_cfg.augment), manifest, k, train_cfg.augment_pad)
     val = _open_split(storage, manifest, "val", k, dev, train_cfg, mode)
@@ -245,7 +276,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
         val_loss, val_acc = score(val_logits, val.y)
         if train_cfg.epoch_logits:  # rows in ascending (src, idx), as logits_val.npy (streamed val is in file order)
             in_order = val_logits.cpu().numpy()[np.lexsort((val.idx, val.src))]
-            storage.write_bytes(f"{base}/epochs/logits_val_{epoch}.npy", _npy(in_order.astype(np.float32)))
+            storage.write_bytes(layout.epoch_logits(k, epoch), _npy(in_order.astype(np.float32)))
         scheduler.step()
         metrics = {"epoch": epoch, "loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                    "images_per_s": len(train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr,
@@ -256,7 +287,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
             "scheduler": scheduler.state_dict(), "rng": ckpt_io.capture_rng(), "history": history,
             "in_shape": list(in_shape), "classes": classes, **configs,
         })
-        storage.append_line(f"{base}/metrics.jsonl", json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
+        storage.append_line(layout.metrics(k), json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
         ckpt_io.prune_checkpoints(storage, k, keep=train_cfg.keep_checkpoints)
         _test_hooks.epoch_written(k, epoch)
         log.info("branch %d epoch %d/%d: loss %.4f val_acc %s (%.0f img/s, %.2f s)", k, epoch, train_cfg.epochs,
@@ -265,8 +296,7 @@ def _train(storage, k, model_cfg, train_cfg, dev, in_shape, classes, configs, ma
             on_epoch({**metrics, "k": k})
         hold_after_epoch(storage.uri, k, epoch)
 
-    return _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history,
-                   val, found.epoch, started, mode)
+    return _finish(job, model, history, val, found.epoch, mode)
 
 
 def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:
@@ -289,10 +319,10 @@ def _open_split(storage, manifest, split, k, dev, train_cfg, mode):
     return InMemorySplit(storage, manifest, split, k, dev)
 
 
-def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, manifest, history, val, resumed_from,
-            started, mode):
+def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_from: int, mode: str) -> dict:
     """Write logits and rows of val/test, then result.json (last: it marks the branch finished)."""
-    base = f"branches/{k}"
+    storage, k, train_cfg, dev, amp, classes = job.storage, job.k, job.train_cfg, job.device, job.amp, job.classes
+    in_shape, configs, manifest, started = job.in_shape, job.configs, job.manifest, job.started
     test = _open_split(storage, manifest, "test", k, dev, train_cfg, mode)
     summary, outputs = {}, {}
     for split, data in (("val", val), ("test", test)):  # every check before the first write
@@ -306,8 +336,8 @@ def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, 
         order, logits = outputs[split]
         idx, y = data.idx[order], data.y_np[order]
         nll, acc = score(logits, torch.from_numpy(y).to(dev))
-        storage.write_bytes(f"{base}/logits_{split}.npy", _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
-        storage.write_bytes(f"{base}/rows_{split}.npy", _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
+        storage.write_bytes(layout.logits(k, split), _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
+        storage.write_bytes(layout.rows(k, split), _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
         summary[split] = (acc, nll)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev)
@@ -324,6 +354,6 @@ def _finish(storage, k, model, train_cfg, dev, amp, in_shape, classes, configs, 
         "peak_memory_bytes": int(peak), "device": str(dev), "data_mode": mode, "in_shape": list(in_shape),
         "classes": classes, "resumed_from_epoch": resumed_from, "started": started, **configs,
     }
-    storage.write_json(f"{base}/result.json", result)
+    storage.write_json(layout.result(k), result)
     log.info("branch %d finished: val_acc %s test_acc %s, %d params", k, result["val_acc"], result["test_acc"], params)
     return result

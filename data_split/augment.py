@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from data_split.errors import ConfigError
+
 FLIPS = ("hflip", "vflip", "rot180")  # each applied to a random half of a batch's images
 AUGMENTATIONS = ("crop", *FLIPS)
 
@@ -42,7 +44,7 @@ def image_op(name: str, x: Any) -> Any:
             return x[..., ::-1, :]
         if name == "rot180":
             return x[..., ::-1, ::-1]
-    raise ValueError(f"unknown flip {name!r}; expected one of {', '.join(FLIPS)}")
+    raise ConfigError(f"unknown flip {name!r}; expected one of {', '.join(FLIPS)}")
 
 
 def phase_permutation(name: str, r: int, c: int) -> np.ndarray:
@@ -79,11 +81,11 @@ def check_augment(names: list[str], matrix: np.ndarray, r: int, c: int, transfor
     """Raise ``ValueError`` naming each augmentation that is not exact, and listing those that are."""
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
-        raise ValueError(f"train.augment: unknown {unknown}; expected some of {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(f"train.augment: unknown {unknown}; expected some of {', '.join(AUGMENTATIONS)}")
     exact = exact_augmentations(matrix, r, c)
     bad = [n for n in names if n not in exact]
     if bad:
-        raise ValueError(f"train.augment: {', '.join(bad)} is not exact for the {r}x{c} {transform} split "
+        raise ConfigError(f"train.augment: {', '.join(bad)} is not exact for the {r}x{c} {transform} split "
                          f"(T P T^T is not a diagonal of +-1); exact here: {', '.join(exact)}")
 
 

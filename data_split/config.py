@@ -6,26 +6,26 @@ Keyword-only dataclasses validated on construction; each invalid field raises
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from data_split.fields import option
 from data_split.quantize import DTYPES
+from data_split.sources import SOURCES
 from data_split.transforms import TRANSFORMS
-
-SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
 
 
 @dataclass(kw_only=True, frozen=True)
 class SyntheticConfig:
     """Seeded class-prototype images: learnable, random-access, any size."""
 
-    train: int = 2000  # images in the source train split
-    test: int = 500  # images in the source test split
-    channels: int = 1
-    height: int = 28
-    width: int = 28
-    classes: int = 10
-    noise: float = 0.35  # std of the Gaussian noise added to each class prototype (pixels in [0, 1])
-    seed: int = 0
+    train: int = option(2000, 'images in the source train split')
+    test: int = option(500, 'images in the source test split')
+    channels: int = option(1, 'channels of each image')
+    height: int = option(28, 'image height in pixels')
+    width: int = option(28, 'image width in pixels')
+    classes: int = option(10, 'number of classes (one prototype image each)')
+    noise: float = option(0.35, 'std of the Gaussian noise added to each class prototype (pixels in [0, 1])')
+    seed: int = option(0, 'seed of the prototypes and the noise')
 
     def __post_init__(self) -> None:
         for name in ("train", "test"):
@@ -40,13 +40,13 @@ class SyntheticConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class SourceConfig:
-    name: str = "fashion-mnist"  # one of SOURCES
-    root: str | None = None  # source files; None = the source's default (Debian package path, ./data/<name>)
-    limit: int | None = None  # keep only the first N images of each source split; None = all
-    download: bool = False  # mnist/fashion-mnist/cifar10: fetch with torchvision's downloader first
-    image_size: list[int] | None = None  # imagefolder: resize every image to [H, W]
-    channels: int = 3  # imagefolder: 1 (grayscale) or 3 (RGB)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    name: str = option("fashion-mnist", 'the image source: one of `fashion-mnist`, `mnist`, `cifar10`, `imagefolder`, `synthetic`')
+    root: str | None = option(None, "where the source files are; unset: `/usr/share/datasets/fashion-mnist` (Debian's package) for Fashion-MNIST, `./data/<name>` in torchvision's layout for the others")
+    limit: int | None = option(None, 'keep only the first N images of each source split; unset: all')
+    download: bool = option(False, "`mnist`, `fashion-mnist`, `cifar10`: fetch the files with torchvision's downloader first (into `source.root`, else `./data/<name>`)")
+    image_size: list[int] | None = option(None, '`imagefolder`: resize every image to `[H, W]` (required)')
+    channels: int = option(3, '`imagefolder`: 1 (grayscale) or 3 (RGB)')
+    synthetic: SyntheticConfig = option(factory=SyntheticConfig, help='`synthetic`: seeded class-prototype images plus Gaussian noise (for tests and benchmarks)')
 
     def __post_init__(self) -> None:
         if self.name not in SOURCES:
@@ -70,7 +70,7 @@ class ExtraSourceConfig(SourceConfig):
     split goes to training; its test split is not used.
     """
 
-    resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources its read tasks need, e.g. {site_b: 1}
+    resources: dict[str, float] = option(factory=dict, help='Ray custom resources its read tasks need, e.g. {site_b: 1}')
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,13 +81,13 @@ class ExtraSourceConfig(SourceConfig):
 
 @dataclass(kw_only=True, frozen=True)
 class SplitConfig:
-    rows: int = 2  # r: polyphase rows
-    cols: int = 2  # c: polyphase cols; K = rows * cols branches
-    transform: str = "dct"  # one of TRANSFORMS
-    val_fraction: float = 0.1  # share of the source train split carved out as validation
-    seed: int = 0  # seed of the train/val carve
-    images_per_task: int = 10_000  # images one Ray Data task reads, transforms and writes
-    dtype: str = "uint8"  # stored values: one of DTYPES; uint8 = affine codes whose range comes from the matrix
+    rows: int = option(2, 'r: polyphase rows of the split')
+    cols: int = option(2, 'c: polyphase columns; K = rows * cols branches')
+    transform: str = option("dct", 'the orthonormal transform across the K sub-images: `dct` (DCT-II), `dft` (discrete Hartley: real and lossless), `haar` (K a power of two), `identity` (plain polyphase split), `dct2`/`haar2` (separable 2-D: T = T_r (x) T_c)')
+    val_fraction: float = option(0.1, 'share of the source train split carved out as the validation split')
+    seed: int = option(0, "seed of the train/validation carve and of the row order within each file")
+    images_per_task: int = option(10_000, 'images one Ray Data task reads, transforms and writes (bounds its memory)')
+    dtype: str = option("uint8", 'stored values of `x`: `uint8` (affine codes whose range comes from the transform matrix: never clips), `float16` or `float32`')
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -113,14 +113,13 @@ class SplitConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class StorageConfig:
-    uri: str = "./runs/fashion-mnist"  # the run's URI: a path, file://..., s3://bucket/prefix
-    endpoint_url: str | None = None  # S3-compatible endpoint; None = AWS_ENDPOINT_URL or AWS itself
-    lease_timeout_s: float = 60.0  # a driver's lease (<run>/lease.json) without a heartbeat this long is taken over
-    retry_budget_s: float = 120.0  # remote stores: seconds one read/write keeps retrying (with backoff) through an outage
-    # S3 keys, when neither the environment nor an instance profile provides them. Never written to the run,
-    # its logs or the lease (tested); prefer profiles or AWS_* environment variables.
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
+    uri: str = option("./runs/fashion-mnist-sub4", "the run's URI: a path, `file://...` or `s3://bucket/prefix` (any fsspec protocol); `--storage` sets it")
+    endpoint_url: str | None = option(None, 'S3-compatible endpoint; unset: `AWS_ENDPOINT_URL`, else AWS itself')
+    lease_timeout_s: float = option(60.0, "a driver's lease (`<run>/lease.json`) without a heartbeat this long is taken over by the next driver")
+    retry_budget_s: float = option(120.0, "remote stores: seconds one read or write keeps retrying (with backoff) through an outage before it fails naming the endpoint; local disks are not retried")
+    # Never written to the run, its logs or the lease (tested); prefer profiles or AWS_* environment variables.
+    access_key_id: str | None = option(None, "S3 access key, when neither the environment nor an instance profile provides one; never written or logged", secret=True)
+    secret_access_key: str | None = option(None, "S3 secret key, with `storage.access_key_id`; never written or logged", secret=True)
 
     @property
     def credentials(self) -> tuple[str, str] | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_split.config import ExtraSourceConfig, SplitConfig
+from data_split.errors import ConfigError
 from data_split.multires import lowres_components, plan_extra_source
 from data_split.sources import ImageSource, make_source
 
@@ -62,7 +63,7 @@ def plan_extra_sources(main: ImageSource, extra: list[ExtraSourceConfig], split_
         what = describe_extra(j, cfg)
         for attr in ("channels", "classes"):
             if getattr(source, attr) != getattr(main, attr):
-                raise ValueError(f"{what} has {getattr(source, attr)} {attr}, the main source {getattr(main, attr)}")
+                raise ConfigError(f"{what} has {getattr(source, attr)} {attr}, the main source {getattr(main, attr)}")
         fr, fc, fed = plan_extra_source(matrix, split_cfg.rows, split_cfg.cols, (main.height, main.width),
                                         (source.height, source.width), what, split_cfg.transform)
         plans.append(ExtraPlan(src=j, cfg=cfg, source=source, fr=fr, fc=fc, fed=fed))
@@ -76,7 +77,7 @@ def check_resources(plans: list[ExtraPlan], cluster: dict[str, float]) -> None:
         if missing:
             offered = sorted(k for k in cluster if k not in ("CPU", "GPU", "memory", "object_store_memory")
                              and not k.startswith("node:") and not k.startswith("accelerator_type:"))
-            raise ValueError(
+            raise ConfigError(
                 f"{plan.what} must be read on nodes with resources {missing}, but the cluster offers "
                 f"{ {k: cluster.get(k, 0) for k in missing} } of them (custom resources of the cluster: "
                 f"{', '.join(offered) or 'none'}); start the node that holds it with "

@@ -11,7 +11,7 @@ per-channel sums. The driver checks that every source image arrived in every
 branch, then writes ``manifest.json`` last: a run without a manifest is
 incomplete and is redone from scratch.
 
-Storage version 2 (DESIGN.md section 3): values are stored as ``split.dtype``
+Storage version 2 (docs/design.md section 3): values are stored as ``split.dtype``
 (``data_split.quantize``), Parquet is zstd, and the rows of every file are in
 a seeded random order (the same in every branch), so a stream of row groups
 is already class-mixed.
@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -37,6 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig
+from data_split import layout
+from data_split.errors import ConfigError, SpectralError, user_error
 from data_split.extra_sources import (
     MAIN_SRC,
     ExtraPlan,
@@ -46,20 +47,19 @@ from data_split.extra_sources import (
     plan_extra_sources,
     transform_lowres_batch,
 )
+from data_split.layout import MANIFEST, MANIFEST_VERSION
 from data_split.quantize import affine_params, decode, encode
-from data_split.sources import ImageSource, SourceError, make_source
-from data_split.storage import RunStorage, StorageError
+from data_split.sources import ImageSource, make_source
+from data_split.storage import RunStorage
 from data_split.transforms import spectral_components, split_matrix
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 2
 ROW_GROUP_ROWS = 2048  # rows per Parquet row group: the unit a streaming branch reads and shuffles
-MANIFEST = "data/manifest.json"
 SPLITS = ("train", "val", "test")
 
 
-class SplitConflictError(RuntimeError):
+class SplitConflictError(SpectralError, RuntimeError):
     """The run URI holds sub-datasets of a different configuration."""
 
 
@@ -163,7 +163,7 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
             t0 = time.perf_counter()
             stored = encode(s[:, i], dtype, codecs[k]["offset"], codecs[k]["scale"])
             data = parquet_bytes(idx, src, y, stored)
-            rel = f"data/{split}/branch={k}/{part}"
+            rel = layout.shard(split, k, part)
             storage.write_bytes(rel, data)
             xk = decode(stored, dtype, codecs[k]["offset"], codecs[k]["scale"]).astype(np.float64)
             records.append(
@@ -226,12 +226,20 @@ def _run_ray_pipeline(ranges: list[dict], read: Callable[[dict], dict], transfor
         return {**out, "node": np.full(len(out["idx"]), ray.get_runtime_context().get_node_id())}
 
     sink = _make_sink(storage, dtype, codecs, branches)
-    (
-        ray.data.from_items(ranges, override_num_blocks=len(ranges))
-        .map_batches(read_here, batch_size=1, batch_format="numpy", **held)
-        .map_batches(transform, batch_size=None, batch_format="numpy", fn_kwargs=transform_kwargs, **held)
-        .write_datasink(sink, ray_remote_args=held or None)
-    )
+    # Ray Data wraps a failing task's exception in a UserCodeException that keeps only its traceback
+    # text; raising the original instead keeps our SourceError/StorageError in the cause chain, where
+    # split_dataset finds it (data_split.errors.user_error).
+    ctx = ray.data.DataContext.get_current()
+    raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
+    try:
+        (
+            ray.data.from_items(ranges, override_num_blocks=len(ranges))
+            .map_batches(read_here, batch_size=1, batch_format="numpy", **held)
+            .map_batches(transform, batch_size=None, batch_format="numpy", fn_kwargs=transform_kwargs, **held)
+            .write_datasink(sink, ray_remote_args=held or None)
+        )
+    finally:
+        ctx.raise_original_map_exception = raise_original
     return sink.records
 
 
@@ -253,24 +261,6 @@ def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunSto
             storage, dtype, codecs, plan.fed, plan.cfg.resources,
         )
     return records
-
-
-# A task's own error, as the last line of the traceback text Ray Data re-raises it in.
-_TASK_ERROR_RE = re.compile(r"^data_split\.(sources\.SourceError|storage\.StorageError): (.+)$", re.MULTILINE)
-
-
-def _task_error(e: Exception) -> Exception:
-    """The ``SourceError``/``StorageError`` a Ray task raised, rebuilt from ``e``; else ``e`` itself.
-
-    Ray Data wraps a failing task's exception in a ``UserCodeException`` that keeps only the
-    traceback text (not the exception object), so the message naming the bad file would be
-    buried in pages of traceback; this recovers it.
-    """
-    found = _TASK_ERROR_RE.findall(str(e))
-    if not found:
-        return e
-    kind, message = found[-1]
-    return (SourceError if kind == "sources.SourceError" else StorageError)(message)
 
 
 def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
@@ -365,7 +355,7 @@ def split_dataset(
     source = make_source(source_cfg)  # validates every source file before anything is written
     h, w = source.height, source.width
     if h % split_cfg.rows or w % split_cfg.cols:
-        raise ValueError(
+        raise ConfigError(
             f"source {source.name!r} images are (H, W) = ({h}, {w}), not divisible by "
             f"split (rows, cols) = ({split_cfg.rows}, {split_cfg.cols})"
         )
@@ -380,26 +370,26 @@ def split_dataset(
     if storage.exists(MANIFEST):
         old = storage.read_json(MANIFEST)
         if old.get("config_hash") == digest:
-            log.info("sub-datasets at %s are up to date (config hash %s)", storage.url("data"), digest[:12])
+            log.info("sub-datasets at %s are up to date (config hash %s)", storage.url(layout.DATA), digest[:12])
             return SplitResult(manifest=old, up_to_date=True)
         if not overwrite:
             raise SplitConflictError(
-                f"{storage.url('data')} holds sub-datasets of a different configuration "
+                f"{storage.url(layout.DATA)} holds sub-datasets of a different configuration "
                 f"(config hash {old.get('config_hash', '?')[:12]} != {digest[:12]}); "
                 "use another --storage URI or pass --overwrite"
             )
-        log.warning("overwriting sub-datasets at %s", storage.url("data"))
-        storage.remove("data")
-    elif storage.ls("data"):
-        log.warning("%s has no manifest (an interrupted split): removing it and starting over", storage.url("data"))
-        storage.remove("data")
+        log.warning("overwriting sub-datasets at %s", storage.url(layout.DATA))
+        storage.remove(layout.DATA)
+    elif storage.ls(layout.DATA):
+        log.warning("%s has no manifest (an interrupted split): removing it and starting over", storage.url(layout.DATA))
+        storage.remove(layout.DATA)
 
     t0 = time.perf_counter()
     try:
         records = _write_with_ray(source, split_cfg, storage, extras)
     except Exception as e:  # no manifest was written: the run stays incomplete
-        err = _task_error(e)
-        if err is e:
+        err = user_error(e)  # a task's SourceError/StorageError, with its one-line message
+        if err is None or err is e:
             raise
         raise err from e
     manifest = build_manifest(source, source_cfg, split_cfg, records, extras)

@@ -1,4 +1,4 @@
-"""Reading a written split back: the manifest and one branch's shards.
+"""Reading a written split back: one branch's shards, from the files its manifest lists.
 
 This is what a branch does: it opens the manifest, then only the files the
 manifest lists for its own branch, never another branch's. Values come back
@@ -15,34 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_split.pipeline import MANIFEST, MANIFEST_VERSION
+from data_split.layout import MANIFEST, ManifestError
 from data_split.quantize import branch_codec, decode
 from data_split.storage import RunStorage
-
-REQUIRED_MANIFEST_FIELDS = ("version", "config_hash", "source", "split", "val_fraction", "seed", "branches")
-
-
-class ManifestError(ValueError):
-    """``manifest.json`` is missing or lacks a field; the message names it."""
-
-
-def load_manifest(storage: RunStorage) -> dict:
-    if not storage.exists(MANIFEST):
-        raise ManifestError(f"{storage.url(MANIFEST)} does not exist: run `spectral split` first (or the split is incomplete)")
-    manifest = storage.read_json(MANIFEST)
-    missing = [f for f in REQUIRED_MANIFEST_FIELDS if f not in manifest]
-    if missing:
-        raise ManifestError(f"{storage.url(MANIFEST)} lacks field(s) {', '.join(missing)}")
-    if manifest["version"] == 1:
-        raise ManifestError(
-            f"{storage.url(MANIFEST)} is storage version 1 (float32 sub-datasets); this code reads version "
-            f"{MANIFEST_VERSION} (compact uint8/float16 storage, `src` column). Re-split it: "
-            f"`spectral split --config <your config> --storage {storage.url()} --overwrite` "
-            "(branches trained on the old split must be retrained)"
-        )
-    if manifest["version"] != MANIFEST_VERSION:
-        raise ManifestError(f"{storage.url(MANIFEST)} has version {manifest['version']}, this code reads {MANIFEST_VERSION}")
-    return manifest
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,14 @@ import pickle
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from data_split.config import SourceConfig, SyntheticConfig
+from data_split.errors import SpectralError
+
+if TYPE_CHECKING:  # data_split.config validates source.name against SOURCES below
+    from data_split.config import SourceConfig, SyntheticConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ FASHION_MNIST_DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class SourceError(ValueError):
+class SourceError(SpectralError, ValueError):
     """A source file is missing, truncated or malformed; the message names the file."""
 
 
@@ -370,6 +374,22 @@ def _download(cfg: SourceConfig, root: Path) -> None:
         cls(str(root), train=train, download=True)
 
 
+def _image_folder(cfg: SourceConfig, root: Path) -> ImageSource:
+    h, w = cfg.image_size
+    return ImageFolderSource(root=root, height=h, width=w, channels=cfg.channels, limit=cfg.limit)
+
+
+# source.name -> factory(cfg, root): the registry SourceConfig validates against
+SOURCES: dict[str, Callable[[SourceConfig, Path], ImageSource]] = {
+    "fashion-mnist": lambda cfg, root: IdxSource(name=cfg.name, root=root, torchvision_folder="FashionMNIST",
+                                                 limit=cfg.limit),
+    "mnist": lambda cfg, root: IdxSource(name=cfg.name, root=root, torchvision_folder="MNIST", limit=cfg.limit),
+    "cifar10": lambda cfg, root: CifarSource(root=root, limit=cfg.limit),
+    "imagefolder": _image_folder,
+    "synthetic": lambda cfg, root: SyntheticSource(cfg=cfg.synthetic, limit=cfg.limit),
+}
+
+
 def make_source(cfg: SourceConfig) -> ImageSource:
     """The source named by ``cfg``, validated (raises ``SourceError`` naming the bad file)."""
     default_roots = {"fashion-mnist": FASHION_MNIST_DEBIAN_ROOT, "mnist": "./data/mnist", "cifar10": "./data/cifar10"}
@@ -378,15 +398,6 @@ def make_source(cfg: SourceConfig) -> ImageSource:
     root = Path(os.path.expanduser(cfg.root or default_roots.get(cfg.name, ".")))
     if cfg.download and cfg.name in default_roots:
         _download(cfg, root)
-    if cfg.name == "synthetic":
-        source: ImageSource = SyntheticSource(cfg=cfg.synthetic, limit=cfg.limit)
-    elif cfg.name in ("mnist", "fashion-mnist"):
-        folder = "MNIST" if cfg.name == "mnist" else "FashionMNIST"
-        source = IdxSource(name=cfg.name, root=root, torchvision_folder=folder, limit=cfg.limit)
-    elif cfg.name == "cifar10":
-        source = CifarSource(root=root, limit=cfg.limit)
-    else:
-        h, w = cfg.image_size
-        source = ImageFolderSource(root=root, height=h, width=w, channels=cfg.channels, limit=cfg.limit)
+    source = SOURCES[cfg.name](cfg, root)
     source.validate()
     return source

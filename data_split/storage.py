@@ -1,10 +1,11 @@
 """Run storage: one fsspec URI (a path, ``file://``, ``s3://bucket/prefix``, ...).
 
-Every write is atomic (DESIGN.md section 3): on a local disk we write a hidden
+Every write is atomic (docs/design.md section 3): on a local disk we write a hidden
 temporary file beside the target and ``os.replace`` it; on object stores a
 single PUT is already all-or-nothing (a PUT cut off mid-body creates nothing).
 Readers therefore never see half a file. Hidden names start with ``.`` so that
-Parquet readers skip leftovers of a crashed writer.
+Parquet readers skip leftovers of a crashed writer. Which file lives where is
+``data_split.layout``.
 
 Outages: on remote filesystems every call that fails for a transient reason
 (connection refused or reset, timeouts, 5xx/throttling) is retried with
@@ -33,6 +34,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from data_split.errors import SpectralError
+
 log = logging.getLogger(__name__)
 
 S3_CONNECT_TIMEOUT_S = 5
@@ -49,7 +52,7 @@ _TRANSIENT_WORDS = ("Could not connect", "Connection was closed", "timed out", "
                     "Service Unavailable", "ServiceUnavailable", "InternalError", "Please reduce your request rate")
 
 
-class StorageError(RuntimeError):
+class StorageError(SpectralError, RuntimeError):
     """The run URI cannot be read or written; the message names the URI or endpoint."""
 
 
@@ -158,6 +161,10 @@ class RunStorage:
     def root(self) -> str:
         """The run's root as a path of ``fs`` (no protocol)."""
         return self.fs._strip_protocol(self.uri).rstrip("/")
+
+    def child(self, rel: str) -> "RunStorage":
+        """The run nested at ``rel`` under this one (the baseline, a sweep trial), same store and settings."""
+        return self.at(f"{self.uri.rstrip('/')}/{rel.strip('/')}")
 
     def path(self, *parts: str) -> str:
         """Absolute ``fs`` path of ``parts`` under the run."""

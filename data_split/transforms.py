@@ -5,7 +5,7 @@ tensor (on any device) and returns the same kind, so the pipeline (numpy on
 CPU workers) and training code (torch on GPU batches) share one
 implementation.
 
-Layout (DESIGN.md section 1): an image batch ``x`` of shape ``(N, C, H, W)``
+Layout (docs/design.md section 1): an image batch ``x`` of shape ``(N, C, H, W)``
 is split into ``K = r*c`` polyphase components; component ``k = a*c + b`` is
 ``x[:, :, a::r, b::c]``. The components are mixed by an orthonormal ``K x K``
 matrix ``T``: ``s = stack @ T.T``. Because ``T`` is orthonormal the split is
@@ -150,7 +150,7 @@ def spectral_components(x: Any, r: int, c: int, transform: str | np.ndarray = "d
 
 
 def spectral_split(x: Any, r: int, c: int, transform: str | np.ndarray = "dct") -> Any:
-    """DESIGN.md layout ``(N, C, H/r, W/c, K)``: ``s = polyphase_split(x) @ T.T``."""
+    """docs/design.md layout ``(N, C, H/r, W/c, K)``: ``s = polyphase_split(x) @ T.T``."""
     return _permute(spectral_components(x, r, c, transform), (0, 2, 3, 4, 1))
 
 

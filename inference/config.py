@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_split.fields import option
+
 
 @dataclass(kw_only=True, frozen=True)
 class PredictConfig:
-    batch_size: int = 256  # images per map_batches call (one forward pass of an actor)
-    concurrency: int = 1  # actors in the pool, each holding the ensemble
+    batch_size: int = option(256, 'images per map_batches call (one forward pass of an actor)')
+    concurrency: int = option(1, 'actors in the pool, each holding the ensemble')
     # Leave CPUs for the read tasks: actors that hold every CPU starve the reads and the pipeline stalls.
-    cpus_per_actor: float = 1.0  # also sets the actor's torch threads (at least 1)
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
+    cpus_per_actor: float = option(1.0, "CPUs per actor, also its torch threads (at least 1); leave some for the read tasks")
+    gpus_per_actor: float | None = option(None, 'GPUs per actor; unset: 1 when the cluster has GPUs, else 0 (CPU)')
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -26,12 +28,12 @@ class PredictConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class ServeConfig:
-    replicas: int = 1  # Ray Serve replicas, each holding the ensemble
-    batching: bool = True  # @serve.batch: concurrent requests share one forward pass
-    max_batch_size: int = 32  # largest dynamic batch
-    batch_wait_timeout_s: float = 0.005  # how long a batch waits to fill up
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    replicas: int = option(1, 'Ray Serve replicas, each holding the ensemble')
+    batching: bool = option(True, '@serve.batch: concurrent requests share one forward pass')
+    max_batch_size: int = option(32, 'largest dynamic batch')
+    batch_wait_timeout_s: float = option(0.005, 'seconds a dynamic batch waits to fill up')
+    cpus_per_replica: float = option(1.0, 'CPUs per Serve replica')
+    gpus_per_replica: float | None = option(None, 'GPUs per replica; unset: 1 when the cluster has GPUs, else 0')
 
     def __post_init__(self) -> None:
         if self.replicas < 1:

@@ -29,9 +29,10 @@ import torch
 import torch.nn as nn
 
 from branches import ModelConfig, build_model
-from branches._checkpoint import checkpoint_path, load_checkpoint
+from branches._checkpoint import load_checkpoint
 from branches._data import MIN_STD
-from data_split import RunStorage, load_manifest, spectral_components
+from data_split import RunStorage, layout, load_manifest, spectral_components
+from data_split.errors import SpectralError
 from data_split.quantize import DTYPES, branch_codec, decode, encode
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 CHOSEN = "chosen"  # load_ensemble(weights=...): the run's ensemble/weights.json
 
 
-class EnsembleLoadError(ValueError):
+class EnsembleLoadError(SpectralError, ValueError):
     """A run cannot be turned into a model (unfinished branch, missing weights); the message names the file."""
 
 
@@ -118,11 +119,11 @@ class SpectralEnsemble(nn.Module):
 
 def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], classes: int) -> tuple[nn.Module, str]:
     """Branch ``k``'s network from the checkpoint of its final epoch (the one its logits came from)."""
-    rel = f"branches/{k}/result.json"
-    if not storage.exists(rel):
-        raise EnsembleLoadError(f"branch {k} has not finished: {storage.url(rel)} is missing (train the run first)")
-    epochs = int(storage.read_json(rel)["epochs"])
-    ckpt_rel = checkpoint_path(k, epochs)
+    result = layout.read_result(storage, k)
+    if result is None:
+        raise EnsembleLoadError(f"branch {k} has not finished: {storage.url(layout.result(k))} is missing "
+                                "(train the run first)")
+    ckpt_rel = layout.checkpoint(k, int(result["epochs"]))
     try:
         ckpt = load_checkpoint(storage, ckpt_rel)
     except FileNotFoundError:
@@ -142,9 +143,10 @@ def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tup
         if len(w) != k or not np.all(np.isfinite(w)):
             raise EnsembleLoadError(f"expected {k} finite ensemble weights, got {w}")
         return "given", w, None
-    rel = "ensemble/weights.json" if weights == CHOSEN else f"ensemble/{weights}.json"
+    rel = layout.WEIGHTS if weights == CHOSEN else layout.ensemble_record(weights)
     if not storage.exists(rel):
-        have = sorted(n[:-5] for n in storage.ls("ensemble") if n.endswith(".json") and n != "weights.json")
+        have = sorted(n[:-5] for n in storage.ls(layout.ENSEMBLE)
+                      if n.endswith(".json") and f"{layout.ENSEMBLE}/{n}" != layout.WEIGHTS)
         raise EnsembleLoadError(f"{storage.url(rel)} does not exist (run `spectral evaluate` first); "
                                 f"methods of this run: {', '.join(have) or 'none'}")
     record = storage.read_json(rel)

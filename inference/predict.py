@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import torch
 
 from data_split import IMAGE_SUFFIXES, RunStorage, SourceError, decode_image
+from data_split.errors import SpectralError
 from inference.config import PredictConfig
 from inference.model import CHOSEN, load_ensemble
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_NAMED_BAD = 20  # unreadable images named in an error message (all of them are in PredictResult.skipped)
 
 
-class PredictError(ValueError):
+class PredictError(SpectralError, ValueError):
     """No images, unreadable images, or an output that already exists; the message names them."""
 
 

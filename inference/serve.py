@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from data_split import SourceError, decode_image
+from data_split.errors import SpectralError
 from inference.config import ServeConfig
 from inference.model import CHOSEN, load_ensemble
 
@@ -39,7 +40,7 @@ APP_NAME = "spectral"
 MIN_ONGOING_REQUESTS = 16  # per replica; @serve.batch needs at least max_batch_size in flight to fill a batch
 
 
-class BadInput(ValueError):
+class BadInput(SpectralError, ValueError):
     """The request cannot be classified; answered with HTTP 400."""
 
 

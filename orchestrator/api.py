@@ -16,30 +16,27 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from data_split import RunStorage, SplitResult, load_manifest, split_dataset
+from data_split import RunStorage, SplitResult, layout, load_manifest, split_dataset
 from orchestrator._ray import cluster_side, init_ray
-from orchestrator.config import SpectralConfig
+from orchestrator.config import SpectralConfig, run_storage
 from orchestrator.ensemble import EnsembleResult, evaluate_ensemble, write_weights
 from orchestrator.launcher import TrainingOutcome, train_branches
 from orchestrator.report import build_report
+from orchestrator.sweep import SweepResult, check_sweep, run_sweep
+from orchestrator.weights import tune_ensemble_weights
+from tune.scoring import COMPUTED_RULES
 
 log = logging.getLogger(__name__)
 
-BASELINE_DIR = "baseline"
-DDP_BASELINE_DIR = "baseline-ddp"
 ProgressFn = Callable[[dict[int, dict]], None]
 
 
-def run_storage(cfg: SpectralConfig) -> RunStorage:
-    return RunStorage(cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.retry_budget_s, cfg.storage.credentials)
-
-
 def baseline_storage(cfg: SpectralConfig) -> RunStorage:
-    return run_storage(cfg).at(cfg.storage.uri.rstrip("/") + "/" + BASELINE_DIR)
+    return run_storage(cfg).child(layout.BASELINE)
 
 
 def ddp_baseline_storage(cfg: SpectralConfig) -> RunStorage:
-    return run_storage(cfg).at(cfg.storage.uri.rstrip("/") + "/" + DDP_BASELINE_DIR)
+    return run_storage(cfg).child(layout.BASELINE_DDP)
 
 
 @cluster_side
@@ -63,14 +60,12 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     storage = run_storage(cfg)
     k = load_manifest(storage)["split"]["K"]
     chosen = None
-    for rule in ("uniform", "geometric"):
+    for rule in COMPUTED_RULES:
         res = evaluate_ensemble(storage, k, rule, p=cfg.ensemble.p)  # weights from the branches' train losses
         write_weights(storage, res, chosen=False)
         if rule == cfg.ensemble.weights:
             chosen = res
     if cfg.ensemble.weights == "tuned":
-        from tune import tune_ensemble_weights
-
         chosen = tune_ensemble_weights(cfg, storage)
     write_weights(storage, chosen, chosen=True)
     return chosen
@@ -106,16 +101,16 @@ def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> d
         result = train_ddp(cfg, storage, ddp_baseline_storage(cfg))
     else:
         result = train_branches(storage, 1, cfg.model, cfg.train, cfg.resources, on_progress=on_progress).results[0]
-    if run_storage(cfg).exists("ensemble/weights.json"):
+    if run_storage(cfg).exists(layout.WEIGHTS):
         build_report(run_storage(cfg))  # put the baseline beside the ensemble
     return result
 
 
 @cluster_side
-def sweep(cfg: SpectralConfig, *, overwrite: bool = False):
-    """Ray Tune search over branch-training hyperparameters (``sweep.space``); returns ``tune.SweepResult``."""
-    from tune import run_sweep
-
+def sweep(cfg: SpectralConfig, *, overwrite: bool = False) -> SweepResult:
+    """Ray Tune search over branch-training hyperparameters (``sweep.space``) on the run's shards."""
+    check_sweep(cfg)  # a bad space fails before anything is split
+    split(cfg)  # starts Ray; skipped when the shards are up to date
     return run_sweep(cfg, overwrite=overwrite)
 
 
@@ -135,5 +130,5 @@ def run(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: ProgressFn
     training = train(cfg, on_progress=on_progress)
     report = evaluate(cfg)
     storage = run_storage(cfg)
-    paths = {name: storage.url("report", f) for name, f in (("report_json", "report.json"), ("report_md", "report.md"))}
+    paths = {name: storage.url(layout.report(f)) for name, f in (("report_json", "report.json"), ("report_md", "report.md"))}
     return RunResult(uri=cfg.storage.uri, split=split_result, training=training, report=report, paths=paths)

@@ -21,6 +21,7 @@ import time
 import ray
 
 from branches.config import ModelConfig, TrainConfig
+from data_split import layout
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ def isolation_record(storage: RecordingStorage, k: int) -> dict:
     import torch.distributed as dist
 
     process_group = dist.is_available() and dist.is_initialized()
-    own = f"branches/{k}/"
-    outside = {rel: n for rel, n in storage.writes.items() if rel.startswith("branches/") and not rel.startswith(own)}
+    own = f"{layout.branch_dir(k)}/"
+    outside = {rel: n for rel, n in storage.writes.items()
+               if rel.startswith(f"{layout.BRANCHES}/") and not rel.startswith(own)}
     return {
         "process_group": process_group,
         "files_read": sorted(set(storage.reads)),
@@ -116,6 +118,6 @@ class BranchActor:
         isolation = isolation_record(self.storage, self.k)
         placement = {**self.placement(), "started_at": started_at, "finished_at": time.time()}
         # Beside result.json, for checks from outside the job's driver (which alone gets the return value).
-        self.storage.write_json(f"branches/{self.k}/placement.json", {"placement": placement, "isolation": isolation})
+        self.storage.write_json(layout.placement(self.k), {"placement": placement, "isolation": isolation})
         self.board.update.remote(self.k, {"state": "done", "val_acc": result.get("val_acc")})
         return {**result, "placement": placement, "isolation": isolation}

@@ -6,6 +6,11 @@
     spectral export   --storage URI --output FILE [--weights METHOD]
     spectral predict  --storage URI --input URI --output URI [--batch-size N] [--concurrency N] [--skip-bad]
     spectral serve    --storage URI [--host 127.0.0.1] [--port 8000]
+    spectral config   [--show | --markdown]   every config key, its default and its meaning
+
+Without ``--config`` the defaults apply: the embedded default run (``configs/fashion_mnist.yaml``).
+A ``SpectralError`` (docs/design.md, "Errors") prints as one line; anything else, and everything
+with ``-v``, prints its traceback.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
+from data_split import layout
+from data_split.errors import user_error
 from orchestrator import api
 from orchestrator._ray import init_ray
-from orchestrator.config import SpectralConfig, load_config, parse_set
+from orchestrator._sweep_table import table_rows
+from orchestrator.config import SpectralConfig, config_markdown, config_reference, load_config, parse_set
+from orchestrator.report import format_table
 
 console = Console()
 log = logging.getLogger("spectral")
@@ -102,8 +111,6 @@ def progress_table(snapshot: dict[int, dict], epochs: int) -> Table:
 
 
 def report_table(report: dict) -> Table:
-    from orchestrator.report import format_table
-
     header, rows = format_table(report)
     table = Table(title=report.get("title", "report"))
     for i, col in enumerate(header):
@@ -139,7 +146,7 @@ def cmd_split(cfg: SpectralConfig, args) -> None:
     console.print(split_table(result))
     if len(result.manifest.get("sources", [])) > 1:
         console.print(sources_table(result.manifest))
-    console.print(f"sub-datasets: {api.run_storage(cfg).url('data')}")
+    console.print(f"sub-datasets: {api.run_storage(cfg).url(layout.DATA)}")
 
 
 def cmd_train(cfg: SpectralConfig, args) -> None:
@@ -151,14 +158,20 @@ def cmd_train(cfg: SpectralConfig, args) -> None:
 def cmd_evaluate(cfg: SpectralConfig, args) -> None:
     report = api.evaluate(cfg)
     console.print(report_table(report))
-    console.print(f"report: {api.run_storage(cfg).url('report', 'report.md')}")
+    console.print(f"report: {api.run_storage(cfg).url(layout.report('report.md'))}")
 
 
 def cmd_run(cfg: SpectralConfig, args) -> None:
     t0 = time.perf_counter()
-    cmd_split(cfg, args)
-    cmd_train(cfg, args)
-    cmd_evaluate(cfg, args)
+    with _LiveProgress(cfg.train.epochs) as progress:
+        result = api.run(cfg, overwrite=args.overwrite, on_progress=progress)
+    console.print(split_table(result.split))
+    console.print(f"sub-datasets: {api.run_storage(cfg).url(layout.DATA)}")
+    training = result.training
+    console.print(f"trained {len(training.results) - len(training.skipped)} branch(es), "
+                  f"skipped {len(training.skipped)} finished")
+    console.print(report_table(result.report))
+    console.print(f"report: {result.paths['report_md']}")
     console.print(f"done in {time.perf_counter() - t0:.1f} s")
 
 
@@ -180,8 +193,8 @@ def cmd_baseline(cfg: SpectralConfig, args) -> None:
             f"{result['train_seconds']:.1f} s, peak memory {_fmt_bytes(result['peak_memory_bytes'])}"
         )
     storage = api.run_storage(cfg)
-    if storage.exists("report/report.json"):
-        console.print(report_table(storage.read_json("report/report.json")))
+    if storage.exists(layout.report("report.json")):
+        console.print(report_table(storage.read_json(layout.report("report.json"))))
 
 
 def ensemble_table(report: dict) -> Table:
@@ -202,12 +215,10 @@ def cmd_tune_weights(cfg: SpectralConfig, args) -> None:
         f"Tune: {tuned['trials']} trials x {tuned['candidates_per_trial']} candidates, {tuned['trials_per_s']:.2f} "
         f"trials/s; vs the exact fit: val NLL {tuned['val_nll_gap_pct']:+.2f}%, val acc "
         f"{tuned['val_acc_gap_points']:+.2f} points ({'within' if tuned['within_tolerance'] else 'OUTSIDE'} tolerance)")
-    console.print(f"weights: {api.run_storage(cfg).url('ensemble', 'weights.json')}")
+    console.print(f"weights: {api.run_storage(cfg).url(layout.WEIGHTS)}")
 
 
 def cmd_sweep(cfg: SpectralConfig, args) -> None:
-    from tune._sweep_table import table_rows
-
     result = api.sweep(cfg, overwrite=args.overwrite)
     header, rows = table_rows(result)
     table = Table(title=f"sweep: {result.metric} ({result.mode}), {result.stopped_early} of {len(rows)} trials "
@@ -264,6 +275,18 @@ def cmd_serve(cfg: SpectralConfig, args) -> None:
         serve.shutdown()
 
 
+def cmd_config(args) -> None:
+    if args.markdown:
+        sys.stdout.write(config_markdown())
+        return
+    table = Table(title="configuration (YAML, nested; --set KEY=VALUE overrides a dotted key)")
+    for col in ("key", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for key, default, meaning in config_reference():
+        table.add_row(key, default, meaning)
+    console.print(table)
+
+
 COMMANDS = {
     "split": (cmd_split, "write the K spectral sub-datasets (Ray Data) and the manifest"),
     "run": (cmd_run, "split if needed, train every branch, ensemble, report"),
@@ -298,17 +321,23 @@ def _add_inference_args(name: str, p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectral", description="Communication-free spectral tensor networks on Ray")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, and Ray's own INFO output (Ray Data progress, Tune's experiment box)")
+                        help="debug logging, tracebacks of every error, and Ray's own INFO output (Ray Data progress, "
+                             "Tune's experiment box)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", help="YAML config (defaults apply to keys it leaves out)")
+        p.add_argument("--config", help="YAML config (defaults apply to keys it leaves out; "
+                                        "without it: the embedded default, configs/fashion_mnist.yaml)")
         p.add_argument("--storage", help="the run's URI: a path, file://..., s3://bucket/prefix (sets storage.uri)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
         if name in INFERENCE_COMMANDS:
             _add_inference_args(name, p)
         else:
             p.add_argument("--overwrite", action="store_true", help="replace sub-datasets of a different configuration")
+    p = sub.add_parser("config", help="print every config key, its default and its meaning")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--show", action="store_true", help="as a table (the default)")
+    what.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     return parser
 
 
@@ -340,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
+    if args.command == "config":
+        cmd_config(args)
+        return 0
     quiet_ray(args.verbose)
     try:
         overrides = parse_set(args.set)
@@ -350,10 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except Exception as e:  # the CLI owns the console: one clear line, not a traceback
-        if args.verbose:
+    except Exception as e:  # the CLI owns the console: a user's error is one line; a bug shows its traceback
+        err = user_error(e)
+        if err is None or args.verbose:
             console.print_exception()
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e}", soft_wrap=True)  # one line, however long
+        if err is not None:
+            console.print(f"[red]error:[/red] {type(err).__name__}: {err}", soft_wrap=True)  # one line, however long
         return 1
     return 0
 

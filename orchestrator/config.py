@@ -1,9 +1,14 @@
 """The whole job's configuration: YAML -> nested keyword-only dataclasses.
 
-Each component owns its dataclass (``data_split.config``, ``branches.config``,
-and the run-level ones here); this module only assembles them, applies
-``--set key.sub=value`` overrides and rejects unknown keys or wrongly typed
-values with an error naming the dotted key.
+Each component owns its dataclass (``data_split.config``, ``branches.config``, ``tune.config``
+and the run-level ones here); this module only assembles them, applies ``--set key.sub=value``
+overrides and rejects unknown keys or wrongly typed values with an error naming the dotted key.
+
+One set of defaults: the dataclass defaults are the embedded default run
+(``configs/fashion_mnist.yaml`` spells them out; ``tests/test_config_docs.py`` checks they agree),
+so ``spectral run`` without ``--config`` runs it. Every field carries its help text
+(``data_split.fields.option``); ``config_reference`` lists them for ``spectral config --show`` and
+the README's table (``spectral config --markdown``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +24,22 @@ import yaml
 
 from branches.config import ModelConfig, TrainConfig
 from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig, StorageConfig
+from data_split.errors import ConfigError
+from data_split.fields import HELP, option
+from data_split.storage import RunStorage
 from inference.config import PredictConfig, ServeConfig
 from tune.config import SweepConfig, TuneConfig
+from tune.scoring import GEOMETRIC_P, WEIGHT_RULES
 
-WEIGHT_RULES = ("uniform", "geometric", "tuned")
 BASELINE_ENGINES = ("single", "ddp")
 SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")  # never written anywhere (public_dict)
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
-
-
 @dataclass(kw_only=True, frozen=True)
 class ResourcesConfig:
-    gpus_per_branch: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU); fractions share a GPU
-    cpus_per_branch: float = 1.0
-    max_restarts: int = 3  # times Ray restarts a branch actor whose process died; it resumes from its checkpoint
+    gpus_per_branch: float | None = option(None, 'GPUs per branch actor; unset: 1 when the cluster has GPUs, else 0 (CPU); a fraction packs branches on one GPU')
+    cpus_per_branch: float = option(1.0, 'CPUs per branch actor')
+    max_restarts: int = option(3, 'times Ray restarts a branch whose process died; it resumes from its newest checkpoint')
 
     def __post_init__(self) -> None:
         if self.gpus_per_branch is not None and self.gpus_per_branch < 0:
@@ -48,8 +52,8 @@ class ResourcesConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class EnsembleConfig:
-    weights: str = "uniform"  # one of WEIGHT_RULES
-    p: float = 0.3  # geometric rule: w = p (1 - p)^rank, rank by final training loss
+    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p (1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)')
+    p: float = option(GEOMETRIC_P, '`geometric` rule: p, in (0, 1)')
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHT_RULES:
@@ -62,10 +66,10 @@ class EnsembleConfig:
 class BaselineConfig:
     """How `spectral baseline` trains the full-resolution network (the comparison the method is measured against)."""
 
-    engine: str = "single"  # one of BASELINE_ENGINES: "single" (one actor, like a branch) or "ddp" (Ray Train DDP)
-    workers: int = 2  # ddp: Ray Train workers; train.batch_size is the global batch, split evenly over them
-    cpus_per_worker: float = 1.0  # ddp: CPUs per worker (each trains with train.threads torch threads)
-    max_failures: int = 3  # ddp: worker-group restarts (FailureConfig) after a dead worker; each resumes from the newest checkpoint
+    engine: str = option("single", "`single` (one actor, trained like a branch) or `ddp` (Ray Train DDP)")
+    workers: int = option(2, "`ddp`: Ray Train workers; `train.batch_size` is the global batch, split evenly over them")
+    cpus_per_worker: float = option(1.0, "`ddp`: CPUs per worker (each trains with `train.threads` torch threads)")
+    max_failures: int = option(3, "`ddp`: worker-group restarts after a dead worker; each resumes from the newest checkpoint")
 
     def __post_init__(self) -> None:
         if self.engine not in BASELINE_ENGINES:
@@ -80,8 +84,8 @@ class BaselineConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class RayConfig:
-    address: str | None = None  # None: start Ray locally; "auto" or "ray://host:10001" for a cluster
-    num_cpus: int | None = None  # local Ray only: CPUs to offer (None = all)
+    address: str | None = option(None, 'unset: start Ray locally; `auto` or `ray://host:10001` to join a cluster')
+    num_cpus: int | None = option(None, 'local Ray only: CPUs to offer (unset: all)')
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:
@@ -90,20 +94,20 @@ class RayConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class SpectralConfig:
-    source: SourceConfig = field(default_factory=SourceConfig)
-    extra_sources: list[ExtraSourceConfig] = field(default_factory=list)  # lower-resolution sources (src = 1, 2, ...)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)  # `spectral baseline`: single or Ray Train DDP
-    ray: RayConfig = field(default_factory=RayConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)  # ensemble-weight search (ensemble.weights: tuned)
-    sweep: SweepConfig = field(default_factory=SweepConfig)  # `spectral sweep`: hyperparameter search
-    predict: PredictConfig = field(default_factory=PredictConfig)  # `spectral predict`: Ray Data batch inference
-    serve: ServeConfig = field(default_factory=ServeConfig)  # `spectral serve`: Ray Serve endpoint
+    source: SourceConfig = option(factory=SourceConfig, help='where the images come from')
+    extra_sources: list[ExtraSourceConfig] = option(factory=list, help='lower-resolution sources (`src` = 1, 2, ...), each with the keys of `source` plus `resources`; only their train split is used, for the branches they determine')
+    split: SplitConfig = option(factory=SplitConfig, help='how every image is split into K spectral sub-images')
+    storage: StorageConfig = option(factory=StorageConfig, help='where the run lives')
+    model: ModelConfig = option(factory=ModelConfig, help='the network of each branch')
+    train: TrainConfig = option(factory=TrainConfig, help='how each branch trains')
+    resources: ResourcesConfig = option(factory=ResourcesConfig, help='what each branch actor asks of Ray')
+    ensemble: EnsembleConfig = option(factory=EnsembleConfig, help="how the branches' logits are weighted")
+    baseline: BaselineConfig = option(factory=BaselineConfig, help='`spectral baseline`: one actor, or Ray Train DDP')
+    ray: RayConfig = option(factory=RayConfig, help='which Ray to use')
+    tune: TuneConfig = option(factory=TuneConfig, help='the Ray Tune search of the ensemble weights (`ensemble.weights: tuned`)')
+    sweep: SweepConfig = option(factory=SweepConfig, help='`spectral sweep`: a Ray Tune search over branch-training hyperparameters')
+    predict: PredictConfig = option(factory=PredictConfig, help='`spectral predict`: Ray Data batch inference')
+    serve: ServeConfig = option(factory=ServeConfig, help='`spectral serve`: the Ray Serve endpoint')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -115,6 +119,36 @@ class SpectralConfig:
     def replace(self, **overrides: Any) -> "SpectralConfig":
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"train.epochs": 2})``."""
         return from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+# -- documentation ------------------------------------------------------------------------------------------
+def run_storage(cfg: SpectralConfig) -> RunStorage:
+    """The run at ``storage.uri`` with its endpoint, retry budget and credentials."""
+    return RunStorage(cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.retry_budget_s, cfg.storage.credentials)
+
+
+def _show_default(value: Any) -> str:
+    return "unset" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
+def config_reference(cls: type = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) of every leaf key, in declaration order; nested sections recurse."""
+    rows = []
+    for f in dataclasses.fields(cls or SpectralConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            rows += config_reference(type(default), f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, _show_default(default), f.metadata.get(HELP, "")))
+    return rows
+
+
+def config_markdown() -> str:
+    """The README's configuration table (between its ``config-table`` markers)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{key}` | {default if default == 'unset' else f'`{default}`'} | {meaning} |"
+              for key, default, meaning in config_reference()]
+    return "\n".join(lines) + "\n"
 
 
 # -- dict -> dataclass ------------------------------------------------------------------------------
@@ -199,7 +233,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SpectralConfig:
-    """Read a YAML file (or defaults when ``path`` is None) and apply dotted overrides."""
+    """Read a YAML file (``path`` None: the defaults, i.e. the embedded default run) and apply dotted overrides."""
     data: dict = {}
     if path is not None:
         try:

@@ -36,13 +36,21 @@ from branches._data import InMemorySplit, batch_indices, epoch_generator
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
 from branches.train import lr_factor, make_optimizer, predict, score, train_one_epoch
-from data_split.shards import load_manifest
+from data_split import layout
+from data_split.errors import SpectralError
+from data_split.layout import load_manifest
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
+RESULT_FILE = layout.DDP_RESULT  # in <run>/baseline-ddp/
 TRAIN_EXPERIMENT = "ray_train"  # Ray Train's run folder (checkpoints) under <run>/baseline-ddp/
+
+
+class DDPFailedError(SpectralError, RuntimeError):
+    """The DDP baseline failed past baseline.max_failures (or reported no result); the message says why."""
+
+
 CHECKPOINT_FILE = "state.pt"
 
 
@@ -253,7 +261,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     seconds = time.time() - started
     final = (result.metrics or {}).get("final")
     if result.error is not None or not final:
-        raise RuntimeError(f"ddp baseline failed: {result.error or 'no final result reported'}")
+        raise DDPFailedError(f"ddp baseline failed: {result.error or 'no final result reported'}")
     history = final.pop("epochs_history")
     record = {
         "engine": "ddp", "workers": workers, **final, "seconds": seconds, "started": started,

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from data_split import layout
 from data_split.storage import RunStorage
-from orchestrator.ensemble import ensemble_logits, score
+from tune.scoring import ensemble_logits, score
 
 NOT_REACHED = "not reached"
 
@@ -73,19 +74,19 @@ def spectral_engine(storage: RunStorage, branches: list[dict], chosen: dict | No
     by_epoch = [{m["epoch"]: m for m in b["metrics"] if "time" in m} for b in branches]
     epochs = sorted(set.intersection(*(set(e) for e in by_epoch)))
     weights = np.asarray(chosen["weights"], dtype=np.float64)
-    have_logits = all(storage.exists(f"branches/{b['k']}/epochs/logits_val_{e}.npy") for b in branches for e in epochs)
-    y = _npy(storage, f"branches/{branches[0]['k']}/rows_val.npy")[:, 1] if have_logits else None
+    have_logits = all(storage.exists(layout.epoch_logits(b["k"], e)) for b in branches for e in epochs)
+    y = _npy(storage, layout.rows(branches[0]["k"], "val"))[:, 1] if have_logits else None
     curve = []
     for e in epochs:
         if have_logits:
-            logits = np.stack([_npy(storage, f"branches/{b['k']}/epochs/logits_val_{e}.npy") for b in branches])
+            logits = np.stack([_npy(storage, layout.epoch_logits(b["k"], e)) for b in branches])
             acc = score(ensemble_logits(weights, logits), y)["acc"]  # (K, N, C) -> (N, C)
         else:
             acc = chosen["val_acc"] if e == epochs[-1] else None
         curve.append({"epoch": e, "val_acc": acc, "elapsed_s": max(m[e]["time"] for m in by_epoch) - started})
     sent, groups = 0, False
     for b in branches:
-        rel = f"branches/{b['k']}/placement.json"
+        rel = layout.placement(b["k"])
         isolation = storage.read_json(rel).get("isolation", {}) if storage.exists(rel) else {}
         sent += int(isolation.get("bytes_sent_to_other_branches", 0))
         groups = groups or bool(isolation.get("process_group"))

@@ -1,13 +1,9 @@
 """The ensemble of K branches: weight rules, the weighted logit sum, its score, and its record.
 
-Math here is pure numpy (no Ray, no torch) so that it is unit-tested on tiny arrays
-and reused by the Tune search. DESIGN.md section 1 step 4:
-
-    z = sum_k w_k z_k        (one tensor expression, ``ensemble_logits``)
-
-Weight rules: ``uniform`` (1/K) and ``geometric`` (the paper's: rank branches by final
-training loss, ``w = p (1-p)^rank``, normalised) live here; ``tuned`` weights are searched by
-Ray Tune elsewhere and are only *evaluated* here (``evaluate_ensemble(..., weights=w)``).
+The math (weight rules, ``z = sum_k w_k z_k``, NLL/accuracy) is ``tune.scoring``, shared with
+the Tune search and the exact fit (docs/design.md section 1, step 4); this module reads the
+branches' outputs, evaluates weights on val and test, and writes the records. ``tuned`` weights
+are searched by ``orchestrator.weights`` and only *evaluated* here (``evaluate_weights``).
 
 Files read (written by ``branches.train``), per branch ``k`` and split in {val, test}:
 ``branches/<k>/logits_<split>.npy`` float32 (N, classes) and ``branches/<k>/rows_<split>.npy``
@@ -19,7 +15,6 @@ for every evaluated method and ``ensemble/weights.json`` for the run's chosen on
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -27,17 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from data_split import layout
+from data_split.errors import SpectralError
 from data_split.storage import RunStorage
+from tune.scoring import GEOMETRIC_P, ensemble_logits, score, weight_rule
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("val", "test")
-COMPUTED_RULES = ("uniform", "geometric")  # rules weight_rule computes; "tuned" comes from Ray Tune
-WEIGHTS_FILE = "ensemble/weights.json"  # the run's chosen ensemble
 METHOD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # method names double as file names: ensemble/<method>.json
 
 
-class EnsembleInputError(ValueError):
+class EnsembleInputError(SpectralError, ValueError):
     """Branch outputs are missing or inconsistent; the message names the branch and the file."""
 
 
@@ -96,7 +92,7 @@ def load_branch_outputs(storage: RunStorage, K: int, split: str) -> BranchOutput
     all_logits = []
     ref_rows = None
     for k in range(K):
-        lrel, rrel = f"branches/{k}/logits_{split}.npy", f"branches/{k}/rows_{split}.npy"
+        lrel, rrel = layout.logits(k, split), layout.rows(k, split)
         logits, rows = _load_npy(storage, lrel, k), _load_npy(storage, rrel, k)
         if logits.ndim != 2:
             raise EnsembleInputError(f"branch {k}: {storage.url(lrel)} has shape {logits.shape}, expected (N, classes)")
@@ -136,73 +132,16 @@ def read_train_losses(storage: RunStorage, K: int) -> np.ndarray:
     """(K,) final-epoch mean training loss of each branch, from ``result.json`` (else ``metrics.jsonl``)."""
     losses = []
     for k in range(K):
-        rel = f"branches/{k}/result.json"
-        if storage.exists(rel):
-            losses.append(float(storage.read_json(rel)["train_loss"]))
+        if (result := layout.read_result(storage, k)) is not None:
+            losses.append(float(result["train_loss"]))
             continue
-        mrel = f"branches/{k}/metrics.jsonl"
+        rel, mrel = layout.result(k), layout.metrics(k)
         if not storage.exists(mrel):
             raise EnsembleInputError(f"branch {k}: neither {storage.url(rel)} nor {storage.url(mrel)} exists")
-        lines = [ln for ln in storage.read_bytes(mrel).decode().splitlines() if ln.strip()]
-        if not lines:
+        if not (metrics := layout.read_metrics(storage, k)):
             raise EnsembleInputError(f"branch {k}: {storage.url(mrel)} is empty")
-        losses.append(float(max((json.loads(ln) for ln in lines), key=lambda m: m["epoch"])["loss"]))
+        losses.append(float(metrics[-1]["loss"]))  # by epoch: the last is the final one
     return np.asarray(losses, dtype=np.float64)
-
-
-# -- math -------------------------------------------------------------------------------------------------
-def weight_rule(rule: str, train_losses: np.ndarray | list[float], p: float = 0.3) -> np.ndarray:
-    """(K,) weights summing to 1 from the branches' final training losses.
-
-    ``geometric``: rank 0 = lowest loss (ties: lower branch index first; NaN losses rank last),
-    ``w_k = p (1-p)^rank_k``, normalised.
-    """
-    losses = np.asarray(train_losses, dtype=np.float64)  # (K,)
-    if losses.ndim != 1 or losses.size == 0:
-        raise ValueError(f"train_losses must be a non-empty 1-D sequence, got shape {losses.shape}")
-    K = losses.size
-    if rule == "uniform":
-        return np.full(K, 1.0 / K)
-    if rule == "geometric":
-        if not 0.0 < p < 1.0:
-            raise ValueError(f"geometric rule: p must be in (0, 1), got {p}")
-        order = np.argsort(losses, kind="stable")  # stable: ties keep branch order; NaN sorts last
-        rank = np.empty(K, dtype=np.int64)
-        rank[order] = np.arange(K)
-        w = p * (1.0 - p) ** rank
-        return w / w.sum()
-    if rule == "tuned":
-        raise ValueError("weight rule 'tuned' is searched by Ray Tune (tune/), not computed from losses; "
-                         "pass the tuned weights to evaluate_ensemble(..., weights=w)")
-    raise ValueError(f"unknown weight rule {rule!r}; expected one of {', '.join(COMPUTED_RULES)}")
-
-
-def ensemble_logits(weights: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """z = sum_k w_k z_k: (K,) x (K, N, C) -> (N, C)."""
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 1 or logits.ndim != 3 or w.shape[0] != logits.shape[0]:
-        raise ValueError(f"weights {w.shape} and logits {logits.shape} do not match: expected (K,) and (K, N, C)")
-    return np.tensordot(w, logits, axes=1)  # (N, C)
-
-
-def score(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy and mean negative log-likelihood of softmax(logits) against labels ``y``."""
-    z = np.asarray(logits, dtype=np.float64)  # (N, C)
-    y = np.asarray(y, dtype=np.int64)  # (N,)
-    if z.ndim != 2 or y.shape != (z.shape[0],):
-        raise ValueError(f"logits {z.shape} and labels {y.shape} do not match: expected (N, C) and (N,)")
-    if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
-        raise ValueError(f"labels must lie in [0, {z.shape[1]}), got range [{y.min()}, {y.max()}]")
-    if z.shape[0] == 0:
-        return {"acc": float("nan"), "nll": float("nan"), "n": 0}
-    z = z - z.max(axis=1, keepdims=True)  # stable log-softmax: exp never overflows
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C)
-    rows = np.arange(z.shape[0])
-    return {
-        "acc": float((z.argmax(axis=1) == y).mean()),
-        "nll": float(-log_p[rows, y].mean()),
-        "n": int(z.shape[0]),
-    }
 
 
 # -- evaluation and records ---------------------------------------------------------------------------
@@ -226,7 +165,7 @@ def evaluate_weights(method: str, weights: np.ndarray, val: BranchOutputs, test:
 
 
 def evaluate_ensemble(storage: RunStorage, K: int, method: str, weights: np.ndarray | None = None,
-                      *, p: float = 0.3) -> EnsembleResult:
+                      *, p: float = GEOMETRIC_P) -> EnsembleResult:
     """Score an ensemble on val and test. ``weights=None`` computes them with ``weight_rule(method, ...)``."""
     extra: dict[str, Any] = {}
     if weights is None:
@@ -245,6 +184,6 @@ def evaluate_ensemble(storage: RunStorage, K: int, method: str, weights: np.ndar
 def write_weights(storage: RunStorage, result: EnsembleResult, *, chosen: bool = True) -> None:
     """Write ``ensemble/<method>.json``, and ``ensemble/weights.json`` too when this is the run's chosen ensemble."""
     record = result.to_record()
-    storage.write_json(f"ensemble/{result.method}.json", record)
+    storage.write_json(layout.ensemble_record(result.method), record)
     if chosen:
-        storage.write_json(WEIGHTS_FILE, record)
+        storage.write_json(layout.WEIGHTS, record)

@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from branches import finished_result
 from branches.config import ModelConfig, TrainConfig
+from data_split.errors import SpectralError, user_error
 from data_split.storage import RunStorage
 from orchestrator.branch_actor import BranchActor, ProgressBoard
 from orchestrator.config import ResourcesConfig
@@ -31,17 +32,20 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.5
 # Exceptions worth another try of the whole branch: none. Storage outages are retried with backoff inside
 # RunStorage (storage.retry_budget_s), so a StorageError that gets here has spent its budget; anything else
-# (bad data, config conflicts, bugs) fails the same way every time. A dead process is always restarted
-# (max_restarts), and resumes from its checkpoint.
+# (a missing shard, bad data, config conflicts, bugs) fails the same way every time. A dead process is always
+# restarted (max_restarts), and resumes from its checkpoint.
 
 
-class BranchFailedError(RuntimeError):
-    """One or more branches failed past their restart limit."""
+class BranchFailedError(SpectralError, RuntimeError):
+    """One or more branches failed past their restart limit; ``failures`` maps branch -> its last error line."""
 
     def __init__(self, failures: dict[int, str]) -> None:
-        self.failures = failures
-        lines = "; ".join(f"branch {k}: {err}" for k, err in sorted(failures.items()))
-        super().__init__(f"{len(failures)} branch(es) failed: {lines}")
+        self.failures = dict(failures)
+        lines = "; ".join(f"branch {k}: {err}" for k, err in sorted(self.failures.items()))
+        super().__init__(f"{len(self.failures)} branch(es) failed: {lines}")
+
+    def __reduce__(self):  # rebuilt from the failures, not the message: it crosses ray:// (tests/test_errors.py)
+        return type(self), (self.failures,)
 
 
 @dataclass
@@ -52,6 +56,9 @@ class TrainingOutcome:
 
 
 def _last_line(error: BaseException) -> str:
+    """A branch's error in one line: ours as ``Type: message``, anything else as its traceback's last line."""
+    if (err := user_error(error)) is not None:
+        return f"{type(err).__name__}: {err}"
     text = str(error).strip().splitlines()
     return text[-1] if text else type(error).__name__
 

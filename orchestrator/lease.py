@@ -35,19 +35,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
+from data_split import layout
+from data_split.errors import SpectralError
 from data_split.storage import RunStorage, StorageError
 from orchestrator.config import SECRET_KEYS
 
 log = logging.getLogger(__name__)
 
-LEASE_FILE = "lease.json"
+LEASE_FILE = layout.LEASE  # <run>/lease.json
 LOCK_FILE = ".lease.lock"
 DEFAULT_TIMEOUT_S = 60.0  # a lease whose heartbeat is older than this is a dead driver's
 SECRET_ARG = re.compile(r"^(-*(?:set=)?(?:%s))=.*$" % "|".join(re.escape(k) for k in SECRET_KEYS))
 HEARTBEATS_PER_TIMEOUT = 4  # renew 4 times per timeout: one slow write does not make a live lease stale
 
 
-class LeaseHeldError(RuntimeError):
+class LeaseHeldError(SpectralError, RuntimeError):
     """Another live driver holds the run's lease; the message names it."""
 
 
@@ -122,7 +124,7 @@ class _Store:
         except FileNotFoundError:
             return None, None
         except json.JSONDecodeError:
-            return {"command": "unreadable lease.json", "heartbeat": 0}, version  # garbage: treat as stale
+            return {"command": "unreadable lease", "heartbeat": 0}, version  # garbage: treat as stale
 
     def write(self, lease: dict, version: str | None, *, exists: bool) -> str | None:
         body = (json.dumps(lease, indent=2) + "\n").encode()

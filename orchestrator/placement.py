@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from data_split.errors import SpectralError
 from orchestrator.config import ResourcesConfig
 
 
-class PlacementError(ValueError):
+class PlacementError(SpectralError, ValueError):
     """No node of the cluster can ever host one branch."""
 
 
@@ -53,11 +54,17 @@ def _fits(node: NodeResources, gpus: float, cpus: float) -> int:
     return int(min(by_cpu, by_gpu))
 
 
+def default_gpus(cfg: ResourcesConfig, nodes: list[NodeResources]) -> float:
+    """GPUs per branch: ``resources.gpus_per_branch``, or unset: 1 when the cluster has GPUs, else 0 (CPU)."""
+    if cfg.gpus_per_branch is not None:
+        return cfg.gpus_per_branch
+    return 1.0 if sum(n.gpus for n in nodes) > 0 else 0.0
+
+
 def plan_placement(branches: int, cfg: ResourcesConfig, nodes: list[NodeResources]) -> PlacementPlan:
     if branches < 1:
         raise PlacementError(f"need at least one branch, got {branches}")
-    total_gpus = sum(n.gpus for n in nodes)
-    gpus = cfg.gpus_per_branch if cfg.gpus_per_branch is not None else (1.0 if total_gpus > 0 else 0.0)
+    gpus = default_gpus(cfg, nodes)
     cpus = cfg.cpus_per_branch
     per_node = [_fits(n, gpus, cpus) for n in nodes]
     concurrent = min(branches, sum(per_node))

@@ -1,6 +1,6 @@
 """The run report: what every branch, ensemble and the baseline achieved, as JSON, markdown and plots.
 
-Reads (DESIGN.md section 3): ``data/manifest.json``; per branch ``branches/<k>/result.json`` and
+Reads (docs/design.md section 3, through ``data_split.layout``): ``data/manifest.json``; per branch ``branches/<k>/result.json`` and
 ``metrics.jsonl``; every ``ensemble/<method>.json`` record plus ``ensemble/weights.json`` (the
 chosen one); the full-resolution baseline, a run of its own under ``<run>/baseline/`` (K=1), and its
 Ray Train DDP version ``<run>/baseline-ddp/result.json``; the engines side by side come from
@@ -16,7 +16,6 @@ communication; the sum over branches is in ``totals``. Sizes are MiB, printed "M
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from typing import Any
@@ -25,54 +24,28 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from data_split import layout
+from data_split.errors import SpectralError
 from data_split.storage import RunStorage
 from orchestrator.engines import NOT_REACHED, compare_engines
-from orchestrator.ensemble import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-MANIFEST_FILE = "data/manifest.json"
-BASELINE_DIR = "baseline"  # the baseline run lives at <run>/baseline/
-DDP_RESULT = "baseline-ddp/result.json"  # the baseline trained with Ray Train DDP
 METHOD_ORDER = ("uniform", "geometric", "tuned", "exact")  # table order; other methods follow by name
 TABLE_HEADER = ["Network", "Test accuracy", "Model size", "Training time"]
 PLOT_DPI = 120
 
 
-class ReportError(RuntimeError):
+class ReportError(SpectralError, RuntimeError):
     """The run has nothing to report (no manifest and no branches); the message names the URI."""
 
 
-def baseline_storage(storage: RunStorage) -> RunStorage:
-    """The baseline run stored under ``<run>/baseline/`` (same layout, one branch 0)."""
-    return storage.at(storage.uri.rstrip("/") + "/" + BASELINE_DIR)
-
-
 # -- reading --------------------------------------------------------------------------------------------
-def read_metrics(storage: RunStorage, k: int) -> list[dict]:
-    """Branch ``k``'s per-epoch metrics, by epoch; a resumed branch's repeated epoch keeps its last line."""
-    rel = f"branches/{k}/metrics.jsonl"
-    if not storage.exists(rel):
-        return []
-    by_epoch: dict[int, dict] = {}
-    for n, line in enumerate(storage.read_bytes(rel).decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            by_epoch[int(row["epoch"])] = row
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            log.warning("skipping line %d of %s: %r", n, storage.url(rel), e)
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
 def read_branch(storage: RunStorage, k: int) -> dict | None:
     """``result.json`` of branch ``k`` plus its ``metrics`` list; None when the branch has no result."""
-    rel = f"branches/{k}/result.json"
-    if not storage.exists(rel):
-        return None
-    return {**storage.read_json(rel), "k": k, "metrics": read_metrics(storage, k)}
+    result = layout.read_result(storage, k)
+    return None if result is None else {**result, "k": k, "metrics": layout.read_metrics(storage, k)}
 
 
 def _method_key(method: str) -> tuple[int, str]:
@@ -82,13 +55,13 @@ def _method_key(method: str) -> tuple[int, str]:
 def read_ensembles(storage: RunStorage) -> list[dict]:
     """Every ``ensemble/<method>.json`` record, ``chosen`` marking the one in ``ensemble/weights.json``."""
     rows: dict[str, dict] = {}
-    for name in storage.ls("ensemble"):
-        rel = f"ensemble/{name}"
-        if name.startswith(".") or not name.endswith(".json") or rel == WEIGHTS_FILE:
+    for name in storage.ls(layout.ENSEMBLE):
+        rel = f"{layout.ENSEMBLE}/{name}"
+        if name.startswith(".") or not name.endswith(".json") or rel == layout.WEIGHTS:
             continue
         record = storage.read_json(rel)
         rows[record.get("method", name[: -len(".json")])] = {**record, "chosen": False}
-    chosen = storage.read_json(WEIGHTS_FILE) if storage.exists(WEIGHTS_FILE) else None
+    chosen = storage.read_json(layout.WEIGHTS) if storage.exists(layout.WEIGHTS) else None
     if chosen is not None:
         method = chosen.get("method", "chosen")
         rows[method] = {**chosen, "method": method, "chosen": True}  # weights.json is the authority for its method
@@ -111,13 +84,13 @@ def _totals(branches: list[dict]) -> dict[str, Any]:
 
 def collect_report(storage: RunStorage) -> dict[str, Any]:
     """Everything the report shows, as one JSON-able dict (reads only)."""
-    manifest = storage.read_json(MANIFEST_FILE) if storage.exists(MANIFEST_FILE) else None
+    manifest = layout.load_manifest(storage, fields=("split",)) if storage.exists(layout.MANIFEST) else None
     if manifest is not None:
         K = int(manifest["split"]["K"])
     else:
-        K = len([n for n in storage.ls("branches") if n.isdigit()])
+        K = len([n for n in storage.ls(layout.BRANCHES) if n.isdigit()])
         if K == 0:
-            raise ReportError(f"{storage.url()} has neither {MANIFEST_FILE} nor any branch output")
+            raise ReportError(f"{storage.url()} has neither {layout.MANIFEST} nor any branch output")
         log.warning("%s has no manifest; reporting the %d branch folder(s) found", storage.url(), K)
     branches, missing = [], []
     for k in range(K):
@@ -128,8 +101,7 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
             branches.append(b)
     if missing:
         log.warning("branches %s of %s have no result.json; the report leaves them out", missing, storage.url())
-    base = baseline_storage(storage)
-    baseline = read_branch(base, 0) if storage.exists(f"{BASELINE_DIR}/branches/0/result.json") else None
+    baseline = read_branch(storage.child(layout.BASELINE), 0)
     ensembles = read_ensembles(storage)
     split = (manifest or {}).get("split", {})
     source = (manifest or {}).get("source", {})
@@ -138,7 +110,7 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     for b in branches:  # where each branch's training rows came from (extra sources feed some branches only)
         entry = split_branches[b["k"]]["splits"]["train"] if b["k"] < len(split_branches) else {}
         b["train_rows_by_source"] = entry.get("rows_by_source")
-    baseline_ddp = storage.read_json(DDP_RESULT) if storage.exists(DDP_RESULT) else None
+    baseline_ddp = storage.read_json(layout.BASELINE_DDP_RESULT) if storage.exists(layout.BASELINE_DDP_RESULT) else None
     report = {
         "report_version": REPORT_VERSION,
         "title": f"spectral-{model or 'net'}-sub{K} on {source.get('name', '?')} ({split.get('transform', '?')})",
@@ -334,11 +306,11 @@ def plot_training_curves(report: dict) -> bytes:
 def build_report(storage: RunStorage) -> dict[str, Any]:
     """Collect the run's results and write ``report/`` (JSON, markdown, two PNGs); return the report dict."""
     report = collect_report(storage)
-    storage.write_json("report/report.json", report)
-    storage.write_text("report/report.md", render_markdown(report))
-    storage.write_bytes("report/accuracy.png", plot_accuracy(report))
-    storage.write_bytes("report/training_curves.png", plot_training_curves(report))
+    storage.write_json(layout.report("report.json"), report)
+    storage.write_text(layout.report("report.md"), render_markdown(report))
+    storage.write_bytes(layout.report("accuracy.png"), plot_accuracy(report))
+    storage.write_bytes(layout.report("training_curves.png"), plot_training_curves(report))
     log.info("report of %s: %d branch(es), %d ensemble(s), baseline %s -> %s", storage.url(),
              len(report["branches"]), len(report["ensembles"]), "yes" if report["baseline"] else "no",
-             storage.url("report"))
+             storage.url(layout.REPORT))
     return report

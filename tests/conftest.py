@@ -109,6 +109,7 @@ def tiny_config(storage_uri: str, **overrides):
         "model.name": "fc4",
         "train.epochs": 2,
         "train.batch_size": 64,
+        "ensemble.weights": "uniform",  # the default, tuned, runs a Ray Tune search: tests ask for it by name
         "storage.uri": storage_uri,
         "ray.num_cpus": RAY_TEST_CPUS,
     }

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from data_split.layout import MANIFEST_VERSION
 from data_split.storage import RunStorage
 from orchestrator.engines import NOT_REACHED, time_to_accuracy
 from orchestrator.ensemble import evaluate_ensemble, write_weights
@@ -55,7 +56,7 @@ def write_branch(storage: RunStorage, k: int, correct_by_epoch: list[int], start
 @pytest.fixture
 def run(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
-    storage.write_json("data/manifest.json", {"source": {"name": "synthetic", "classes": CLASSES},
+    storage.write_json("data/manifest.json", {"version": MANIFEST_VERSION, "source": {"name": "synthetic", "classes": CLASSES},
                                               "split": {"r": 1, "c": 2, "K": 2, "transform": "dct"}})
     # two branches in two waves: branch 1 starts when branch 0 is done, so the ensemble's epoch e waits for it
     write_branch(storage, 0, [12, 16], T0 + 1, [T0 + 5, T0 + 9])

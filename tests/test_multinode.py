@@ -143,7 +143,37 @@ cfg = load_config(sys.argv[1], {"ray.address": sys.argv[2], "storage.uri": sys.a
 result = run(cfg)
 print(json.dumps({k: r["placement"]["node_id"] for k, r in result.training.results.items()}))
 """
+FAILING_DRIVER = """
+import json, sys
+from orchestrator import api, load_config
+from orchestrator.launcher import BranchFailedError
+cfg = load_config(sys.argv[1], {"ray.address": sys.argv[2], "storage.uri": sys.argv[3]})
+try:
+    api.train(cfg)
+except BranchFailedError as e:
+    print(json.dumps({"type": type(e).__name__, "failures": {str(k): v for k, v in e.failures.items()}}))
+"""
 API_ATTEMPT_TIMEOUT_S = 300  # a run takes ~1 min here; a Ray Client whose server failed to start can hang
+
+
+def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path, how: str) -> subprocess.CompletedProcess:
+    for _ in (1, 2):
+        try:
+            proc = subprocess.run([sys.executable, "-c", driver, str(config), address, str(run_dir)],
+                                  env=env, capture_output=True, text=True, timeout=API_ATTEMPT_TIMEOUT_S, cwd=REPO)
+        except subprocess.TimeoutExpired as e:  # its output comes as bytes, text=True or not
+            out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
+            proc = subprocess.CompletedProcess(e.cmd, -1, out, err)
+        # Ray Client's proxy now and then fails to start the server of a new client on this shared machine
+        # (its process exits at once, logging nothing): one more try, then fail with the output.
+        if proc.returncode == 0 or how != "ray-client":
+            break
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
 @pytest.mark.parametrize("how", ["auto", "ray-client"])
@@ -154,20 +184,18 @@ def test_python_api_runs_on_the_cluster_through_a_ray_address(two_node_cluster, 
         address, env = "auto", ray_env(RAY_ADDRESS=two_node_cluster.address)
     else:
         address, env = two_node_cluster.client, ray_env()
-    for attempt in (1, 2):
-        run_dir = tmp_path / f"run{attempt}"
-        try:
-            proc = subprocess.run([sys.executable, "-c", API_DRIVER, str(config), address, str(run_dir)],
-                                  env=env, capture_output=True, text=True, timeout=API_ATTEMPT_TIMEOUT_S, cwd=REPO)
-        except subprocess.TimeoutExpired as e:  # its output comes as bytes, text=True or not
-            out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
-            proc = subprocess.CompletedProcess(e.cmd, -1, out, err)
-        # Ray Client's proxy now and then fails to start the server of a new client on this shared machine
-        # (its process exits at once, logging nothing): one more try, then fail with the output.
-        if proc.returncode == 0 or how != "ray-client":
-            break
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    placed_on = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    run_dir = tmp_path / "run"
+    placed_on = last_json(drive(API_DRIVER, config, address, env, run_dir, how))
     assert set(placed_on.values()) == {n["node_id"] for n in two_node_cluster.nodes()}
     storage = RunStorage(str(run_dir))
     assert len(storage.read_json("report/report.json")["branches"]) == K
+    if how != "ray-client":
+        return
+    # A branch failure crosses ray:// as itself, with its per-branch message: branch 1 trains again
+    # with one of its shards gone, a deterministic failure (FileNotFoundError: not retried).
+    shard = storage.read_json("data/manifest.json")["branches"][1]["splits"]["train"]["files"][0]
+    storage.remove("branches/1")
+    storage.remove(shard)
+    failed = last_json(drive(FAILING_DRIVER, config, address, env, run_dir, how))
+    assert failed["type"] == "BranchFailedError" and list(failed["failures"]) == ["1"]
+    assert "FileNotFoundError" in failed["failures"]["1"] or shard in failed["failures"]["1"], failed

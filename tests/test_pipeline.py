@@ -404,17 +404,28 @@ def test_crash_mid_write_leaves_no_manifest(ray_session, tmp_path):
     np.testing.assert_allclose(x, want[:, 0], atol=m["branches"][0]["scale"][0] / 2 + 1e-6)
 
 
-def test_task_errors_are_unwrapped():
-    from data_split.pipeline import _task_error
+def test_task_errors_are_classified_by_their_cause_chain():
+    """``user_error`` finds our error in a chain (``__cause__``, or Ray's ``.cause``), never by parsing text."""
+    from data_split.errors import user_error
     from data_split.storage import StorageError
 
-    wrapped = RuntimeError("ray::Write()\n  File ...\ndata_split.sources.SourceError: /d/a.png: cannot decode image (bad)\n\nUDF failed")
-    got = _task_error(wrapped)
-    assert type(got) is SourceError and str(got) == "/d/a.png: cannot decode image (bad)"
-    got = _task_error(RuntimeError("x\ndata_split.storage.StorageError: cannot write s3://b/p/f on e: boom\n"))
-    assert type(got) is StorageError and str(got).startswith("cannot write s3://b/p/f")
-    other = RuntimeError("something else")
-    assert _task_error(other) is other
+    source_error = SourceError("/d/a.png: cannot decode image (bad)")
+    try:
+        try:
+            raise source_error
+        except SourceError as e:
+            raise RuntimeError("UDF failed") from e
+    except RuntimeError as wrapped:
+        assert user_error(wrapped) is source_error
+
+    from ray.exceptions import RayTaskError
+
+    storage_error = StorageError("cannot write s3://b/p/f on e: boom")
+    remote = RayTaskError("Write", "ray::Write()\n  File ...\n(long remote traceback)", storage_error).as_instanceof_cause()
+    assert isinstance(remote, StorageError) and str(remote) != str(storage_error)  # what ray.get raises
+    assert user_error(remote) is storage_error
+    # text that merely mentions an error class is not an error of ours
+    assert user_error(RuntimeError("x\ndata_split.storage.StorageError: cannot write s3://b/p/f\n")) is None
 
 
 # -- other shapes, channels and transforms ------------------------------------------------------------------

@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
+from data_split.layout import MANIFEST_VERSION
 from data_split.storage import RunStorage
 from orchestrator.ensemble import evaluate_ensemble, write_weights
 from orchestrator.report import TABLE_HEADER, build_report, format_table
@@ -51,7 +52,7 @@ def write_branch(storage: RunStorage, k: int, rng, *, model="fc8", test_acc=0.9,
 def storage(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
     storage.write_json("data/manifest.json", {
-        "version": 1,
+        "version": MANIFEST_VERSION,
         "source": {"name": "fashion-mnist", "resolution": [28, 28], "channels": 1, "classes": CLASSES},
         "split": {"r": 2, "c": 2, "K": K, "transform": "dct", "matrix": np.eye(K).tolist()},
     })
@@ -148,7 +149,7 @@ def test_extra_ensemble_rows_and_missing_branches(storage):
 
 def test_small_sizes_and_times_stay_readable(tmp_path):
     storage = RunStorage(str(tmp_path / "tiny"))
-    storage.write_json("data/manifest.json", {"source": {"name": "synthetic", "resolution": [8, 8]},
+    storage.write_json("data/manifest.json", {"version": MANIFEST_VERSION, "source": {"name": "synthetic", "resolution": [8, 8]},
                                               "split": {"r": 2, "c": 2, "K": 1, "transform": "haar"}})
     write_branch(storage, 0, np.random.default_rng(2), model="fc4", model_bytes=2048, train_seconds=0.42)
     _, rows = format_table(build_report(storage))
@@ -158,7 +159,7 @@ def test_small_sizes_and_times_stay_readable(tmp_path):
 def test_report_on_s3(s3_endpoint):
     """Every read and write goes through RunStorage, so the report works on object storage too."""
     storage = RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=s3_endpoint)
-    storage.write_json("data/manifest.json", {"source": {"name": "synthetic", "resolution": [8, 8]},
+    storage.write_json("data/manifest.json", {"version": MANIFEST_VERSION, "source": {"name": "synthetic", "resolution": [8, 8]},
                                               "split": {"r": 1, "c": 2, "K": 2, "transform": "dct"}})
     rng = np.random.default_rng(3)
     for k in range(2):

@@ -20,9 +20,10 @@ from holds import Hold
 from data_split.storage import RunStorage
 from orchestrator import api, cli
 from orchestrator.config import ConfigError, load_config
-from tune import SweepError, run_sweep
+from orchestrator.sweep import check_space_values, run_sweep
+from tune import SweepError
 from tune._sweep_trial import TrialStorage
-from tune.sweep import check_space_values, rank_rows
+from tune.sweep import rank_rows
 
 SPECTRAL = str(Path(sys.executable).with_name("spectral"))
 LR_SPACE = {"train.lr": {"loguniform": [1.0e-5, 1.0e-1]}}
@@ -107,7 +108,7 @@ def sweep_config(uri: str, **extra):
 @pytest.mark.slow
 def test_asha_sweep_writes_table_and_a_best_config_that_runs(ray_session, tmp_path):
     cfg = sweep_config(str(tmp_path / "run"))
-    result = run_sweep(cfg)
+    result = api.sweep(cfg)
     storage = api.run_storage(cfg)
     assert len(result.rows) == 6 and not result.restored
     assert all(r["status"] in ("finished", "stopped early") for r in result.rows)
@@ -133,10 +134,10 @@ def test_asha_sweep_writes_table_and_a_best_config_that_runs(ray_session, tmp_pa
     assert cli.main(["run", "--config", str(tmp_path / "run/tune/best_config.yaml"), "--storage", fresh]) == 0
     assert RunStorage(fresh).read_json("branches/0/result.json")["train_config"]["lr"] == best.train.lr
     # the same sweep again resumes (nothing left to do); a different one on this run is refused
-    again = run_sweep(cfg)
+    again = api.sweep(cfg)
     assert again.restored and again.best["trial"] == result.best["trial"]
     with pytest.raises(SweepError, match="holds a different sweep.*--overwrite"):
-        run_sweep(cfg.replace(**{"sweep.num_samples": 7}))
+        api.sweep(cfg.replace(**{"sweep.num_samples": 7}))
 
 
 @pytest.mark.slow
@@ -144,7 +145,7 @@ def test_sweep_of_two_branches_on_s3(ray_session, s3_endpoint):
     uri = f"s3://test-bucket/{uuid.uuid4().hex}"
     cfg = tiny_config(uri, **{"storage.endpoint_url": s3_endpoint, "train.epochs": 2, "sweep.space": LR_SPACE,
                               "sweep.num_samples": 2, "sweep.branches": [0, 1], "sweep.scheduler": "fifo"})
-    result = run_sweep(cfg)
+    result = api.sweep(cfg)
     storage = api.run_storage(cfg)
     assert [r["status"] for r in result.rows] == ["finished", "finished"]
     assert result.experiment.startswith(uri)

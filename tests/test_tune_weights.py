@@ -13,10 +13,10 @@ from data_split.pipeline import MANIFEST, MANIFEST_VERSION
 from data_split.storage import RunStorage
 from orchestrator import api, cli
 from orchestrator.ensemble import EnsembleInputError, ensemble_logits, evaluate_ensemble, score, weight_rule
-from tune import fit_exact_weights, tune_ensemble_weights
+from orchestrator.weights import NLL_TOLERANCE_PCT, tune_ensemble_weights
+from tune import fit_exact_weights
 from tune._simplex import dirichlet_around, local_search, score_candidates, simplex_from_unit, unit_from_simplex
 from tune.exact import nll_and_grad
-from tune.weights import NLL_TOLERANCE_PCT
 
 K, CLASSES, N_VAL, N_TEST = 4, 5, 300, 200
 SIGNAL = (2.0, 1.2, 0.6, 0.1)  # branch 0 carries most of the class signal, branch 3 almost none

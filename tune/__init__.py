@@ -1,27 +1,23 @@
 """Ray Tune for spectral tensor networks: the ensemble-weight search and hyperparameter sweeps.
 
-    from tune import tune_ensemble_weights, fit_exact_weights, run_sweep
-    tuned = tune_ensemble_weights(cfg, storage)     # EnsembleResult, method "tuned" (also writes ensemble/exact.json)
-    exact = fit_exact_weights(val.logits, val.y)    # ExactFit: convex weights minimising validation NLL
-    sweep = run_sweep(cfg)                          # SweepResult: table, best config YAML
+Plain inputs, no orchestrator (docs/design.md, "Layering"): the searches take logits and labels,
+a config dataclass and the run's storage; ``orchestrator.weights`` and ``orchestrator.sweep`` drive them.
 
-Names load lazily: ``orchestrator.config`` imports ``tune.config`` and must not pull in Ray Tune.
+    from tune import fit_exact_weights, search_weights
+    exact = fit_exact_weights(val_logits, val_y)               # ExactFit: convex weights minimising val NLL
+    search = search_weights(val_logits, val_y, tune_cfg, storage)  # WeightSearch: Ray Tune (Optuna TPE)
+
+Ray itself is imported inside the functions that run a search, so importing ``tune`` is cheap.
 """
 
-from __future__ import annotations
+from tune.config import SweepConfig, TuneConfig
+from tune.exact import ExactFit, fit_exact_weights
+from tune.scoring import COMPUTED_RULES, WEIGHT_RULES, ensemble_logits, nll_and_accuracy, score, weight_rule
+from tune.sweep import SweepError
+from tune.weights import WeightSearch, WeightSearchError, search_weights
 
-import importlib
-
-_EXPORTS = {
-    "TuneConfig": "tune.config", "SweepConfig": "tune.config",
-    "ExactFit": "tune.exact", "fit_exact_weights": "tune.exact",
-    "tune_ensemble_weights": "tune.weights", "search_weights": "tune.weights", "WeightSearch": "tune.weights",
-    "run_sweep": "tune.sweep", "SweepResult": "tune.sweep", "SweepError": "tune.sweep",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tune' has no attribute {name!r}")
+__all__ = [
+    "COMPUTED_RULES", "ExactFit", "SweepConfig", "SweepError", "TuneConfig", "WEIGHT_RULES", "WeightSearch",
+    "WeightSearchError", "ensemble_logits", "fit_exact_weights", "nll_and_accuracy", "score", "search_weights",
+    "weight_rule",
+]

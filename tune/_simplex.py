@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tune.scoring import nll_and_accuracy
+
 U_MAX = 1.0 - 1e-12  # keeps -log(1 - u) finite
 DIRICHLET_FLOOR = 0.02  # added to every alpha so that a zero weight can become non-zero again
 ROUND_SIZE = 16  # candidates scored together per local-search round
@@ -75,13 +77,9 @@ def score_candidates(weights: np.ndarray, logits: np.ndarray, y: np.ndarray) -> 
     W = np.asarray(weights, dtype=np.float64)
     Z = np.asarray(logits, dtype=np.float64)
     B, (_, N, C) = W.shape[0], Z.shape
-    rows = np.arange(N)
     nll, acc = np.empty(B), np.empty(B)
     step = max(1, SCORE_CHUNK_BYTES // (8 * N * C))
     for lo in range(0, B, step):
         z = np.einsum("bk,knc->bnc", W[lo:lo + step], Z)  # (b, N, C)
-        zmax = z.max(axis=2, keepdims=True)
-        lse = np.log(np.exp(z - zmax).sum(axis=2)) + zmax[..., 0]  # (b, N)
-        nll[lo:lo + step] = (lse - z[:, rows, y]).mean(axis=1)
-        acc[lo:lo + step] = (z.argmax(axis=2) == y[None, :]).mean(axis=1)
+        nll[lo:lo + step], acc[lo:lo + step] = nll_and_accuracy(z, y)
     return nll, acc

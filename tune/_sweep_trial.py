@@ -19,13 +19,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from data_split import layout
 from data_split.storage import RunStorage
-from orchestrator.config import apply_overrides, from_dict
+from branches.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
-
-TRIALS_DIR = "tune/sweep/trials"  # under the run
-
 
 # -- a trial's storage: its own branches/, the run's data/ -------------------------------------------
 class TrialStorage(RunStorage):
@@ -37,12 +35,12 @@ class TrialStorage(RunStorage):
 
     def path(self, *parts: str) -> str:
         rel = posixpath.join(*parts) if parts else ""
-        if rel == "data" or rel.startswith("data/"):
+        if rel == layout.DATA or rel.startswith(f"{layout.DATA}/"):
             return posixpath.join(self.data_root, rel)
         return super().path(*parts)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        if rel == "data" or rel.startswith("data/"):
+        if rel == layout.DATA or rel.startswith(f"{layout.DATA}/"):
             raise PermissionError(f"a sweep trial must not write the run's data ({rel})")
         super().write_bytes(rel, data)
 
@@ -101,9 +99,9 @@ def _sweep_trial(config: dict, *, run: RunStorage, base: dict, branches: list[in
     """One Tune trial: train the branches with ``config``'s overrides, report validation metrics per epoch."""
     from ray import tune
 
-    cfg = from_dict(apply_overrides(base, config))
+    model_cfg, train_cfg = trial_configs(base, config)
     trial_id = tune.get_context().get_trial_id()
-    storage = TrialStorage(run, f"{run.uri.rstrip('/')}/{TRIALS_DIR}/{trial_id}")
+    storage = TrialStorage(run, run.child(layout.sweep_trial(trial_id)).uri)
     done = 0  # last epoch Tune knows of
     resumed = tune.get_checkpoint()
     if resumed is not None:
@@ -128,13 +126,18 @@ def _sweep_trial(config: dict, *, run: RunStorage, base: dict, branches: list[in
     stored = {k: _stored_metrics(storage, k) for k in branches}
     for e in sorted(set.intersection(*(set(m) for m in stored.values()))):
         report(e, [stored[k][e] for k in branches])
-    _train_lockstep(storage, branches, cfg.model, cfg.train, report)
+    _train_lockstep(storage, branches, model_cfg, train_cfg, report)
+
+
+def trial_configs(base: dict, overrides: dict) -> tuple[ModelConfig, TrainConfig]:
+    """``base`` (``{"model": {...}, "train": {...}}``) with the trial's dotted overrides (``train.lr``, ``model.width``)."""
+    sections = {"model": dict(base["model"]), "train": dict(base["train"])}
+    for dotted, value in overrides.items():
+        section, name = dotted.split(".", 1)
+        sections[section][name] = value.item() if hasattr(value, "item") else value  # numpy scalars from samplers
+    return ModelConfig(**sections["model"]), TrainConfig(**sections["train"])
 
 
 def _stored_metrics(storage: RunStorage, k: int) -> dict[int, dict]:
     """Epoch -> metrics line of branch ``k``'s metrics.jsonl in the trial's folder (empty when absent)."""
-    rel = f"branches/{k}/metrics.jsonl"
-    if not storage.exists(rel):
-        return {}
-    rows = (json.loads(line) for line in storage.read_bytes(rel).decode().splitlines() if line.strip())
-    return {int(r["epoch"]): {**r, "k": k} for r in rows}
+    return {int(r["epoch"]): {**r, "k": k} for r in layout.read_metrics(storage, k)}

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from branches.config import TrainConfig
+from data_split.fields import option
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 SEARCHABLE_MODEL_KEYS = ("model.width",)
@@ -35,12 +36,12 @@ SCHEDULERS = ("asha", "fifo")
 class TuneConfig:
     """``tune:`` the Ray Tune search of ensemble weights on the validation logits (``ensemble.weights: tuned``)."""
 
-    num_samples: int = 64  # Tune trials; each starts from one TPE proposal
+    num_samples: int = option(64, '`tuned` weights: Tune trials, each starting from one TPE proposal')
     # A trial costs ~0.3-1.3 s of Tune overhead but scoring one weight vector costs ~1 ms, so each trial
     # scores this many in a local search from its proposal (tune._simplex.local_search) and reports the best.
-    candidates_per_trial: int = 64  # 1 = plain TPE, one weight vector per trial
-    seed: int = 0  # seed of the TPE sampler and of the local searches
-    max_concurrent: int = 2  # trials at once; TPE only learns from finished trials, so more is closer to random
+    candidates_per_trial: int = option(64, 'weight vectors each trial scores in a local search from its proposal; 1 = plain TPE')
+    seed: int = option(0, 'seed of the TPE sampler and of the local searches')
+    max_concurrent: int = option(2, 'trials at once (TPE learns only from finished trials: more is closer to random)')
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -113,16 +114,16 @@ def parse_space(space: dict[str, Any]) -> list[Dimension]:
 class SweepConfig:
     """``sweep:`` a Ray Tune search over branch-training hyperparameters (``spectral sweep``)."""
 
-    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # dotted key -> {distribution: args}
-    num_samples: int = 16  # trials (configurations) to train
-    branches: list[int] = field(default_factory=lambda: [0])  # branches each trial trains; metric = their mean
-    metric: str = "val_acc"  # one of SWEEP_METRICS, reported every epoch
-    mode: str | None = None  # "max" or "min"; None: the metric's natural mode
-    scheduler: str = "asha"  # "asha" (early stopping) or "fifo" (every trial runs all its epochs)
-    grace_period: int = 1  # ASHA: epochs every trial runs before it may be stopped
-    reduction_factor: float = 2.0  # ASHA: keep the best 1/reduction_factor of trials at each rung
-    max_concurrent: int = 2  # trials at once (each also needs its branches' resources)
-    seed: int = 0  # seed of the TPE sampler
+    space: dict[str, dict[str, Any]] = option(factory=dict, help='searched keys (`train.<field>`, `model.width`), each with one distribution: `{loguniform: [low, high]}`, `uniform`, `randint` (inclusive) or `choice: [values]`')
+    num_samples: int = option(16, 'trials (configurations) to train')
+    branches: list[int] = option(factory=lambda: [0], help='branches each trial trains; the metric is their mean')
+    metric: str = option("val_acc", '`val_acc`, `val_loss` or `loss` (training loss), reported every epoch')
+    mode: str | None = option(None, "`max` or `min`; unset: the metric's natural mode")
+    scheduler: str = option("asha", '`asha` (stops weak trials early) or `fifo` (every trial runs all its epochs)')
+    grace_period: int = option(1, 'ASHA: epochs every trial runs before it may be stopped')
+    reduction_factor: float = option(2.0, 'ASHA: keep the best 1/reduction_factor of the trials at each rung')
+    max_concurrent: int = option(2, "trials at once (each also needs its branches' resources)")
+    seed: int = option(0, 'seed of the TPE sampler')
 
     def __post_init__(self) -> None:
         parse_space(self.space)  # raises naming the key

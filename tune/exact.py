@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from tune.scoring import ensemble_logits, nll_and_accuracy
+
 log = logging.getLogger(__name__)
 
 MAX_ITERATIONS = 500
@@ -103,4 +105,4 @@ def fit_exact_weights(logits: np.ndarray, y: np.ndarray, *, start: np.ndarray | 
 
 
 def _accuracy(w: np.ndarray, Z: np.ndarray, y: np.ndarray) -> float:
-    return float((np.tensordot(w, Z, axes=1).argmax(axis=1) == y).mean())
+    return float(nll_and_accuracy(ensemble_logits(w, Z), y)[1])

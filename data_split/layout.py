@@ -1,0 +1,156 @@
+"""The storage layout of a run (docs/design.md section 3): every path under the run URI, and one reader
+each for the manifest, ``metrics.jsonl`` and ``result.json``. Nothing else spells a run path.
+
+Paths are relative to the run (``RunStorage`` resolves them); a run nested in another
+(the baseline, a sweep trial) is ``storage.child(rel)``::
+
+    <run>/data/manifest.json                         MANIFEST
+    <run>/data/<split>/branch=<k>/<part>.parquet     shard(split, k, part)
+    <run>/branches/<k>/checkpoints/epoch=<e>.pt      checkpoint(k, e)
+    <run>/branches/<k>/metrics.jsonl                 metrics(k)         read_metrics(storage, k)
+    <run>/branches/<k>/logits_<split>.npy            logits(k, split)
+    <run>/branches/<k>/epochs/logits_val_<e>.npy     epoch_logits(k, e)   (train.epoch_logits)
+    <run>/branches/<k>/rows_<split>.npy              rows(k, split)     (idx, y) of those logits
+    <run>/branches/<k>/result.json                   result(k)          read_result(storage, k)
+    <run>/branches/<k>/placement.json                placement(k)
+    <run>/ensemble/<method>.json, weights.json       ensemble_record(method), WEIGHTS
+    <run>/baseline/...                               BASELINE: a run of its own (K = 1)
+    <run>/baseline-ddp/result.json                   BASELINE_DDP_RESULT
+    <run>/report/report.json, report.md, *.png       report(name)
+    <run>/tune/weights/, tune/sweep/...              TUNE_WEIGHTS, SWEEP_* (Ray Tune's experiments)
+    <run>/lease.json                                 LEASE: the live driver
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from data_split.errors import SpectralError
+from data_split.storage import RunStorage
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 2  # of manifest.json (2: compact storage); a different one is refused by load_manifest
+REQUIRED_MANIFEST_FIELDS = ("version", "config_hash", "source", "split", "val_fraction", "seed", "branches")
+
+DATA = "data"
+MANIFEST = f"{DATA}/manifest.json"
+BRANCHES = "branches"
+ENSEMBLE = "ensemble"
+WEIGHTS = f"{ENSEMBLE}/weights.json"  # the run's chosen ensemble
+REPORT = "report"
+BASELINE = "baseline"  # the full-resolution baseline: a run of its own (same layout, K = 1)
+BASELINE_DDP = "baseline-ddp"  # the baseline trained with Ray Train DDP: a folder of its own
+DDP_RESULT = "result.json"  # under BASELINE_DDP
+BASELINE_DDP_RESULT = f"{BASELINE_DDP}/{DDP_RESULT}"
+LEASE = "lease.json"  # the live driver: host, pid, started, heartbeat
+TUNE_WEIGHTS = "tune/weights"  # Ray Tune's experiment of the ensemble-weight search
+SWEEP = "tune/sweep"  # a hyperparameter sweep: spec.json, Tune's experiment, trials/<id>/ (runs of their own)
+SWEEP_SPEC = f"{SWEEP}/spec.json"
+SWEEP_TRIALS = f"{SWEEP}/trials"
+SWEEP_TABLE = "tune/sweep.md"
+SWEEP_RESULTS = "tune/sweep.json"
+BEST_CONFIG = "tune/best_config.yaml"
+
+
+class ManifestError(SpectralError, ValueError):
+    """``manifest.json`` is missing or lacks a field; the message names it."""
+
+
+# -- paths -------------------------------------------------------------------------------------------
+def shard(split: str, k: int, part: str) -> str:
+    return f"{DATA}/{split}/branch={k}/{part}"
+
+
+def branch_dir(k: int) -> str:
+    return f"{BRANCHES}/{k}"
+
+
+def checkpoints_dir(k: int) -> str:
+    return f"{branch_dir(k)}/checkpoints"
+
+
+def checkpoint(k: int, epoch: int) -> str:
+    return f"{checkpoints_dir(k)}/epoch={epoch}.pt"
+
+
+def metrics(k: int) -> str:
+    return f"{branch_dir(k)}/metrics.jsonl"
+
+
+def epoch_logits(k: int, epoch: int) -> str:
+    """Validation logits after ``epoch`` (``train.epoch_logits``): the ensemble's accuracy per epoch."""
+    return f"{branch_dir(k)}/epochs/logits_val_{epoch}.npy"
+
+
+def logits(k: int, split: str) -> str:
+    return f"{branch_dir(k)}/logits_{split}.npy"
+
+
+def rows(k: int, split: str) -> str:
+    return f"{branch_dir(k)}/rows_{split}.npy"
+
+
+def result(k: int) -> str:
+    return f"{branch_dir(k)}/result.json"
+
+
+def placement(k: int) -> str:
+    return f"{branch_dir(k)}/placement.json"
+
+
+def ensemble_record(method: str) -> str:
+    return f"{ENSEMBLE}/{method}.json"
+
+
+def report(name: str) -> str:
+    return f"{REPORT}/{name}"
+
+
+def sweep_trial(trial_id: str) -> str:
+    return f"{SWEEP_TRIALS}/{trial_id}"
+
+
+# -- readers ---------------------------------------------------------------------------------------------
+def load_manifest(storage: RunStorage, *, fields: tuple[str, ...] = REQUIRED_MANIFEST_FIELDS) -> dict:
+    """``data/manifest.json``, checked: present, ``fields`` there (default: all required), this code's version."""
+    if not storage.exists(MANIFEST):
+        raise ManifestError(f"{storage.url(MANIFEST)} does not exist: run `spectral split` first (or the split is incomplete)")
+    manifest = storage.read_json(MANIFEST)
+    missing = [f for f in ("version", *fields) if f not in manifest]
+    if missing:
+        raise ManifestError(f"{storage.url(MANIFEST)} lacks field(s) {', '.join(missing)}")
+    if manifest["version"] == 1:
+        raise ManifestError(
+            f"{storage.url(MANIFEST)} is storage version 1 (float32 sub-datasets); this code reads version "
+            f"{MANIFEST_VERSION} (compact uint8/float16 storage, `src` column). Re-split it: "
+            f"`spectral split --config <your config> --storage {storage.url()} --overwrite` "
+            "(branches trained on the old split must be retrained)"
+        )
+    if manifest["version"] != MANIFEST_VERSION:
+        raise ManifestError(f"{storage.url(MANIFEST)} has version {manifest['version']}, this code reads {MANIFEST_VERSION}")
+    return manifest
+
+
+def read_metrics(storage: RunStorage, k: int) -> list[dict]:
+    """Branch ``k``'s per-epoch metrics by epoch (empty when absent); a repeated epoch keeps its last line."""
+    rel = metrics(k)
+    if not storage.exists(rel):
+        return []
+    by_epoch: dict[int, dict] = {}
+    for n, line in enumerate(storage.read_bytes(rel).decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            by_epoch[int(row["epoch"])] = row
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            log.warning("skipping line %d of %s: %r", n, storage.url(rel), e)
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_result(storage: RunStorage, k: int) -> dict | None:
+    """Branch ``k``'s ``result.json`` (written last: the branch finished), or None."""
+    rel = result(k)
+    return storage.read_json(rel) if storage.exists(rel) else None
