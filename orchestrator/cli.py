@@ -141,12 +141,16 @@ class _LiveProgress:
         self.live.update(progress_table(snapshot, self.epochs))
 
 
-def cmd_split(cfg: SpectralConfig, args) -> None:
-    result = api.split(cfg, overwrite=args.overwrite)
+def print_split(cfg: SpectralConfig, result) -> None:
+    """What `split` and `run` show of the split: bytes per branch, rows by source (if several), where it is."""
     console.print(split_table(result))
     if len(result.manifest.get("sources", [])) > 1:
         console.print(sources_table(result.manifest))
     console.print(f"sub-datasets: {api.run_storage(cfg).url(layout.DATA)}")
+
+
+def cmd_split(cfg: SpectralConfig, args) -> None:
+    print_split(cfg, api.split(cfg, overwrite=args.overwrite))
 
 
 def cmd_train(cfg: SpectralConfig, args) -> None:
@@ -165,8 +169,7 @@ def cmd_run(cfg: SpectralConfig, args) -> None:
     t0 = time.perf_counter()
     with _LiveProgress(cfg.train.epochs) as progress:
         result = api.run(cfg, overwrite=args.overwrite, on_progress=progress)
-    console.print(split_table(result.split))
-    console.print(f"sub-datasets: {api.run_storage(cfg).url(layout.DATA)}")
+    print_split(cfg, result.split)
     training = result.training
     console.print(f"trained {len(training.results) - len(training.skipped)} branch(es), "
                   f"skipped {len(training.skipped)} finished")
