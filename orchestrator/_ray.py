@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 
+from data_split.errors import SpectralError
 from orchestrator.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ def cluster_side(fn):
         if head:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
         task = ray.remote(wrapper).options(**options)  # by reference: the module's decorated function
-        return ray.get(task.remote(cfg.replace(**{"ray.address": None}), *args, **kwargs))
+        try:
+            return ray.get(task.remote(cfg.replace(**{"ray.address": None}), *args, **kwargs))
+        except ray.exceptions.RayTaskError as e:  # the caller gets our own error (BranchFailedError, ...), not Ray's wrapper
+            if isinstance(e.cause, SpectralError):
+                raise e.cause from None
+            raise
 
     return wrapper

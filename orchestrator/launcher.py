@@ -95,7 +95,10 @@ def train_branches(
         num_cpus=plan.cpus_per_branch,
         num_gpus=plan.gpus_per_branch,
         max_restarts=resources.max_restarts,
-        max_task_retries=resources.max_restarts,
+        # The branch's failure budget is max_restarts of its process; its `train` call is retried as long as the
+        # actor can come back. A bounded task budget failed branches of a lost node: each "actor temporarily
+        # unavailable" while Ray was restarting it elsewhere used up a retry. Our own exceptions are never retried.
+        max_task_retries=-1,
     )
     actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board_name, started) for k in todo}
     pending = {actors[k].train.remote(): k for k in todo}
