@@ -22,6 +22,7 @@ import numpy as np
 from data_split.config import ExtraSourceConfig, SplitConfig
 from data_split.errors import ConfigError
 from data_split.multires import lowres_components, plan_extra_source
+from data_split.parquet import row_order
 from data_split.sources import ImageSource, make_source
 
 MAIN_SRC = 0  # the `src` of the configured `source`; extra_sources[j-1] is src j
@@ -94,7 +95,7 @@ def plan_extra_ranges(plan: ExtraPlan, images_per_task: int) -> list[dict]:
 def load_extra_range(plan: ExtraPlan, start: int, stop: int, seed: int) -> dict:
     """Raw low-resolution train images of one range, all for training, in a seeded random row order."""
     x, y = plan.source.read("train", start, stop)
-    order = np.random.default_rng([seed, 100 + plan.src, start]).permutation(stop - start)
+    order = row_order(stop - start, [seed, 100 + plan.src, start])
     return {"idx": np.arange(start, stop, dtype=np.int64)[order], "src": np.full(stop - start, plan.src, np.int16),
             "y": y[order], "split": np.full(stop - start, "train"), "x": x[order]}
 

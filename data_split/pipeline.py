@@ -13,8 +13,8 @@ incomplete and is redone from scratch.
 
 Storage version 2 (docs/design.md section 3): values are stored as ``split.dtype``
 (``data_split.quantize``), Parquet is zstd, and the rows of every file are in
-a seeded random order (the same in every branch), so a stream of row groups
-is already class-mixed.
+a seeded random order of blocks of images (the same in every branch), so a
+stream of row groups is already class-mixed (``data_split.parquet``).
 
 Extra sources (``extra_sources``, ``data_split.extra_sources``) run one such
 pipeline each, on the nodes that hold them, and add their train rows (``src``
@@ -24,7 +24,6 @@ pipeline each, on the nodes that hold them, and add their train rows (``src``
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -32,8 +31,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig
 from data_split import layout
@@ -48,6 +45,7 @@ from data_split.extra_sources import (
     transform_lowres_batch,
 )
 from data_split.layout import MANIFEST, MANIFEST_VERSION
+from data_split.parquet import raw_bytes, row_order, shard_bytes
 from data_split.quantize import affine_params, decode, encode
 from data_split.sources import ImageSource, make_source
 from data_split.storage import RunStorage
@@ -55,7 +53,6 @@ from data_split.transforms import spectral_components, split_matrix
 
 log = logging.getLogger(__name__)
 
-ROW_GROUP_ROWS = 2048  # rows per Parquet row group: the unit a streaming branch reads and shuffles
 SPLITS = ("train", "val", "test")
 
 
@@ -101,9 +98,7 @@ def load_range(source: ImageSource, split_cfg: SplitConfig, source_split: str, s
         target = np.where(is_val, "val", "train")
     else:
         target = np.full(stop - start, "test")
-    # The file's seeded random row order (a function of the seed and the range only, so a retried task
-    # writes the same file); every branch keeps it, so row i of branch k and of branch j is the same image.
-    order = np.random.default_rng([split_cfg.seed, ("train", "test").index(source_split), start]).permutation(stop - start)
+    order = row_order(stop - start, [split_cfg.seed, ("train", "test").index(source_split), start])
     return {"idx": np.arange(start, stop, dtype=np.int64)[order], "src": np.full(stop - start, MAIN_SRC, np.int16),
             "y": y[order], "split": target[order], "x": x[order]}
 
@@ -113,30 +108,6 @@ def transform_batch(batch: dict, r: int, c: int, matrix: np.ndarray) -> dict:
     x = np.asarray(batch["x"], dtype=np.float32) * np.float32(1 / 255)
     s = spectral_components(x, r, c, matrix.astype(np.float32))
     return {**batch, "s": np.ascontiguousarray(s)}
-
-
-def _parquet(columns: dict) -> bytes:
-    """One Parquet file (zstd, ``ROW_GROUP_ROWS`` rows per group); numpy tensors become fixed-shape tensor columns."""
-    table = pa.table({
-        name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(v)) if v.ndim > 1 else pa.array(v)
-        for name, v in columns.items()
-    })
-    # idx is a random permutation: a dictionary only adds to it (measured: 3.4 -> 2.0 bytes/row with delta coding)
-    leaves = [f"{name}.list.element" if v.ndim > 1 else name for name, v in columns.items() if name != "idx"]
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS, use_dictionary=leaves,
-                   column_encoding={"idx": "DELTA_BINARY_PACKED"} if "idx" in columns else None)
-    return buf.getvalue()
-
-
-def parquet_bytes(idx: np.ndarray, src: np.ndarray, y: np.ndarray, x: np.ndarray) -> bytes:
-    """One sub-dataset file: idx int64, src int16, y int64, x fixed-shape tensor (C, h, w) of the stored dtype."""
-    return _parquet({"idx": idx.astype(np.int64), "src": src.astype(np.int16), "y": y.astype(np.int64), "x": x})
-
-
-def raw_parquet_size(x: np.ndarray) -> int:
-    """Bytes of raw uint8 images (n, C, H, W) as one zstd Parquet column: what the sub-datasets are compared to."""
-    return len(_parquet({"x": np.asarray(x, dtype=np.uint8)}))
 
 
 def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict],
@@ -157,12 +128,12 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
         if not rows.any():
             continue
         idx, src, y, s = batch["idx"][rows], batch["src"][rows], batch["y"][rows], batch["s"][rows]  # s: (n, K, C, h, w)
-        raw_bytes = raw_parquet_size(batch["x"][rows])
+        raw = raw_bytes(batch["x"][rows])
         for i in range(s.shape[1]):
             k = i if branches is None else branches[i]
             t0 = time.perf_counter()
             stored = encode(s[:, i], dtype, codecs[k]["offset"], codecs[k]["scale"])
-            data = parquet_bytes(idx, src, y, stored)
+            data = shard_bytes(idx, src, y, stored)
             rel = layout.shard(split, k, part)
             storage.write_bytes(rel, data)
             xk = decode(stored, dtype, codecs[k]["offset"], codecs[k]["scale"]).astype(np.float64)
@@ -175,7 +146,7 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
                     "file": rel,
                     "rows": int(rows.sum()),
                     "bytes": len(data),
-                    "raw_bytes": raw_bytes if i == 0 else 0,  # the range's raw images, counted once
+                    "raw_bytes": raw if i == 0 else 0,  # the range's raw images, counted once
                     "seconds": time.perf_counter() - t0,
                     "sum": xk.sum(axis=(0, 2, 3)).tolist(),  # per channel
                     "sumsq": np.square(xk).sum(axis=(0, 2, 3)).tolist(),

@@ -30,6 +30,7 @@ from data_split import (
     split_dataset,
     spectral_components,
 )
+from data_split.parquet import MIN_BLOCKS, ROW_BLOCK, row_order
 from data_split.pipeline import MANIFEST, SPLITS, build_manifest, config_hash, val_mask, write_single_process
 from data_split.transforms import polyphase_split, transform_matrix
 from fixtures_formats import write_imagefolder
@@ -105,6 +106,20 @@ def test_parquet_columns_with_pyarrow(written):
         assert x.dtype == np.uint8 and x.shape == (t.num_rows, 1, 4, 4)
         meta = pq.read_metadata(path)
         assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
+
+
+@pytest.mark.parametrize("n", [1, 63, 150, 4096, 10_000, 10_001])
+def test_row_order_is_a_seeded_permutation_of_blocks_of_consecutive_images(n):
+    order = row_order(n, [0, 1, 2])
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))  # every image once
+    np.testing.assert_array_equal(order, row_order(n, [0, 1, 2]))  # seeded
+    block = max(1, min(ROW_BLOCK, n // MIN_BLOCKS))
+    runs = np.split(order, np.flatnonzero(np.diff(order) != 1) + 1)  # maximal runs of consecutive images
+    for run in runs:  # are whole blocks (two neighbours may follow each other; the last block may be short)
+        assert run[0] % block == 0 and (len(run) % block == 0 or run[-1] == n - 1), (block, run)
+    if n > block:
+        assert not (np.diff(order) > 0).all()  # in a random order of blocks
+        assert not np.array_equal(order, row_order(n, [0, 1, 3]))
 
 
 def test_rows_are_in_a_seeded_random_order_shared_by_every_branch(written):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import data_split.parquet as parquet
 import data_split.pipeline as pipeline
 from branches import ModelConfig, TrainConfig, train_branch
 from branches._data import InMemorySplit, choose_mode, in_memory_bytes
@@ -29,7 +30,7 @@ CPU = torch.device("cpu")
 
 
 def write_split(root, source_cfg: SourceConfig, split_cfg: SplitConfig, monkeypatch) -> RunStorage:
-    monkeypatch.setattr(pipeline, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 16 * 16)  # 16 rows of (1, 4, 4) codes
     storage = RunStorage(str(root))
     source = make_source(source_cfg)
     records = pipeline.write_single_process(source, split_cfg, storage)
@@ -129,7 +130,7 @@ def test_stream_from_s3_matches_local(tiny_split, s3_endpoint, monkeypatch):
 
     cfg = tiny_config("unused")
     s3 = RunStorage(f"s3://test-bucket/stream-{uuid.uuid4().hex[:8]}", endpoint_url=s3_endpoint)
-    monkeypatch.setattr(pipeline, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 16 * 16)  # 16 rows of (1, 4, 4) codes
     source = make_source(cfg.source)
     s3.write_json(pipeline.MANIFEST, pipeline.build_manifest(
         source, cfg.source, cfg.split, pipeline.write_single_process(source, cfg.split, s3)))
