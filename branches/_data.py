@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from data_split.augment import FLIPS, branch_signs, image_op, translate
+from data_split.augment import SYMMETRIES, branch_signs, image_op, translate
 from data_split.quantize import branch_codec, decode
 from data_split.shards import read_branch
 from data_split.storage import RunStorage
@@ -62,7 +62,7 @@ class Decoder:
 
 
 class Augmenter:
-    """``train.augment`` for branch ``k``: exact flips (with the branch's sign) and the sub-pixel crop, on values.
+    """``train.augment`` for branch ``k``: exact symmetries (with the branch's sign) and the sub-pixel crop, on values.
 
     ``data_split.augment.check_augment`` has refused inexact names before this is built. Every draw comes
     from the caller's generator, one per (seed, k, epoch), so a resumed epoch augments the same way.
@@ -70,7 +70,7 @@ class Augmenter:
 
     def __init__(self, names: list[str], manifest: dict, k: int, pad: int) -> None:
         t, r, c = np.asarray(manifest["split"]["matrix"]), manifest["split"]["r"], manifest["split"]["c"]
-        self.flips = [(n, float(branch_signs(n, t, r, c)[k])) for n in names if n in FLIPS]
+        self.flips = [(n, float(branch_signs(n, t, r, c)[k])) for n in names if n in SYMMETRIES]
         self.pad = pad if "crop" in names else 0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -208,7 +208,8 @@ def train_branch(
         raise ConfigError(f"branch k={k} is out of range: the split at {storage.url(layout.DATA)} has K={n_branches} "
                          f"branches (k = 0..{n_branches - 1})")
     sp = manifest["split"]
-    check_augment(list(train_cfg.augment), np.asarray(sp["matrix"]), sp["r"], sp["c"], sp["transform"])
+    check_augment(list(train_cfg.augment), np.asarray(sp["matrix"]), sp["r"], sp["c"], sp["transform"],
+                  tuple(sp["branch_shape"]))
     if (done := finished_result(storage, k, model_cfg, train_cfg, manifest)) is not None:
         log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(layout.branch_dir(k)),
                  done["epochs"])
