@@ -14,6 +14,7 @@ the README's table (``spectral config --markdown``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -200,7 +201,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     try:
         return cls(**kwargs)
     except ValueError as e:
-        raise ConfigError(str(e)) from e
+        msg = str(e)
+        if issubclass(cls, SourceConfig) and prefix != "source.":  # an extra source: name its own keys
+            msg = re.sub(r"\bsource\.", prefix, msg)
+        raise ConfigError(msg) from e
 
 
 def from_dict(data: dict) -> SpectralConfig:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from orchestrator.config import load_config
+from orchestrator.config import ConfigError, load_config
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
 
@@ -20,3 +21,15 @@ def test_the_embedded_default_config_loads_with_every_value_it_sets():
             assert loaded[section][key] == value, f"{section}.{key}: file says {value!r}, loaded {loaded[section][key]!r}"
     # overrides apply on top of the file
     assert load_config(DEFAULT, {"train.epochs": 1, "split.rows": 1}).train.epochs == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"name": "mnist", "limit": 0}, r"config: extra_sources\[1\]\.limit must be >= 1"),
+    ({"name": "imagefolder"}, r"needs extra_sources\[1\]\.root"),
+    ({"name": "mnist", "resources": {"site_b": 0}}, r"config: extra_sources resources must be positive"),
+])
+def test_an_extra_source_error_names_that_source_not_the_main_one(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"extra_sources": [{"name": "mnist"}, extra]})
+    with pytest.raises(ConfigError, match=r"config: source\.limit must be >= 1"):  # the main source keeps its name
+        load_config(None, {"source.limit": 0})
