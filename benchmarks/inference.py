@@ -93,7 +93,7 @@ def single_process(program_file: str, paths: list[str], batch_size: int, shape: 
     t0 = time.perf_counter()
     preds = []
     for i in range(0, len(paths), batch_size):
-        x = np.stack([decode_image(p, *shape) for p in paths[i:i + batch_size]])
+        x = np.stack([decode_image(p, shape[0], shape[1:]) for p in paths[i:i + batch_size]])
         with torch.no_grad():
             preds.append(model(torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255))).argmax(1).numpy())
     seconds = time.perf_counter() - t0

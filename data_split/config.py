@@ -44,8 +44,9 @@ class SourceConfig:
     root: str | None = option(None, "where the source files are; unset: `/usr/share/datasets/fashion-mnist` (Debian's package) for Fashion-MNIST, `./data/<name>` in torchvision's layout for the others")
     limit: int | None = option(None, 'keep only the first N images of each source split; unset: all')
     download: bool = option(False, "`mnist`, `fashion-mnist`, `cifar10`: fetch the files with torchvision's downloader first (into `source.root`, else `./data/<name>`)")
-    image_size: list[int] | None = option(None, '`imagefolder`: resize every image to `[H, W]` (required)')
-    channels: int = option(3, '`imagefolder`: 1 (grayscale) or 3 (RGB)')
+    image_size: int | list[int] | None = option(None, "`imagefolder`, as torchvision's `Resize` + `CenterCrop`: `S` scales the shorter side to S and keeps the centre S x S; `[H, W]` stretches to H x W; unset: every image must have the same size, which is used")
+    channels: int = option(3, '`imagefolder`: 1 (grayscale) or 3 (RGB); images of the other kind are converted')
+    skip_bad: bool = option(False, '`imagefolder`: leave out images that cannot be read or decoded (listed in the manifest under `source.skipped`) instead of failing the split')
     synthetic: SyntheticConfig = option(factory=SyntheticConfig, help='`synthetic`: seeded class-prototype images plus Gaussian noise (for tests and benchmarks)')
 
     def __post_init__(self) -> None:
@@ -53,12 +54,15 @@ class SourceConfig:
             raise ValueError(f"source.name: unknown source {self.name!r}; expected one of {', '.join(SOURCES)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"source.limit must be >= 1 (or absent for all images), got {self.limit}")
-        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(f"source.image_size must be [H, W] with positive sizes, got {self.image_size}")
+        size = [self.image_size] if isinstance(self.image_size, int) else self.image_size
+        if size is not None and ((len(size) != 2 and not isinstance(self.image_size, int)) or min(size) < 1):
+            raise ValueError(f"source.image_size must be S or [H, W] with positive sizes, got {self.image_size}")
         if self.channels not in (1, 3):
             raise ValueError(f"source.channels must be 1 or 3, got {self.channels}")
-        if self.name == "imagefolder" and (self.root is None or self.image_size is None):
-            raise ValueError("source 'imagefolder' needs source.root and source.image_size [H, W]")
+        if self.name == "imagefolder" and self.root is None:
+            raise ValueError("source 'imagefolder' needs source.root (a path or URI holding train/<class>/<image>)")
+        if self.skip_bad and self.name != "imagefolder":
+            raise ValueError(f"source.skip_bad applies to `imagefolder` only, not {self.name!r}")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -74,6 +78,8 @@ class ExtraSourceConfig(SourceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.skip_bad:
+            raise ValueError("extra_sources: skip_bad is not supported (only the main source can leave images out)")
         bad = {k: v for k, v in self.resources.items() if not v > 0}
         if bad:
             raise ValueError(f"extra_sources resources must be positive amounts, got {bad}")

@@ -65,10 +65,13 @@ def config_hash(source: SourceConfig, split: SplitConfig, extra: Sequence[ExtraS
     cfg = {"manifest_version": MANIFEST_VERSION, "source": asdict(source), "split": asdict(split)}
     cfg["split"].pop("images_per_task")  # changes file boundaries, not content
     cfg["source"].pop("download")  # fetching the files first does not change them
+    if not cfg["source"]["skip_bad"]:  # absent unless set, so that runs from before the key keep their hash
+        cfg["source"].pop("skip_bad")
     if extra:  # absent when there are none, so that existing runs keep their hash
         cfg["extra_sources"] = [asdict(e) for e in extra]
         for e in cfg["extra_sources"]:
             e.pop("download")
+            e.pop("skip_bad")  # always False for extra sources
             e.pop("resources")  # where a source is read, not what it holds
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
@@ -103,6 +106,15 @@ def load_range(source: ImageSource, split_cfg: SplitConfig, source_split: str, s
             "y": y[order], "split": target[order], "x": x[order]}
 
 
+def read_range(source: ImageSource, split_cfg: SplitConfig, item: dict) -> dict:
+    """``load_range`` of one planned range, plus what the source left out (``source.skip_bad``): those rows carry
+    their URI and reason in ``bad_path``/``bad_error`` ("" for the others); ``write_parts`` drops and lists them."""
+    batch = load_range(source, split_cfg, str(item["source_split"]), int(item["start"]), int(item["stop"]))
+    skipped = source.pop_skipped()  # index -> (URI, reason), of the read just done
+    bad = [skipped.get(int(i), ("", "")) for i in batch["idx"]] if skipped else [("", "")] * len(batch["idx"])
+    return {**batch, "bad_path": np.array([p for p, _ in bad]), "bad_error": np.array([e for _, e in bad])}
+
+
 def transform_batch(batch: dict, r: int, c: int, matrix: np.ndarray) -> dict:
     """Adds ``s`` float32 (n, K, C, H/r, W/c) of ``x`` uint8 (n, C, H, W), pixels scaled to [0, 1]."""
     x = np.asarray(batch["x"], dtype=np.float32) * np.float32(1 / 255)
@@ -118,10 +130,17 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
     are of the decoded values, so the manifest's mean/std describe exactly what training sees.
     ``batch["s"][:, i]`` is branch ``branches[i]`` (default ``i``: an extra source holds only the
     branches it feeds). Records name the ``src`` and the node that read the range (when known).
+    Rows with a ``bad_error`` (images the source skipped) are written nowhere: each becomes a record
+    with ``skipped: {path, error}`` (and no branch) for the manifest.
     """
     records = []
     src_id = int(batch["src"][0])
     part = f"part-{'' if src_id == MAIN_SRC else f'src{src_id}-'}{int(batch['idx'].min()):09d}.parquet"
+    if "bad_error" in batch and (bad := batch["bad_error"] != "").any():
+        records = [{"split": str(s), "branch": None, "src": src_id, "rows": 0, "bytes": 0,
+                    "skipped": {"path": str(p), "error": str(e)}}
+                   for s, p, e in zip(batch["split"][bad], batch["bad_path"][bad], batch["bad_error"][bad])]
+        batch = {name: v[~bad] for name, v in batch.items()}
     node = str(batch["node"][0]) if "node" in batch else None
     for split in SPLITS:
         rows = batch["split"] == split
@@ -221,7 +240,7 @@ def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunSto
     r, c, dtype, codecs = split_cfg.rows, split_cfg.cols, split_cfg.dtype, affine_params(matrix, source.channels)
     records = _run_ray_pipeline(
         plan_ranges(source, split_cfg.images_per_task),
-        lambda item: load_range(source, split_cfg, str(item["source_split"]), int(item["start"]), int(item["stop"])),
+        lambda item: read_range(source, split_cfg, item),
         transform_batch, {"r": r, "c": c, "matrix": matrix}, storage, dtype, codecs, None, {},
     )
     for plan in extras:
@@ -239,7 +258,7 @@ def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: R
     matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     codecs, records = affine_params(matrix, source.channels), []
     for item in plan_ranges(source, split_cfg.images_per_task):
-        batch = load_range(source, split_cfg, item["source_split"], item["start"], item["stop"])
+        batch = read_range(source, split_cfg, item)
         records += write_parts(storage, transform_batch(batch, split_cfg.rows, split_cfg.cols, matrix),
                                split_cfg.dtype, codecs)
     return records
@@ -248,10 +267,17 @@ def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: R
 # -- manifest ------------------------------------------------------------------------------------------
 def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: SplitConfig, records: list[dict],
                    extras: Sequence[ExtraPlan] = ()) -> dict:
-    """Aggregate the file records; raise if any image is missing from any branch."""
+    """Aggregate the file records; raise if any image is missing from any branch.
+
+    Images the source skipped (``source.skip_bad``; records with ``skipped``) are rows nowhere: the counts
+    exclude them, and ``source.skipped`` lists them.
+    """
+    skipped = sorted((r for r in records if "skipped" in r), key=lambda r: r["skipped"]["path"])
+    records = [r for r in records if "skipped" not in r]
+    lost = {split: sum(r["split"] == split for r in skipped) for split in SPLITS}
     k, n_train = split_cfg.k, source.count("train")
     n_val = round(split_cfg.val_fraction * n_train)
-    counts = {"train": n_train - n_val, "val": n_val, "test": source.count("test")}
+    counts = {"train": n_train - n_val - lost["train"], "val": n_val - lost["val"], "test": source.count("test") - lost["test"]}
     # expected[split][branch][src]: the main source everywhere, each extra source's train in the branches it feeds
     expected = {split: [{str(MAIN_SRC): counts[split]} for _ in range(k)] for split in SPLITS}
     for plan in extras:
@@ -282,6 +308,9 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
     nodes = {src: sorted({r["node"] for r in records if r.get("src", MAIN_SRC) == src and r.get("node")})
              for src in range(len(extras) + 1)}
     described = source.describe()
+    described["counts"] = {"train": counts["train"] + counts["val"], "test": counts["test"]}  # images used
+    if skipped:
+        described["skipped"] = [{**r["skipped"], "split": r["split"]} for r in skipped]
     main = {"src": MAIN_SRC, "name": described["name"], "root": source_cfg.root, "limit": source_cfg.limit,
             "resolution": described["resolution"], "factors": [1, 1], "counts": described["counts"],
             "branches": list(range(k)), "resources": {}}
@@ -323,7 +352,7 @@ def split_dataset(
     extra_sources: Sequence[ExtraSourceConfig] = (),
 ) -> SplitResult:
     """Write the K spectral sub-datasets of ``source_cfg`` (and ``extra_sources``) under ``storage`` (idempotent)."""
-    source = make_source(source_cfg)  # validates every source file before anything is written
+    source = make_source(source_cfg, storage)  # validates every source file before anything is written
     h, w = source.height, source.width
     if h % split_cfg.rows or w % split_cfg.cols:
         raise ConfigError(
@@ -365,4 +394,8 @@ def split_dataset(
         raise err from e
     manifest = build_manifest(source, source_cfg, split_cfg, records, extras)
     storage.write_json(MANIFEST, manifest)  # last: its presence marks the split complete
-    return SplitResult(manifest=manifest, up_to_date=False, seconds=time.perf_counter() - t0, records=records)
+    if manifest["source"].get("skipped"):
+        log.warning("skipped %d unreadable image(s) (source.skip_bad), e.g. %s; listed in %s under source.skipped",
+                    len(manifest["source"]["skipped"]), manifest["source"]["skipped"][0]["path"], storage.url(MANIFEST))
+    return SplitResult(manifest=manifest, up_to_date=False, seconds=time.perf_counter() - t0,
+                       records=[r for r in records if "skipped" not in r])

@@ -1,4 +1,4 @@
-"""Image sources: Fashion-MNIST/MNIST (IDX), CIFAR-10 (python pickles), image folders, synthetic.
+"""Image sources: Fashion-MNIST/MNIST (IDX), CIFAR-10 (python pickles), synthetic; image folders in ``imagefolder``.
 
 A source is a small picklable object: ``validate()`` runs once on the driver
 and checks everything that can be checked cheaply (files present, magic
@@ -14,7 +14,6 @@ Source splits are ``train`` and ``test``; the validation split is carved from
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import os
 import pickle
@@ -29,12 +28,12 @@ from data_split.errors import SpectralError
 
 if TYPE_CHECKING:  # data_split.config validates source.name against SOURCES below
     from data_split.config import SourceConfig, SyntheticConfig
+    from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
 SOURCE_SPLITS = ("train", "test")
 FASHION_MNIST_DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class SourceError(SpectralError, ValueError):
@@ -66,6 +65,10 @@ class ImageSource:
 
     def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def pop_skipped(self) -> dict[int, tuple[str, str]]:
+        """Images of the last ``read`` left out with ``source.skip_bad`` (label -1): index -> (URI, reason)."""
+        return {}
 
     def names_of_classes(self) -> list[str]:
         """Label i's name: the dataset's own names, an image folder's class folders, else "0", "1", ..."""
@@ -248,81 +251,6 @@ class CifarSource(ImageSource):
         return np.concatenate(parts), self._labels[split][start:stop]
 
 
-# -- image folder ---------------------------------------------------------------------------------
-@dataclass
-class ImageFolderSource(ImageSource):
-    """``root/train/<class>/*.png|jpg`` and ``root/test/<class>/...``; classes from train's folders."""
-
-    root: Path
-    height: int
-    width: int
-    channels: int = 3
-    limit: int | None = None
-    name: str = "imagefolder"
-    classes: int = 0
-    class_names: list = field(default_factory=list)
-    _files: dict = field(default_factory=dict, repr=False)
-
-    def validate(self) -> None:
-        train = self.root / "train"
-        if not train.is_dir():
-            raise SourceError(f"imagefolder: missing folder {train} (expected {self.root}/train/<class>/<image>)")
-        self.class_names = sorted(p.name for p in train.iterdir() if p.is_dir())
-        if len(self.class_names) < 2:
-            raise SourceError(f"imagefolder: {train} needs at least two class folders, found {self.class_names}")
-        self.classes = len(self.class_names)
-        for split in SOURCE_SPLITS:
-            files: list[tuple[str, int]] = []
-            folder = self.root / split
-            if folder.is_dir():
-                for p in sorted(folder.iterdir()):
-                    if not p.is_dir():
-                        continue
-                    if p.name not in self.class_names:
-                        raise SourceError(f"imagefolder: class folder {p} does not exist under {train}")
-                    label = self.class_names.index(p.name)
-                    files += [(str(f), label) for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-            elif split == "test":
-                log.warning("imagefolder: no %s folder; the test split is empty", folder)
-            self._files[split] = files if self.limit is None else files[: self.limit]
-
-    def count(self, split: str) -> int:
-        return len(self._files[split])
-
-    def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._files[split][start:stop]
-        x = np.empty((len(rows), self.channels, self.height, self.width), dtype=np.uint8)
-        for i, (path, _) in enumerate(rows):
-            x[i] = decode_image(path, self.channels, self.height, self.width)
-        return x, np.array([label for _, label in rows], dtype=np.int64)
-
-
-def decode_image(image: str | bytes, channels: int, height: int, width: int, *, name: str | None = None) -> np.ndarray:
-    """A PNG/JPEG (a path or its bytes) as uint8 ``(channels, height, width)``: converted to grey (1) or RGB (3),
-    resized bilinearly to ``(height, width)``. The one way images are read, for training and for inference."""
-    from PIL import Image, UnidentifiedImageError
-
-    mode = "L" if channels == 1 else "RGB"
-    name = name or (image if isinstance(image, str) else "image")
-    if isinstance(image, bytes) and not image:
-        raise SourceError(f"{name}: empty (0 bytes), not an image")
-    try:
-        im = Image.open(image if isinstance(image, str) else io.BytesIO(image))
-    except UnidentifiedImageError:
-        raise SourceError(f"{name}: cannot decode image (not a format PIL knows; PNG or JPEG expected)") from None
-    except Exception as e:
-        raise SourceError(f"{name}: cannot decode image ({e})") from e
-    try:
-        with im:
-            im = im.convert(mode)
-            if im.size != (width, height):
-                im = im.resize((width, height), Image.BILINEAR)
-            a = np.asarray(im)
-    except Exception as e:  # PIL raises many types: truncated, unconvertible mode, decompression bomb
-        raise SourceError(f"{name}: cannot decode image ({e})") from e
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
-
-
 # -- synthetic ------------------------------------------------------------------------------------
 SYNTHETIC_CHUNK = 1024  # images generated per seeded chunk: random access without per-image RNGs
 
@@ -374,30 +302,34 @@ def _download(cfg: SourceConfig, root: Path) -> None:
         cls(str(root), train=train, download=True)
 
 
-def _image_folder(cfg: SourceConfig, root: Path) -> ImageSource:
-    h, w = cfg.image_size
-    return ImageFolderSource(root=root, height=h, width=w, channels=cfg.channels, limit=cfg.limit)
+def _image_folder(cfg: SourceConfig, root: Path, storage: RunStorage | None) -> ImageSource:
+    from data_split.imagefolder import image_folder  # imports this module
+
+    return image_folder(cfg, storage)
 
 
-# source.name -> factory(cfg, root): the registry SourceConfig validates against
-SOURCES: dict[str, Callable[[SourceConfig, Path], ImageSource]] = {
-    "fashion-mnist": lambda cfg, root: IdxSource(name=cfg.name, root=root, torchvision_folder="FashionMNIST",
+# source.name -> factory(cfg, root, run storage): the registry SourceConfig validates against
+SOURCES: dict[str, Callable[[SourceConfig, Path, "RunStorage | None"], ImageSource]] = {
+    "fashion-mnist": lambda cfg, root, _: IdxSource(name=cfg.name, root=root, torchvision_folder="FashionMNIST",
                                                  limit=cfg.limit),
-    "mnist": lambda cfg, root: IdxSource(name=cfg.name, root=root, torchvision_folder="MNIST", limit=cfg.limit),
-    "cifar10": lambda cfg, root: CifarSource(root=root, limit=cfg.limit),
+    "mnist": lambda cfg, root, _: IdxSource(name=cfg.name, root=root, torchvision_folder="MNIST", limit=cfg.limit),
+    "cifar10": lambda cfg, root, _: CifarSource(root=root, limit=cfg.limit),
     "imagefolder": _image_folder,
-    "synthetic": lambda cfg, root: SyntheticSource(cfg=cfg.synthetic, limit=cfg.limit),
+    "synthetic": lambda cfg, root, _: SyntheticSource(cfg=cfg.synthetic, limit=cfg.limit),
 }
 
 
-def make_source(cfg: SourceConfig) -> ImageSource:
-    """The source named by ``cfg``, validated (raises ``SourceError`` naming the bad file)."""
+def make_source(cfg: SourceConfig, storage: RunStorage | None = None) -> ImageSource:
+    """The source named by ``cfg``, validated (raises ``SourceError`` naming the bad file).
+
+    ``storage``: the run's; an image folder on an object store (``s3://``) uses its endpoint and credentials.
+    """
     default_roots = {"fashion-mnist": FASHION_MNIST_DEBIAN_ROOT, "mnist": "./data/mnist", "cifar10": "./data/cifar10"}
     if cfg.download:  # the Debian folder is read-only: downloads go under ./data like the others
         default_roots["fashion-mnist"] = "./data/fashion-mnist"
     root = Path(os.path.expanduser(cfg.root or default_roots.get(cfg.name, ".")))
     if cfg.download and cfg.name in default_roots:
         _download(cfg, root)
-    source = SOURCES[cfg.name](cfg, root)
+    source = SOURCES[cfg.name](cfg, root, storage)
     source.validate()
     return source

@@ -62,14 +62,23 @@ class RunInfo:
     method: str  # weight rule: uniform, geometric, tuned, exact, or "given"
     weights: list[float]
     test_acc: float | None
+    image_size: int | None = None  # the source's `image_size: S` (shorter side to S, centre crop); None: stretch
 
     @property
     def k(self) -> int:
         return self.rows * self.cols
 
+    @property
+    def decode_size(self) -> int | tuple[int, int]:
+        """``decode_image``'s size: images are prepared for the model exactly as the run's source prepared them."""
+        return self.image_size if self.image_size is not None else (self.height, self.width)
+
     def card(self) -> dict:
         return {"run": self.uri, "source": self.source, "input_shape": ["N", self.channels, self.height, self.width],
-                "input": "float32 pixels in [0, 1]", "classes": self.class_names, "K": self.k,
+                "input": "float32 pixels in [0, 1]",
+                # how an image becomes the input: torchvision's Resize(image_size) + CenterCrop(image_size)
+                "image_size": list(self.decode_size) if isinstance(self.decode_size, tuple) else self.decode_size,
+                "classes": self.class_names, "K": self.k,
                 "split": [self.rows, self.cols], "transform": self.transform, "storage_dtype": self.dtype,
                 "model": self.model, "weights_method": self.method, "weights": self.weights, "test_acc": self.test_acc}
 
@@ -176,6 +185,7 @@ def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN
         class_names=[str(c) for c in source.get("class_names") or range(classes)], source=source["name"],
         rows=int(split["r"]), cols=int(split["c"]), transform=split["transform"], dtype=split["dtype"],
         model=nets[0][1], method=method, weights=w, test_acc=test_acc,
+        image_size=source["image_size"] if isinstance(source.get("image_size"), int) else None,
     )
     codecs = [branch_codec(manifest, b) for b in range(k)]  # (dtype, offset (C,) or None, scale (C,) or None)
     model = SpectralEnsemble(

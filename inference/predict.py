@@ -4,7 +4,7 @@
       -> map_batches(Classifier) on an ActorPoolStrategy: each actor loads the ensemble once
          (on a GPU when the cluster has them), reads its batch's files (``fs.cat``, concurrent on
          object stores), decodes them as the run's source did
-         (``data_split.decode_image``: grey/RGB, resized to the run's resolution) and runs it
+         (``data_split.decode_image``: grey/RGB, resized and cropped as the run's source was) and runs it
       -> check: an unreadable image is an error naming it (or, with ``skip_bad``, left out and listed)
       -> write_parquet(output): path (string), pred (int64), class_name (string), prob (list<float32>)
 
@@ -93,7 +93,7 @@ class Classifier:
             try:
                 if not isinstance(data, bytes):
                     raise SourceError(f"{path}: cannot read ({data!r})")
-                x[i] = decode_image(data, info.channels, info.height, info.width, name=path)
+                x[i] = decode_image(data, info.channels, info.decode_size, name=path)
             except SourceError as e:
                 errors[i] = str(e)
         pixels = torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255)).to(self.device)

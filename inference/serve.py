@@ -74,7 +74,7 @@ class EnsembleServer:
 
     def decode(self, data: bytes, name: str) -> np.ndarray:
         try:
-            return decode_image(data, self.info.channels, self.info.height, self.info.width, name=name)
+            return decode_image(data, self.info.channels, self.info.decode_size, name=name)
         except SourceError as e:
             raise BadInput(str(e)) from None
 

@@ -487,7 +487,7 @@ def test_rectangular_split_rgb_identity(ray_session, tmp_path):
         ("split:\n  val_fraction: 1.5\n", {"split.val_fraction": 1.5}, r"split\.val_fraction must be in \[0, 1\)"),
         ("source:\n  name: svhn\n", {"source.name": "svhn"}, r"source\.name.*'svhn'"),
         ("split: {rows: 3, cols: 1, transform: haar}\n", {"split.rows": 3, "split.transform": "haar", "split.cols": 1}, r"K=3"),
-        ("source:\n  image_size: 28\n", {"source.image_size": 28}, r"source\.image_size.*expected a list"),
+        ("source:\n  image_size: [28, 28, 3]\n", {"source.image_size": [28, 28, 3]}, r"source\.image_size must be S or \[H, W\]"),
         ("source:\n  synthetic:\n    height: [8]\n", {"source.synthetic.height": [8]}, r"source\.synthetic\.height"),
     ],
 )

@@ -454,7 +454,9 @@ def test_image_size_not_divisible_by_split(tmp_path):
     [
         ({"name": "svhn"}, "source.name"),
         ({"name": "synthetic", "limit": 0}, "source.limit"),
-        ({"name": "imagefolder", "root": "/x"}, "image_size"),
+        ({"name": "imagefolder"}, "source.root"),
+        ({"name": "mnist", "skip_bad": True}, "source.skip_bad"),
+        ({"name": "imagefolder", "root": "/x", "image_size": 0}, "source.image_size"),
         ({"name": "imagefolder", "root": "/x", "image_size": [4]}, "source.image_size"),
         ({"name": "synthetic", "channels": 2}, "source.channels"),
     ],
