@@ -277,7 +277,8 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
     lost = {split: sum(r["split"] == split for r in skipped) for split in SPLITS}
     k, n_train = split_cfg.k, source.count("train")
     n_val = round(split_cfg.val_fraction * n_train)
-    counts = {"train": n_train - n_val - lost["train"], "val": n_val - lost["val"], "test": source.count("test") - lost["test"]}
+    counts = {"train": n_train - n_val - lost["train"], "val": n_val - lost["val"],
+              "test": source.count("test") - lost["test"]}
     # expected[split][branch][src]: the main source everywhere, each extra source's train in the branches it feeds
     expected = {split: [{str(MAIN_SRC): counts[split]} for _ in range(k)] for split in SPLITS}
     for plan in extras:
