@@ -24,6 +24,7 @@ from data_split.errors import ConfigError
 from data_split.multires import lowres_components, plan_extra_source
 from data_split.parquet import row_order
 from data_split.sources import ImageSource, make_source
+from data_split.storage import RunStorage
 
 MAIN_SRC = 0  # the `src` of the configured `source`; extra_sources[j-1] is src j
 
@@ -56,11 +57,12 @@ def describe_extra(src: int, cfg: ExtraSourceConfig) -> str:
 
 
 def plan_extra_sources(main: ImageSource, extra: list[ExtraSourceConfig], split_cfg: SplitConfig,
-                       matrix: np.ndarray) -> list[ExtraPlan]:
-    """Open and check every extra source (``ValueError`` naming the source when it cannot be used)."""
+                       matrix: np.ndarray, storage: RunStorage | None = None) -> list[ExtraPlan]:
+    """Open and check every extra source (``ValueError`` naming the source when it cannot be used);
+    ``storage`` (the run's) lends an image folder on ``s3://`` its endpoint and credentials."""
     plans = []
     for j, cfg in enumerate(extra, start=1):
-        source = make_source(cfg)
+        source = make_source(cfg, storage)
         what = describe_extra(j, cfg)
         for attr in ("channels", "classes"):
             if getattr(source, attr) != getattr(main, attr):

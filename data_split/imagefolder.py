@@ -226,9 +226,8 @@ class ImageFolderSource(ImageSource):
 
     def _fetch(self, split: str, rels: list[str]) -> list[bytes | Exception]:
         """Bytes of ``rels`` (concurrent on object stores); transient failures retried, then ``StorageError``."""
-        folder = self.folders[split]
-        paths = [self.storage.path(folder, r) for r in rels]
-        got = self.storage.fs.cat_ranges(paths, None, None, on_error="return")  # in order; no globbing of names
+        folder, base = self.folders[split], self.storage.path(self.folders[split])
+        got = self.storage.fs.cat_ranges([f"{base}/{r}" for r in rels], None, None, on_error="return")  # no globbing
         out = []
         for rel, data in zip(rels, got):
             if isinstance(data, Exception) and is_transient(data):
@@ -241,11 +240,11 @@ class ImageFolderSource(ImageSource):
         zero pixels, and ``pop_skipped()`` names it; otherwise it raises ``SourceError`` naming its URI."""
         x = np.zeros((stop - start, self.channels, self.height, self.width), dtype=np.uint8)
         y = self._labels[split][start:stop].copy()
-        self._skipped = {}
+        base_uri, self._skipped = self.storage.url(self.folders[split]), {}
         for lo in range(start, stop, READ_CHUNK):
-            hi = min(lo + READ_CHUNK, stop)
-            for i, data in enumerate(self._fetch(split, self._paths[split][lo:hi].to_pylist()), start=lo):
-                uri = self.uri_of(split, i)
+            rels = self._paths[split][lo:min(lo + READ_CHUNK, stop)].to_pylist()
+            for i, (rel, data) in enumerate(zip(rels, self._fetch(split, rels)), start=lo):
+                uri = f"{base_uri}/{rel}"
                 try:
                     if not isinstance(data, bytes):
                         raise SourceError(f"{uri}: cannot read ({data!r})")

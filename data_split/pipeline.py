@@ -361,7 +361,7 @@ def split_dataset(
             f"split (rows, cols) = ({split_cfg.rows}, {split_cfg.cols})"
         )
     extras = plan_extra_sources(source, list(extra_sources), split_cfg,
-                                split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols))
+                                split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols), storage)
     if any(p.cfg.resources for p in extras):
         import ray
 
