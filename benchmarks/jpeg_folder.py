@@ -12,7 +12,10 @@ crop), 2x2 DCT, uint8, into a local run folder:
 
 Each is timed end to end (list the folder, decode, transform, write every file and the manifest),
 best of ``--repeats``, each into an emptied folder. The load average is recorded before and after
-each measurement: the machine is shared with other sessions, so the numbers are noisy.
+each measurement: the machine is shared with other sessions, so wall-clock numbers are noisy. So
+each run also records the CPU seconds of this process and its Ray processes (/proc): images per
+CPU-second is the cost of an image whatever else runs, and CPU seconds / wall seconds is the
+parallelism the run actually got (near 2 for ``ray-2cpu`` on a quiet machine).
 
 Command (repository root; the images are generated under /tmp and removed at the end):
 
@@ -27,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -70,9 +74,28 @@ def make_folder(root: Path, n: int, workers: int) -> dict:
     return {"images": n, "mb": round(sum(sizes) / 1e6, 1), "seconds_to_generate": round(time.perf_counter() - t0, 1)}
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root`` and its live descendants (Ray's gcs/raylet and workers), from /proc."""
+    children, own = defaultdict(list), {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            children[int(fields[1])].append(int(name))
+            own[int(name)] = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += own.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(writer: str, source_cfg: SourceConfig, split_cfg: SplitConfig, storage: RunStorage) -> dict:
     storage.remove("")
-    load_before = os.getloadavg()
+    load_before, cpu0 = os.getloadavg(), tree_cpu_seconds(os.getpid())
     t0 = time.perf_counter()
     if writer == "single":
         source = make_source(source_cfg)
@@ -83,9 +106,13 @@ def run_once(writer: str, source_cfg: SourceConfig, split_cfg: SplitConfig, stor
     else:
         records = split_dataset(source_cfg, split_cfg, storage).records
     seconds = time.perf_counter() - t0
+    cpu = tree_cpu_seconds(os.getpid()) - cpu0
     images = sum(r["rows"] for r in records) // split_cfg.k
     storage.remove("")
     return {"seconds": round(seconds, 2), "images": images, "images_per_s": round(images / seconds, 1),
+            # CPU time of this process and its Ray processes: cpu_seconds / seconds is the parallelism achieved
+            # (what the cores gave us, whatever else ran), images_per_cpu_s the cost of an image whatever the load
+            "cpu_seconds": round(cpu, 2), "parallelism": round(cpu / seconds, 2), "images_per_cpu_s": round(images / cpu, 1),
             "mb_written": round(sum(r["bytes"] for r in records) / 1e6, 1),
             "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in os.getloadavg()]}
 
@@ -96,6 +123,7 @@ def measure(writer: str, source_cfg, split_cfg, storage, repeats: int) -> dict:
     row = {"writer": writer, **best, "all_seconds": [r["seconds"] for r in runs],
            "load_before_after_each": [[r["load_before"][0], r["load_after"][0]] for r in runs]}
     print(f"  {writer:<9} {best['images']:>7} images {best['seconds']:8.2f} s {best['images_per_s']:9.1f} images/s"
+          f" {best['images_per_cpu_s']:8.1f} images/CPU-s  parallelism {best['parallelism']:4.2f}"
           f"   load {row['load_before_after_each']}", flush=True)
     return row
 
@@ -108,6 +136,9 @@ def benchmark(n: int, repeats: int, scratch: Path) -> dict:
     print(f"generated {generated}", flush=True)
     source_cfg = SourceConfig(name="imagefolder", root=str(folder), image_size=IMAGE_SIZE)
     split_cfg = SplitConfig(rows=2, cols=2, images_per_task=IMAGES_PER_TASK)
+    t0 = time.perf_counter()
+    make_source(source_cfg)  # list the folder: part of every run below, measured alone here
+    list_seconds = time.perf_counter() - t0
     warm = SourceConfig(name="imagefolder", root=str(folder), image_size=IMAGE_SIZE, limit=200)
     rows = [measure("single", source_cfg, split_cfg, run, repeats)]
     for cpus in (1, 2):
@@ -117,7 +148,7 @@ def benchmark(n: int, repeats: int, scratch: Path) -> dict:
         ray.shutdown()
     rate = {r["writer"]: r["images_per_s"] for r in rows}
     return {"folder": {**generated, "classes": CLASSES, "side_px": list(SIDE_RANGE), "val_share": 1 / VAL_SHARE,
-                       "jpeg_quality": 90},
+                       "jpeg_quality": 90, "list_seconds": round(list_seconds, 3)},
             "split": {"image_size": IMAGE_SIZE, "rows": 2, "cols": 2, "transform": "dct", "dtype": "uint8",
                       "images_per_task": IMAGES_PER_TASK},
             "rows": rows,

@@ -120,7 +120,7 @@ class ImageFolderSource(ImageSource):
                               f"under {self.storage.url('train')}")
         base = self.storage.path(folder)
         found = [p[len(base) + 1:] for p in self.storage.fs.find(base)]
-        rows, outside = [], 0
+        rows, outside, label_of = [], 0, {name: i for i, name in enumerate(self.class_names)}
         for rel in found:
             parts = rel.split("/")
             if any(p.startswith(".") for p in parts) or not rel.lower().endswith(IMAGE_SUFFIXES):
@@ -128,10 +128,10 @@ class ImageFolderSource(ImageSource):
             if len(parts) < 2:
                 outside += 1
                 continue
-            if parts[0] not in self.class_names:
+            if parts[0] not in label_of:
                 raise SourceError(f"imagefolder: class folder {self.storage.url(folder, parts[0])} does not exist "
                                   f"under {self.storage.url('train')}")
-            rows.append((self.class_names.index(parts[0]), rel))
+            rows.append((label_of[parts[0]], rel))
         if outside:
             log.warning("imagefolder: ignored %d image(s) directly in %s (not in a class folder)", outside,
                         self.storage.url(folder))
