@@ -121,3 +121,27 @@ def test_empty_input_is_an_error(trained_tiny_run, tmp_path, capsys):
                  "--output", str(tmp_path / "preds")]) == 1
     assert "no PNG/JPEG images under" in capsys.readouterr().out
     assert not (tmp_path / "preds").exists()
+
+
+def test_a_run_with_image_size_s_crops_at_inference_as_its_split_did(trained_tiny_run, test_images, tmp_path):
+    """``source.image_size: S`` (shorter side to S, centre crop) is how predict/serve prepare images too."""
+    import json
+    import shutil
+
+    from inference.predict import predict_images
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_tiny_run.storage.uri, run)
+    manifest = json.loads((run / "data" / "manifest.json").read_text())
+    manifest["source"]["image_size"] = 8  # as an imagefolder split with image_size 8 records it
+    (run / "data" / "manifest.json").write_text(json.dumps(manifest))
+    assert load_ensemble(str(run)).info.decode_size == 8
+    x, _ = test_images
+    wide = np.concatenate([x[:6, :, :, :2] // 2, x[:6], x[:6, :, :, -2:] // 2], axis=3)  # (6, 1, 8, 12): 8 + 2 per side
+    for i, img in enumerate(wide):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(img))
+    predict_images(str(run), str(tmp_path / "in"), str(tmp_path / "out"))
+    rows = sorted(pq.read_table(tmp_path / "out").to_pylist(), key=lambda r: r["path"])
+    # the centre 8 x 8 of each 8 x 12 image is the original test image: cropped, not stretched
+    np.testing.assert_allclose(np.asarray([r["prob"] for r in rows]), expected_probs(str(run), x[:6]), atol=1e-5)
