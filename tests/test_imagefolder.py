@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import uuid
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def test_s3_folder_uses_the_run_storage_endpoint(s3_endpoint, tmp_path, monkeypa
     np.testing.assert_array_equal(y, [0, 0, 1, 1])
 
 
-def test_split_through_ray_with_skip_bad(ray_session, tmp_path):
+def test_split_through_ray_with_skip_bad(ray_session, tmp_path, caplog):
     """A tiny JPEG/PNG folder split by the Ray pipeline: bad files skipped and listed; counts match the Parquet."""
     src, rng = tmp_path / "imgs", np.random.default_rng(5)
     for split, n in (("train", 10), ("test", 3)):
@@ -158,7 +159,9 @@ def test_split_through_ray_with_skip_bad(ray_session, tmp_path):
     storage = RunStorage(cfg.storage.uri)
     with pytest.raises(SourceError, match=r"(train/b/x.jpg|test/c/y.png): cannot decode image"):  # without skip_bad
         split_dataset(dataclasses.replace(cfg.source, skip_bad=False), cfg.split, storage)
-    m = split_dataset(cfg.source, cfg.split, storage).manifest
+    with caplog.at_level(logging.WARNING, logger="data_split.pipeline"):
+        m = split_dataset(cfg.source, cfg.split, storage).manifest
+    assert "skipped 2 unreadable image(s) (source.skip_bad)" in caplog.text
     assert load_manifest(storage) == m
     assert [s["path"] for s in m["source"]["skipped"]] == sorted(map(str, bad))
     assert all("cannot decode image" in s["error"] for s in m["source"]["skipped"])
