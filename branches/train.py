@@ -39,7 +39,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from branches import _checkpoint as ckpt_io
-from branches import _test_hooks
 from branches._data import Augmenter, InMemorySplit, choose_mode
 from branches._stream import StreamingSplit
 from branches._test_hold import hold_after_epoch
@@ -290,7 +289,6 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         })
         storage.append_line(layout.metrics(k), json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
         ckpt_io.prune_checkpoints(storage, k, keep=train_cfg.keep_checkpoints)
-        _test_hooks.epoch_written(k, epoch)
         log.info("branch %d epoch %d/%d: loss %.4f val_acc %s (%.0f img/s, %.2f s)", k, epoch, train_cfg.epochs,
                  train_loss, "n/a" if val_acc is None else f"{val_acc:.4f}", metrics["images_per_s"], metrics["seconds"])
         if on_epoch is not None:

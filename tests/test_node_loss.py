@@ -1,6 +1,6 @@
 """Node loss: the second node of a two-node cluster dies (all of its Ray processes, SIGKILL) mid-training.
 
-Every branch stops after its epoch-1 checkpoint is on S3 (``branches/_test_hooks``), so the kill lands at
+Every branch stops after its epoch-1 checkpoint is on S3 (``tests/holds.Hold``), so the kill lands at
 a known point: the two branches on the second node have exactly one complete epoch. Ray's health checks
 are shortened on the head (``RAY_health_check_*``, this test only) so the node is declared dead in
 seconds; the lost branch actors are restarted on the head, resume from their S3 checkpoints, and the run
@@ -9,13 +9,16 @@ finishes with continuous epochs and every output of DESIGN.md section 3.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
 
 import pytest
 
+from branches._test_hold import ENV as HOLD_ENV
 from data_split import RunStorage
+from holds import Hold
 from ray_cluster import kill_node, ray_env, start_two_node_cluster
 from test_multinode import EPOCHS, K, REPO, check_outputs, job_config, submit_command
 
@@ -30,33 +33,27 @@ FAST_NODE_DEATH = {  # ~2 s from kill to "node dead" instead of Ray's ~30 s defa
 
 
 def test_branches_of_a_lost_node_resume_on_the_survivor(s3_endpoint, tmp_path):
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    for k in range(K):
-        (hooks / f"branch={k}.epoch=1.wait").touch()
     uri = f"s3://test-bucket/node-loss-{uuid.uuid4().hex[:8]}/run"
     log = tmp_path / "job.log"
     with start_two_node_cluster(FAST_NODE_DEATH) as cluster:
         nodes = {n["node_id"]: n for n in cluster.nodes()}
         head_id = next(i for i, n in nodes.items() if n["is_head_node"])
-        cmd = submit_command(cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint, SPECTRAL_TEST_HOOKS=str(hooks))
+        cmd = submit_command(cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint,
+                             **{HOLD_ENV: os.environ[HOLD_ENV]})
+        hold = Hold(uri, epoch=1)  # every branch waits after its epoch-1 checkpoint
         job = subprocess.Popen(cmd, env=ray_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
         try:
-            deadline = time.monotonic() + 600
-            while not all((hooks / f"branch={k}.epoch=1.written").exists() for k in range(K)):
-                assert job.poll() is None, log.read_text()[-4000:]
-                assert time.monotonic() < deadline, "the branches never reached epoch 1"
-                time.sleep(0.1)
-            pids = {k: int((hooks / f"branch={k}.epoch=1.written").read_text()) for k in range(K)}
+            markers = hold.wait_reached(K, timeout_s=600, alive=lambda: job.poll() is None)
+            pids = {m["k"]: m["pid"] for m in markers}
             killed = kill_node(cluster.temp_dirs[1])
             t_kill = time.monotonic()
             lost = sorted(k for k, pid in pids.items() if pid in killed)
             assert len(lost) == 2, f"expected 2 branches on the second node, killed pids {killed}, branches {pids}"
-            for k in range(K):
-                (hooks / f"branch={k}.epoch=1.go").touch()
+            hold.release()
             assert job.wait(timeout=600) == 0, log.read_text()[-4000:]
             after_kill_s = time.monotonic() - t_kill
         finally:
+            hold.release()
             if job.poll() is None:
                 job.kill()
         assert "succeeded" in log.read_text()

@@ -1,6 +1,6 @@
 """Storage outages: the loopback S3 endpoint goes away mid-training and comes back on the same port.
 
-A branch stops at a known point (``branches/_test_hooks``: after branch 0's checkpoint of an epoch is
+A branch stops at a known point (``tests/holds.Hold``: after branch 0's checkpoint of an epoch is
 written it waits for the test), the test stops the endpoint, lets the branch go on into the outage,
 and restarts the endpoint with the same data (moto keeps its state in this process's backend, so a new
 ``ThreadedMotoServer`` on the same port serves the same buckets). Each driver is a real
@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from conftest import free_port, tiny_config
+from holds import Hold
 from data_split import RunStorage
 
 pytestmark = pytest.mark.slow
@@ -77,19 +78,19 @@ def s3():
         server.placeholder.close()
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert proc.poll() is None, f"driver exited ({proc.returncode}) before {path.name}:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"{path.name} did not appear within {timeout_s} s"
-        time.sleep(0.05)
+def _reached(hold: Hold, proc: subprocess.Popen, log: Path) -> None:
+    """Wait (with the hold's deadline) until the held branch has written its epoch; fail if the driver ends first."""
+    try:
+        hold.wait_reached(alive=lambda: proc.poll() is None)
+    except AssertionError as e:
+        raise AssertionError(f"{e} (driver exit code {proc.poll()}):\n{log.read_text()[-3000:]}") from None
 
 
-def _spectral_run(config: Path, hooks: Path, log: Path, *sets: str) -> subprocess.Popen:
+def _spectral_run(config: Path, log: Path, *sets: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(config)]
     for s in sets:
         args += ["--set", s]
-    env = {**os.environ, "SPECTRAL_TEST_HOOKS": str(hooks), "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -113,16 +114,13 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     cfg = tiny_config(uri, **{"storage.endpoint_url": s3.endpoint, "train.epochs": EPOCHS})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
     storage = RunStorage(uri, s3.endpoint)
 
     # 1. Outage longer than a 2 s budget, right after branch 0's epoch 1 is on storage: the run fails.
-    (hooks / "branch=0.epoch=1.wait").touch()
-    first = _spectral_run(config, hooks, tmp_path / "first.log", "storage.retry_budget_s=2")
-    _wait_for(hooks / "branch=0.epoch=1.written", first, tmp_path / "first.log")
-    s3.stop()
-    (hooks / "branch=0.epoch=1.go").touch()
+    with Hold(uri, epoch=1, branch=0) as hold:
+        first = _spectral_run(config, tmp_path / "first.log", "storage.retry_budget_s=2")
+        _reached(hold, first, tmp_path / "first.log")
+        s3.stop()
     assert _finish(first) == 1
     out = (tmp_path / "first.log").read_text()
     assert "BranchFailedError" in out and "branch 0" in out, out[-3000:]
@@ -132,11 +130,10 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     assert not storage.exists("branches/0/result.json")
 
     # 2. The re-run resumes branch 0 after epoch 1; a 10 s outage after its epoch 2 is ridden out.
-    (hooks / "branch=0.epoch=2.wait").touch()
-    second = _spectral_run(config, hooks, tmp_path / "second.log", "storage.retry_budget_s=60")
-    _wait_for(hooks / "branch=0.epoch=2.written", second, tmp_path / "second.log")
-    s3.stop()
-    (hooks / "branch=0.epoch=2.go").touch()
+    with Hold(uri, epoch=2, branch=0) as hold:
+        second = _spectral_run(config, tmp_path / "second.log", "storage.retry_budget_s=60")
+        _reached(hold, second, tmp_path / "second.log")
+        s3.stop()
     t0 = time.monotonic()
     time.sleep(OUTAGE_S)  # the outage itself: a duration, not a wait for an event
     s3.start()

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from conftest import tiny_config
+from holds import Hold
 
 pytestmark = pytest.mark.slow
 
@@ -49,27 +49,20 @@ def test_no_secret_is_written_anywhere(s3_endpoint, tmp_path):
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(base))
     ray_tmp = tempfile.mkdtemp(prefix="stn-sec-", dir="/tmp")  # short: Ray's socket paths live under it
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": secrets["env key id"], "AWS_SECRET_ACCESS_KEY": secrets["env secret"],
-           "RAY_TMPDIR": ray_tmp, "SPECTRAL_TEST_HOOKS": str(hooks), "COLUMNS": "200"}
+           "RAY_TMPDIR": ray_tmp, "COLUMNS": "200"}
     env.pop("RAY_ADDRESS", None)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     seen: dict[str, bytes] = {}
     try:
         # keys from the config; hold branch 0 after epoch 1 to read the live lease
-        (hooks / "branch=0.epoch=1.wait").touch()
-        run = _cli(["run", "--config", str(with_keys), "--set", f"storage.secret_access_key={secrets['config secret']}"],
-                   env, tmp_path / "run.log")
-        deadline = time.monotonic() + 240
-        while not (hooks / "branch=0.epoch=1.written").exists():
-            assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        live = _objects(s3, "test-bucket", f"secrets-{tag}/")
-        assert "storage.secret_access_key=***" in live[f"secrets-{tag}/lease.json"].decode()
-        seen |= {f"(live) {k}": v for k, v in live.items()}
-        (hooks / "branch=0.epoch=1.go").touch()
+        with Hold(uri, epoch=1, branch=0) as hold:
+            run = _cli(["run", "--config", str(with_keys), "--set",
+                        f"storage.secret_access_key={secrets['config secret']}"], env, tmp_path / "run.log")
+            hold.wait_reached(alive=lambda: run.poll() is None)
+            live = _objects(s3, "test-bucket", f"secrets-{tag}/")
+            assert "storage.secret_access_key=***" in live[f"secrets-{tag}/lease.json"].decode()
+            seen |= {f"(live) {k}": v for k, v in live.items()}
         assert run.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
         # keys from the environment
         evaluate = _cli(["evaluate", "--config", str(plain)], env, tmp_path / "evaluate.log")
