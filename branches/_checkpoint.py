@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^epoch=(\d+)\.pt$")
 REQUIRED_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "model_config", "train_config", "history")
-RESUMABLE_CHANGES = ("epochs", "threads", "keep_checkpoints", "epoch_logits")  # train fields that may differ from a stored run's
+RESUMABLE_CHANGES = ("epochs", "threads", "keep_checkpoints", "epoch_logits", "on_nonfinite")  # train fields that may differ from a stored run's
 
 
 class BranchConflictError(SpectralError, RuntimeError):

@@ -10,6 +10,7 @@ from data_split.fields import option
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DATA_MODES = ("auto", "memory", "stream")
+ON_NONFINITE = ("fail", "skip_branch")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -57,6 +58,8 @@ class TrainConfig:
     augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, rot180, transpose, rot90, rot270",
                                 factory=list)
     augment_pad: int = option(2, "crop: largest random shift in sub-pixels (zero-padded)")
+    on_nonfinite: str = option("fail", "a branch whose loss or logits go NaN/inf: `fail` the run, or `skip_branch` "
+                               "(the ensemble, report and export use the other branches; the report names it)")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -81,5 +84,7 @@ class TrainConfig:
             raise ValueError(f"train.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if self.augment_pad < 0:
             raise ValueError(f"train.augment_pad must be >= 0, got {self.augment_pad}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"train.on_nonfinite: unknown value {self.on_nonfinite!r}; expected one of {', '.join(ON_NONFINITE)}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"train.keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")

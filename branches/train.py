@@ -10,6 +10,8 @@ shards, trains, and writes under ``<run>/branches/<k>/`` (docs/design.md section
     logits_{val,test}.npy     float32 (N, classes), rows in ascending idx order
     rows_{val,test}.npy       int64 (N, 2): idx, y of those rows (alignment check and labels for the ensemble)
     result.json               written last: the "branch finished" marker and its summary
+    diverged.json             instead of result.json, under train.on_nonfinite=skip_branch: where the loss or
+                              logits went NaN/inf (epoch, step, error); nothing of that epoch is written
 
 Reproducibility: the model is initialised after ``torch.manual_seed(seed + k)``,
 the batch order of epoch ``e`` comes from its own generator seeded by
@@ -74,7 +76,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 # -- the steps ---------------------------------------------------------------------------------------------
 class NonFiniteError(SpectralError, RuntimeError):
-    """A branch's training loss or logits became NaN or infinite: it stops, and nothing of that epoch is written."""
+    """A branch's training loss or logits became NaN or infinite: it stops, and nothing of that epoch is written.
+
+    ``k``, ``epoch`` and ``step`` (1-based; None for logits checked after an epoch) say where, when known.
+    """
+
+    def __init__(self, message: str, *, k: int | None = None, epoch: int | None = None, step: int | None = None) -> None:
+        super().__init__(message)
+        self.k, self.epoch, self.step = k, epoch, step  # pickled with the message (BaseException keeps __dict__)
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
@@ -90,7 +99,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             loss = loss_fn(model(xb), yb)
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {step}")
+            raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {step}", step=step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -170,18 +179,26 @@ def finished_result(storage: RunStorage, k: int, model_cfg: ModelConfig, train_c
                     manifest: dict | None = None) -> dict | None:
     """Branch ``k``'s result.json when it already finished exactly this training, else None.
 
+    Under ``train.on_nonfinite: skip_branch``, a branch that diverged within these epochs is settled
+    too: its ``diverged.json`` (``"diverged": true``) is returned, and the same seeds would diverge again.
     Raises ``BranchConflictError`` when the stored branch came from another
     configuration; removes a result of the same run with another epoch count
-    (the run is being extended or shortened).
+    (the run is being extended or shortened), and a divergence record that no longer applies.
     """
     done = layout.read_result(storage, k)
+    rel = layout.result(k)
+    if done is None and storage.exists(layout.diverged(k)):
+        done, rel = storage.read_json(layout.diverged(k)), layout.diverged(k)
     if done is None:
         return None
     manifest = manifest or load_manifest(storage)
     ckpt_io.check_same_run(storage, k, done, _stored_configs(model_cfg, train_cfg, manifest))
-    if done.get("epochs") == train_cfg.epochs:
+    if done.get("diverged"):
+        if train_cfg.on_nonfinite == "skip_branch" and done["epoch"] <= train_cfg.epochs:
+            return done
+    elif done.get("epochs") == train_cfg.epochs:
         return done
-    storage.remove(layout.result(k))
+    storage.remove(rel)
     return None
 
 
@@ -221,8 +238,21 @@ def train_branch(
     torch.set_num_threads(train_cfg.threads)
     try:
         return _train(job, on_epoch)
+    except NonFiniteError as e:
+        if train_cfg.on_nonfinite != "skip_branch":
+            raise
+        return _record_divergence(job, e)
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _record_divergence(job: BranchJob, error: NonFiniteError) -> dict:
+    """``train.on_nonfinite: skip_branch``: write ``diverged.json`` (in place of result.json) and return it."""
+    record = {"k": job.k, "diverged": True, "epoch": error.epoch, "step": error.step, "error": str(error),
+              "epochs": job.train_cfg.epochs, "started": job.started, **job.configs}
+    job.storage.write_json(layout.diverged(job.k), record)
+    log.warning("branch %d skipped (train.on_nonfinite: skip_branch): %s", job.k, error)
+    return record
 
 
 def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
@@ -272,7 +302,8 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
             train_s = time.perf_counter() - t0
             val_logits = check_finite(predict(model, val.eval_batches(), dev, amp=amp), "validation logits")  # (N_val, classes)
         except NonFiniteError as e:
-            raise NonFiniteError(f"branch {k} diverged at epoch {epoch}: {e} (lr {lr:g}: lower train.lr)") from None
+            raise NonFiniteError(f"branch {k} diverged at epoch {epoch}: {e} (lr {lr:g}: lower train.lr)", k=k,
+                                 epoch=epoch, step=e.step) from None
         val_loss, val_acc = score(val_logits, val.y)
         if train_cfg.epoch_logits:  # rows in ascending (src, idx), as logits_val.npy (streamed val is in file order)
             in_order = val_logits.cpu().numpy()[np.lexsort((val.idx, val.src))]
@@ -330,7 +361,8 @@ def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_
             logits = predict(model, data.eval_batches(), dev, amp=amp)[torch.from_numpy(order).to(dev)]  # (N, classes)
             outputs[split] = (order, check_finite(logits, f"{split} logits"))
         except NonFiniteError as e:
-            raise NonFiniteError(f"branch {k} diverged after its last epoch ({len(history)}): {e}") from None
+            raise NonFiniteError(f"branch {k} diverged after its last epoch ({len(history)}): {e}", k=k,
+                                 epoch=len(history)) from None
     for split, data in (("val", val), ("test", test)):
         order, logits = outputs[split]
         idx, y = data.idx[order], data.y_np[order]

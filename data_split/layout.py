@@ -96,6 +96,11 @@ def result(k: int) -> str:
     return f"{branch_dir(k)}/result.json"
 
 
+def diverged(k: int) -> str:
+    """Written instead of result.json by a branch that went non-finite under ``train.on_nonfinite: skip_branch``."""
+    return f"{branch_dir(k)}/diverged.json"
+
+
 def placement(k: int) -> str:
     return f"{branch_dir(k)}/placement.json"
 
@@ -131,6 +136,11 @@ def load_manifest(storage: RunStorage, *, fields: tuple[str, ...] = REQUIRED_MAN
     if manifest["version"] != MANIFEST_VERSION:
         raise ManifestError(f"{storage.url(MANIFEST)} has version {manifest['version']}, this code reads {MANIFEST_VERSION}")
     return manifest
+
+
+def read_diverged(storage: RunStorage, K: int) -> dict[int, dict]:
+    """Branch -> its ``diverged.json`` (branch, epoch, step, error) for every branch of ``0..K-1`` that has one."""
+    return {k: storage.read_json(diverged(k)) for k in range(K) if storage.exists(diverged(k))}
 
 
 def read_metrics(storage: RunStorage, k: int) -> list[dict]:

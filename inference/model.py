@@ -7,8 +7,11 @@ went through before a branch saw it (DESIGN.md sections 1 and 3):
       -> spectral_components with the manifest's matrix  (N, K, C, H/r, W/c)
       -> encode + decode of the storage (split.dtype)      uint8 codes by default: inputs equal the stored shards
       -> (s - mean_k) / std_k per branch and channel       as branches' Decoder normalised them
-      -> branch k's model (final checkpoint), eval mode    (K, N, classes)
+      -> branch k's model (final checkpoint), eval mode    (B, N, classes), B = K less skipped branches
       -> z = sum_k w_k z_k                                 (N, classes)
+
+A branch the run skipped (diverged under ``train.on_nonfinite: skip_branch``; weight 0, not in the
+weights record's ``branches``) has no final model and is left out of the module.
 
 Everything is torch on buffers, so ``torch.export`` captures the whole chain
 and the exported program needs nothing from this project.
@@ -60,9 +63,10 @@ class RunInfo:
     dtype: str  # the storage's split.dtype, whose quantisation the model applies
     model: str
     method: str  # weight rule: uniform, geometric, tuned, exact, or "given"
-    weights: list[float]
+    weights: list[float]  # (K,): 0 for a skipped branch
     test_acc: float | None
     image_size: int | None = None  # the source's `image_size: S` (shorter side to S, centre crop); None: stretch
+    branches: list[int] | None = None  # the branches in the model (None: all K)
 
     @property
     def k(self) -> int:
@@ -80,7 +84,8 @@ class RunInfo:
                 "image_size": list(self.decode_size) if isinstance(self.decode_size, tuple) else self.decode_size,
                 "classes": self.class_names, "K": self.k,
                 "split": [self.rows, self.cols], "transform": self.transform, "storage_dtype": self.dtype,
-                "model": self.model, "weights_method": self.method, "weights": self.weights, "test_acc": self.test_acc}
+                "model": self.model, "weights_method": self.method, "weights": self.weights, "test_acc": self.test_acc,
+                "branches": self.branches if self.branches is not None else list(range(self.k))}
 
 
 class SpectralEnsemble(nn.Module):
@@ -88,14 +93,18 @@ class SpectralEnsemble(nn.Module):
 
     def __init__(self, *, rows: int, cols: int, matrix: np.ndarray, dtype: str, mean: np.ndarray, std: np.ndarray,
                  branches: Sequence[nn.Module], weights: Sequence[float], offset: np.ndarray | None = None,
-                 scale: np.ndarray | None = None, info: RunInfo | None = None) -> None:
-        """``mean``/``std`` (and for uint8 storage ``offset``/``scale``): ``(K, C)`` from the manifest's branches."""
+                 scale: np.ndarray | None = None, info: RunInfo | None = None, ks: Sequence[int] | None = None) -> None:
+        """``mean``/``std`` (and for uint8 storage ``offset``/``scale``): ``(K, C)`` from the manifest's branches.
+
+        ``ks``: which spectral component each of ``branches`` (and ``weights``) takes; default all K in order.
+        """
         super().__init__()
         self.info = info  # where the model came from (not part of the computation)
         k = rows * cols
-        if len(branches) != k or len(weights) != k:
-            raise ValueError(f"expected {k} branches and weights for a {rows}x{cols} split, "
-                             f"got {len(branches)} and {len(weights)}")
+        self.ks = list(range(k)) if ks is None else [int(i) for i in ks]
+        if len(branches) != len(self.ks) or len(weights) != len(self.ks) or not set(self.ks) <= set(range(k)):
+            raise ValueError(f"expected {len(self.ks)} branches and weights for components {self.ks} of a {rows}x{cols} "
+                             f"split, got {len(branches)} and {len(weights)}")
         if dtype not in DTYPES:
             raise ValueError(f"storage dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if dtype == "uint8" and (offset is None or scale is None):
@@ -103,7 +112,7 @@ class SpectralEnsemble(nn.Module):
         self.rows, self.cols, self.dtype = rows, cols, dtype
         as_buffer = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float32))  # noqa: E731
         self.register_buffer("matrix", as_buffer(matrix))  # (K, K)
-        self.register_buffer("weights", as_buffer(weights))  # (K,)
+        self.register_buffer("weights", as_buffer(weights))  # (B,) for components ks
         # (K, C) per-branch, per-channel constants; quantize/decode broadcast a (C,) row over (N, C, h, w)
         self.register_buffer("mean", as_buffer(mean)[:, None, :, None, None])  # (K, 1, C, 1, 1)
         self.register_buffer("std", as_buffer(np.maximum(np.asarray(std, np.float32), MIN_STD))[:, None, :, None, None])
@@ -118,9 +127,9 @@ class SpectralEnsemble(nn.Module):
         return (decode(stored, self.dtype, self.offset[k], self.scale[k]) - self.mean[k]) / self.std[k]
 
     def branch_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(K, N, classes)``: every branch's logits for pixels ``x`` ``(N, C, H, W)``."""
+        """``(B, N, classes)``: every branch's logits for pixels ``x`` ``(N, C, H, W)``."""
         s = spectral_components(x, self.rows, self.cols, self.matrix)  # (N, K, C, h, w)
-        return torch.stack([branch(self.branch_input(s[:, k], k)) for k, branch in enumerate(self.branches)])
+        return torch.stack([branch(self.branch_input(s[:, k], k)) for k, branch in zip(self.ks, self.branches)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("k,knc->nc", self.weights, self.branch_logits(x))  # z = sum_k w_k z_k
@@ -145,13 +154,13 @@ def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], c
     return model.eval(), cfg.name
 
 
-def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tuple[str, list[float], float | None]:
-    """(method, (K,) weights, test accuracy or None) for ``weights``: "chosen", a method name, or K numbers."""
+def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tuple[str, list[float], float | None, list[int]]:
+    """(method, (K,) weights, test accuracy or None, branches in the sum) for ``weights``: "chosen", a method, or K numbers."""
     if not isinstance(weights, str):
         w = [float(v) for v in weights]
         if len(w) != k or not np.all(np.isfinite(w)):
             raise EnsembleLoadError(f"expected {k} finite ensemble weights, got {w}")
-        return "given", w, None
+        return "given", w, None, list(range(k))
     rel = layout.WEIGHTS if weights == CHOSEN else layout.ensemble_record(weights)
     if not storage.exists(rel):
         have = sorted(n[:-5] for n in storage.ls(layout.ENSEMBLE)
@@ -162,7 +171,7 @@ def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tup
     w = [float(v) for v in record["weights"]]
     if len(w) != k:
         raise EnsembleLoadError(f"{storage.url(rel)} holds {len(w)} weights, the split has K={k}")
-    return record["method"], w, record.get("test_acc")
+    return record["method"], w, record.get("test_acc"), [int(b) for b in record.get("branches", range(k))]
 
 
 def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN, *,
@@ -177,14 +186,14 @@ def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN
     split, source = manifest["split"], manifest["source"]
     k, classes = int(split["K"]), int(source["classes"])
     in_shape = tuple(int(d) for d in split["branch_shape"])
-    nets = [_final_branch(storage, b, in_shape, classes) for b in range(k)]
-    method, w, test_acc = _weights(storage, k, weights)
+    method, w, test_acc, ks = _weights(storage, k, weights)
+    nets = [_final_branch(storage, b, in_shape, classes) for b in ks]
     height, width = (int(v) for v in source["resolution"])
     info = RunInfo(
         uri=storage.uri, channels=int(source["channels"]), height=height, width=width,
         class_names=[str(c) for c in source.get("class_names") or range(classes)], source=source["name"],
         rows=int(split["r"]), cols=int(split["c"]), transform=split["transform"], dtype=split["dtype"],
-        model=nets[0][1], method=method, weights=w, test_acc=test_acc,
+        model=nets[0][1], method=method, weights=w, test_acc=test_acc, branches=ks,
         image_size=source["image_size"] if isinstance(source.get("image_size"), int) else None,
     )
     codecs = [branch_codec(manifest, b) for b in range(k)]  # (dtype, offset (C,) or None, scale (C,) or None)
@@ -193,7 +202,7 @@ def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN
         mean=np.asarray([b["mean"] for b in manifest["branches"]]), std=np.asarray([b["std"] for b in manifest["branches"]]),
         offset=np.asarray([c[1] for c in codecs]) if info.dtype == "uint8" else None,
         scale=np.asarray([c[2] for c in codecs]) if info.dtype == "uint8" else None,
-        branches=[net for net, _ in nets], weights=w, info=info,
+        branches=[net for net, _ in nets], weights=[w[b] for b in ks], info=info, ks=ks,
     )
     log.info("loaded %s: K=%d %s branches, %s weights %s", storage.url(), k, info.model, method, np.round(w, 4).tolist())
     return model

@@ -59,14 +59,17 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     """Weigh the branches' logits by ``ensemble.weights``; write ``ensemble/weights.json``."""
     storage = run_storage(cfg)
     k = load_manifest(storage)["split"]["K"]
+    skip = sorted(layout.read_diverged(storage, k))  # diverged under train.on_nonfinite: skip_branch
+    if skip:
+        log.warning("ensemble without diverged branch(es) %s", skip)
     chosen = None
     for rule in COMPUTED_RULES:
-        res = evaluate_ensemble(storage, k, rule, p=cfg.ensemble.p)  # weights from the branches' train losses
+        res = evaluate_ensemble(storage, k, rule, p=cfg.ensemble.p, skip=skip)  # weights from the branches' train losses
         write_weights(storage, res, chosen=False)
         if rule == cfg.ensemble.weights:
             chosen = res
     if cfg.ensemble.weights == "tuned":
-        chosen = tune_ensemble_weights(cfg, storage)
+        chosen = tune_ensemble_weights(cfg, storage, skip)
     write_weights(storage, chosen, chosen=True)
     return chosen
 
@@ -100,7 +103,8 @@ def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> d
 
         result = train_ddp(cfg, storage, ddp_baseline_storage(cfg))
     else:
-        result = train_branches(storage, 1, cfg.model, cfg.train, cfg.resources, on_progress=on_progress).results[0]
+        train_cfg = dataclasses.replace(cfg.train, on_nonfinite="fail")  # no other branch to go on with
+        result = train_branches(storage, 1, cfg.model, train_cfg, cfg.resources, on_progress=on_progress).results[0]
     if run_storage(cfg).exists(layout.WEIGHTS):
         build_report(run_storage(cfg))  # put the baseline beside the ensemble
     return result

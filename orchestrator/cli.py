@@ -156,7 +156,18 @@ def cmd_split(cfg: SpectralConfig, args) -> None:
 def cmd_train(cfg: SpectralConfig, args) -> None:
     with _LiveProgress(cfg.train.epochs) as progress:
         outcome = api.train(cfg, on_progress=progress)
-    console.print(f"trained {len(outcome.results) - len(outcome.skipped)} branch(es), skipped {len(outcome.skipped)} finished")
+    print_training(outcome)
+
+
+def print_training(outcome) -> None:
+    """How many branches trained now, were already finished, or were skipped as diverged (and where)."""
+    line = f"trained {len(outcome.results) - len(outcome.skipped)} branch(es), skipped {len(outcome.skipped)} finished"
+    if outcome.diverged:
+        line += f", skipped {len(outcome.diverged)} diverged (train.on_nonfinite: skip_branch)"
+    console.print(line)
+    for k, record in sorted(outcome.diverged.items()):
+        console.print(f"[yellow]skipped branch {k}[/yellow]: diverged at epoch {record['epoch']}, step "
+                      f"{record['step'] if record['step'] is not None else '-'}: {record['error']}", soft_wrap=True)
 
 
 def cmd_evaluate(cfg: SpectralConfig, args) -> None:
@@ -170,9 +181,7 @@ def cmd_run(cfg: SpectralConfig, args) -> None:
     with _LiveProgress(cfg.train.epochs) as progress:
         result = api.run(cfg, overwrite=args.overwrite, on_progress=progress)
     print_split(cfg, result.split)
-    training = result.training
-    console.print(f"trained {len(training.results) - len(training.skipped)} branch(es), "
-                  f"skipped {len(training.skipped)} finished")
+    print_training(result.training)
     console.print(report_table(result.report))
     console.print(f"report: {result.paths['report_md']}")
     console.print(f"done in {time.perf_counter() - t0:.1f} s")

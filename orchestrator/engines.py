@@ -73,7 +73,7 @@ def spectral_engine(storage: RunStorage, branches: list[dict], chosen: dict | No
     started = min(b["started"] for b in branches)
     by_epoch = [{m["epoch"]: m for m in b["metrics"] if "time" in m} for b in branches]
     epochs = sorted(set.intersection(*(set(e) for e in by_epoch)))
-    weights = np.asarray(chosen["weights"], dtype=np.float64)
+    weights = np.asarray(chosen["weights"], dtype=np.float64)[[b["k"] for b in branches]]  # (B,): skipped ones weigh 0
     have_logits = all(storage.exists(layout.epoch_logits(b["k"], e)) for b in branches for e in epochs)
     y = _npy(storage, layout.rows(branches[0]["k"], "val"))[:, 1] if have_logits else None
     curve = []

@@ -53,6 +53,17 @@ class TrainingOutcome:
     results: dict[int, dict]  # k -> result.json contents (+ placement/isolation for branches run now)
     skipped: list[int] = field(default_factory=list)  # branches already finished before this call
     plan: PlacementPlan | None = None
+    diverged: dict[int, dict] = field(default_factory=dict)  # k -> diverged.json (train.on_nonfinite: skip_branch)
+
+    @classmethod
+    def settle(cls, settled: dict[int, dict], before: list[int], plan: PlacementPlan | None = None) -> "TrainingOutcome":
+        """Split what the branches returned into finished results and divergence records."""
+        diverged = {k: r for k, r in settled.items() if r.get("diverged")}
+        for k, record in sorted(diverged.items()):
+            log.warning("branch %d skipped: diverged at epoch %s, step %s (train.on_nonfinite: skip_branch)", k,
+                        record["epoch"], record["step"])
+        return cls({k: r for k, r in settled.items() if k not in diverged}, [k for k in before if k not in diverged],
+                   plan, diverged)
 
 
 def _last_line(error: BaseException) -> str:
@@ -83,7 +94,7 @@ def train_branches(
         log.info("branches %s already finished: skipping them", skipped)
     todo = [k for k in range(branches) if k not in results]
     if not todo:
-        return TrainingOutcome(results, skipped)
+        return TrainingOutcome.settle(results, skipped)
 
     plan = plan_placement(len(todo), resources, cluster_nodes())
     log.info("placement plan: %s", plan.describe())
@@ -129,4 +140,4 @@ def train_branches(
         ray.kill(board)
     if failures:
         raise BranchFailedError(failures)
-    return TrainingOutcome(results, skipped, plan)
+    return TrainingOutcome.settle(results, skipped, plan)

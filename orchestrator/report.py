@@ -93,12 +93,13 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
             raise ReportError(f"{storage.url()} has neither {layout.MANIFEST} nor any branch output")
         log.warning("%s has no manifest; reporting the %d branch folder(s) found", storage.url(), K)
     branches, missing = [], []
+    diverged = layout.read_diverged(storage, K)  # train.on_nonfinite: skip_branch
     for k in range(K):
         b = read_branch(storage, k)
-        if b is None:
-            missing.append(k)
-        else:
+        if b is not None:
             branches.append(b)
+        elif k not in diverged:
+            missing.append(k)
     if missing:
         log.warning("branches %s of %s have no result.json; the report leaves them out", missing, storage.url())
     baseline = read_branch(storage.child(layout.BASELINE), 0)
@@ -123,6 +124,7 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
         "model": model,
         "branches": branches,
         "missing_branches": missing,
+        "skipped_branches": [{key: d.get(key) for key in ("k", "epoch", "step", "error")} for _, d in sorted(diverged.items())],
         "ensembles": ensembles,
         "chosen_ensemble": next((e["method"] for e in ensembles if e["chosen"]), None),
         "baseline": baseline,
@@ -163,13 +165,18 @@ def format_table(report: dict) -> tuple[list[str], list[list[str]]]:
         b = report["baseline"]
         rows.append([f"{b.get('model') or 'baseline'} (full resolution)", _pct(b.get("test_acc")),
                      _size(b.get("model_bytes")), _seconds(b.get("train_seconds"))])
-    for b in report["branches"]:
+    skipped = {d["k"]: d for d in report.get("skipped_branches", [])}
+    for b in sorted(report["branches"] + list(skipped.values()), key=lambda b: b["k"]):
+        if b["k"] in skipped:
+            rows.append([f"branch {b['k']}", f"skipped: diverged at epoch {b['epoch']}", "-", "-"])
+            continue
         rows.append([f"branch {b['k']}", _pct(b.get("test_acc")), _size(b.get("model_bytes")),
                      _seconds(b.get("train_seconds"))])
     totals, K = report["totals"], report["split"]["K"]
     for e in report["ensembles"]:
         rows.append([ensemble_name(report, e["method"]), _pct(e.get("test_acc")),
-                     f"{_size(totals['max_model_bytes'])} x {K}", _seconds(totals["max_branch_train_seconds"])])
+                     f"{_size(totals['max_model_bytes'])} x {len(e.get('branches') or range(K))}",
+                     _seconds(totals["max_branch_train_seconds"])])
     return list(TABLE_HEADER), rows
 
 
@@ -201,6 +208,11 @@ def render_markdown(report: dict) -> str:
     lines += _engines_markdown(report.get("comparison"))
     if len(report.get("sources") or []) > 1:
         lines += ["", *branch_sources_section(report)]
+    if report.get("skipped_branches"):
+        lines += ["", "**Skipped branches** (`train.on_nonfinite: skip_branch`; every ensemble above uses the others, "
+                  "with weight 0 here):", ""]
+        lines += [f"- branch {d['k']}: diverged at epoch {d['epoch']}, step {d['step'] if d['step'] is not None else '-'}: "
+                  f"{d['error']}" for d in report["skipped_branches"]]
     if report["missing_branches"]:
         lines += ["", f"**Missing branches** (no result.json): {', '.join(map(str, report['missing_branches']))}"]
     return "\n".join(lines) + "\n"

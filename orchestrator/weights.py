@@ -10,6 +10,7 @@ search came to the exact fit. The caller writes the returned result (``write_wei
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import numpy as np
 
@@ -43,23 +44,24 @@ def compare_to_exact(tuned: EnsembleResult, exact: EnsembleResult) -> dict:
             "within_tolerance": bool(nll_pct <= NLL_TOLERANCE_PCT and abs(acc_points) <= ACC_TOLERANCE_POINTS)}
 
 
-def rule_seeds(storage: RunStorage, K: int, p: float) -> dict[str, np.ndarray]:
-    """Uniform weights, and geometric ones when the branches' training losses are on storage."""
-    seeds = {"uniform": weight_rule("uniform", np.zeros(K))}
+def rule_seeds(storage: RunStorage, K: int, p: float, skip: Sequence[int] = ()) -> dict[str, np.ndarray]:
+    """Uniform weights, and geometric ones when the branches' training losses are on storage (all but ``skip``)."""
+    seeds = {"uniform": weight_rule("uniform", np.zeros(K - len(set(skip))))}
     try:
-        seeds["geometric"] = weight_rule("geometric", read_train_losses(storage, K), p)
+        seeds["geometric"] = weight_rule("geometric", read_train_losses(storage, K, skip), p)
     except EnsembleInputError as e:
         log.info("no geometric seed for the search: %s", e)
     return seeds
 
 
-def tune_ensemble_weights(cfg: SpectralConfig, storage: RunStorage) -> EnsembleResult:
+def tune_ensemble_weights(cfg: SpectralConfig, storage: RunStorage, skip: Sequence[int] = ()) -> EnsembleResult:
     """Search the weights with Ray Tune, fit the exact reference; write ``ensemble/exact.json``; return "tuned".
 
-    ``cfg`` is the run's ``SpectralConfig`` (``tune``, ``ensemble.p`` and ``ray`` are used).
+    ``cfg`` is the run's ``SpectralConfig`` (``tune``, ``ensemble.p`` and ``ray`` are used); ``skip``:
+    branches left out (diverged).
     """
     K = int(load_manifest(storage)["split"]["K"])
-    val, test = load_branch_outputs(storage, K, "val"), load_branch_outputs(storage, K, "test")  # fail before Ray
+    val, test = load_branch_outputs(storage, K, "val", skip), load_branch_outputs(storage, K, "test", skip)  # fail before Ray
     if len(val.y) == 0:
         raise EnsembleInputError(f"{storage.url()} has no validation rows to tune the weights on "
                                  "(split.val_fraction is 0?)")
@@ -68,7 +70,7 @@ def tune_ensemble_weights(cfg: SpectralConfig, storage: RunStorage) -> EnsembleR
     write_weights(storage, exact, chosen=False)
 
     init_ray(cfg.ray)
-    search = search_weights(val.logits, val.y, cfg.tune, storage, seeds=rule_seeds(storage, K, cfg.ensemble.p))
+    search = search_weights(val.logits, val.y, cfg.tune, storage, seeds=rule_seeds(storage, K, cfg.ensemble.p, skip))
     extra = {
         "search": "ray-tune optuna-tpe (multivariate), simplex u -> -log(1-u) normalised",
         "num_samples": cfg.tune.num_samples, "candidates_per_trial": cfg.tune.candidates_per_trial,

@@ -128,3 +128,58 @@ def test_a_diverged_run_exits_1_with_one_error_line_naming_each_branch(ray_sessi
     storage = RunStorage(uri)
     assert not any(storage.exists(f"branches/{k}/logits_{s}.npy") for k in (0, 1) for s in ("val", "test"))
     assert not storage.exists("report/report.json")  # no report of a failed run
+
+
+def poison_first_row(storage: RunStorage, k: int) -> None:
+    """Make one training image of branch ``k`` NaN (float32 storage): its loss goes NaN in epoch 1, no other's does."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rel = storage.read_json("data/manifest.json")["branches"][k]["splits"]["train"]["files"][0]
+    table = pq.read_table(io.BytesIO(storage.read_bytes(rel)))
+    x = table.column("x").combine_chunks()
+    inner = x.storage if isinstance(x, pa.ExtensionArray) else x
+    values = inner.flatten().to_numpy(zero_copy_only=False).copy()
+    values[0] = np.nan
+    rebuilt = pa.FixedSizeListArray.from_arrays(pa.array(values, type=inner.type.value_type), inner.type.list_size)
+    if isinstance(x, pa.ExtensionArray):
+        rebuilt = pa.ExtensionArray.from_storage(x.type, rebuilt)
+    buf = io.BytesIO()
+    pq.write_table(table.set_column(table.column_names.index("x"), "x", rebuilt), buf)
+    storage.write_bytes(rel, buf.getvalue())
+
+
+@pytest.mark.slow
+def test_skip_branch_finishes_the_run_without_the_diverged_branch(ray_session, config_file, tmp_path, capsys,
+                                                                 monkeypatch):
+    from inference import load_ensemble
+
+    monkeypatch.setenv("COLUMNS", "200")
+    uri = str(tmp_path / "run")
+    common = ["--config", config_file, "--storage", uri, "--set", "model.name=fc4", "--set", "train.epochs=2",
+              "--set", "split.rows=1", "--set", "split.dtype=float32"]  # K = 2
+    assert main(["split", *common]) == 0
+    storage = RunStorage(uri)
+    poison_first_row(storage, 1)
+    capsys.readouterr()
+    assert main(["run", *common, "--set", "train.on_nonfinite=skip_branch", "--set", "ensemble.weights=geometric"]) == 0
+    out = capsys.readouterr().out
+    record = storage.read_json("branches/1/diverged.json")
+    assert record["epoch"] == 1 and record["step"] >= 1
+    assert "skipped 1 diverged" in out
+    assert f"skipped branch 1: diverged at epoch 1, step {record['step']}: branch 1 diverged at epoch 1" in out, out
+    for name in ("weights.json", "uniform.json", "geometric.json"):  # every ensemble: exactly the surviving branch
+        weights = storage.read_json(f"ensemble/{name}")
+        assert weights["branches"] == [0] and weights["skipped_branches"] == [1], (name, weights)
+        assert weights["weights"] == [1.0, 0.0]
+    report = storage.read_json("report/report.json")
+    assert [b["k"] for b in report["branches"]] == [0] and report["missing_branches"] == []
+    assert [(d["k"], d["epoch"], d["step"]) for d in report["skipped_branches"]] == [(1, 1, record["step"])]
+    md = storage.read_bytes("report/report.md").decode()
+    assert "**Skipped branches**" in md and f"branch 1: diverged at epoch 1, step {record['step']}" in md
+    assert report["ensembles"][0]["test_acc"] == pytest.approx(storage.read_json("branches/0/result.json")["test_acc"])
+    model = load_ensemble(uri)  # export/predict/serve load this: branch 0 alone
+    assert model.info.branches == [0] and len(model.branches) == 1

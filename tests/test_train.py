@@ -272,3 +272,21 @@ def test_a_diverging_branch_stops_at_once_and_writes_nothing_of_that_epoch(make_
     for split in ("val", "test"):
         assert not storage.exists(f"branches/0/logits_{split}.npy")
     assert not storage.exists("branches/0/result.json")
+
+
+def test_skip_branch_records_the_divergence_and_a_rerun_keeps_it_settled(make_run):
+    from branches import finished_result
+
+    storage = make_run()
+    wild = with_epochs(FAST, 3, optimizer="sgd", lr=1e4, on_nonfinite="skip_branch")
+    record = train_branch(storage, 0, FC4, wild)  # no exception: the run goes on without this branch
+    assert record["diverged"] is True and record["k"] == 0 and record["epoch"] == 1 and record["step"] >= 1
+    assert f"at step {record['step']}" in record["error"]
+    assert storage.read_json("branches/0/diverged.json") == record
+    assert not storage.exists("branches/0/result.json") and not storage.exists("branches/0/logits_val.npy")
+    assert finished_result(storage, 0, FC4, wild) == record  # settled: a rerun does not train it again
+    fail = dataclasses.replace(wild, on_nonfinite="fail")  # the same run under the default: trained again, and fails
+    with pytest.raises(NonFiniteError) as raised:
+        train_branch(storage, 0, FC4, fail)
+    assert (raised.value.k, raised.value.epoch, raised.value.step) == (0, 1, record["step"])
+    assert not storage.exists("branches/0/diverged.json")
