@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -354,19 +355,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve")  # Ray Data and Tune set their own levels
+TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # "0": Tune's legacy reporter, silent at verbose=0
 
 
 def quiet_ray(verbose: bool) -> None:
     """By default the console shows our own progress and only Ray's warnings and errors; ``-v`` shows all.
 
     Hidden unless ``-v``: Ray's INFO lines (Ray Data's progress, "Started a local Ray instance", Tune's
-    "Wrote the latest version..."). Not yet: the experiment box and TensorBoard hint that Tune's output
-    engine print()s even at ``verbose=0``.
-    ``init_ray`` keeps the level set here on the "ray" logger, which ``ray.init`` would reset.
+    "Wrote the latest version..."), and Tune's experiment box, "View detailed results here" and
+    TensorBoard hint. Tune's new output engine print()s those even at ``RunConfig(verbose=0)`` (its
+    ``experiment_started`` ignores the verbosity); ``RAY_AIR_NEW_OUTPUT=0``, Ray's documented switch
+    back to the legacy reporter, prints nothing at ``verbose=0``. Tune reads it when a search starts,
+    in this (the driver's) process. ``init_ray`` keeps the level set here on the "ray" logger, which
+    ``ray.init`` would reset.
     """
     import ray.data  # configures its loggers on import: set levels after that
     from ray.util.debug import log_once
 
+    os.environ[TUNE_NEW_OUTPUT_ENV] = "1" if verbose else "0"
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:

@@ -180,10 +180,18 @@ def test_tune_search_keeps_its_storage_on_s3(ray_session, s3_endpoint):
     assert any(name.startswith("experiment_state") for name in names)
 
 
-def test_cli_tune_weights_needs_only_the_storage_uri(ray_session, tmp_path):
+TUNE_CHATTER = ("Configuration for experiment", "View detailed results here", "tensorboard --logdir")
+
+
+def test_cli_tune_weights_needs_only_the_storage_uri(ray_session, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # Ray's default; the CLI changes it, monkeypatch restores it
     storage = RunStorage(str(tmp_path / "run"))
     write_fake_run(storage)
+    capfd.readouterr()
     assert cli.main(["tune-weights", "--storage", storage.uri, "--set", "tune.num_samples=5"]) == 0
+    out, err = capfd.readouterr()
+    assert not [line for line in TUNE_CHATTER if line in out + err], out + err  # quiet by default: Tune's box, path
+    assert "tuned" in out  # our own report table is there
     chosen = storage.read_json("ensemble/weights.json")
     assert chosen["method"] == "tuned" and len(chosen["weights"]) == K
     for key in ("val_acc", "val_nll", "test_acc", "test_nll"):
@@ -193,6 +201,9 @@ def test_cli_tune_weights_needs_only_the_storage_uri(ray_session, tmp_path):
     assert report["chosen_ensemble"] == "tuned"
     md = storage.read_bytes("report/report.md").decode()
     assert "(tuned)" in md and "(exact)" in md
+    assert cli.main(["-v", "tune-weights", "--storage", storage.uri, "--set", "tune.num_samples=1"]) == 0
+    out, err = capfd.readouterr()
+    assert all(line in out + err for line in TUNE_CHATTER), out + err  # -v: Tune's own output is back
 
 
 @pytest.mark.slow
