@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,12 +20,17 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from conftest import free_port
 
 BIN = Path(sys.executable).parent
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+START_ATTEMPTS = 3  # `ray start` tries, each with fresh ports, when one of its ports was taken meanwhile
+# What a component that lost its port says (Python's bind check, a raylet/GCS bind failure, gRPC)
+PORT_CLASH = re.compile(r"already (in use|occupied)|Address in use|[Ff]ailed to bind|EADDRINUSE")
+
+log = logging.getLogger(__name__)
 
 
 def ray_env(**extra: str) -> dict:
@@ -81,6 +88,39 @@ def stop_ray_processes(temp_dirs: list[str], grace_s: float = 5.0) -> None:
             time.sleep(0.2)
 
 
+def ray_start(build: Callable[[], tuple[list[str], Any]], temp_dir: str, env: dict, *,
+              attempts: int = START_ATTEMPTS) -> Any:
+    """Run the `ray start` command ``build()`` returns as ``(cmd, ports)``; return ``ports``.
+
+    ``free_port`` checks a port when it picks it; another process can still bind it before Ray does.
+    Then (the output or the node's logs say a port is in use) this stops what the attempt started and
+    tries again with a new ``build()``, at most ``attempts`` times; any other failure fails at once.
+    """
+    for attempt in range(1, attempts + 1):
+        cmd, ports = build()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        if proc.returncode == 0:
+            return ports
+        said = proc.stdout + proc.stderr + _node_logs(temp_dir)
+        stop_ray_processes([temp_dir])
+        clash = PORT_CLASH.search(said)
+        assert clash and attempt < attempts, (f"{' '.join(cmd)} failed (attempt {attempt} of {attempts})\n"
+                                              f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        log.warning("ray start: a port was taken (%r); retrying with new ports (%d of %d)", clash.group(0),
+                    attempt + 1, attempts)
+
+
+def _node_logs(temp_dir: str) -> str:
+    """The text of a node's log files (where a raylet or the GCS reports a failed bind)."""
+    text = []
+    for p in Path(temp_dir).glob("session_*/logs/*"):
+        try:
+            text.append(p.read_text(errors="replace")[-20000:])
+        except OSError:
+            pass
+    return "\n".join(text)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -105,26 +145,30 @@ def start_two_node_cluster(env: dict | None = None) -> Iterator[TwoNodeCluster]:
     """A head and a second node; ``env`` goes to both ``ray start`` commands (so to every Ray process)."""
     # Short temp dirs: Ray's unix sockets live under them (a path limit of ~107 bytes).
     temp_dirs = [tempfile.mkdtemp(prefix="stn-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stn-node-", dir="/tmp")]
-    port, dashboard, client = free_port(), free_port(), free_port()
     common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000",
               "--disable-usage-stats"]
-    head = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", '--resources={"head": 1}',
-            f"--temp-dir={temp_dirs[0]}", *common, *node_ports()]
-    second = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"second": 1}',
-              f"--temp-dir={temp_dirs[1]}", *common, *node_ports()]
+
+    def head():
+        port, dashboard, client = free_port(), free_port(), free_port()
+        return [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", '--resources={"head": 1}',
+                f"--temp-dir={temp_dirs[0]}", *common, *node_ports()], (port, dashboard, client)
+
+    def second():
+        return [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"second": 1}',
+                f"--temp-dir={temp_dirs[1]}", *common, *node_ports()], None
+
     try:
         # The Ray Client proxy gives a new client's server 30 s to start; a loaded 2-core machine needs more.
         env = ray_env(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180", **(env or {}))
-        for cmd in (head, second):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-            assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        port, dashboard, client = ray_start(head, temp_dirs[0], env)
+        ray_start(second, temp_dirs[1], env)
         cluster = TwoNodeCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}",
                                  temp_dirs)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60  # `ray start` of the second node returns before the GCS lists it alive
         while len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) < 2:
             assert time.monotonic() < deadline, f"the second node never joined: {cluster.nodes()}"
-            time.sleep(1)
+            time.sleep(0.2)
         yield cluster
     finally:
         stop_ray_processes(temp_dirs)

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import free_port
 from data_split import RunStorage
-from ray_cluster import BIN, node_ports, ray_env, stop_ray_processes
+from ray_cluster import BIN, node_ports, ray_env, ray_start, stop_ray_processes
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +24,15 @@ def ray_head():
     """A one-node cluster with the dashboard (job submission), shared by this module's jobs; stopped by killing
     only its own processes."""
     temp_dir = tempfile.mkdtemp(prefix="stn-jobs-", dir="/tmp")  # short: Ray's unix sockets live under it
-    dashboard = free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dashboard}", "--disable-usage-stats", f"--temp-dir={temp_dir}", *node_ports()]
+
+    def head():
+        dashboard = free_port()
+        return [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={free_port()}",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+                f"--temp-dir={temp_dir}", *node_ports()], dashboard
+
     try:
-        proc = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=180)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        dashboard = ray_start(head, temp_dir, ray_env())
         yield f"http://127.0.0.1:{dashboard}"
     finally:
         stop_ray_processes([temp_dir])

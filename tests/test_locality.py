@@ -21,7 +21,7 @@ import pytest
 
 from conftest import free_port
 from fixtures_formats import write_mnist_files
-from ray_cluster import BIN, node_ports, ray_env, stop_ray_processes
+from ray_cluster import BIN, node_ports, ray_env, ray_start, stop_ray_processes
 
 pytestmark = pytest.mark.slow
 
@@ -51,17 +51,22 @@ DRIVER = textwrap.dedent("""
 def site_b_cluster():
     """(GCS address, temp dirs): a head without custom resources, a second node with ``site_b``."""
     temp_dirs = [tempfile.mkdtemp(prefix="stl-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stl-b-", dir="/tmp")]
-    port = free_port()
     common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
               "--disable-usage-stats", "--include-dashboard=false"]
-    head = [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp_dirs[0]}", *common,
-            f"--ray-client-server-port={free_port()}", *node_ports()]
-    second = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"site_b": 1}',
-              f"--temp-dir={temp_dirs[1]}", *[c for c in common if c != "--include-dashboard=false"], *node_ports()]
+
+    def head():
+        port = free_port()
+        return [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp_dirs[0]}", *common,
+                f"--ray-client-server-port={free_port()}", *node_ports()], port
+
+    def second():
+        return [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"site_b": 1}',
+                f"--temp-dir={temp_dirs[1]}", *[c for c in common if c != "--include-dashboard=false"],
+                *node_ports()], None
+
     try:
-        for cmd in (head, second):
-            proc = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=180)
-            assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        port = ray_start(head, temp_dirs[0], ray_env())
+        ray_start(second, temp_dirs[1], ray_env())
         yield f"127.0.0.1:{port}"
     finally:
         stop_ray_processes(temp_dirs)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from holds import Hold
+from holds import REACHED_TIMEOUT_S, Hold
 from data_split.storage import RunStorage
 from orchestrator import api, cli
 from orchestrator.config import ConfigError, load_config
@@ -193,7 +193,7 @@ def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
         alive = lambda: first.poll() is None  # noqa: E731
         held = hold.wait_reached(1, alive=alive)
         caught = held[0]["uri"].rsplit("/", 1)[1]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + REACHED_TIMEOUT_S  # a loaded machine: generous, it ends as soon as the state is there
         while not tune_state_shows(run, caught, 2):  # the trial is held: this state must come
             assert alive() and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.1)
