@@ -43,7 +43,7 @@ def test_no_secret_is_written_anywhere(s3_endpoint, tmp_path):
     secrets = {"config key id": f"CFGKEYID{tag}", "config secret": f"cfgsecret{tag}",
                "env key id": f"ENVKEYID{tag}", "env secret": f"envsecret{tag}"}
     uri = f"s3://test-bucket/secrets-{tag}"
-    base = tiny_config(uri, **{"storage.endpoint_url": s3_endpoint}).to_dict()
+    base = tiny_config(uri, **{"storage.endpoint_url": s3_endpoint, "split.rows": 1}).to_dict()  # K = 2
     with_keys = tmp_path / "with_keys.yaml"
     with_keys.write_text(yaml.safe_dump({**base, "storage": {**base["storage"], "access_key_id": secrets["config key id"]}}))
     plain = tmp_path / "plain.yaml"
