@@ -150,3 +150,17 @@ def trained_tiny_run(ray_session, tmp_path_factory):
         train_branch(storage, k, cfg.model, cfg.train)
     api.ensemble(cfg)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def finished_job(ray_session, tmp_path_factory):
+    """One whole tiny job through ``api.run`` (split, 4 branch actors, tuned ensemble, report): (config, RunResult).
+
+    Session-scoped and read-only: the orchestrator and tuned-weights tests check the same job (a test that
+    needs to break it copies the run first).
+    """
+    from orchestrator import api
+
+    cfg = tiny_config(str(tmp_path_factory.mktemp("job") / "run"),
+                      **{"ensemble.weights": "tuned", "tune.num_samples": 4, "tune.candidates_per_trial": 16})
+    return cfg, api.run(cfg)

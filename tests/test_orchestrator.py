@@ -25,8 +25,8 @@ def metric_epochs(storage: RunStorage, k: int) -> list[int]:
     return [json.loads(line)["epoch"] for line in lines]
 
 
-def test_run_trains_every_branch_in_isolation(ray_session, tiny_cfg, tmp_path):
-    result = api.run(tiny_cfg)
+def test_run_trains_every_branch_in_isolation(finished_job, tmp_path):
+    tiny_cfg, result = finished_job
     storage = api.run_storage(tiny_cfg)
     assert sorted(result.training.results) == [0, 1, 2, 3]
     for k, res in result.training.results.items():
@@ -52,7 +52,7 @@ def test_run_trains_every_branch_in_isolation(ray_session, tiny_cfg, tmp_path):
     # and gives the same logits, bit for bit.
     for k in range(4):
         denied = RunStorage(str(tmp_path / f"denied{k}"))
-        shutil.copytree(tmp_path / "run/data", tmp_path / f"denied{k}/data")
+        shutil.copytree(storage.path("data"), tmp_path / f"denied{k}/data")
         for other in (p for p in (tmp_path / f"denied{k}/data").glob("*/branch=*") if p.name != f"branch={k}"):
             shutil.rmtree(other)
         train_branch(denied, k, tiny_cfg.model, tiny_cfg.train)
@@ -61,8 +61,10 @@ def test_run_trains_every_branch_in_isolation(ray_session, tiny_cfg, tmp_path):
     assert storage.exists("report/report.md")
 
 
-def test_rerun_skips_finished_branches_and_resumes_unfinished(ray_session, tiny_cfg):
-    api.run(tiny_cfg)
+def test_rerun_skips_finished_branches_and_resumes_unfinished(finished_job, tmp_path):
+    done, _ = finished_job
+    shutil.copytree(api.run_storage(done).path(), tmp_path / "run")  # a copy of the finished job, to break
+    tiny_cfg = done.replace(**{"storage.uri": str(tmp_path / "run"), "ensemble.weights": "uniform"})  # no 2nd search
     storage = api.run_storage(tiny_cfg)
     # Branch 2 "crashed" after its first epoch: no result, no epoch-2 checkpoint or metrics line.
     storage.remove("branches/2/result.json")

@@ -207,10 +207,8 @@ def test_cli_tune_weights_needs_only_the_storage_uri(ray_session, tmp_path, capf
 
 
 @pytest.mark.slow
-def test_spectral_run_with_tuned_weights(ray_session, tmp_path):
-    cfg = tiny_config(str(tmp_path / "run"), **{"split.rows": 1, "ensemble.weights": "tuned", "tune.num_samples": 4,
-                                                 "tune.candidates_per_trial": 16})
-    result = api.run(cfg)
+def test_spectral_run_with_tuned_weights(finished_job):
+    cfg, result = finished_job  # api.run with ensemble.weights=tuned (tests/conftest.py)
     storage = api.run_storage(cfg)
     assert result.report["chosen_ensemble"] == "tuned"
     methods = {e["method"]: e for e in result.report["ensembles"]}
