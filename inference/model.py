@@ -186,8 +186,13 @@ def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN
     split, source = manifest["split"], manifest["source"]
     k, classes = int(split["K"]), int(source["classes"])
     in_shape = tuple(int(d) for d in split["branch_shape"])
+    # every branch but a skipped (diverged) one must have finished: a clear error for an untrained run comes first
+    nets = {b: _final_branch(storage, b, in_shape, classes) for b in range(k) if not storage.exists(layout.diverged(b))}
     method, w, test_acc, ks = _weights(storage, k, weights)
-    nets = [_final_branch(storage, b, in_shape, classes) for b in ks]
+    if missing := [b for b in ks if b not in nets]:
+        raise EnsembleLoadError(f"branches {missing} diverged (branches/<k>/diverged.json) and have no final model; "
+                                f"weights {method!r} use them")
+    nets = [nets[b] for b in ks]
     height, width = (int(v) for v in source["resolution"])
     info = RunInfo(
         uri=storage.uri, channels=int(source["channels"]), height=height, width=width,

@@ -101,7 +101,8 @@ def test_trial_storage_reads_the_runs_data_and_writes_its_own_branches(tmp_path)
 
 # -- sweeps against a real Ray ---------------------------------------------------------------------------------
 def sweep_config(uri: str, **extra):
-    return tiny_config(uri, **{"train.epochs": 4, "sweep.space": {**LR_SPACE, "train.batch_size": {"choice": [32, 64]}},
+    return tiny_config(uri, **{"split.rows": 1, "train.epochs": 4,  # K = 2: the best config's run is one wave
+                               "sweep.space": {**LR_SPACE, "train.batch_size": {"choice": [32, 64]}},
                                "sweep.num_samples": 6, "sweep.reduction_factor": 3.0, **extra})
 
 
