@@ -85,6 +85,8 @@ def test_ranking_prefers_the_best_finished_trial():
     assert [r["trial"] for r in ranked] == ["d", "b", "a", "c"] and best["trial"] == "d"
     with pytest.raises(SweepError, match="first error: boom"):
         rank_rows([rows[2]], "val_acc", "max")
+    tied = [{"trial": "f", "val_acc": 0.8, "status": "finished"}, {"trial": "e", "val_acc": 0.8, "status": "finished"}]
+    assert rank_rows(tied, "val_acc", "max")[1]["trial"] == rank_rows(tied[::-1], "val_acc", "max")[1]["trial"] == "e"
 
 
 def test_trial_storage_reads_the_runs_data_and_writes_its_own_branches(tmp_path):

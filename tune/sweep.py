@@ -131,12 +131,15 @@ def trial_row(result, dims: list[Dimension], default_epochs: int) -> dict:
 
 
 def rank_rows(rows: list[dict], metric: str, mode: str) -> tuple[list[dict], dict]:
-    """Rows best first (no metric last) and the best row: the best finished trial, else the best of any."""
+    """Rows best first (no metric last) and the best row: the best finished trial, else the best of any.
+
+    Ties go to the smaller trial id: Tune's row order differs between a sweep and its restore.
+    """
     sign = -1.0 if mode == "max" else 1.0
 
     def key(r: dict) -> tuple:
         v = r.get(metric)
-        return (v is None, sign * v if v is not None else 0.0)
+        return (v is None, sign * v if v is not None else 0.0, r["trial"])
 
     ranked = sorted(rows, key=key)
     scored = [r for r in ranked if r.get(metric) is not None]
