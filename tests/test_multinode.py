@@ -6,7 +6,8 @@ all fit on one node. The job is ``spectral run`` through ``ray job submit``, its
 ``s3://test-bucket/...`` on the loopback S3 endpoint, the AWS keys passed in the job's runtime env
 (the Ray nodes themselves are started without them). Checked from outside the job: every branch's
 ``placement.json`` (node and files read, written by the branch actor) and every output of DESIGN.md
-section 3. A second test drives the same cluster through the Python API with a ``ray://`` address.
+section 3 (the job's config says ``ray.address: auto``). A second test drives the same cluster through the
+Python API with a ``ray://`` address.
 
 The cluster is stopped by killing its own processes (found by their temp dirs): ``ray stop`` would
 stop every Ray on the machine, other test sessions' included.
@@ -52,6 +53,8 @@ def job_config(path: Path) -> Path:
         # 1 CPU per branch on 2-CPU nodes: at most 2 branches per node, so 4 branches need both nodes.
         "resources": {"gpus_per_branch": 0, "cpus_per_branch": 1, "max_restarts": 1},
         "ensemble": {"weights": "geometric"},
+        # The README's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
+        "ray": {"address": "auto"},
     }))
     return path
 
@@ -156,7 +159,7 @@ except BranchFailedError as e:
 API_ATTEMPT_TIMEOUT_S = 300  # a run takes ~1 min here; a Ray Client whose server failed to start can hang
 
 
-def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path, how: str) -> subprocess.CompletedProcess:
+def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path) -> subprocess.CompletedProcess:
     for _ in (1, 2):
         try:
             proc = subprocess.run([sys.executable, "-c", driver, str(config), address, str(run_dir)],
@@ -166,7 +169,7 @@ def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path, how
             proc = subprocess.CompletedProcess(e.cmd, -1, out, err)
         # Ray Client's proxy now and then fails to start the server of a new client on this shared machine
         # (its process exits at once, logging nothing): one more try, then fail with the output.
-        if proc.returncode == 0 or how != "ray-client":
+        if proc.returncode == 0:
             break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -176,26 +179,20 @@ def last_json(proc: subprocess.CompletedProcess) -> dict:
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
-@pytest.mark.parametrize("how", ["auto", "ray-client"])
-def test_python_api_runs_on_the_cluster_through_a_ray_address(two_node_cluster, tmp_path, how):
-    """The README's API call with ``ray.address`` set: "auto" (RAY_ADDRESS, as on a node) or ``ray://``."""
+def test_python_api_runs_on_the_cluster_through_a_ray_client_address(two_node_cluster, tmp_path):
+    """The README's API call with ``ray.address: ray://...`` (``auto`` is the job test's address)."""
     config = job_config(tmp_path / "job.yaml")
-    if how == "auto":
-        address, env = "auto", ray_env(RAY_ADDRESS=two_node_cluster.address)
-    else:
-        address, env = two_node_cluster.client, ray_env()
+    address, env = two_node_cluster.client, ray_env()
     run_dir = tmp_path / "run"
-    placed_on = last_json(drive(API_DRIVER, config, address, env, run_dir, how))
+    placed_on = last_json(drive(API_DRIVER, config, address, env, run_dir))
     assert set(placed_on.values()) == {n["node_id"] for n in two_node_cluster.nodes()}
     storage = RunStorage(str(run_dir))
     assert len(storage.read_json("report/report.json")["branches"]) == K
-    if how != "ray-client":
-        return
     # A branch failure crosses ray:// as itself, with its per-branch message: branch 1 trains again
     # with one of its shards gone, a deterministic failure (FileNotFoundError: not retried).
     shard = storage.read_json("data/manifest.json")["branches"][1]["splits"]["train"]["files"][0]
     storage.remove("branches/1")
     storage.remove(shard)
-    failed = last_json(drive(FAILING_DRIVER, config, address, env, run_dir, how))
+    failed = last_json(drive(FAILING_DRIVER, config, address, env, run_dir))
     assert failed["type"] == "BranchFailedError" and list(failed["failures"]) == ["1"]
     assert "FileNotFoundError" in failed["failures"]["1"] or shard in failed["failures"]["1"], failed
