@@ -35,7 +35,7 @@ from orchestrator._sweep_table import table_rows
 from orchestrator.config import SpectralConfig, config_markdown, config_reference, load_config, parse_set
 from orchestrator.report import format_table
 
-console = Console()
+console = Console(soft_wrap=True)  # a printed path or message stays on one line (copyable); tables fit the width
 log = logging.getLogger("spectral")
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rich.console import Console
+
+from orchestrator import cli
 from orchestrator.cli import main
 from orchestrator.config import config_markdown, config_reference, load_config
 
@@ -27,7 +30,7 @@ def test_readme_config_table_is_the_generated_one():
 
 
 def test_config_show_prints_every_key(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(cli, "console", Console(width=400))  # a table as wide as its rows, whatever the terminal
     assert main(["config", "--show"]) == 0
     out = capsys.readouterr().out
     assert all(key in out for key, _, _ in config_reference())
