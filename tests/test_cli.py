@@ -135,21 +135,18 @@ def poison_first_row(storage: RunStorage, k: int) -> None:
     import io
 
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rel = storage.read_json("data/manifest.json")["branches"][k]["splits"]["train"]["files"][0]
-    table = pq.read_table(io.BytesIO(storage.read_bytes(rel)))
-    x = table.column("x").combine_chunks()
-    inner = x.storage if isinstance(x, pa.ExtensionArray) else x
-    values = inner.flatten().to_numpy(zero_copy_only=False).copy()
-    values[0] = np.nan
-    rebuilt = pa.FixedSizeListArray.from_arrays(pa.array(values, type=inner.type.value_type), inner.type.list_size)
-    if isinstance(x, pa.ExtensionArray):
-        rebuilt = pa.ExtensionArray.from_storage(x.type, rebuilt)
-    buf = io.BytesIO()
-    pq.write_table(table.set_column(table.column_names.index("x"), "x", rebuilt), buf)
-    storage.write_bytes(rel, buf.getvalue())
+    from data_split.parquet import shard_bytes
+    from data_split.shards import table_arrays
+
+    manifest = storage.read_json("data/manifest.json")
+    rel = manifest["branches"][k]["splits"]["train"]["files"][0]
+    idx, src, y, x = table_arrays(pq.read_table(io.BytesIO(storage.read_bytes(rel))),
+                                  tuple(manifest["split"]["branch_shape"]), "float32", rel)
+    x = x.copy()
+    x.flat[0] = np.nan
+    storage.write_bytes(rel, shard_bytes(idx, src, y, x))  # the same file, one value NaN
 
 
 @pytest.mark.slow
