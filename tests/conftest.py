@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import random
 import shutil
@@ -80,6 +81,34 @@ def ray_session():
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+# -- one two-node `ray start` cluster for the modules that only use one (jobs, locality, multinode) -------
+_shared_cluster = contextlib.ExitStack()
+_last_cluster_test: str | None = None
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(items):
+    global _last_cluster_test
+    users = [item.nodeid for item in items if "two_node_cluster" in getattr(item, "fixturenames", ())]
+    _last_cluster_test = users[-1] if users else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    if item.nodeid == _last_cluster_test:  # stop it as soon as its last test is done, not at the session's end
+        _shared_cluster.close()
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster():
+    """A head and a second node (``tests/ray_cluster.py``), shared by every test that only submits to one:
+    starting and stopping one costs ~15 s on 2 cores. Tests that break a cluster start their own."""
+    from ray_cluster import start_two_node_cluster
+
+    yield _shared_cluster.enter_context(start_two_node_cluster())
+    _shared_cluster.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,45 +1,23 @@
-"""`ray job submit --working-dir . -- spectral run ...` against a real local cluster (`ray start --head`)."""
+"""`ray job submit --working-dir . -- spectral run ...` against a real local cluster (`ray start`: the session's
+two-node cluster, ``conftest.two_node_cluster``)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import free_port
 from data_split import RunStorage
-from ray_cluster import BIN, node_ports, ray_env, ray_start, stop_ray_processes
+from ray_cluster import BIN, ray_env
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A one-node cluster with the dashboard (job submission), shared by this module's jobs; stopped by killing
-    only its own processes."""
-    temp_dir = tempfile.mkdtemp(prefix="stn-jobs-", dir="/tmp")  # short: Ray's unix sockets live under it
-
-    def head():
-        dashboard = free_port()
-        return [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={free_port()}",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
-                f"--temp-dir={temp_dir}", *node_ports()], dashboard
-
-    try:
-        dashboard = ray_start(head, temp_dir, ray_env())
-        yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        stop_ray_processes([temp_dir])
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def test_job_submission_runs_the_whole_job_then_the_ddp_baseline(ray_head, tmp_path):
+def test_job_submission_runs_the_whole_job_then_the_ddp_baseline(two_node_cluster, tmp_path):
     """One job, two commands (one submission's overhead): `spectral run`, then `spectral baseline --set
     baseline.engine=ddp --set baseline.workers=2` on the same run: the CLI, the API and Ray Train inside a job
     (the DDP kill/resume and S3 checks are in tests/test_ddp.py)."""
@@ -55,7 +33,7 @@ def test_job_submission_runs_the_whole_job_then_the_ddp_baseline(ray_head, tmp_p
     common = f"--config {config} --storage {run_uri}"
     entrypoint = (f"spectral run {common} && "
                   f"spectral baseline {common} --set baseline.engine=ddp --set baseline.workers=2")
-    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
+    submit = [str(BIN / "ray"), "job", "submit", "--address", two_node_cluster.dashboard, "--working-dir", str(REPO), "--",
               "sh", "-c", entrypoint]
     proc = subprocess.run(submit, env=ray_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,8 +1,8 @@
 """Data locality on a two-node Ray cluster: an extra source is read only where its custom resource is.
 
-A head node (no custom resource) and a second node with ``site_b``, started with ``ray start`` and
-private ports and temp dirs (``tests/ray_cluster.py``). A driver process joins the cluster and splits
-site A (the main source, no resources) plus site B (``extra_sources[0]`` with ``resources:
+The session's two-node cluster (``conftest.two_node_cluster``: ``ray start`` with private ports and
+temp dirs): a head and a second node that alone has the custom resource ``site_b``. A driver process
+joins the cluster and splits site A (the main source, no resources) plus site B (``extra_sources[0]`` with ``resources:
 {site_b: 1}``). The manifest's ``sources[i].nodes`` (node ids recorded by the read tasks themselves)
 must name only the second node for site B; site A may be read anywhere in the cluster. A source
 asking for a resource that no node has fails at once, before any task is submitted.
@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import free_port
 from fixtures_formats import write_mnist_files
-from ray_cluster import BIN, node_ports, ray_env, ray_start, stop_ray_processes
+from ray_cluster import ray_env
 
 pytestmark = pytest.mark.slow
 
@@ -47,31 +45,6 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def site_b_cluster():
-    """(GCS address, temp dirs): a head without custom resources, a second node with ``site_b``."""
-    temp_dirs = [tempfile.mkdtemp(prefix="stl-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stl-b-", dir="/tmp")]
-    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
-              "--disable-usage-stats", "--include-dashboard=false"]
-
-    def head():
-        port = free_port()
-        return [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp_dirs[0]}", *common,
-                f"--ray-client-server-port={free_port()}", *node_ports()], port
-
-    def second():
-        return [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"site_b": 1}',
-                f"--temp-dir={temp_dirs[1]}", *[c for c in common if c != "--include-dashboard=false"],
-                *node_ports()], None
-
-    try:
-        port = ray_start(head, temp_dirs[0], ray_env())
-        ray_start(second, temp_dirs[1], ray_env())
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_ray_processes(temp_dirs)
-
-
 def _drive(address: str, a, b, run, resource: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", DRIVER, address, str(a), str(b), str(run), resource],
                           env=ray_env(), capture_output=True, text=True, timeout=300)
@@ -93,8 +66,8 @@ def sites(tmp_path_factory):
     return root
 
 
-def test_extra_source_is_read_only_on_the_node_with_its_resource(site_b_cluster, sites, tmp_path):
-    out = _drive(site_b_cluster, sites / "a", sites / "b", tmp_path / "run", "site_b")
+def test_extra_source_is_read_only_on_the_node_with_its_resource(two_node_cluster, sites, tmp_path):
+    out = _drive(two_node_cluster.address, sites / "a", sites / "b", tmp_path / "run", "site_b")
     assert len(out["nodes"]) == 2, out["nodes"]
     assert "error" not in out, out["error"]
     (site_b_node,) = [n for n, res in out["nodes"].items() if "site_b" in res]
@@ -104,8 +77,8 @@ def test_extra_source_is_read_only_on_the_node_with_its_resource(site_b_cluster,
     assert main["nodes"] and set(main["nodes"]) <= set(out["nodes"])  # site A: anywhere in the cluster
 
 
-def test_resource_no_node_has_fails_within_seconds(site_b_cluster, sites, tmp_path):
-    out = _drive(site_b_cluster, sites / "a", sites / "b", tmp_path / "run", "site_c")
+def test_resource_no_node_has_fails_within_seconds(two_node_cluster, sites, tmp_path):
+    out = _drive(two_node_cluster.address, sites / "a", sites / "b", tmp_path / "run", "site_c")
     assert "site_c" in out["error"] and "extra_sources[0]" in out["error"] and "site_b" in out["error"]
     assert out["seconds"] < 10  # a check of the cluster's resources, not a wait on a pending task
     assert not (tmp_path / "run").exists()

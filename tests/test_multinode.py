@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env, start_two_node_cluster
+from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env
 from data_split import RunStorage
 
 pytestmark = pytest.mark.slow
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 K = 4
 EPOCHS = 2
-
-
-@pytest.fixture(scope="module")
-def two_node_cluster():
-    with start_two_node_cluster() as cluster:
-        yield cluster
 
 
 def job_config(path: Path) -> Path:
