@@ -76,8 +76,10 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
 
 @cluster_side
 def evaluate(cfg: SpectralConfig) -> dict:
-    """Ensemble plus report (``report/report.json``, ``report.md``, plots); returns the report."""
-    init_ray(cfg.ray)
+    """Ensemble plus report (``report/report.json``, ``report.md``, plots); returns the report.
+
+    Starts Ray only for ``ensemble.weights: tuned`` (its Tune search); the other rules are NumPy.
+    """
     ensemble(cfg)
     return build_report(run_storage(cfg))
 
