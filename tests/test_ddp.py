@@ -77,7 +77,7 @@ def test_meter_counts_the_bytes_ddp_hands_it(tmp_path):
 def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traffic(ray_session, s3_endpoint):
     """Ray Train checkpoints to the run's S3 storage; a worker killed after epoch 1's checkpoint; the group resumes.
 
-    (The CLI, `api.baseline` and `ray job submit` run it in tests/test_jobs.py.)
+    (The CLI, `api.baseline` and `ray job submit` run it in tests/test_multinode.py.)
     """
     import uuid
 

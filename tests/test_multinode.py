@@ -1,13 +1,14 @@
 """Across nodes: a two-node Ray cluster on this machine, a whole job submitted to it, storage on S3.
 
 A head (``ray start --head``) and a second node (``ray start --address``), each with 2 CPUs and its own
-custom resource, temp dir and ports; branches at 1 CPU each, so the 4 branches of a sub4 split cannot
-all fit on one node. The job is ``spectral run`` through ``ray job submit``, its storage
+custom resource, temp dir and ports (the session's ``conftest.two_node_cluster``); branches at 1 CPU
+each, so the 4 branches of a sub4 split cannot all fit on one node. The job is ``spectral run``, then
+``spectral baseline`` with the DDP engine on the same run, through one ``ray job submit``; its storage
 ``s3://test-bucket/...`` on the loopback S3 endpoint, the AWS keys passed in the job's runtime env
 (the Ray nodes themselves are started without them). Checked from outside the job: every branch's
-``placement.json`` (node and files read, written by the branch actor) and every output of DESIGN.md
-section 3 (the job's config says ``ray.address: auto``). A second test drives the same cluster through the
-Python API with a ``ray://`` address.
+``placement.json`` (node and files read, written by the branch actor), every output of DESIGN.md
+section 3 (the job's config says ``ray.address: auto``) and the DDP baseline's result. A second test
+drives the same cluster through the Python API with a ``ray://`` address.
 
 The cluster is stopped by killing its own processes (found by their temp dirs): ``ray stop`` would
 stop every Ray on the machine, other test sessions' included.
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -53,16 +55,19 @@ def job_config(path: Path) -> Path:
     return path
 
 
-def submit_command(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, **env_vars: str) -> list[str]:
-    """``ray job submit`` of ``spectral run``; ``env_vars`` (and the loopback S3's fake keys) go to the job."""
+def submit_command(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, *then: str,
+                   **env_vars: str) -> list[str]:
+    """``ray job submit`` of ``spectral run``, then of each CLI command in ``then`` on the same run (one job:
+    one submission's overhead); ``env_vars`` (and the loopback S3's fake keys) go to the job."""
     runtime_env = {"env_vars": {**{k: os.environ[k] for k in AWS_KEYS}, **env_vars}}
+    common = ["--config", str(config), "--storage", uri, "--set", f"storage.endpoint_url={endpoint}"]
+    commands = [shlex.join(["spectral", *cmd.split()[:1], *common, *cmd.split()[1:]]) for cmd in ("run", *then)]
     return [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
-            "--runtime-env-json", json.dumps(runtime_env), "--",
-            "spectral", "run", "--config", str(config), "--storage", uri, "--set", f"storage.endpoint_url={endpoint}"]
+            "--runtime-env-json", json.dumps(runtime_env), "--", "sh", "-c", " && ".join(commands)]
 
 
-def submit(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str) -> subprocess.CompletedProcess:
-    return subprocess.run(submit_command(cluster, config, uri, endpoint), env=ray_env(), capture_output=True,
+def submit(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, *then: str) -> subprocess.CompletedProcess:
+    return subprocess.run(submit_command(cluster, config, uri, endpoint, *then), env=ray_env(), capture_output=True,
                           text=True, timeout=900, cwd=REPO)
 
 
@@ -72,9 +77,12 @@ def npy(storage: RunStorage, rel: str) -> np.ndarray:
 
 def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_node_cluster, s3_endpoint, tmp_path):
     uri = f"s3://test-bucket/{uuid.uuid4().hex}/run"
-    proc = submit(two_node_cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint)
+    # The run, then the DDP baseline of the same run in the same job: Ray Train inside a job, on S3.
+    proc = submit(two_node_cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint,
+                  "baseline --set baseline.engine=ddp --set baseline.workers=2")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout
+    assert "Ray Train DDP, 2 workers, gloo" in proc.stdout  # the baseline's CLI summary line
 
     nodes = {n["node_id"]: n for n in two_node_cluster.nodes()}
     head_id = next(i for i, n in nodes.items() if n["is_head_node"])
@@ -102,6 +110,11 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
     assert sorted(list(placed_on.values()).count(n) for n in (head_id, second_id)) == [2, 2]
 
     check_outputs(storage)
+    result = storage.read_json("baseline-ddp/result.json")
+    assert result["workers"] == 2 and result["backend"] == "gloo"
+    assert result["allreduce_bytes_per_worker"] == result["steps"] * result["parameters"] * 4
+    report = storage.read_json("report/report.json")  # rebuilt by the baseline: the branches and the DDP engine
+    assert len(report["branches"]) == K and report["baseline_ddp"]["workers"] == 2
 
 
 def check_outputs(storage: RunStorage) -> None:
@@ -135,20 +148,24 @@ def check_outputs(storage: RunStorage) -> None:
 
 API_DRIVER = """
 import json, sys
-from orchestrator import load_config, run
-cfg = load_config(sys.argv[1], {"ray.address": sys.argv[2], "storage.uri": sys.argv[3]})
-result = run(cfg)
-print(json.dumps({k: r["placement"]["node_id"] for k, r in result.training.results.items()}))
-"""
-FAILING_DRIVER = """
-import json, sys
-from orchestrator import api, load_config
+from data_split import RunStorage
+from orchestrator import api, load_config, run
 from orchestrator.launcher import BranchFailedError
 cfg = load_config(sys.argv[1], {"ray.address": sys.argv[2], "storage.uri": sys.argv[3]})
+result = run(cfg)
+print(json.dumps({k: r["placement"]["node_id"] for k, r in result.training.results.items()}), flush=True)
+# In the same Ray Client session: branch 1 trains again with one of its shards gone, a deterministic
+# failure (FileNotFoundError: not retried), which must cross ray:// as our own error.
+storage = RunStorage(cfg.storage.uri)
+shard = storage.read_json("data/manifest.json")["branches"][1]["splits"]["train"]["files"][0]
+storage.remove("branches/1")
+storage.remove(shard)
 try:
     api.train(cfg)
 except BranchFailedError as e:
-    print(json.dumps({"type": type(e).__name__, "failures": {str(k): v for k, v in e.failures.items()}}))
+    print(json.dumps({"shard": shard, "type": type(e).__name__, "failures": {str(k): v for k, v in e.failures.items()}}))
+else:
+    print(json.dumps({"shard": shard, "type": None, "failures": {}}))  # trained without its shard: the test fails
 """
 API_ATTEMPT_TIMEOUT_S = 300  # a run takes ~1 min here; a Ray Client whose server failed to start can hang
 
@@ -162,15 +179,11 @@ def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path) -> 
             out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
             proc = subprocess.CompletedProcess(e.cmd, -1, out, err)
         # Ray Client's proxy now and then fails to start the server of a new client on this shared machine
-        # (its process exits at once, logging nothing): one more try, then fail with the output.
-        if proc.returncode == 0:
+        # (its process exits at once, logging nothing): one more try, unless the driver got as far as a result.
+        if proc.returncode == 0 or "{" in proc.stdout:
             break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
-
-
-def last_json(proc: subprocess.CompletedProcess) -> dict:
-    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def test_python_api_runs_on_the_cluster_through_a_ray_client_address(two_node_cluster, tmp_path):
@@ -178,15 +191,9 @@ def test_python_api_runs_on_the_cluster_through_a_ray_client_address(two_node_cl
     config = job_config(tmp_path / "job.yaml")
     address, env = two_node_cluster.client, ray_env()
     run_dir = tmp_path / "run"
-    placed_on = last_json(drive(API_DRIVER, config, address, env, run_dir))
+    proc = drive(API_DRIVER, config, address, env, run_dir)
+    placed_on, failed = (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))
     assert set(placed_on.values()) == {n["node_id"] for n in two_node_cluster.nodes()}
-    storage = RunStorage(str(run_dir))
-    assert len(storage.read_json("report/report.json")["branches"]) == K
-    # A branch failure crosses ray:// as itself, with its per-branch message: branch 1 trains again
-    # with one of its shards gone, a deterministic failure (FileNotFoundError: not retried).
-    shard = storage.read_json("data/manifest.json")["branches"][1]["splits"]["train"]["files"][0]
-    storage.remove("branches/1")
-    storage.remove(shard)
-    failed = last_json(drive(FAILING_DRIVER, config, address, env, run_dir))
-    assert failed["type"] == "BranchFailedError" and list(failed["failures"]) == ["1"]
-    assert "FileNotFoundError" in failed["failures"]["1"] or shard in failed["failures"]["1"], failed
+    assert failed["type"] == "BranchFailedError" and list(failed["failures"]) == ["1"], failed
+    assert "FileNotFoundError" in failed["failures"]["1"] or failed["shard"] in failed["failures"]["1"], failed
+    assert len(RunStorage(str(run_dir)).read_json("report/report.json")["branches"]) == K
