@@ -87,6 +87,15 @@ def _reached(hold: Hold, proc: subprocess.Popen, log: Path) -> None:
         raise AssertionError(f"{e} (driver exit code {proc.poll()}):\n{log.read_text()[-3000:]}") from None
 
 
+def _logged(proc: subprocess.Popen, log: Path, text: str, timeout_s: float = 120) -> None:
+    """Wait (with a deadline) until the driver's output has ``text``; fail if the driver ends first."""
+    deadline = time.monotonic() + timeout_s
+    while text not in " ".join(log.read_text().split()):  # rich wraps long log lines
+        assert proc.poll() is None, f"the driver ended (exit code {proc.poll()}) without logging {text!r}"
+        assert time.monotonic() < deadline, f"no {text!r} in the driver's output within {timeout_s:.0f} s"
+        time.sleep(0.05)
+
+
 def _spectral_run(config: Path, log: Path, *sets: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(config)]
     for s in sets:
@@ -117,16 +126,18 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     storage = RunStorage(uri, s3.endpoint)
 
-    # 1. Outage longer than a 2 s budget, right after branch 0's epoch 1 is on storage: the run fails.
+    # 1. Outage longer than a 2 s budget, right after branch 0's epoch 1 is on storage: the run fails. The
+    #    endpoint comes back once branch 0 has failed (so the driver's exit does not wait on it as well).
     with Hold(uri, epoch=1, branch=0) as hold:
         first = _spectral_run(config, tmp_path / "first.log", "storage.retry_budget_s=2")
         _reached(hold, first, tmp_path / "first.log")
         s3.stop()
+    _logged(first, tmp_path / "first.log", "branch 0 failed: StorageError")
+    s3.start()
     assert _finish(first) == 1
     out = (tmp_path / "first.log").read_text()
     assert "BranchFailedError" in out and "branch 0" in out, out[-3000:]
     assert s3.endpoint in out and "retry_budget_s" in out, out[-3000:]  # the error names the endpoint
-    s3.start()
     assert _epochs(storage, 0) == [1]  # epoch 2 never completed
     assert not storage.exists("branches/0/result.json")
 
