@@ -1,4 +1,4 @@
-"""Epoch checkpoints of one branch: atomic save, newest-that-loads lookup, RNG capture, same-run check.
+"""Epoch checkpoints of one branch: atomic save, newest-that-loads lookup, RNG capture.
 
 A checkpoint is one ``torch.save`` blob written with ``RunStorage.write_bytes``
 (atomic: a crash leaves the previous file set intact, never half a file). It
@@ -23,18 +23,12 @@ import numpy as np
 import torch
 
 from data_split import layout
-from data_split.errors import SpectralError
 from data_split.storage import RunStorage, StorageError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^epoch=(\d+)\.pt$")
 REQUIRED_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "model_config", "train_config", "history")
-RESUMABLE_CHANGES = ("epochs", "threads", "keep_checkpoints", "epoch_logits", "on_nonfinite")  # train fields that may differ from a stored run's
-
-
-class BranchConflictError(SpectralError, RuntimeError):
-    """``branches/<k>`` holds a branch trained with a different configuration."""
 
 
 def list_epochs(storage: RunStorage, k: int) -> list[int]:
@@ -124,28 +118,3 @@ def prune_checkpoints(storage: RunStorage, k: int, *, keep: int) -> None:
         return
     for e in list_epochs(storage, k)[:-keep]:
         storage.remove(layout.checkpoint(k, e))
-
-
-# -- is the stored branch the same run? -----------------------------------------------------------------
-def _differences(old: dict, new: dict, prefix: str) -> list[str]:
-    return [f"{prefix}.{key}: {old.get(key)!r} != {new.get(key)!r}"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
-
-
-def check_same_run(storage: RunStorage, k: int, stored: dict, configs: dict) -> None:
-    """Raise ``BranchConflictError`` unless ``stored`` (a checkpoint or result.json) came from ``configs``.
-
-    Only ``RESUMABLE_CHANGES`` may differ: more epochs extend a run, fewer
-    shorten it; anything else would silently mix two experiments.
-    """
-    def comparable(train: dict) -> dict:
-        return {key: v for key, v in train.items() if key not in RESUMABLE_CHANGES}
-
-    diffs = _differences(stored.get("model_config", {}), configs["model_config"], "model")
-    diffs += _differences(comparable(stored.get("train_config", {})), comparable(configs["train_config"]), "train")
-    if stored.get("split_config_hash") != configs["split_config_hash"]:
-        diffs.append("the sub-datasets were split again with another configuration (manifest config_hash changed)")
-    if diffs:
-        raise BranchConflictError(
-            f"{storage.url(layout.branch_dir(k))} holds branch {k} trained with a different configuration "
-            f"({'; '.join(diffs)}); use another --storage URI or remove {layout.branch_dir(k)}")

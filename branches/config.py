@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from branches.models import MODELS
 from data_split.fields import option
 
+MODELS = ("fc8", "fc4", "cnn8", "resnet18", "resnet34")  # model.name; branches.models builds each (torch is not imported here)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DATA_MODES = ("auto", "memory", "stream")

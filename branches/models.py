@@ -11,12 +11,11 @@ so each branch holds about 1/16 of the parameters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch.nn as nn
 
-if TYPE_CHECKING:  # branches.config validates model.name against MODELS below
-    from branches.config import ModelConfig
+from branches.config import MODELS, ModelConfig
 
 CNN8_BASE_WIDTH = 64  # cnn8 channels of the first layer when ModelConfig.width is None
 CNN8_WIDTH_MULTIPLIERS = (1, 1, 2, 2, 4, 4, 8, 8)  # channels of the 8 conv layers, times the base width
@@ -77,8 +76,8 @@ def _resnet(name: str) -> Callable[..., nn.Module]:
     return build
 
 
-# model.name -> builder(in_shape, classes, *, width): the registry that ModelConfig validates against
-MODELS: dict[str, Callable[..., nn.Module]] = {
+# model.name -> builder(in_shape, classes, *, width), for every name that ModelConfig accepts (MODELS)
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fc8": lambda in_shape, classes, *, width=None: fc_net(in_shape, classes, depth=8, width=width),
     "fc4": lambda in_shape, classes, *, width=None: fc_net(in_shape, classes, depth=4, width=width),
     "cnn8": cnn8,
@@ -96,7 +95,7 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int) 
         raise ValueError(f"classes must be >= 2, got {classes}")
     if cfg.name not in MODELS:  # ModelConfig validates; kept for direct callers
         raise ValueError(f"model.name: unknown model {cfg.name!r}; expected one of {', '.join(MODELS)}")
-    return MODELS[cfg.name](in_shape, classes, width=cfg.width)
+    return BUILDERS[cfg.name](in_shape, classes, width=cfg.width)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -32,7 +32,7 @@ import logging
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -46,6 +46,7 @@ from branches._stream import StreamingSplit
 from branches._test_hold import hold_after_epoch
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
+from branches.settled import check_same_run, finished_result, stored_configs
 from data_split import layout
 from data_split.augment import check_augment
 from data_split.errors import ConfigError, SpectralError
@@ -141,11 +142,6 @@ def _npy(arr: np.ndarray) -> bytes:
 
 
 # -- the loop -----------------------------------------------------------------------------------------------
-def _stored_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: dict) -> dict:
-    """What a stored branch must match to be resumed or reused; the split's hash catches a re-split with other data."""
-    return {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg), "split_config_hash": manifest["config_hash"]}
-
-
 @dataclass(frozen=True)
 class BranchJob:
     """One branch's training, as ``train_branch`` resolved it before the loop (no tensors)."""
@@ -172,34 +168,7 @@ class BranchJob:
 
     @property
     def configs(self) -> dict:  # stored in every checkpoint and in result.json (the same-run check)
-        return _stored_configs(self.model_cfg, self.train_cfg, self.manifest)
-
-
-def finished_result(storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                    manifest: dict | None = None) -> dict | None:
-    """Branch ``k``'s result.json when it already finished exactly this training, else None.
-
-    Under ``train.on_nonfinite: skip_branch``, a branch that diverged within these epochs is settled
-    too: its ``diverged.json`` (``"diverged": true``) is returned, and the same seeds would diverge again.
-    Raises ``BranchConflictError`` when the stored branch came from another
-    configuration; removes a result of the same run with another epoch count
-    (the run is being extended or shortened), and a divergence record that no longer applies.
-    """
-    done = layout.read_result(storage, k)
-    rel = layout.result(k)
-    if done is None and storage.exists(layout.diverged(k)):
-        done, rel = storage.read_json(layout.diverged(k)), layout.diverged(k)
-    if done is None:
-        return None
-    manifest = manifest or load_manifest(storage)
-    ckpt_io.check_same_run(storage, k, done, _stored_configs(model_cfg, train_cfg, manifest))
-    if done.get("diverged"):
-        if train_cfg.on_nonfinite == "skip_branch" and done["epoch"] <= train_cfg.epochs:
-            return done
-    elif done.get("epochs") == train_cfg.epochs:
-        return done
-    storage.remove(rel)
-    return None
+        return stored_configs(self.model_cfg, self.train_cfg, self.manifest)
 
 
 def train_branch(
@@ -269,7 +238,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
     history: list[dict] = []
     if found.checkpoint is not None:
         ck = found.checkpoint
-        ckpt_io.check_same_run(storage, k, ck, configs)
+        check_same_run(storage, k, ck, configs)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])

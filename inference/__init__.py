@@ -13,7 +13,7 @@ Names load lazily: ``orchestrator.config`` imports ``inference.config`` and must
 
 from __future__ import annotations
 
-import importlib
+from data_split.lazy import lazy_exports
 
 _EXPORTS = {
     "PredictConfig": "inference.config", "ServeConfig": "inference.config",
@@ -26,7 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'inference' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

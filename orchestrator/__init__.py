@@ -7,8 +7,9 @@ and Tune, which took ~1 s of CPU at every actor start.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from data_split.lazy import lazy_exports
 
 _EXPORTS = {
     "RunResult": "orchestrator.api", "baseline": "orchestrator.api", "evaluate": "orchestrator.api",
@@ -22,7 +23,4 @@ if TYPE_CHECKING:
     from orchestrator.config import SpectralConfig, load_config
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

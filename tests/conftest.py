@@ -83,7 +83,7 @@ def ray_session():
     ray.shutdown()
 
 
-# -- one two-node `ray start` cluster for the modules that only use one (jobs, locality, multinode) -------
+# -- one two-node `ray start` cluster for the tests that only use one (locality, multinode: jobs, ray://) --
 _shared_cluster = contextlib.ExitStack()
 _last_cluster_test: str | None = None
 

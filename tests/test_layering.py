@@ -51,3 +51,14 @@ def test_importing_the_lower_layers_loads_neither_ray_nor_matplotlib():
             "print(sorted(m for m in ('ray', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_cli_imports_no_torch():
+    """The CLI, and with it a job's driver, starts in about a second: torch is for the branch actors. Parsing a
+    config and checking which branches are finished (``branches.settled``) need none of it."""
+    import subprocess
+    import sys
+
+    code = "import sys, orchestrator.cli, orchestrator.launcher, branches.settled\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "False"
