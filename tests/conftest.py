@@ -9,6 +9,7 @@ import random
 import shutil
 import socket
 import tempfile
+import time
 
 import pytest
 
@@ -63,6 +64,21 @@ def free_port() -> int:
                 continue
         _PORTS_HANDED_OUT.add(port)
         return port
+
+
+def wait_until(condition, *, timeout_s: float, what: str, alive=None, detail=None, poll_s: float = 0.05):
+    """``condition()``'s first truthy value: the tests' one way to wait on an event, never a bare sleep.
+
+    Fails once ``timeout_s`` has passed, or at once when ``alive()`` turns False (the process under test
+    ended first); ``detail()`` (a log's tail, say) is added to either failure.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        more = f"\n{detail()}" if detail else ""
+        assert alive is None or alive(), f"the process under test ended before {what}{more}"
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting until {what}{more}"
+        time.sleep(poll_s)
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from pathlib import Path
 
 from branches._test_hold import ENV
+from conftest import wait_until
 
 REACHED_TIMEOUT_S = 240.0  # a loaded 2-core machine starts Ray, splits and trains a tiny epoch well within this
 
@@ -33,12 +33,8 @@ class Hold:
 
     def wait_reached(self, count: int = 1, timeout_s: float = REACHED_TIMEOUT_S, alive=None) -> list[dict]:
         """The markers of the first ``count`` held branches; fails after ``timeout_s`` or once ``alive()`` is False."""
-        deadline = time.monotonic() + timeout_s
-        while len(found := self.markers()) < count:
-            assert alive is None or alive(), "the process under test ended before any branch reached the hold"
-            assert time.monotonic() < deadline, f"no {count} branch(es) reached the hold within {timeout_s:.0f} s"
-            time.sleep(0.05)
-        return found
+        return wait_until(lambda: len(found := self.markers()) >= count and found, timeout_s=timeout_s,
+                          what=f"{count} branch(es) reached the hold", alive=alive)
 
     def release(self) -> None:
         self.request.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from conftest import free_port
+from conftest import free_port, wait_until
 
 BIN = Path(sys.executable).parent
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -156,10 +156,9 @@ def start_two_node_cluster(env: dict | None = None) -> Iterator[TwoNodeCluster]:
         ray_start(second, temp_dirs[1], env)
         cluster = TwoNodeCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}",
                                  temp_dirs)
-        deadline = time.monotonic() + 60  # `ray start` of the second node returns before the GCS lists it alive
-        while len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) < 2:
-            assert time.monotonic() < deadline, f"the second node never joined: {cluster.nodes()}"
-            time.sleep(0.2)
+        # `ray start` of the second node returns before the GCS lists it alive
+        wait_until(lambda: len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) >= 2, timeout_s=60,
+                   what="the second node joined", detail=cluster.nodes, poll_s=0.2)
         yield cluster
     finally:
         stop_ray_processes(temp_dirs)

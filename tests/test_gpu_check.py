@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh --cpu-smoke: the GPU check's whole path in seconds on a CPU (one logical GPU).
 
-The smoke trains one model (cnn8; every model takes the same path, and each costs ~17 s of actor starts
+The smoke trains one model (cnn8; every model takes the same path, and each costs ~10 s of actor starts
 here); what the GPU run does between its two models, reusing the first one's split, is tested on its own.
 """
 

@@ -42,23 +42,23 @@ def test_the_check_sees_function_level_imports(tmp_path):
     assert imported_packages(bad) == {"orchestrator", "tune"}
 
 
-def test_importing_the_lower_layers_loads_neither_ray_nor_matplotlib():
-    """A sweep trial or a config parser pays for what it uses: Ray is imported where a search starts."""
+def loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
     import subprocess
     import sys
 
-    code = ("import sys, data_split.config, branches.config, tune.config, tune.sweep, tune.weights, tune._sweep_trial\n"
-            "print(sorted(m for m in ('ray', 'matplotlib') if m in sys.modules))")
+    code = f"import sys, {imports}\nprint(','.join(m for m in {modules!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
-    assert out.strip() == "[]"
+    return [m for m in out.strip().split(",") if m]
+
+
+def test_importing_the_lower_layers_loads_neither_ray_nor_matplotlib():
+    """A sweep trial or a config parser pays for what it uses: Ray is imported where a search starts."""
+    imports = "data_split.config, branches.config, tune.config, tune.sweep, tune.weights, tune._sweep_trial"
+    assert loaded(imports, ("ray", "matplotlib")) == []
 
 
 def test_the_cli_imports_no_torch():
     """The CLI, and with it a job's driver, starts in about a second: torch is for the branch actors. Parsing a
     config and checking which branches are finished (``branches.settled``) need none of it."""
-    import subprocess
-    import sys
-
-    code = "import sys, orchestrator.cli, orchestrator.launcher, branches.settled\nprint('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
-    assert out.strip() == "False"
+    assert loaded("orchestrator.cli, orchestrator.launcher, branches.settled", ("torch",)) == []

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from conftest import wait_until
 from data_split.storage import RunStorage
 from orchestrator.lease import LEASE_FILE, Decision, Lease, LeaseHeldError, _Conflict, _Store, decide, hold_lease
 
@@ -85,10 +86,8 @@ def test_lease_of_a_killed_driver_on_this_host_is_taken_over_at_once(tmp_path):
 def test_heartbeat_advances_while_held(storage):
     with hold_lease(storage, "spectral run", timeout_s=0.4):
         first = storage.read_json(LEASE_FILE)["heartbeat"]
-        deadline = time.monotonic() + 30
-        while (renewed := storage.read_json(LEASE_FILE))["heartbeat"] == first:
-            assert time.monotonic() < deadline, "heartbeat never renewed"
-            time.sleep(0.05)
+        renewed = wait_until(lambda: (lease := storage.read_json(LEASE_FILE))["heartbeat"] != first and lease,
+                             timeout_s=30, what="the heartbeat renewed")
     # a driver arriving once the first heartbeat is stale still finds the lease live: it was renewed
     assert renewed["heartbeat"] > first
     assert decide(renewed, token="other", now=first + 0.41, timeout_s=0.4, host="other-host",

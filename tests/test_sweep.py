@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_until
 from holds import REACHED_TIMEOUT_S, Hold
 from data_split.storage import RunStorage
 from orchestrator import api, cli
@@ -196,10 +195,10 @@ def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
         alive = lambda: first.poll() is None  # noqa: E731
         held = hold.wait_reached(1, alive=alive)
         caught = held[0]["uri"].rsplit("/", 1)[1]
-        deadline = time.monotonic() + REACHED_TIMEOUT_S  # a loaded machine: generous, it ends as soon as the state is there
-        while not tune_state_shows(run, caught, 2):  # the trial is held: this state must come
-            assert alive() and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.1)
+        # the trial is held: this state must come (a loaded machine: a generous deadline, it ends as soon as it is there)
+        wait_until(lambda: tune_state_shows(run, caught, 2), timeout_s=REACHED_TIMEOUT_S, alive=alive,
+                   what="Tune's saved state showed the held trial's epoch 2", poll_s=0.1,
+                   detail=lambda: (tmp_path / "first.log").read_text()[-3000:])
         first.send_signal(signal.SIGKILL)  # the driver dies mid-sweep, at a known epoch
         first.wait()
     finally:
