@@ -28,7 +28,7 @@ from typing import Union
 import numpy as np
 
 from data_split.sources import SOURCE_SPLITS, ImageSource, SourceError
-from data_split.storage import RunStorage, is_transient
+from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
@@ -226,14 +226,8 @@ class ImageFolderSource(ImageSource):
 
     def _fetch(self, split: str, rels: list[str]) -> list[bytes | Exception]:
         """Bytes of ``rels`` (concurrent on object stores); transient failures retried, then ``StorageError``."""
-        folder, base = self.folders[split], self.storage.path(self.folders[split])
-        got = self.storage.fs.cat_ranges([f"{base}/{r}" for r in rels], None, None, on_error="return")  # no globbing
-        out = []
-        for rel, data in zip(rels, got):
-            if isinstance(data, Exception) and is_transient(data):
-                data = self.storage.read_bytes(posixpath.join(folder, rel))  # retried with backoff, or StorageError
-            out.append(data)
-        return out
+        base = self.storage.path(self.folders[split])
+        return self.storage.read_paths([f"{base}/{r}" for r in rels])  # cat_ranges: no globbing of the names
 
     def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Images ``[start, stop)`` of a source split. With ``skip_bad`` an undecodable image gets label -1 and
