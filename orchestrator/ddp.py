@@ -130,7 +130,7 @@ def _worker_loop(config: dict) -> None:
     torch.set_num_threads(train_cfg.threads)
     dev = ray.train.torch.get_device()
     amp = train_cfg.amp and dev.type == "cuda"
-    storage = RunStorage(config["data_uri"], config["endpoint_url"])
+    storage: RunStorage = config["data"]  # the driver's object: endpoint, retry budget and credentials (pickled)
     manifest = load_manifest(storage)
     in_shape, classes = tuple(manifest["split"]["branch_shape"]), int(manifest["source"]["classes"])
 
@@ -246,8 +246,8 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     started = time.time()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data_uri": absolute(data).uri,
-                           "endpoint_url": data.endpoint_url, "kill": list(kill) if kill else None},
+        train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data": absolute(data),
+                           "kill": list(kill) if kill else None},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.baseline.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(name=TRAIN_EXPERIMENT, storage_path=storage_path, storage_filesystem=filesystem,

@@ -22,7 +22,7 @@ from data_split.layout import BEST_CONFIG, SWEEP, SWEEP_RESULTS, SWEEP_SPEC, SWE
 from data_split.storage import RunStorage
 from orchestrator._ray import init_ray
 from orchestrator._sweep_table import render_markdown
-from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict, run_storage
+from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict
 from orchestrator.placement import cluster_nodes, default_gpus
 from tune._storage import EXPERIMENT_NAME, absolute
 from tune.config import Dimension
@@ -112,7 +112,7 @@ def run_sweep(cfg: SpectralConfig, *, overwrite: bool = False) -> SweepResult:
     check_sweep(cfg)
     dims = cfg.sweep.dimensions
     init_ray(cfg.ray)
-    storage = absolute(run_storage(cfg))
+    storage = absolute(RunStorage.from_config(cfg.storage))
     manifest = load_manifest(storage)
     K = int(manifest["split"]["K"])
     if bad := [k for k in cfg.sweep.branches if k >= K]:

@@ -50,7 +50,7 @@ def write_folder(root, images, labels, names=None) -> list[str]:
 
 def expected_probs(uri: str, images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        logits = load_ensemble(uri)(torch.from_numpy(images.astype(np.float32) * np.float32(1 / 255)))
+        logits = load_ensemble(RunStorage(uri))(torch.from_numpy(images.astype(np.float32) * np.float32(1 / 255)))
     return torch.softmax(logits, 1).numpy()
 
 
@@ -135,13 +135,13 @@ def test_a_run_with_image_size_s_crops_at_inference_as_its_split_did(trained_tin
     manifest = json.loads((run / "data" / "manifest.json").read_text())
     manifest["source"]["image_size"] = 8  # as an imagefolder split with image_size 8 records it
     (run / "data" / "manifest.json").write_text(json.dumps(manifest))
-    assert load_ensemble(str(run)).info.decode_size == 8
+    assert load_ensemble(RunStorage(str(run))).info.decode_size == 8
     x, _ = test_images
     wide = np.concatenate([x[:6, :, :, :2] // 2, x[:6], x[:6, :, :, -2:] // 2], axis=3)  # (6, 1, 8, 12): 8 + 2 per side
     for i, img in enumerate(wide):
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(img))
-    predict_images(str(run), str(tmp_path / "in"), str(tmp_path / "out"))
+    predict_images(RunStorage(str(run)), str(tmp_path / "in"), str(tmp_path / "out"))
     rows = sorted(pq.read_table(tmp_path / "out").to_pylist(), key=lambda r: r["path"])
     # the centre 8 x 8 of each 8 x 12 image is the original test image: cropped, not stretched
     np.testing.assert_allclose(np.asarray([r["prob"] for r in rows]), expected_probs(str(run), x[:6]), atol=1e-5)
