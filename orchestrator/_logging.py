@@ -30,6 +30,7 @@ SIGNED_CREDENTIAL = re.compile(r"(Credential=)[^/\s,]+/")  # botocore's Authoriz
 MASK = "***"
 
 _secrets: set[str] = set()
+_handler: logging.Handler | None = None  # the console handler configure_logging added
 
 
 def add_secrets(*values: str | None) -> None:
@@ -66,11 +67,21 @@ def _mask_handlers(logger: logging.Logger) -> None:
 
 
 def configure_logging(verbosity: int, handler: logging.Handler) -> None:
-    """Root logging for the CLI: ``handler`` (the console), levels by ``verbosity`` (0, 1, 2+), secrets masked."""
+    """Root logging for the CLI: ``handler`` (the console), levels by ``verbosity`` (0, 1, 2+), secrets masked.
+
+    Called once per command; a later call replaces the handler an earlier one added and nothing else (other
+    handlers, e.g. a test's log capture, stay).
+    """
+    global _handler
     add_secrets(*(os.environ.get(name) for name in CREDENTIAL_ENV))
-    logging.basicConfig(level=logging.DEBUG if verbosity >= 2 else logging.INFO, format="%(message)s",
-                        handlers=[handler], force=True)
-    _mask_handlers(logging.getLogger())
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    _handler = handler
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    _mask_handlers(root)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     for name in LIBRARY_LOGGERS:
