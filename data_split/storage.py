@@ -159,7 +159,7 @@ class RunStorage:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
+        self.__init__(**state)
 
     def retrying(self, what: str, call: Callable[[], T], *, stop: threading.Event | None = None) -> T:
         """``call()``, retried with backoff through transient failures for up to ``retry_budget_s`` (remote only).

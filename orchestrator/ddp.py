@@ -232,7 +232,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tune._storage import absolute, tune_location
+    from tune._storage import absolute, credentials_broker, tune_location
 
     manifest = load_manifest(data)
     stored = _stored_config(cfg, manifest)
@@ -257,7 +257,8 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     log.info("ddp baseline: %d worker(s) (%s), global batch %d (%g per worker), checkpoints under %s", workers,
              "GPU, nccl" if use_gpu else "CPU, gloo", cfg.train.batch_size, cfg.train.batch_size / workers,
              out.url(TRAIN_EXPERIMENT))
-    result = trainer.fit()
+    with credentials_broker(out):  # Ray Train's controller and workers reach the store with the config's keys
+        result = trainer.fit()
     seconds = time.time() - started
     final = (result.metrics or {}).get("final")
     if result.error is not None or not final:

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -54,14 +55,35 @@ def expected_probs(uri: str, images: np.ndarray) -> np.ndarray:
     return torch.softmax(logits, 1).numpy()
 
 
-def test_predict_classifies_every_image_and_reports_accuracy(trained_tiny_run, test_images, tmp_path, capsys):
+def test_predict_classifies_every_image_and_reports_accuracy(trained_tiny_run, test_images, tmp_path, capsys,
+                                                             monkeypatch):
+    """An interrupted predict first (Ctrl-C once every part is written, before the commit): nothing complete-looking;
+    the re-run completes the output."""
+    from inference import _output
+
     cfg = trained_tiny_run
     x, y = test_images
     paths = write_folder(tmp_path / "images", x, y)
     out = tmp_path / "preds"
-    assert main(["predict", "--storage", cfg.storage.uri, "--input", str(tmp_path / "images"), "--output", str(out),
-                 "--batch-size", "16", "--concurrency", "2", "--set", "predict.cpus_per_actor=0.5"]) == 0
+    argv = ["predict", "--storage", cfg.storage.uri, "--input", str(tmp_path / "images"), "--output", str(out),
+            "--batch-size", "16", "--concurrency", "2", "--set", "predict.cpus_per_actor=0.5"]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_output, "commit", interrupt)
+    assert main(argv) == 130
+    assert list((out / "_temporary").rglob("*.parquet")) and not (out / "_SUCCESS").exists()
+    assert ds.dataset(out, format="parquet").files == []  # a Parquet reader finds no output there
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    assert main(argv) == 0
     printed = capsys.readouterr().out
+    manifest = RunStorage(str(out)).read_json("_manifest.json")
+    parts = sorted(p["file"] for p in manifest["parts"])
+    assert manifest["rows"] == len(y) and parts and all(p.startswith("part-") for p in parts)
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_manifest.json", *parts]  # no leftovers
     assert f"classified {len(y)} images" in printed and "images/s" in printed and "2 actor(s), batch 16" in printed
     chosen_acc = RunStorage(cfg.storage.uri).read_json("ensemble/weights.json")["test_acc"]
     assert f"accuracy {chosen_acc:.4f} over {len(y)} images" in printed  # lossless PNGs: the run's own test accuracy

@@ -160,6 +160,9 @@ def test_sweep_of_two_branches_on_s3(ray_session, s3_endpoint):
         last = json.loads(progress[-1])
         assert last["epoch"] == 2 and last["val_acc"] == pytest.approx((last["val_acc_b0"] + last["val_acc_b1"]) / 2)
     assert storage.exists("tune/sweep.md") and storage.exists("tune/best_config.yaml")
+    # what the CLI prints to run next: `spectral run --config s3://.../tune/best_config.yaml` reads it from S3
+    assert result.best_config_path == f"{uri}/tune/best_config.yaml"
+    assert load_config(result.best_config_path, {"storage.endpoint_url": s3_endpoint}) == result.best_config
 
 
 def tune_state_shows(run: Path, trial_id: str, epoch: int) -> bool:

@@ -10,15 +10,18 @@ Credentials and Tune's experiment state: Tune cloudpickles every trial's storage
 included, into ``experiment_state-*.json`` under the run, and an fsspec S3 filesystem pickles with its
 key and secret. So the wrapper (``RunHandler``) pickles without them when the run's credentials come
 from the config: a process that unpickles it (a trial, Ray Train's controller and workers) fetches them
-on first use from ``CredentialBroker``, an actor of the driver's job that holds them in memory only and
-ends with the driver. Credentials from the AWS chain are never in the filesystem's pickle to begin with.
+on first use from ``CredentialBroker``, an actor that holds them in memory only, for as long as the run
+lasts (``with credentials_broker(storage): ... fit()``). Credentials from the AWS chain are never in the
+filesystem's pickle to begin with. A Tune restore replaces the stored filesystems with the new run's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import uuid
+from typing import Iterator
 
 import pyarrow.fs
 
@@ -27,7 +30,9 @@ from data_split.storage import RunStorage
 EXPERIMENT_NAME = "experiment"  # Tune's experiment folder under each tune/<what>/ folder
 BROKER_PREFIX = "spectral-credentials-"
 
-_brokers: dict[tuple[str, str], tuple[object, str]] = {}  # credentials -> (actor handle, name), this driver's
+# credentials -> (broker's name, its handle, open scopes), this driver's. The handle keeps the actor alive:
+# Ray ends an actor whose last handle is gone.
+_brokers: dict[tuple[str, str], tuple[str, object, int]] = {}
 _brokers_lock = threading.Lock()
 
 
@@ -44,16 +49,38 @@ def tune_location(storage: RunStorage, rel: str) -> tuple[str, pyarrow.fs.FileSy
     return path, pyarrow.fs.PyFileSystem(RunHandler(storage))
 
 
-def _broker_name(credentials: tuple[str, str]) -> str:
-    """The name of this driver's broker of ``credentials`` (started on first use; it lives as long as the driver)."""
+@contextlib.contextmanager
+def credentials_broker(storage: RunStorage) -> Iterator[None]:
+    """Around a Tune or Ray Train run on ``storage``: the broker of its config credentials, killed at the end
+    (nothing to broker for a local run or credentials from the AWS chain). Re-entrant."""
+    credentials = storage.credentials if storage.protocol != "file" else None
+    if not credentials:
+        yield
+        return
     import ray
 
     with _brokers_lock:
-        if credentials not in _brokers:
+        name, actor, scopes = _brokers.get(credentials, (None, None, 0))
+        if name is None:
             name = BROKER_PREFIX + uuid.uuid4().hex
             actor = ray.remote(num_cpus=0)(CredentialBroker).options(name=name).remote(credentials)
-            _brokers[credentials] = (actor, name)
-        return _brokers[credentials][1]
+        _brokers[credentials] = (name, actor, scopes + 1)
+    try:
+        yield
+    finally:
+        with _brokers_lock:
+            name, actor, scopes = _brokers.pop(credentials)
+            if scopes > 1:
+                _brokers[credentials] = (name, actor, scopes - 1)
+            else:
+                ray.kill(actor)
+
+
+def _active_broker(credentials: tuple[str, str] | None) -> str | None:
+    """The open broker of ``credentials``; None outside ``credentials_broker`` (a copy pickled then, such as
+    the Tuner's own state at its construction, is replaced when it is restored, never used)."""
+    with _brokers_lock:
+        return _brokers[credentials][0] if credentials in _brokers else None
 
 
 class CredentialBroker:
@@ -74,7 +101,7 @@ class RunHandler(pyarrow.fs.FSSpecHandler):
 
     def __init__(self, storage: RunStorage, broker: str | None = None) -> None:  # no super().__init__: fs is a property
         self._storage = storage
-        self._broker = broker if broker is not None or not storage.credentials else _broker_name(storage.credentials)
+        self._broker = broker  # set on an unpickled copy: where its credentials come from
 
     @property
     def fs(self):
@@ -86,7 +113,8 @@ class RunHandler(pyarrow.fs.FSSpecHandler):
         return self._storage.fs
 
     def __reduce__(self):
-        return RunHandler, (dataclasses.replace(self._storage, credentials=None), self._broker)
+        broker = self._broker or _active_broker(self._storage.credentials)
+        return RunHandler, (dataclasses.replace(self._storage, credentials=None), broker)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RunHandler) and other._storage.uri == self._storage.uri
