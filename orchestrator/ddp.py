@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from typing import Any
@@ -221,6 +223,22 @@ def _stored_config(cfg, manifest: dict) -> dict:
             "split_config_hash": manifest["config_hash"]}
 
 
+def fit(trainer):
+    """``trainer.fit()``, after which its controller actor goes away.
+
+    Ray 2.60's ``fit`` registers a SIGINT handler (in the main thread) that closes over the controller's
+    handle and is never removed, so the controller actor, its dataset manager and their polling outlive
+    the call for as long as the driver process lives. Restoring the previous handler drops that last
+    reference.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, before)
+
+
 def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] | None = None) -> dict:
     """Train the baseline with Ray Train DDP on ``cfg.baseline.workers`` workers; write and return result.json.
 
@@ -257,7 +275,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     log.info("ddp baseline: %d worker(s) (%s), global batch %d (%g per worker), checkpoints under %s", workers,
              "GPU, nccl" if use_gpu else "CPU, gloo", cfg.train.batch_size, cfg.train.batch_size / workers,
              out.url(TRAIN_EXPERIMENT))
-    result = trainer.fit()
+    result = fit(trainer)
     seconds = time.time() - started
     final = (result.metrics or {}).get("final")
     if result.error is not None or not final:
