@@ -293,10 +293,10 @@ def cmd_config(args) -> None:
         sys.stdout.write(config_markdown())
         return
     table = Table(title="configuration (YAML, nested; --set KEY=VALUE overrides a dotted key)")
-    for col in ("key", "default", "meaning"):
+    for col in ("key", "default", "allowed", "meaning"):
         table.add_column(col, overflow="fold")
-    for key, default, meaning in config_reference():
-        table.add_row(key, default, meaning)
+    for row in config_reference():
+        table.add_row(*row)
     console.print(table)
 
 
