@@ -41,6 +41,7 @@ from branches.train import lr_factor, make_optimizer, predict, score, train_one_
 from data_split import layout
 from data_split.errors import SpectralError
 from data_split.layout import load_manifest
+from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def _worker_loop(config: dict) -> None:
     amp = train_cfg.amp and dev.type == "cuda"
     storage = RunStorage(config["data_uri"], config["endpoint_url"])
     manifest = load_manifest(storage)
-    in_shape, classes = tuple(manifest["split"]["branch_shape"]), int(manifest["source"]["classes"])
+    in_shape, classes = manifest.split.shape, int(manifest.source.classes)
 
     torch.manual_seed(train_cfg.seed)  # the single baseline's initialisation (branch k = 0: seed + 0)
     model = build_model(model_cfg, in_shape, classes).to(dev)
@@ -218,9 +219,9 @@ def _final(storage, manifest, ddp, dev, amp, history, resumed_from) -> dict:
 
 
 # -- the driver -------------------------------------------------------------------------------------------------
-def _stored_config(cfg, manifest: dict) -> dict:
+def _stored_config(cfg, manifest: Manifest) -> dict:
     return {"model_config": asdict(cfg.model), "train_config": asdict(cfg.train), "workers": cfg.baseline.workers,
-            "split_config_hash": manifest["config_hash"]}
+            "split_config_hash": manifest.config_hash}
 
 
 def fit(trainer):

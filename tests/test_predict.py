@@ -132,9 +132,9 @@ def test_a_run_with_image_size_s_crops_at_inference_as_its_split_did(trained_tin
 
     run = tmp_path / "run"
     shutil.copytree(trained_tiny_run.storage.uri, run)
-    manifest = json.loads((run / "data" / "manifest.json").read_text())
-    manifest["source"]["image_size"] = 8  # as an imagefolder split with image_size 8 records it
-    (run / "data" / "manifest.json").write_text(json.dumps(manifest))
+    on_disk = json.loads((run / "data" / "manifest.json").read_text())
+    on_disk["source"]["image_size"] = 8  # as an imagefolder split with image_size 8 records it
+    (run / "data" / "manifest.json").write_text(json.dumps(on_disk))
     assert load_ensemble(str(run)).info.decode_size == 8
     x, _ = test_images
     wide = np.concatenate([x[:6, :, :, :2] // 2, x[:6], x[:6, :, :, -2:] // 2], axis=3)  # (6, 1, 8, 12): 8 + 2 per side
