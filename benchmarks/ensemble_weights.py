@@ -96,7 +96,7 @@ def run_config(uri: str, rows: int, epochs: int, quick: bool) -> SpectralConfig:
 
 def run_is_finished(storage: RunStorage) -> bool:
     try:
-        K = int(load_manifest(storage)["split"]["K"])
+        K = load_manifest(storage).K
     except Exception:
         return False
     return all(layout.read_result(storage, k) is not None for k in range(K))
@@ -157,7 +157,7 @@ def in_trial_work_s(val, candidates: int, repeats: int = 5) -> float:
 def measure_run(name: str, uri: str, samples: list[int], candidates: int, seed: int, scratch_root: str,
                 fallback: RunStorage | None) -> dict:
     storage = RunStorage(uri)
-    K = int(load_manifest(storage)["split"]["K"])
+    K = load_manifest(storage).K
     val, test = load_branch_outputs(storage, K, "val"), load_branch_outputs(storage, K, "test")
     losses = read_train_losses(storage, K)
     branches = [layout.read_result(storage, k) for k in range(K)]

@@ -136,7 +136,7 @@ def check_model(model: str, base_overrides: dict, run_dir: Path, split_from: Pat
     outcome = api.train(cfg)
     train_wall_s = time.perf_counter() - t0
     report = api.evaluate(cfg)
-    n_train = split.manifest["branches"][0]["splits"]["train"]["rows"]
+    n_train = split.manifest.branches[0].splits["train"].rows
     branches = [branch_row(outcome.results[k]) for k in sorted(outcome.results)]
 
     t0 = time.perf_counter()

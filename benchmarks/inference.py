@@ -77,7 +77,7 @@ def write_pngs(uri: str, folder: Path) -> tuple[np.ndarray, list[str]]:
     cfg = load_config(CONFIG, {"storage.uri": uri})
     source = make_source(cfg.source)
     x, y = source.read("test", 0, source.count("test"))
-    names = manifest["source"].get("class_names") or [str(i) for i in range(int(manifest["source"]["classes"]))]
+    names = manifest.source.class_names or [str(i) for i in range(int(manifest.source.classes))]
     paths = [str(folder / names[label].replace("/", "-") / f"{i:05d}.png") for i, label in enumerate(y)]
     if not all(os.path.exists(p) for p in paths):
         for img, p in zip(x, paths):

@@ -36,7 +36,9 @@ from pathlib import Path
 
 from benchmarks._common import RESULTS, machine_info, start_ray, write_results  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, make_source
-from data_split.pipeline import MANIFEST, build_manifest, split_dataset, write_single_process
+from data_split.layout import write_manifest
+from data_split.manifest import PartRecord
+from data_split.pipeline import build_manifest, split_dataset, write_single_process
 
 CLASSES = 10
 SIDE_RANGE = (128, 192)  # each image's height and width, drawn independently (inclusive)
@@ -101,19 +103,19 @@ def run_once(writer: str, source_cfg: SourceConfig, split_cfg: SplitConfig, stor
         source = make_source(source_cfg)
         storage.check_writable()
         records = write_single_process(source, split_cfg, storage)
-        storage.write_json(MANIFEST, build_manifest(source, source_cfg, split_cfg, records))
-        records = [r for r in records if "skipped" not in r]
+        write_manifest(storage, build_manifest(source, source_cfg, split_cfg, records))
+        records = [r for r in records if isinstance(r, PartRecord)]
     else:
         records = split_dataset(source_cfg, split_cfg, storage).records
     seconds = time.perf_counter() - t0
     cpu = tree_cpu_seconds(os.getpid()) - cpu0
-    images = sum(r["rows"] for r in records) // split_cfg.k
+    images = sum(r.rows for r in records) // split_cfg.k
     storage.remove("")
     return {"seconds": round(seconds, 2), "images": images, "images_per_s": round(images / seconds, 1),
             # CPU time of this process and its Ray processes: cpu_seconds / seconds is the parallelism achieved
             # (what the cores gave us, whatever else ran), images_per_cpu_s the cost of an image whatever the load
             "cpu_seconds": round(cpu, 2), "parallelism": round(cpu / seconds, 2), "images_per_cpu_s": round(images / cpu, 1),
-            "mb_written": round(sum(r["bytes"] for r in records) / 1e6, 1),
+            "mb_written": round(sum(r.bytes for r in records) / 1e6, 1),
             "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in os.getloadavg()]}
 
 

@@ -110,8 +110,8 @@ def run_one(root: Path, transform: str, config: str, seed: int, folders: tuple[P
         "transform": transform, "config": config, "seed": seed, "K": rows * cols,
         "branch_test_acc": [b["test_acc"] for b in sorted(report["branches"], key=lambda b: b["k"])],
         "ensemble_test_acc": tuned["test_acc"], "ensemble_val_acc": tuned.get("val_acc"),
-        "fed_by_B": manifest["sources"][1]["branches"] if len(manifest["sources"]) > 1 else [],
-        "train_rows": [br["splits"]["train"]["rows"] for br in manifest["branches"]],
+        "fed_by_B": manifest.sources[1].branches if len(manifest.sources) > 1 else [],
+        "train_rows": [br.splits["train"].rows for br in manifest.branches],
         "seconds": round(time.perf_counter() - t0, 1),
     }
 

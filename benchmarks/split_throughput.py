@@ -64,7 +64,8 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 
 from benchmarks._common import machine_info, start_ray, write_results  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
-from data_split.pipeline import MANIFEST, build_manifest, split_dataset, write_single_process
+from data_split.layout import write_manifest
+from data_split.pipeline import build_manifest, split_dataset, write_single_process
 from data_split.sources import make_source
 
 RAY_CPUS = 2
@@ -175,11 +176,11 @@ def run_writer(writer: str, source_cfg: SourceConfig, split_cfg: SplitConfig, st
         source = make_source(source_cfg)
         storage.check_writable()
         records = write_single_process(source, split_cfg, storage)
-        storage.write_json(MANIFEST, build_manifest(source, source_cfg, split_cfg, records))
+        write_manifest(storage, build_manifest(source, source_cfg, split_cfg, records))
     seconds = time.perf_counter() - t0
-    images = sum(r["rows"] for r in records) // split_cfg.k
+    images = sum(r.rows for r in records) // split_cfg.k
     return {"seconds": round(seconds, 3), "images": images, "images_per_s": round(images / seconds),
-            "files": len(records), "mb_written": round(sum(r["bytes"] for r in records) / 1e6, 1)}
+            "files": len(records), "mb_written": round(sum(r.bytes for r in records) / 1e6, 1)}
 
 
 def timed(label: dict, writer: str, source_cfg, split_cfg, storage: RunStorage, repeats: int) -> dict:

@@ -38,7 +38,8 @@ from benchmarks._common import machine_info, write_results  # first: sets Ray's 
 from branches import ModelConfig, TrainConfig, train_branch
 from data_split import RunStorage, SourceConfig, SplitConfig, make_source
 from data_split import layout
-from data_split.layout import MANIFEST
+from data_split.layout import write_manifest
+from data_split.manifest import Manifest
 from data_split.pipeline import build_manifest, val_mask, write_single_process
 from orchestrator.ensemble import evaluate_ensemble
 
@@ -63,12 +64,12 @@ def raw_train_bytes(source_cfg: SourceConfig, split_cfg: SplitConfig) -> int:
     return len(buf.getvalue())
 
 
-def write_split(root: Path, source_cfg: SourceConfig, split_cfg: SplitConfig) -> tuple[RunStorage, dict, float]:
+def write_split(root: Path, source_cfg: SourceConfig, split_cfg: SplitConfig) -> tuple[RunStorage, Manifest, float]:
     storage = RunStorage(str(root))
     t0 = time.perf_counter()
     records = write_single_process(make_source(source_cfg), split_cfg, storage)
     manifest = build_manifest(make_source(source_cfg), source_cfg, split_cfg, records)
-    storage.write_json(MANIFEST, manifest)
+    write_manifest(storage, manifest)
     return storage, manifest, time.perf_counter() - t0
 
 
@@ -79,7 +80,7 @@ def part_storage(tmp: Path, source_cfg: SourceConfig) -> dict:
         row = {"raw_train_bytes": raw}
         for dtype in DTYPES:
             _, m, secs = write_split(tmp / f"{name}-{dtype}", source_cfg, SplitConfig(rows=r, cols=c, dtype=dtype))
-            per_branch = [b["splits"]["train"]["bytes"] for b in m["branches"]]
+            per_branch = [b.splits["train"].bytes for b in m.branches]
             row[dtype] = {"train_bytes": sum(per_branch), "per_branch_bytes": per_branch,
                           "ratio": sum(per_branch) / raw, "split_seconds": secs}
             say(f"{name} {dtype}: {sum(per_branch) / 1e6:.1f} MB vs raw {raw / 1e6:.1f} MB = "

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from benchmarks._common import REPO, machine_info, write_results  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, SyntheticConfig, make_source
-from data_split.layout import MANIFEST
+from data_split.layout import write_manifest
 from data_split.pipeline import build_manifest, write_single_process
 
 OUT = Path(__file__).parent / "results" / "streaming.json"
@@ -67,7 +67,7 @@ def write_split(root: Path, n: int) -> float:
     storage = RunStorage(str(root))
     t0 = time.perf_counter()
     source = make_source(src)
-    storage.write_json(MANIFEST, build_manifest(source, src, split, write_single_process(source, split, storage)))
+    write_manifest(storage, build_manifest(source, src, split, write_single_process(source, split, storage)))
     return time.perf_counter() - t0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from data_split.augment import SYMMETRIES, branch_signs, image_op, translate
+from data_split.manifest import Manifest
 from data_split.quantize import branch_codec, decode
 from data_split.shards import read_branch
 from data_split.storage import RunStorage
@@ -44,13 +45,13 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[t
 class Decoder:
     """Stored values of branch ``k`` -> normalised float32, on ``device`` (one per branch)."""
 
-    def __init__(self, manifest: dict, k: int, device: torch.device) -> None:
+    def __init__(self, manifest: Manifest, k: int, device: torch.device) -> None:
         self.dtype, offset, scale = branch_codec(manifest, k)
         as_t = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float32, device=device)  # noqa: E731
         self.offset, self.scale = as_t(offset), as_t(scale)
-        b = manifest["branches"][k]
-        self.mean = torch.as_tensor(b["mean"], dtype=torch.float32, device=device).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
-        self.std = torch.as_tensor(np.maximum(np.asarray(b["std"], np.float32), MIN_STD), device=device).reshape(1, -1, 1, 1)
+        b = manifest.branches[k]
+        self.mean = torch.as_tensor(b.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+        self.std = torch.as_tensor(np.maximum(np.asarray(b.std, np.float32), MIN_STD), device=device).reshape(1, -1, 1, 1)
 
     def __call__(self, stored: torch.Tensor, augment: "Augmenter | None" = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -68,8 +69,8 @@ class Augmenter:
     from the caller's generator, one per (seed, k, epoch), so a resumed epoch augments the same way.
     """
 
-    def __init__(self, names: list[str], manifest: dict, k: int, pad: int) -> None:
-        t, r, c = np.asarray(manifest["split"]["matrix"]), manifest["split"]["r"], manifest["split"]["c"]
+    def __init__(self, names: list[str], manifest: Manifest, k: int, pad: int) -> None:
+        t, r, c = np.asarray(manifest.split.matrix), manifest.split.r, manifest.split.c
         self.flips = [(n, float(branch_signs(n, t, r, c)[k])) for n in names if n in SYMMETRIES]
         self.pad = pad if "crop" in names else 0
 
@@ -98,7 +99,7 @@ def augment_generator(seed: int, k: int, epoch: int) -> torch.Generator:
 class InMemorySplit:
     """One split of branch ``k``, all rows on the device as stored."""
 
-    def __init__(self, storage: RunStorage, manifest: dict, split: str, k: int, device: torch.device) -> None:
+    def __init__(self, storage: RunStorage, manifest: Manifest, split: str, k: int, device: torch.device) -> None:
         data = read_branch(storage, manifest, split, k)
         self.idx, self.src, self.y_np = data.idx, data.src, data.y
         self.y = torch.from_numpy(data.y).to(device)
@@ -122,13 +123,13 @@ class InMemorySplit:
             yield self.decode(stored)
 
 
-def in_memory_bytes(manifest: dict, k: int) -> int:
+def in_memory_bytes(manifest: Manifest, k: int) -> int:
     """Bytes of branch ``k``'s stored values (all splits, decompressed): what ``InMemorySplit`` holds."""
-    per_row = int(np.prod(manifest["split"]["branch_shape"])) * np.dtype(manifest["split"]["dtype"]).itemsize
-    return per_row * sum(int(e["rows"]) for e in manifest["branches"][k]["splits"].values())
+    per_row = int(np.prod(manifest.split.shape)) * np.dtype(manifest.split.dtype).itemsize
+    return per_row * sum(int(e.rows) for e in manifest.branches[k].splits.values())
 
 
-def choose_mode(mode: str, manifest: dict, k: int, memory_limit_mb: int) -> str:
+def choose_mode(mode: str, manifest: Manifest, k: int, memory_limit_mb: int) -> str:
     """``memory`` or ``stream`` for ``train.data`` = ``mode`` (``auto``: stream above the limit)."""
     if mode != "auto":
         return mode

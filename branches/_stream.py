@@ -40,7 +40,7 @@ import torch
 from branches._data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
 from data_split.quantize import branch_codec
 from data_split import layout
-from data_split.layout import ManifestError
+from data_split.manifest import Manifest, ManifestError
 from data_split.shards import table_arrays
 from data_split.storage import RunStorage
 
@@ -56,14 +56,14 @@ def epoch_rng(seed: int, k: int, epoch: int) -> np.random.Generator:
 class StreamingSplit:
     """One split of branch ``k``, read from storage row group by row group."""
 
-    def __init__(self, storage: RunStorage, manifest: dict, split: str, k: int, device: torch.device,
+    def __init__(self, storage: RunStorage, manifest: Manifest, split: str, k: int, device: torch.device,
                  *, shuffle_buffer: int = 8192) -> None:
         try:
-            entry = manifest["branches"][k]["splits"][split]
+            entry = manifest.branches[k].splits[split]
         except (IndexError, KeyError):
             raise ManifestError(f"{storage.url(layout.MANIFEST)} has no branch {k} split {split!r}") from None
-        self.storage, self.files, self.rows = storage, list(entry["files"]), int(entry["rows"])
-        self.shape = tuple(manifest["split"]["branch_shape"])
+        self.storage, self.files, self.rows = storage, list(entry.files), int(entry.rows)
+        self.shape = manifest.split.shape
         self.dtype = branch_codec(manifest, k)[0]
         self.device, self.shuffle_buffer = device, shuffle_buffer
         self.decode = Decoder(manifest, k, device)

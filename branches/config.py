@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data_split.fields import option
+from data_split.fields import Section, option
 
 MODELS = ("fc8", "fc4", "cnn8", "resnet18", "resnet34")  # model.name; branches.models builds each (torch is not imported here)
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -14,77 +14,49 @@ ON_NONFINITE = ("fail", "skip_branch")
 
 
 @dataclass(kw_only=True, frozen=True)
-class ModelConfig:
-    name: str = option("fc8", 'the network of every branch: one of `fc8`, `fc4`, `cnn8`, `resnet18`, `resnet34`')
-    width: int | None = option(None, '`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)')
+class ModelConfig(Section):
+    SECTION = "model"
 
-    def __post_init__(self) -> None:
-        if self.name not in MODELS:
-            raise ValueError(f"model.name: unknown model {self.name!r}; expected one of {', '.join(MODELS)}")
-        if self.width is not None and self.width < 1:
-            raise ValueError(f"model.width must be >= 1, got {self.width}")
+    name: str = option("fc8", 'the network of every branch', choices=MODELS)
+    width: int | None = option(None, '`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)', ge=1)
 
 
 @dataclass(kw_only=True, frozen=True)
-class TrainConfig:
-    epochs: int = option(3, 'training epochs of every branch (more epochs extend a finished run)')
-    batch_size: int = option(128, 'training batch size')
-    optimizer: str = option("adam", '`adam`, `adamw` or `sgd`')
-    lr: float = option(1e-3, 'learning rate at epoch 1')
+class TrainConfig(Section):
+    SECTION = "train"
+
+    epochs: int = option(3, 'training epochs of every branch (more epochs extend a finished run)', ge=1)
+    batch_size: int = option(128, 'training batch size', ge=1)
+    optimizer: str = option("adam", 'the optimizer', choices=OPTIMIZERS)
+    lr: float = option(1e-3, 'learning rate at epoch 1', gt=0)
     weight_decay: float = option(0.0, 'weight decay of the optimizer')
     momentum: float = option(0.9, '`sgd` only: momentum')
-    schedule: str = option("cosine", 'learning-rate schedule, stepped once per epoch: `none`, `cosine` (to 0 at the last epoch), `step`')
+    schedule: str = option("cosine", 'learning-rate schedule, stepped once per epoch: `none`, `cosine` (to 0 at the last epoch), `step`', choices=SCHEDULES)
     step_size: int = option(10, '`step` schedule: epochs between decays')
     gamma: float = option(0.1, '`step` schedule: decay factor')
-    label_smoothing: float = option(0.0, 'label smoothing of the cross-entropy loss, in [0, 1)')
+    label_smoothing: float = option(0.0, 'label smoothing of the cross-entropy loss', ge=0, lt=1)
     amp: bool = option(True, 'bfloat16 autocast on CUDA; ignored on CPU')
     seed: int = option(0, 'seed of initialisation and batch order; branch k uses seed + k')
-    threads: int = option(1, 'torch CPU threads per branch (match `resources.cpus_per_branch`)')
+    threads: int = option(1, 'torch CPU threads per branch (match `resources.cpus_per_branch`)', ge=1)
     # Added with the training loop: a ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping
     # one per epoch of a 100-epoch run is 25 GB per branch. Older ones are removed after each save;
     # 2 or more lets a corrupt newest checkpoint fall back to the one before it.
-    keep_checkpoints: int = option(3, 'newest epoch checkpoints kept per branch; 0 = keep all')
+    keep_checkpoints: int = option(3, 'newest epoch checkpoints kept per branch; 0 = keep all', ge=0)
     # Added for time to accuracy: the ensemble's validation accuracy after every epoch needs every branch's
     # validation logits of that epoch (branches/<k>/epochs/logits_val_<e>.npy; 240 KB per epoch for
     # Fashion-MNIST, 200 MB for ImageNet's 50k x 1000), so it is opt-in.
     epoch_logits: bool = option(False, "also write each epoch's validation logits (for the ensemble's time to accuracy)")
     # "auto" streams when the branch's stored values (train + val + test, decompressed) exceed memory_limit_mb.
     data: str = option("auto", "where a branch's data lives while it trains: memory (whole split on the device), "
-                       "stream (Parquet row groups through a shuffle buffer) or auto (stream above memory_limit_mb)")
-    memory_limit_mb: int = option(4096, "train.data=auto streams a branch whose decompressed values exceed this (MB)")
-    shuffle_buffer: int = option(8192, "stream: rows mixed at a time (more = closer to a full shuffle, more memory)")
+                       "stream (Parquet row groups through a shuffle buffer) or auto (stream above memory_limit_mb)",
+                       choices=DATA_MODES)
+    memory_limit_mb: int = option(4096, "train.data=auto streams a branch whose decompressed values exceed this (MB)", ge=0)
+    shuffle_buffer: int = option(8192, "stream: rows mixed at a time (more = closer to a full shuffle, more memory)", ge=1)
     # Exact spectral augmentation: "crop" is the CIFAR crop at the branch's resolution; a flip the split's
     # transform does not make exact is an error.
     augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, rot180, transpose, rot90, rot270",
                                 factory=list)
-    augment_pad: int = option(2, "crop: largest random shift in sub-pixels (zero-padded)")
+    augment_pad: int = option(2, "crop: largest random shift in sub-pixels (zero-padded)", ge=0)
     on_nonfinite: str = option("fail", "a branch whose loss or logits go NaN/inf: `fail` the run, or `skip_branch` "
-                               "(the ensemble, report and export use the other branches; the report names it)")
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"train.optimizer: unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"train.schedule: unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.threads < 1:
-            raise ValueError(f"train.threads must be >= 1, got {self.threads}")
-        if self.data not in DATA_MODES:
-            raise ValueError(f"train.data: unknown mode {self.data!r}; expected one of {', '.join(DATA_MODES)}")
-        if self.memory_limit_mb < 0:
-            raise ValueError(f"train.memory_limit_mb must be >= 0, got {self.memory_limit_mb}")
-        if self.shuffle_buffer < 1:
-            raise ValueError(f"train.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
-        if self.augment_pad < 0:
-            raise ValueError(f"train.augment_pad must be >= 0, got {self.augment_pad}")
-        if self.on_nonfinite not in ON_NONFINITE:
-            raise ValueError(f"train.on_nonfinite: unknown value {self.on_nonfinite!r}; expected one of {', '.join(ON_NONFINITE)}")
-        if self.keep_checkpoints < 0:
-            raise ValueError(f"train.keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
+                               "(the ensemble, report and export use the other branches; the report names it)",
+                               choices=ON_NONFINITE)

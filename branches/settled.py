@@ -13,6 +13,7 @@ from branches.config import ModelConfig, TrainConfig
 from data_split import layout
 from data_split.errors import SpectralError
 from data_split.layout import load_manifest
+from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 
 RESUMABLE_CHANGES = ("epochs", "threads", "keep_checkpoints", "epoch_logits", "on_nonfinite")  # train fields that may differ from a stored run's
@@ -22,9 +23,9 @@ class BranchConflictError(SpectralError, RuntimeError):
     """``branches/<k>`` holds a branch trained with a different configuration."""
 
 
-def stored_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: dict) -> dict:
+def stored_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: Manifest) -> dict:
     """What a stored branch must match to be resumed or reused; the split's hash catches a re-split with other data."""
-    return {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg), "split_config_hash": manifest["config_hash"]}
+    return {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg), "split_config_hash": manifest.config_hash}
 
 
 def _differences(old: dict, new: dict, prefix: str) -> list[str]:
@@ -52,7 +53,7 @@ def check_same_run(storage: RunStorage, k: int, stored: dict, configs: dict) -> 
 
 
 def finished_result(storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                    manifest: dict | None = None) -> dict | None:
+                    manifest: Manifest | None = None) -> dict | None:
     """Branch ``k``'s result.json when it already finished exactly this training, else None.
 
     Under ``train.on_nonfinite: skip_branch``, a branch that diverged within these epochs is settled

@@ -51,6 +51,7 @@ from data_split import layout
 from data_split.augment import check_augment
 from data_split.errors import ConfigError, SpectralError
 from data_split.layout import load_manifest
+from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -150,17 +151,17 @@ class BranchJob:
     k: int
     model_cfg: ModelConfig
     train_cfg: TrainConfig
-    manifest: dict
+    manifest: Manifest
     device: torch.device
     started: float  # unix seconds: when the engine that runs this branch began (kept in result.json)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:  # (C, h, w) of one spectral sub-image
-        return tuple(int(d) for d in self.manifest["split"]["branch_shape"])
+        return self.manifest.split.shape
 
     @property
     def classes(self) -> int:
-        return int(self.manifest["source"]["classes"])
+        return int(self.manifest.source.classes)
 
     @property
     def amp(self) -> bool:  # bfloat16 autocast: CUDA only
@@ -188,13 +189,12 @@ def train_branch(
     """
     started = time.time() if started is None else started
     manifest = load_manifest(storage)
-    n_branches = int(manifest["split"]["K"])
+    n_branches = manifest.K
     if not 0 <= k < n_branches:
         raise ConfigError(f"branch k={k} is out of range: the split at {storage.url(layout.DATA)} has K={n_branches} "
                          f"branches (k = 0..{n_branches - 1})")
-    sp = manifest["split"]
-    check_augment(list(train_cfg.augment), np.asarray(sp["matrix"]), sp["r"], sp["c"], sp["transform"],
-                  tuple(sp["branch_shape"]))
+    sp = manifest.split
+    check_augment(list(train_cfg.augment), np.asarray(sp.matrix), sp.r, sp.c, sp.transform, sp.shape)
     if (done := finished_result(storage, k, model_cfg, train_cfg, manifest)) is not None:
         log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(layout.branch_dir(k)),
                  done["epochs"])

@@ -21,6 +21,7 @@ import numpy as np
 
 from data_split.config import ExtraSourceConfig, SplitConfig
 from data_split.errors import ConfigError
+from data_split.manifest import Manifest, SourceEntry
 from data_split.multires import lowres_components, plan_extra_source
 from data_split.parquet import row_order
 from data_split.sources import ImageSource, make_source
@@ -44,11 +45,12 @@ class ExtraPlan:
     def what(self) -> str:
         return describe_extra(self.src, self.cfg)
 
-    def describe(self) -> dict:
-        d = self.source.describe()
-        return {"src": self.src, "name": d["name"], "root": self.cfg.root, "limit": self.cfg.limit,
-                "resolution": d["resolution"], "factors": [self.fr, self.fc], "counts": {"train": d["counts"]["train"]},
-                "branches": self.fed, "resources": dict(self.cfg.resources)}
+    def describe(self) -> SourceEntry:
+        """Its entry in the manifest's ``sources`` (without the nodes that read it: the split's tasks know those)."""
+        return SourceEntry(src=self.src, name=self.source.name, root=self.cfg.root, limit=self.cfg.limit,
+                           resolution=[self.source.height, self.source.width], factors=[self.fr, self.fc],
+                           counts={"train": self.source.count("train")}, branches=self.fed,
+                           resources=dict(self.cfg.resources))
 
 
 def describe_extra(src: int, cfg: ExtraSourceConfig) -> str:
@@ -109,12 +111,11 @@ def transform_lowres_batch(batch: dict, r: int, c: int, fr: int, fc: int, matrix
     return {**batch, "s": np.ascontiguousarray(s)}
 
 
-def sources_by_branches(manifest: dict) -> list[dict]:
+def sources_by_branches(manifest: Manifest) -> list[dict]:
     """One row per source (``src`` order): its label, resolution, nodes and train rows per branch (None: not fed)."""
     out = []
-    for source in manifest.get("sources", []):
-        src = str(source["src"])
-        rows = [b["splits"]["train"].get("rows_by_source", {}).get(src) for b in manifest["branches"]]
-        out.append({"src": source["src"], "name": source["name"], "resolution": source["resolution"],
-                    "nodes": source.get("nodes") or [], "train_rows": rows})
+    for source in manifest.sources:
+        rows = [(b.splits["train"].rows_by_source or {}).get(str(source.src)) for b in manifest.branches]
+        out.append({"src": source.src, "name": source.name, "resolution": source.resolution,
+                    "nodes": source.nodes or [], "train_rows": rows})
     return out

@@ -4,7 +4,7 @@ each for the manifest, ``metrics.jsonl`` and ``result.json``. Nothing else spell
 Paths are relative to the run (``RunStorage`` resolves them); a run nested in another
 (the baseline, a sweep trial) is ``storage.child(rel)``::
 
-    <run>/data/manifest.json                         MANIFEST
+    <run>/data/manifest.json                         MANIFEST           load_manifest(storage) -> Manifest
     <run>/data/<split>/branch=<k>/<part>.parquet     shard(split, k, part)
     <run>/branches/<k>/checkpoints/epoch=<e>.pt      checkpoint(k, e)
     <run>/branches/<k>/metrics.jsonl                 metrics(k)         read_metrics(storage, k)
@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 
-from data_split.errors import SpectralError
+from data_split.manifest import Manifest, ManifestError
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ SWEEP_TRIALS = f"{SWEEP}/trials"
 SWEEP_TABLE = "tune/sweep.md"
 SWEEP_RESULTS = "tune/sweep.json"
 BEST_CONFIG = "tune/best_config.yaml"
-
-
-class ManifestError(SpectralError, ValueError):
-    """``manifest.json`` is missing or lacks a field; the message names it."""
 
 
 # -- paths -------------------------------------------------------------------------------------------
@@ -118,24 +114,37 @@ def sweep_trial(trial_id: str) -> str:
 
 
 # -- readers ---------------------------------------------------------------------------------------------
-def load_manifest(storage: RunStorage, *, fields: tuple[str, ...] = REQUIRED_MANIFEST_FIELDS) -> dict:
+def load_manifest(storage: RunStorage, *, fields: tuple[str, ...] = REQUIRED_MANIFEST_FIELDS) -> Manifest:
     """``data/manifest.json``, checked: present, ``fields`` there (default: all required), this code's version."""
     if not storage.exists(MANIFEST):
         raise ManifestError(f"{storage.url(MANIFEST)} does not exist: run `spectral split` first (or the split is incomplete)")
-    manifest = storage.read_json(MANIFEST)
-    missing = [f for f in ("version", *fields) if f not in manifest]
+    obj = storage.read_json(MANIFEST)
+    missing = [f for f in ("version", *fields) if f not in obj]
     if missing:
         raise ManifestError(f"{storage.url(MANIFEST)} lacks field(s) {', '.join(missing)}")
-    if manifest["version"] == 1:
+    if obj["version"] == 1:
         raise ManifestError(
             f"{storage.url(MANIFEST)} is storage version 1 (float32 sub-datasets); this code reads version "
             f"{MANIFEST_VERSION} (compact uint8/float16 storage, `src` column). Re-split it: "
             f"`spectral split --config <your config> --storage {storage.url()} --overwrite` "
             "(branches trained on the old split must be retrained)"
         )
-    if manifest["version"] != MANIFEST_VERSION:
-        raise ManifestError(f"{storage.url(MANIFEST)} has version {manifest['version']}, this code reads {MANIFEST_VERSION}")
-    return manifest
+    if obj["version"] != MANIFEST_VERSION:
+        raise ManifestError(f"{storage.url(MANIFEST)} has version {obj['version']}, this code reads {MANIFEST_VERSION}")
+    try:
+        return Manifest.from_json(obj)
+    except ManifestError as e:
+        raise ManifestError(f"{storage.url(MANIFEST)}: {e}") from None
+
+
+def stored_config_hash(storage: RunStorage) -> str | None:
+    """The ``config_hash`` of the manifest there, whatever its version (None: none, or it has none)."""
+    return storage.read_json(MANIFEST).get("config_hash") if storage.exists(MANIFEST) else None
+
+
+def write_manifest(storage: RunStorage, manifest: Manifest) -> None:
+    """Write ``data/manifest.json`` (last of a split: its presence marks the split complete)."""
+    storage.write_json(MANIFEST, manifest.to_json())
 
 
 def read_diverged(storage: RunStorage, K: int) -> dict[int, dict]:

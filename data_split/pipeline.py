@@ -24,6 +24,7 @@ pipeline each, on the nodes that hold them, and add their train rows (``src``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,6 +47,7 @@ from data_split.extra_sources import (
     transform_lowres_batch,
 )
 from data_split.layout import MANIFEST, MANIFEST_VERSION
+from data_split.manifest import BranchInfo, Manifest, PartRecord, Skipped, SourceEntry, SourceInfo, SplitFiles, SplitInfo
 from data_split.parquet import raw_bytes, row_order, shard_bytes
 from data_split.quantize import affine_params, decode, encode
 from data_split.sources import ImageSource, make_source
@@ -124,22 +126,21 @@ def transform_batch(batch: dict, r: int, c: int, matrix: np.ndarray) -> dict:
 
 
 def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict],
-                branches: Sequence[int] | None = None) -> list[dict]:
+                branches: Sequence[int] | None = None) -> list[PartRecord | Skipped]:
     """Write every (split, branch) of one transformed range; return one record per file.
 
     ``codecs[k]``: branch k's uint8 ``offset``/``scale`` (ignored for float dtypes). The per-channel sums
     are of the decoded values, so the manifest's mean/std describe exactly what training sees.
     ``batch["s"][:, i]`` is branch ``branches[i]`` (default ``i``: an extra source holds only the
     branches it feeds). Records name the ``src`` and the node that read the range (when known).
-    Rows with a ``bad_error`` (images the source skipped) are written nowhere: each becomes a record
-    with ``skipped: {path, error}`` (and no branch) for the manifest.
+    Rows with a ``bad_error`` (images the source skipped) are written nowhere: each becomes a
+    ``Skipped`` record for the manifest.
     """
-    records = []
+    records: list[PartRecord | Skipped] = []
     src_id = int(batch["src"][0])
     part = f"part-{'' if src_id == MAIN_SRC else f'src{src_id}-'}{int(batch['idx'].min()):09d}.parquet"
     if "bad_error" in batch and (bad := batch["bad_error"] != "").any():
-        records = [{"split": str(s), "branch": None, "src": src_id, "rows": 0, "bytes": 0,
-                    "skipped": {"path": str(p), "error": str(e)}}
+        records = [Skipped(path=str(p), error=str(e), split=str(s))
                    for s, p, e in zip(batch["split"][bad], batch["bad_path"][bad], batch["bad_error"][bad])]
         batch = {name: v[~bad] for name, v in batch.items()}
     node = str(batch["node"][0]) if "node" in batch else None
@@ -157,21 +158,10 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
             rel = layout.shard(split, k, part)
             storage.write_bytes(rel, data)
             xk = decode(stored, dtype, codecs[k]["offset"], codecs[k]["scale"]).astype(np.float64)
-            records.append(
-                {
-                    "split": split,
-                    "branch": k,
-                    "src": src_id,
-                    "node": node,
-                    "file": rel,
-                    "rows": int(rows.sum()),
-                    "bytes": len(data),
-                    "raw_bytes": raw if i == 0 else 0,  # the range's raw images, counted once
-                    "seconds": time.perf_counter() - t0,
-                    "sum": xk.sum(axis=(0, 2, 3)).tolist(),  # per channel
-                    "sumsq": np.square(xk).sum(axis=(0, 2, 3)).tolist(),
-                }
-            )
+            records.append(PartRecord(
+                split=split, branch=k, src=src_id, node=node, file=rel, rows=int(rows.sum()), bytes=len(data),
+                raw_bytes=raw if i == 0 else 0, seconds=time.perf_counter() - t0,
+                sum=xk.sum(axis=(0, 2, 3)).tolist(), sumsq=np.square(xk).sum(axis=(0, 2, 3)).tolist()))
     return records
 
 
@@ -184,9 +174,9 @@ def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict], branches: Se
         """Writes each block's (split, branch) slices as Parquet; collects their records."""
 
         def __init__(self) -> None:
-            self.records: list[dict] = []
+            self.records: list[PartRecord | Skipped] = []
 
-        def write(self, blocks: Iterable[Any], ctx: Any) -> list[dict]:
+        def write(self, blocks: Iterable[Any], ctx: Any) -> list[PartRecord | Skipped]:
             out = []
             for block in blocks:
                 acc = BlockAccessor.for_block(block)
@@ -205,7 +195,7 @@ def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict], branches: Se
 
 def _run_ray_pipeline(ranges: list[dict], read: Callable[[dict], dict], transform: Callable[..., dict],
                       transform_kwargs: dict, storage: RunStorage, dtype: str, codecs: list[dict],
-                      branches: Sequence[int] | None, resources: dict[str, float]) -> list[dict]:
+                      branches: Sequence[int] | None, resources: dict[str, float]) -> list[PartRecord | Skipped]:
     """ranges -> read -> transform -> write, every operator held to nodes with ``resources`` (so Ray fuses
     them into one task per range there: raw images never leave those nodes). Records name the reading node."""
     import ray
@@ -245,7 +235,7 @@ def original_task_errors() -> Iterator[None]:
 
 
 def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage,
-                    extras: Sequence[ExtraPlan] = ()) -> list[dict]:
+                    extras: Sequence[ExtraPlan] = ()) -> list[PartRecord | Skipped]:
     """All sources' sub-datasets: the main source's, then each extra source's on its own nodes."""
     matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     r, c, dtype, codecs = split_cfg.rows, split_cfg.cols, split_cfg.dtype, affine_params(matrix, source.channels)
@@ -264,7 +254,7 @@ def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunSto
     return records
 
 
-def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[dict]:
+def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[PartRecord | Skipped]:
     """The same files without Ray: the reference the benchmark compares against."""
     matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     codecs, records = affine_params(matrix, source.channels), []
@@ -276,16 +266,16 @@ def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: R
 
 
 # -- manifest ------------------------------------------------------------------------------------------
-def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: SplitConfig, records: list[dict],
-                   extras: Sequence[ExtraPlan] = ()) -> dict:
-    """Aggregate the file records; raise if any image is missing from any branch.
+def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: SplitConfig,
+                   records: list[PartRecord | Skipped], extras: Sequence[ExtraPlan] = ()) -> Manifest:
+    """Sum the file records into the manifest; raise if any image is missing from any branch.
 
-    Images the source skipped (``source.skip_bad``; records with ``skipped``) are rows nowhere: the counts
+    Images the source skipped (``source.skip_bad``; ``Skipped`` records) are rows nowhere: the counts
     exclude them, and ``source.skipped`` lists them.
     """
-    skipped = sorted((r for r in records if "skipped" in r), key=lambda r: r["skipped"]["path"])
-    records = [r for r in records if "skipped" not in r]
-    lost = {split: sum(r["split"] == split for r in skipped) for split in SPLITS}
+    skipped = sorted((r for r in records if isinstance(r, Skipped)), key=lambda r: r.path)
+    parts = [r for r in records if isinstance(r, PartRecord)]
+    lost = {split: sum(r.split == split for r in skipped) for split in SPLITS}
     k, n_train = split_cfg.k, source.count("train")
     n_val = round(split_cfg.val_fraction * n_train)
     counts = {"train": n_train - n_val - lost["train"], "val": n_val - lost["val"],
@@ -300,63 +290,52 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
     codecs = affine_params(matrix, c)
     branches = []
     for b in range(k):
-        mine = sorted((r for r in records if r["branch"] == b), key=lambda r: r["file"])
+        mine = sorted((r for r in parts if r.branch == b), key=lambda r: r.file)
         splits = {}
         for split in SPLITS:
-            rs = [r for r in mine if r["split"] == split]
-            by_source = {src: sum(r["rows"] for r in rs if str(r.get("src", MAIN_SRC)) == src) for src in expected[split][b]}
-            if by_source != expected[split][b] or sum(by_source.values()) != sum(r["rows"] for r in rs):
+            rs = [r for r in mine if r.split == split]
+            by_source = {src: sum(r.rows for r in rs if str(r.src) == src) for src in expected[split][b]}
+            if by_source != expected[split][b] or sum(by_source.values()) != sum(r.rows for r in rs):
                 raise RuntimeError(f"branch {b} split {split}: wrote rows by source {by_source}, expected {expected[split][b]}")
-            splits[split] = {"rows": sum(by_source.values()), "rows_by_source": by_source,
-                             "bytes": sum(r["bytes"] for r in rs), "files": [r["file"] for r in rs]}
-        train = [r for r in mine if r["split"] == "train"]
-        n_pix = max(splits["train"]["rows"] * h * w, 1)
-        total = np.sum([r["sum"] for r in train], axis=0) if train else np.zeros(c)
-        total_sq = np.sum([r["sumsq"] for r in train], axis=0) if train else np.zeros(c)
-        mean = total / n_pix
-        std = np.sqrt(np.maximum(total_sq / n_pix - mean**2, 0.0))
+            splits[split] = SplitFiles(rows=sum(by_source.values()), rows_by_source=by_source,
+                                       bytes=sum(r.bytes for r in rs), files=[r.file for r in rs])
+        train = [r for r in mine if r.split == "train"]
+        n_pix = max(splits["train"].rows * h * w, 1)
+        mean = np.sum([r.sum for r in train], axis=0) / n_pix if train else np.zeros(c)
+        mean_sq = np.sum([r.sumsq for r in train], axis=0) / n_pix if train else np.zeros(c)
         codec = codecs[b] if split_cfg.dtype == "uint8" else {}
-        branches.append({"k": b, "mean": mean.tolist(), "std": std.tolist(), **codec, "splits": splits})
-    nodes = {src: sorted({r["node"] for r in records if r.get("src", MAIN_SRC) == src and r.get("node")})
-             for src in range(len(extras) + 1)}
-    described = source.describe()
-    described["counts"] = {"train": counts["train"] + counts["val"], "test": counts["test"]}  # images used
-    if skipped:
-        described["skipped"] = [{**r["skipped"], "split": r["split"]} for r in skipped]
-    main = {"src": MAIN_SRC, "name": described["name"], "root": source_cfg.root, "limit": source_cfg.limit,
-            "resolution": described["resolution"], "factors": [1, 1], "counts": described["counts"],
-            "branches": list(range(k)), "resources": {}}
-    return {
-        "version": MANIFEST_VERSION,
-        "config_hash": config_hash(source_cfg, split_cfg, [p.cfg for p in extras]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": {**described, "root": source_cfg.root, "limit": source_cfg.limit},
+        branches.append(BranchInfo(k=b, mean=mean.tolist(), std=np.sqrt(np.maximum(mean_sq - mean**2, 0.0)).tolist(),
+                                   offset=codec.get("offset"), scale=codec.get("scale"), splits=splits))
+    nodes = {src: sorted({r.node for r in parts if r.src == src and r.node}) for src in range(len(extras) + 1)}
+    used = {"train": counts["train"] + counts["val"], "test": counts["test"]}  # images used per source split
+    described = SourceInfo.from_json(source.describe() | {"counts": used})  # a source's own keys go to details
+    main = SourceEntry(src=MAIN_SRC, name=described.name, root=source_cfg.root, limit=source_cfg.limit,
+                       resolution=described.resolution, factors=[1, 1], counts=used, branches=list(range(k)),
+                       resources={}, nodes=nodes[MAIN_SRC])
+    return Manifest(
+        version=MANIFEST_VERSION,
+        config_hash=config_hash(source_cfg, split_cfg, [p.cfg for p in extras]),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        source=dataclasses.replace(described, skipped=skipped or None, root=source_cfg.root, limit=source_cfg.limit),
         # every source in src order: resolution, counts, the branches it feeds, the nodes whose tasks read it
-        "sources": [{**d, "nodes": nodes[d["src"]]} for d in (main, *(p.describe() for p in extras))],
-        "split": {
-            "r": split_cfg.rows,
-            "c": split_cfg.cols,
-            "K": k,
-            "transform": split_cfg.transform,
-            "dtype": split_cfg.dtype,
-            "matrix": matrix.tolist(),
-            "branch_shape": [c, h, w],
-        },
-        "val_fraction": split_cfg.val_fraction,
-        "seed": split_cfg.seed,
-        "counts": counts,
+        sources=[main, *(dataclasses.replace(p.describe(), nodes=nodes[p.src]) for p in extras)],
+        split=SplitInfo(r=split_cfg.rows, c=split_cfg.cols, K=k, transform=split_cfg.transform, dtype=split_cfg.dtype,
+                        matrix=matrix.tolist(), branch_shape=[c, h, w]),
+        val_fraction=split_cfg.val_fraction,
+        seed=split_cfg.seed,
+        counts=counts,
         # the same images as raw uint8, one zstd Parquet column per range file: the yardstick of `bytes`
-        "raw_bytes": {split: sum(r.get("raw_bytes", 0) for r in records if r["split"] == split) for split in SPLITS},
-        "branches": branches,
-    }
+        raw_bytes={split: sum(r.raw_bytes for r in parts if r.split == split) for split in SPLITS},
+        branches=branches,
+    )
 
 
 @dataclass
 class SplitResult:
-    manifest: dict
+    manifest: Manifest
     up_to_date: bool  # True: an identical split was already there and nothing was written
     seconds: float = 0.0
-    records: list[dict] = field(default_factory=list)
+    records: list[PartRecord] = field(default_factory=list)
 
 
 def split_dataset(
@@ -380,14 +359,14 @@ def split_dataset(
     storage.check_writable()
     digest = config_hash(source_cfg, split_cfg, list(extra_sources))
     if storage.exists(MANIFEST):
-        old = storage.read_json(MANIFEST)
-        if old.get("config_hash") == digest:
+        old_hash = layout.stored_config_hash(storage)
+        if old_hash == digest:
             log.info("sub-datasets at %s are up to date (config hash %s)", storage.url(layout.DATA), digest[:12])
-            return SplitResult(manifest=old, up_to_date=True)
+            return SplitResult(manifest=layout.load_manifest(storage), up_to_date=True)
         if not overwrite:
             raise SplitConflictError(
                 f"{storage.url(layout.DATA)} holds sub-datasets of a different configuration "
-                f"(config hash {old.get('config_hash', '?')[:12]} != {digest[:12]}); "
+                f"(config hash {(old_hash or '?')[:12]} != {digest[:12]}); "
                 "use another --storage URI or pass --overwrite"
             )
         log.warning("overwriting sub-datasets at %s", storage.url(layout.DATA))
@@ -405,9 +384,9 @@ def split_dataset(
             raise
         raise err from e
     manifest = build_manifest(source, source_cfg, split_cfg, records, extras)
-    storage.write_json(MANIFEST, manifest)  # last: its presence marks the split complete
-    if manifest["source"].get("skipped"):
+    layout.write_manifest(storage, manifest)  # last: its presence marks the split complete
+    if skipped := manifest.source.skipped:
         log.warning("skipped %d unreadable image(s) (source.skip_bad), e.g. %s; listed in %s under source.skipped",
-                    len(manifest["source"]["skipped"]), manifest["source"]["skipped"][0]["path"], storage.url(MANIFEST))
+                    len(skipped), skipped[0].path, storage.url(MANIFEST))
     return SplitResult(manifest=manifest, up_to_date=False, seconds=time.perf_counter() - t0,
-                       records=[r for r in records if "skipped" not in r])
+                       records=[r for r in records if isinstance(r, PartRecord)])

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from data_split.manifest import Manifest
+
 DTYPES = ("uint8", "float16", "float32")
 LEVELS = 255  # uint8 codes 0..255
 
@@ -97,10 +99,9 @@ def decode(stored: Any, dtype: str, offset: Any = None, scale: Any = None) -> An
     return np.asarray(stored).astype(np.float32)
 
 
-def branch_codec(manifest: dict, k: int) -> tuple[str, Any, Any]:
+def branch_codec(manifest: Manifest, k: int) -> tuple[str, Any, Any]:
     """``(dtype, offset, scale)`` of branch ``k`` from a version-2 manifest (offset/scale None unless uint8)."""
-    dtype = manifest["split"]["dtype"]
-    b = manifest["branches"][k]
+    dtype, b = manifest.split.dtype, manifest.branches[k]
     if dtype == "uint8":
-        return dtype, np.asarray(b["offset"], np.float32), np.asarray(b["scale"], np.float32)
+        return dtype, np.asarray(b.offset, np.float32), np.asarray(b.scale, np.float32)
     return dtype, None, None

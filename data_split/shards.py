@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_split.layout import MANIFEST, ManifestError
+from data_split.layout import MANIFEST
+from data_split.manifest import Manifest, ManifestError
 from data_split.quantize import branch_codec, decode
 from data_split.storage import RunStorage
 
@@ -52,22 +53,22 @@ def _tensor_column(col: pa.ChunkedArray, shape: tuple[int, ...], where: str) -> 
     return values.reshape(n, *shape)
 
 
-def read_branch(storage: RunStorage, manifest: dict, split: str, k: int) -> BranchData:
+def read_branch(storage: RunStorage, manifest: Manifest, split: str, k: int) -> BranchData:
     """All rows of branch ``k`` in ``split``, read from the files the manifest lists."""
     try:
-        entry = manifest["branches"][k]["splits"][split]
+        entry = manifest.branches[k].splits[split]
     except (IndexError, KeyError):
         raise ManifestError(f"{storage.url(MANIFEST)} has no branch {k} split {split!r}") from None
-    shape = tuple(manifest["split"]["branch_shape"])
+    shape = manifest.split.shape
     dtype, offset, scale = branch_codec(manifest, k)
     parts = []
-    for rel in entry["files"]:
+    for rel in entry.files:
         parts.append(table_arrays(pq.read_table(io.BytesIO(storage.read_bytes(rel))), shape, dtype, storage.url(rel)))
     if not parts:
         parts = [(np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0, np.int64), np.zeros((0, *shape), dtype))]
     idx, src, y, x = (np.concatenate(p) for p in zip(*parts))
-    if len(idx) != entry["rows"]:
-        raise ManifestError(f"branch {k} split {split}: files hold {len(idx)} rows, the manifest says {entry['rows']}")
+    if len(idx) != entry.rows:
+        raise ManifestError(f"branch {k} split {split}: files hold {len(idx)} rows, the manifest says {entry.rows}")
     order = np.lexsort((idx, src))  # by src, then idx
     return BranchData(idx=idx[order], src=src[order], y=y[order], x=x[order], dtype=dtype, offset=offset, scale=scale)
 

@@ -184,9 +184,9 @@ def load_ensemble(storage: RunStorage, weights: str | Sequence[float] = CHOSEN) 
     (``"uniform"``, ``"geometric"``, ``"tuned"``, ``"exact"``), or K numbers.
     """
     manifest = load_manifest(storage)
-    split, source = manifest["split"], manifest["source"]
-    k, classes = int(split["K"]), int(source["classes"])
-    in_shape = tuple(int(d) for d in split["branch_shape"])
+    split, source = manifest.split, manifest.source
+    k, classes = manifest.K, int(source.classes)
+    in_shape = split.shape
     # every branch but a skipped (diverged) one must have finished: a clear error for an untrained run comes first
     nets = {b: _final_branch(storage, b, in_shape, classes) for b in range(k) if not storage.exists(layout.diverged(b))}
     method, w, test_acc, ks = _weights(storage, k, weights)
@@ -194,18 +194,18 @@ def load_ensemble(storage: RunStorage, weights: str | Sequence[float] = CHOSEN) 
         raise EnsembleLoadError(f"branches {missing} diverged (branches/<k>/diverged.json) and have no final model; "
                                 f"weights {method!r} use them")
     nets = [nets[b] for b in ks]
-    height, width = (int(v) for v in source["resolution"])
+    height, width = (int(v) for v in source.resolution)
     info = RunInfo(
-        uri=storage.uri, channels=int(source["channels"]), height=height, width=width,
-        class_names=[str(c) for c in source.get("class_names") or range(classes)], source=source["name"],
-        rows=int(split["r"]), cols=int(split["c"]), transform=split["transform"], dtype=split["dtype"],
+        uri=storage.uri, channels=int(source.channels), height=height, width=width,
+        class_names=[str(c) for c in source.class_names or range(classes)], source=source.name,
+        rows=int(split.r), cols=int(split.c), transform=split.transform, dtype=split.dtype,
         model=nets[0][1], method=method, weights=w, test_acc=test_acc, branches=ks,
-        image_size=source["image_size"] if isinstance(source.get("image_size"), int) else None,
+        image_size=source.image_size if isinstance(source.image_size, int) else None,
     )
     codecs = [branch_codec(manifest, b) for b in range(k)]  # (dtype, offset (C,) or None, scale (C,) or None)
     model = SpectralEnsemble(
-        rows=info.rows, cols=info.cols, matrix=np.asarray(split["matrix"]), dtype=info.dtype,
-        mean=np.asarray([b["mean"] for b in manifest["branches"]]), std=np.asarray([b["std"] for b in manifest["branches"]]),
+        rows=info.rows, cols=info.cols, matrix=np.asarray(split.matrix), dtype=info.dtype,
+        mean=np.asarray([b.mean for b in manifest.branches]), std=np.asarray([b.std for b in manifest.branches]),
         offset=np.asarray([c[1] for c in codecs]) if info.dtype == "uint8" else None,
         scale=np.asarray([c[2] for c in codecs]) if info.dtype == "uint8" else None,
         branches=[net for net, _ in nets], weights=[w[b] for b in ks], info=info, ks=ks,

@@ -43,14 +43,14 @@ def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> Trai
     """Train every unfinished branch as an isolated actor (the split must exist)."""
     init_ray(cfg.ray)
     storage = RunStorage.from_config(cfg.storage)
-    k = load_manifest(storage)["split"]["K"]
+    k = load_manifest(storage).K
     return train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=on_progress)
 
 
 def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     """Weigh the branches' logits by ``ensemble.weights``; write ``ensemble/weights.json``."""
     storage = RunStorage.from_config(cfg.storage)
-    k = load_manifest(storage)["split"]["K"]
+    k = load_manifest(storage).K
     skip = sorted(layout.read_diverged(storage, k))  # diverged under train.on_nonfinite: skip_branch
     if skip:
         log.warning("ensemble without diverged branch(es) %s", skip)

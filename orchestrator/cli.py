@@ -31,6 +31,7 @@ from rich.table import Table
 
 from data_split import RunStorage, layout
 from data_split.errors import user_error
+from data_split.manifest import Manifest
 from orchestrator import api
 from orchestrator._logging import add_secrets, configure_logging, mask, quiet_ray
 from orchestrator._ray import init_ray
@@ -57,41 +58,41 @@ def split_table(result) -> Table:
         table.add_column(col, justify="left" if col == "split" else "right")
     agg: dict[tuple[str, int], dict] = defaultdict(lambda: {"rows": 0, "bytes": 0, "seconds": 0.0})
     for r in result.records:
-        a = agg[(r["split"], r["branch"])]
-        a["rows"] += r["rows"]
-        a["bytes"] += r["bytes"]
-        a["seconds"] += r["seconds"]
+        a = agg[(r.split, r.branch)]
+        a["rows"] += r.rows
+        a["bytes"] += r.bytes
+        a["seconds"] += r.seconds
     if result.up_to_date:
-        for b in result.manifest["branches"]:
-            for s, entry in b["splits"].items():
-                agg[(s, b["k"])] = {"rows": entry["rows"], "bytes": entry["bytes"], "seconds": 0.0}
-    raw = result.manifest.get("raw_bytes", {})
+        for b in result.manifest.branches:
+            for s, entry in b.splits.items():
+                agg[(s, b.k)] = {"rows": entry.rows, "bytes": entry.bytes or 0, "seconds": 0.0}
+    raw = result.manifest.raw_bytes or {}
     ratio = lambda n, d: f"{n / d:.3f}" if d else "-"  # noqa: E731
     for (s, k), a in sorted(agg.items(), key=lambda kv: (["train", "val", "test"].index(kv[0][0]), kv[0][1])):
         secs = a["seconds"]
         rate = f"{a['rows'] / secs:,.0f}" if secs > 0 else "-"
         table.add_row(s, str(k), f"{a['rows']:,}", _fmt_bytes(a["bytes"]), ratio(a["bytes"], raw.get(s, 0)),
                       f"{secs:.2f}" if secs else "-", rate)
-    images = sum(result.manifest["counts"].values())
+    images = sum(result.manifest.counts.values())
     total_bytes = sum(a["bytes"] for a in agg.values())
     table.add_section()
-    table.add_row("all", f"K={result.manifest['split']['K']}", f"{images:,} images", _fmt_bytes(total_bytes),
+    table.add_row("all", f"K={result.manifest.K}", f"{images:,} images", _fmt_bytes(total_bytes),
                   ratio(total_bytes, sum(raw.values())), f"{result.seconds:.2f}" if not result.up_to_date else "-",
                   f"{images / result.seconds:,.0f}" if not result.up_to_date else "-")
-    table.caption = (f"stored as {result.manifest['split'].get('dtype', 'float32')}; '/ raw': bytes over the same "
+    table.caption = (f"stored as {result.manifest.split.dtype or 'float32'}; '/ raw': bytes over the same "
                      "images as raw uint8 in one zstd Parquet column; per branch: seconds spent serialising and "
                      "writing its files; 'all': pipeline wall time")
     return table
 
 
-def sources_table(manifest: dict) -> Table:
+def sources_table(manifest: Manifest) -> Table:
     """Sources by branches: the train rows each source gives each branch ('-': it cannot feed that branch)."""
     from data_split.extra_sources import sources_by_branches
 
     table = Table(title="train rows by source and branch")
     table.add_column("src", justify="right")
     table.add_column("source")
-    for k in range(manifest["split"]["K"]):
+    for k in range(manifest.K):
         table.add_column(str(k), justify="right")
     table.add_column("read on")
     for row in sources_by_branches(manifest):
@@ -148,7 +149,7 @@ class _LiveProgress:
 def print_split(cfg: SpectralConfig, result) -> None:
     """What `split` and `run` show of the split: bytes per branch, rows by source (if several), where it is."""
     console.print(split_table(result))
-    if len(result.manifest.get("sources", [])) > 1:
+    if len(result.manifest.sources) > 1:
         console.print(sources_table(result.manifest))
     console.print(f"sub-datasets: {RunStorage.from_config(cfg.storage).url(layout.DATA)}")
 
@@ -299,10 +300,10 @@ def cmd_config(args) -> None:
         sys.stdout.write(config_markdown())
         return
     table = Table(title="configuration (YAML, nested; --set KEY=VALUE overrides a dotted key)")
-    for col in ("key", "default", "meaning"):
+    for col in ("key", "default", "allowed", "meaning"):
         table.add_column(col, overflow="fold")
-    for key, default, meaning in config_reference():
-        table.add_row(key, default, meaning)
+    for row in config_reference():
+        table.add_row(*row)
     console.print(table)
 
 

@@ -1,21 +1,21 @@
 """The whole job's configuration: YAML -> nested keyword-only dataclasses.
 
 Each component owns its dataclass (``data_split.config``, ``branches.config``, ``tune.config``
-and the run-level ones here); this module only assembles them, applies ``--set key.sub=value``
-overrides and rejects unknown keys or wrongly typed values with an error naming the dotted key.
+and the run-level ones here); this module only assembles them and applies ``--set key.sub=value``
+overrides. Every field declares its type and constraints (``data_split.fields.option``), which
+construction checks: an unknown key, a wrongly typed value or one out of bounds is a ``ConfigError``
+naming the dotted key.
 
 One set of defaults: the dataclass defaults are the embedded default run
 (``configs/fashion_mnist.yaml`` spells them out; ``tests/test_config_docs.py`` checks they agree),
-so ``spectral run`` without ``--config`` runs it. Every field carries its help text
-(``data_split.fields.option``); ``config_reference`` lists them for ``spectral config --show`` and
-the README's table (``spectral config --markdown``).
+so ``spectral run`` without ``--config`` runs it. Every field carries its help text;
+``config_reference`` lists them with their defaults and allowed values for ``spectral config --show``
+and the README's table (``spectral config --markdown``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ import yaml
 from branches.config import ModelConfig, TrainConfig
 from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig, StorageConfig
 from data_split.errors import ConfigError
-from data_split.fields import HELP, option
+from data_split.fields import HELP, Section, allowed, build, option
 from data_split.storage import RunStorage
 from inference.config import PredictConfig, ServeConfig
 from tune.config import SweepConfig, TuneConfig
@@ -37,64 +37,44 @@ SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")  # never wr
 
 
 @dataclass(kw_only=True, frozen=True)
-class ResourcesConfig:
-    gpus_per_branch: float | None = option(None, 'GPUs per branch actor; unset: 1 when the cluster has GPUs, else 0 (CPU); a fraction packs branches on one GPU')
-    cpus_per_branch: float = option(1.0, 'CPUs per branch actor')
-    max_restarts: int = option(3, 'times Ray restarts a branch whose process died; it resumes from its newest checkpoint')
+class ResourcesConfig(Section):
+    SECTION = "resources"
 
-    def __post_init__(self) -> None:
-        if self.gpus_per_branch is not None and self.gpus_per_branch < 0:
-            raise ValueError(f"resources.gpus_per_branch must be >= 0, got {self.gpus_per_branch}")
-        if self.cpus_per_branch <= 0:
-            raise ValueError(f"resources.cpus_per_branch must be > 0, got {self.cpus_per_branch}")
-        if self.max_restarts < 0:
-            raise ValueError(f"resources.max_restarts must be >= 0, got {self.max_restarts}")
+    gpus_per_branch: float | None = option(None, 'GPUs per branch actor; unset: 1 when the cluster has GPUs, else 0 (CPU); a fraction packs branches on one GPU', ge=0)
+    cpus_per_branch: float = option(1.0, 'CPUs per branch actor', gt=0)
+    max_restarts: int = option(3, 'times Ray restarts a branch whose process died; it resumes from its newest checkpoint', ge=0)
 
 
 @dataclass(kw_only=True, frozen=True)
-class EnsembleConfig:
-    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p (1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)')
-    p: float = option(GEOMETRIC_P, '`geometric` rule: p, in (0, 1)')
+class EnsembleConfig(Section):
+    SECTION = "ensemble"
 
-    def __post_init__(self) -> None:
-        if self.weights not in WEIGHT_RULES:
-            raise ValueError(f"ensemble.weights: unknown rule {self.weights!r}; expected one of {', '.join(WEIGHT_RULES)}")
-        if not 0.0 < self.p < 1.0:
-            raise ValueError(f"ensemble.p must be in (0, 1), got {self.p}")
+    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p (1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)', choices=WEIGHT_RULES)
+    p: float = option(GEOMETRIC_P, '`geometric` rule: p', gt=0, lt=1)
 
 
 @dataclass(kw_only=True, frozen=True)
-class BaselineConfig:
+class BaselineConfig(Section):
     """How `spectral baseline` trains the full-resolution network (the comparison the method is measured against)."""
 
-    engine: str = option("single", "`single` (one actor, trained like a branch) or `ddp` (Ray Train DDP)")
-    workers: int = option(2, "`ddp`: Ray Train workers; `train.batch_size` is the global batch, split evenly over them")
-    cpus_per_worker: float = option(1.0, "`ddp`: CPUs per worker (each trains with `train.threads` torch threads)")
-    max_failures: int = option(3, "`ddp`: worker-group restarts after a dead worker; each resumes from the newest checkpoint")
+    SECTION = "baseline"
 
-    def __post_init__(self) -> None:
-        if self.engine not in BASELINE_ENGINES:
-            raise ValueError(f"baseline.engine: unknown engine {self.engine!r}; expected one of {', '.join(BASELINE_ENGINES)}")
-        if self.workers < 1:
-            raise ValueError(f"baseline.workers must be >= 1, got {self.workers}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"baseline.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.max_failures < 0:
-            raise ValueError(f"baseline.max_failures must be >= 0, got {self.max_failures}")
+    engine: str = option("single", "`single` (one actor, trained like a branch) or `ddp` (Ray Train DDP)", choices=BASELINE_ENGINES)
+    workers: int = option(2, "`ddp`: Ray Train workers; `train.batch_size` is the global batch, split evenly over them", ge=1)
+    cpus_per_worker: float = option(1.0, "`ddp`: CPUs per worker (each trains with `train.threads` torch threads)", gt=0)
+    max_failures: int = option(3, "`ddp`: worker-group restarts after a dead worker; each resumes from the newest checkpoint", ge=0)
 
 
 @dataclass(kw_only=True, frozen=True)
-class RayConfig:
+class RayConfig(Section):
+    SECTION = "ray"
+
     address: str | None = option(None, 'unset: start Ray locally; `auto` or `ray://host:10001` to join a cluster')
-    num_cpus: int | None = option(None, 'local Ray only: CPUs to offer (unset: all)')
-
-    def __post_init__(self) -> None:
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ValueError(f"ray.num_cpus must be >= 1, got {self.num_cpus}")
+    num_cpus: int | None = option(None, 'local Ray only: CPUs to offer (unset: all)', ge=1)
 
 
 @dataclass(kw_only=True, frozen=True)
-class SpectralConfig:
+class SpectralConfig(Section):
     source: SourceConfig = option(factory=SourceConfig, help='where the images come from')
     extra_sources: list[ExtraSourceConfig] = option(factory=list, help='lower-resolution sources (`src` = 1, 2, ...), each with the keys of `source` plus `resources`; only their train split is used, for the branches they determine')
     split: SplitConfig = option(factory=SplitConfig, help='how every image is split into K spectral sub-images')
@@ -127,83 +107,31 @@ def _show_default(value: Any) -> str:
     return "unset" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
 
-def config_reference(cls: type = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, meaning) of every leaf key, in declaration order; nested sections recurse."""
-    rows = []
-    for f in dataclasses.fields(cls or SpectralConfig):
+def config_reference(cls: type = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, default, allowed values, meaning) of every leaf key, in declaration order; sections recurse."""
+    rows, cls = [], cls or SpectralConfig
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             rows += config_reference(type(default), f"{prefix}{f.name}.")
         else:
-            rows.append((prefix + f.name, _show_default(default), f.metadata.get(HELP, "")))
+            rows.append((prefix + f.name, _show_default(default), allowed(f, hints[f.name]), f.metadata.get(HELP, "")))
     return rows
 
 
 def config_markdown() -> str:
     """The README's configuration table (between its ``config-table`` markers)."""
-    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{key}` | {default if default == 'unset' else f'`{default}`'} | {meaning} |"
-              for key, default, meaning in config_reference()]
+    lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{key}` | {default if default == 'unset' else f'`{default}`'} | {allowed} | {meaning} |"
+              for key, default, allowed, meaning in config_reference()]
     return "\n".join(lines) + "\n"
 
 
 # -- dict -> dataclass ------------------------------------------------------------------------------
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if tp is typing.Any:
-        return value
-    if origin is dict:  # e.g. sweep.space: {dotted key: {distribution: args}}
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
-        key_tp, value_tp = typing.get_args(tp)
-        return {_convert(k, key_tp, f"{key}.{k}"): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
-        return _build(tp, value, key + ".")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (str, bool) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"config key {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; known: {', '.join(sorted(names))}")
-    kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        msg = str(e)
-        if issubclass(cls, SourceConfig) and prefix != "source.":  # an extra source: name its own keys
-            msg = re.sub(r"\bsource\.", prefix, msg)
-        raise ConfigError(msg) from e
-
-
 def from_dict(data: dict) -> SpectralConfig:
-    return _build(SpectralConfig, data or {})
+    """The config of a nested mapping (YAML); an unknown key or a bad value is a ``ConfigError`` naming its dotted key."""
+    return build(SpectralConfig, data or {})
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from typing import Any
@@ -39,6 +41,7 @@ from branches.train import lr_factor, make_optimizer, predict, score, train_one_
 from data_split import layout
 from data_split.errors import SpectralError
 from data_split.layout import load_manifest
+from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -132,7 +135,7 @@ def _worker_loop(config: dict) -> None:
     amp = train_cfg.amp and dev.type == "cuda"
     storage: RunStorage = config["data"]  # the driver's object: endpoint, retry budget and credentials (pickled)
     manifest = load_manifest(storage)
-    in_shape, classes = tuple(manifest["split"]["branch_shape"]), int(manifest["source"]["classes"])
+    in_shape, classes = manifest.split.shape, int(manifest.source.classes)
 
     torch.manual_seed(train_cfg.seed)  # the single baseline's initialisation (branch k = 0: seed + 0)
     model = build_model(model_cfg, in_shape, classes).to(dev)
@@ -216,9 +219,25 @@ def _final(storage, manifest, ddp, dev, amp, history, resumed_from) -> dict:
 
 
 # -- the driver -------------------------------------------------------------------------------------------------
-def _stored_config(cfg, manifest: dict) -> dict:
+def _stored_config(cfg, manifest: Manifest) -> dict:
     return {"model_config": asdict(cfg.model), "train_config": asdict(cfg.train), "workers": cfg.baseline.workers,
-            "split_config_hash": manifest["config_hash"]}
+            "split_config_hash": manifest.config_hash}
+
+
+def fit(trainer):
+    """``trainer.fit()``, after which its controller actor goes away.
+
+    Ray 2.60's ``fit`` registers a SIGINT handler (in the main thread) that closes over the controller's
+    handle and is never removed, so the controller actor, its dataset manager and their polling outlive
+    the call for as long as the driver process lives. Restoring the previous handler drops that last
+    reference.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, before)
 
 
 def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] | None = None) -> dict:
@@ -258,7 +277,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
              "GPU, nccl" if use_gpu else "CPU, gloo", cfg.train.batch_size, cfg.train.batch_size / workers,
              out.url(TRAIN_EXPERIMENT))
     with credentials_broker(out):  # Ray Train's controller and workers reach the store with the config's keys
-        result = trainer.fit()
+        result = fit(trainer)
     seconds = time.time() - started
     final = (result.metrics or {}).get("final")
     if result.error is not None or not final:

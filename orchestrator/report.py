@@ -86,7 +86,7 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     """Everything the report shows, as one JSON-able dict (reads only)."""
     manifest = layout.load_manifest(storage, fields=("split",)) if storage.exists(layout.MANIFEST) else None
     if manifest is not None:
-        K = int(manifest["split"]["K"])
+        K = manifest.K
     else:
         K = len([n for n in storage.ls(layout.BRANCHES) if n.isdigit()])
         if K == 0:
@@ -104,13 +104,13 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
         log.warning("branches %s of %s have no result.json; the report leaves them out", missing, storage.url())
     baseline = read_branch(storage.child(layout.BASELINE), 0)
     ensembles = read_ensembles(storage)
-    split = (manifest or {}).get("split", {})
-    source = (manifest or {}).get("source", {})
+    split = manifest.split.to_json() if manifest is not None else {}
+    source = manifest.source.to_json() if manifest is not None else {}
     model = next((b.get("model") for b in branches if b.get("model")), None)
-    split_branches = (manifest or {}).get("branches") or []
+    split_branches = manifest.branches if manifest is not None else []
     for b in branches:  # where each branch's training rows came from (extra sources feed some branches only)
-        entry = split_branches[b["k"]]["splits"]["train"] if b["k"] < len(split_branches) else {}
-        b["train_rows_by_source"] = entry.get("rows_by_source")
+        entry = split_branches[b["k"]].splits.get("train") if b["k"] < len(split_branches) else None
+        b["train_rows_by_source"] = entry.rows_by_source if entry else None
     baseline_ddp = storage.read_json(layout.BASELINE_DDP_RESULT) if storage.exists(layout.BASELINE_DDP_RESULT) else None
     report = {
         "report_version": REPORT_VERSION,
@@ -118,8 +118,8 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": storage.url(),
         "source": source,
-        "sources": [{key: s.get(key) for key in ("src", "name", "resolution", "branches", "nodes")}
-                    for s in (manifest or {}).get("sources", [])],
+        "sources": [{"src": s.src, "name": s.name, "resolution": s.resolution, "branches": s.branches, "nodes": s.nodes}
+                    for s in (manifest.sources if manifest is not None else [])],
         "split": {key: split.get(key) for key in ("r", "c", "K", "transform")} | {"K": K},
         "model": model,
         "branches": branches,

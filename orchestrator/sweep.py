@@ -19,6 +19,7 @@ import yaml
 
 from data_split import layout
 from data_split.layout import BEST_CONFIG, SWEEP, SWEEP_RESULTS, SWEEP_SPEC, SWEEP_TABLE, load_manifest
+from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 from orchestrator._ray import init_ray
 from orchestrator._sweep_table import render_markdown
@@ -81,10 +82,10 @@ def _max_epochs(cfg: SpectralConfig, dims: list[Dimension]) -> int:
     return cfg.train.epochs
 
 
-def sweep_spec(cfg: SpectralConfig, manifest: dict) -> dict:
+def sweep_spec(cfg: SpectralConfig, manifest: Manifest) -> dict:
     """What identifies a sweep: resuming is only allowed for the very same one."""
     spec = {"sweep": cfg.to_dict()["sweep"], "model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"],
-            "split_config_hash": manifest["config_hash"]}
+            "split_config_hash": manifest.config_hash}
     spec["fingerprint"] = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return spec
 
@@ -114,10 +115,10 @@ def run_sweep(cfg: SpectralConfig, *, overwrite: bool = False) -> SweepResult:
     init_ray(cfg.ray)
     storage = absolute(RunStorage.from_config(cfg.storage))
     manifest = load_manifest(storage)
-    K = int(manifest["split"]["K"])
+    K = manifest.K
     if bad := [k for k in cfg.sweep.branches if k >= K]:
         raise SweepError(f"sweep.branches {bad} out of range: the split at {storage.url(layout.DATA)} has K={K}")
-    if empty := [k for k in cfg.sweep.branches if manifest["branches"][k]["splits"]["val"]["rows"] == 0]:
+    if empty := [k for k in cfg.sweep.branches if manifest.branches[k].splits["val"].rows == 0]:
         raise SweepError(f"branches {empty} have no validation rows to score trials on (split.val_fraction is 0?)")
 
     spec = sweep_spec(cfg, manifest)

@@ -60,7 +60,7 @@ def tune_ensemble_weights(cfg: SpectralConfig, storage: RunStorage, skip: Sequen
     ``cfg`` is the run's ``SpectralConfig`` (``tune``, ``ensemble.p`` and ``ray`` are used); ``skip``:
     branches left out (diverged).
     """
-    K = int(load_manifest(storage)["split"]["K"])
+    K = load_manifest(storage).K
     val, test = load_branch_outputs(storage, K, "val", skip), load_branch_outputs(storage, K, "test", skip)  # fail before Ray
     if len(val.y) == 0:
         raise EnsembleInputError(f"{storage.url()} has no validation rows to tune the weights on "

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+import leaks
+
 # Fake credentials for the loopback S3 endpoint, set before Ray starts so its workers inherit them.
 # Nothing in the tests talks to real AWS.
 for _k, _v in {
@@ -24,9 +26,20 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("AWS_ENDPOINT_URL", None)
+leaks.mark_session()  # before anything starts: every process of this session carries its id (tests/leaks.py)
+LEAKS = leaks.LeakCheck()
 # Where tests ask branches to pause at a known point (tests/holds.py); inherited by Ray workers and CLIs.
 os.environ["SPECTRAL_TEST_HOLD_DIR"] = tempfile.mkdtemp(prefix="spectral-holds-")
 atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_HOLD_DIR"], ignore_errors=True)
+
+
+
+def pytest_configure(config):
+    import suite_profile
+
+    suite_profile.register(config)  # on with SPECTRAL_SUITE_PROFILE=FILE.json: per-test wall, CPU, leftovers
+    config.pluginmanager.register(LEAKS, "spectral-leak-check")
+
 
 RAY_TEST_CPUS = 2
 RAY_TEST_OBJECT_STORE_BYTES = 256 * 1024**2
@@ -87,16 +100,19 @@ def ray_session():
     import ray
     from ray.data import DataContext
 
-    ray.init(
-        address="local",
-        num_cpus=RAY_TEST_CPUS,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=RAY_TEST_OBJECT_STORE_BYTES,
-    )
+    with leaks.owned_by("ray_session"):  # its daemons and workers are shared, not the current test's
+        ray.init(
+            address="local",
+            num_cpus=RAY_TEST_CPUS,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=RAY_TEST_OBJECT_STORE_BYTES,
+        )
+    LEAKS.hold("ray_session")
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+    LEAKS.release("ray_session")
 
 
 # -- one two-node `ray start` cluster for the tests that only use one (locality, multinode: jobs, ray://) --
@@ -121,9 +137,14 @@ def pytest_runtest_teardown(item):
 def two_node_cluster():
     """A head and a second node (``tests/ray_cluster.py``), shared by every test that only submits to one:
     starting and stopping one costs ~15 s on 2 cores. Tests that break a cluster start their own."""
-    from ray_cluster import start_two_node_cluster
+    from ray_cluster import node_owner, start_two_node_cluster
 
-    yield _shared_cluster.enter_context(start_two_node_cluster())
+    cluster = _shared_cluster.enter_context(start_two_node_cluster())
+    owners = [node_owner(d) for d in cluster.temp_dirs]
+    for owner in owners:
+        LEAKS.hold(owner)
+    _shared_cluster.callback(lambda: [LEAKS.release(owner) for owner in owners])  # runs first: a LIFO stack
+    yield cluster
     _shared_cluster.close()
 
 

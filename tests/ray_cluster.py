@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from conftest import free_port, wait_until
+from leaks import OWNER_ENV, process_owner
 
 BIN = Path(sys.executable).parent
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -65,8 +66,8 @@ def stop_ray_processes(temp_dirs: list[str], timeout_s: float = 30.0) -> None:
     """Kill the Ray processes that belong to these temp dirs, and their children (workers, agents, jobs), and
     wait until none is left.
 
-    Ray's own processes carry their temp dir in their command line (``--temp-dir``, session, log and
-    socket paths); workers are the raylet's children. Nothing else on the machine is touched. SIGKILL at
+    A node's processes carry its owner mark in their environment, and most also name its temp dir in their
+    command line (``kill_node``); workers are the raylet's children. Nothing else on the machine is touched. SIGKILL at
     once: a test cluster keeps nothing worth a graceful stop (SIGTERM first cost ~5 s per cluster, waiting
     on the raylets). Rescans until nothing is found, for a worker forked while the others were being killed.
     """
@@ -86,6 +87,7 @@ def ray_start(build: Callable[[], tuple[list[str], Any]], temp_dir: str, env: di
     Then (the output or the node's logs say a port is in use) this stops what the attempt started and
     tries again with a new ``build()``, at most ``attempts`` times; any other failure fails at once.
     """
+    env = {**env, OWNER_ENV: node_owner(temp_dir)}  # every process of the node carries it (kill_node, leaks)
     for attempt in range(1, attempts + 1):
         cmd, ports = build()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -162,16 +164,26 @@ def start_two_node_cluster(env: dict | None = None) -> Iterator[TwoNodeCluster]:
         yield cluster
     finally:
         stop_ray_processes(temp_dirs)
-        left = [cmd[:120] for _, cmd in ray_processes().values() if any(d in cmd for d in temp_dirs)]
-        assert not left, f"processes of the test's cluster survived: {left}"
         for d in temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def node_owner(temp_dir: str) -> str:
+    """The ``leaks.OWNER_ENV`` value of every process of the node with this temp dir (``ray_start`` sets it)."""
+    return f"cluster:{temp_dir}"
+
+
 def kill_node(*temp_dirs: str) -> set[int]:
-    """SIGKILL every process of the node(s) with these temp dirs, and their children, at once: a lost machine."""
+    """SIGKILL every process of the node(s) with these temp dirs, and their children, at once: a lost machine.
+
+    A node's processes are those started with its owner mark in their environment (``node_owner``: Ray's
+    daemons, workers, agents, job drivers and the Ray Client servers, which name no temp dir), or whose
+    command line names its temp dir, and their children.
+    """
+    owners = {node_owner(d) for d in temp_dirs}
     procs = ray_processes()
-    mine = {pid for pid, (_, cmd) in procs.items() if any(d in cmd for d in temp_dirs) and pid != os.getpid()}
+    mine = {pid for pid, (_, cmd) in procs.items()
+            if pid != os.getpid() and (any(d in cmd for d in temp_dirs) or process_owner(pid) in owners)}
     while more := {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine:
         mine |= more
     for pid in mine:

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from data_split import RunStorage
+from data_split import RunStorage, load_manifest
 from orchestrator.cli import main
 
 
@@ -30,15 +30,15 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
     for header in ("split", "branch", "rows", "bytes", "seconds", "images/s"):
         assert header in out
     assert "400 images" in out  # the total row: 300 train (incl. val) + 100 test
-    manifest = RunStorage(uri).read_json("data/manifest.json")
-    assert manifest["split"]["K"] == 4
+    manifest = load_manifest(RunStorage(uri))
+    assert manifest.K == 4
     # bytes per branch and their ratio to the raw images: each of the K=4 branches holds about 1/4
     total_row = next(line for line in out.splitlines() if "400 images" in line)
-    stored = sum(e["bytes"] for b in manifest["branches"] for e in b["splits"].values())
-    want = f"{stored / sum(manifest['raw_bytes'].values()):.3f}"
+    stored = sum(e.bytes for b in manifest.branches for e in b.splits.values())
+    want = f"{stored / sum(manifest.raw_bytes.values()):.3f}"
     assert want in total_row and "stored as uint8" in out
     train0 = next(line for line in out.splitlines() if [c.strip() for c in line.split("│")[1:3]] == ["train", "0"])
-    ratio0 = manifest["branches"][0]["splits"]["train"]["bytes"] / manifest["raw_bytes"]["train"]
+    ratio0 = manifest.branches[0].splits["train"].bytes / manifest.raw_bytes["train"]
     assert f"{ratio0:.3f}" in train0 and ratio0 < 0.6
 
     assert main(["split", "--config", config_file, "--storage", uri]) == 0
@@ -48,10 +48,10 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
     assert main(["split", "--config", config_file, "--storage", uri, "--set", "split.transform=haar"]) == 1
     out = capfd.readouterr().out
     assert "SplitConflictError" in out and "--overwrite" in out
-    assert RunStorage(uri).read_json("data/manifest.json")["split"]["transform"] == "dct"
+    assert load_manifest(RunStorage(uri)).split.transform == "dct"
 
     assert main(["split", "--config", config_file, "--storage", uri, "--set", "split.transform=haar", "--overwrite"]) == 0
-    assert RunStorage(uri).read_json("data/manifest.json")["split"]["transform"] == "haar"
+    assert load_manifest(RunStorage(uri)).split.transform == "haar"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -100,7 +100,7 @@ def test_train_evaluate_and_baseline_commands(ray_session, config_file, tmp_path
     out = capsys.readouterr().out
     baseline = storage.read_json("baseline/branches/0/result.json")
     assert f"baseline fc4: test accuracy {baseline['test_acc']:.4f}" in out
-    assert storage.read_json("baseline/data/manifest.json")["split"]["K"] == 1  # full resolution
+    assert load_manifest(storage.child("baseline")).K == 1  # full resolution
     report = storage.read_json("report/report.json")  # rebuilt with the baseline row
     assert report["baseline"]["test_acc"] == baseline["test_acc"]
     assert "fc4 (full resolution)" in out.split("baseline fc4:")[1]  # the report table printed after has the row
@@ -140,10 +140,9 @@ def poison_first_row(storage: RunStorage, k: int) -> None:
     from data_split.parquet import shard_bytes
     from data_split.shards import table_arrays
 
-    manifest = storage.read_json("data/manifest.json")
-    rel = manifest["branches"][k]["splits"]["train"]["files"][0]
-    idx, src, y, x = table_arrays(pq.read_table(io.BytesIO(storage.read_bytes(rel))),
-                                  tuple(manifest["split"]["branch_shape"]), "float32", rel)
+    manifest = load_manifest(storage)
+    rel = manifest.branches[k].splits["train"].files[0]
+    idx, src, y, x = table_arrays(pq.read_table(io.BytesIO(storage.read_bytes(rel))), manifest.split.shape, "float32", rel)
     x = x.copy()
     x.flat[0] = np.nan
     storage.write_bytes(rel, shard_bytes(idx, src, y, x))  # the same file, one value NaN

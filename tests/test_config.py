@@ -26,7 +26,7 @@ def test_the_embedded_default_config_loads_with_every_value_it_sets():
 @pytest.mark.parametrize("extra, message", [
     ({"name": "mnist", "limit": 0}, r"config: extra_sources\[1\]\.limit must be >= 1"),
     ({"name": "imagefolder"}, r"needs extra_sources\[1\]\.root"),
-    ({"name": "mnist", "resources": {"site_b": 0}}, r"config: extra_sources resources must be positive"),
+    ({"name": "mnist", "resources": {"site_b": 0}}, r"config: extra_sources\[1\]\.resources must be positive"),
 ])
 def test_an_extra_source_error_names_that_source_not_the_main_one(extra, message):
     with pytest.raises(ConfigError, match=message):

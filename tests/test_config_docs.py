@@ -18,9 +18,9 @@ TABLE_RE = re.compile(r"<!-- config-table:start[^\n]*-->\n(.*?)<!-- config-table
 
 def test_every_config_key_has_help_text():
     rows = config_reference()
-    assert len(rows) > 50 and len({key for key, _, _ in rows}) == len(rows)
-    assert [key for key, _, meaning in rows if len(meaning) < 8] == []
-    assert ("train.epochs", "3", "training epochs of every branch (more epochs extend a finished run)") in rows
+    assert len(rows) > 50 and len({key for key, *_ in rows}) == len(rows)
+    assert [key for key, *_, meaning in rows if len(meaning) < 8] == []
+    assert ("train.epochs", "3", "int >= 1", "training epochs of every branch (more epochs extend a finished run)") in rows
 
 
 def test_readme_config_table_is_the_generated_one():
@@ -33,7 +33,7 @@ def test_config_show_prints_every_key(capsys, monkeypatch):
     monkeypatch.setattr(cli, "console", Console(width=400))  # a table as wide as its rows, whatever the terminal
     assert main(["config", "--show"]) == 0
     out = capsys.readouterr().out
-    assert all(key in out for key, _, _ in config_reference())
+    assert all(key in out and allowed in out for key, _, allowed, _ in config_reference())
     assert main(["config", "--markdown"]) == 0
     assert capsys.readouterr().out == config_markdown()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from data_split import RunStorage, layout
+from data_split import RunStorage, layout, load_manifest
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
 
@@ -96,7 +96,7 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     assert result["engine"] == "ddp" and result["workers"] == 2 and result["backend"] == "gloo"
     assert result["resumed_from_epoch"] == 1  # the restarted group resumed from epoch 1's checkpoint
     assert [h["epoch"] for h in result["epochs_history"]] == [1, 2]
-    train_rows = data.read_json("data/manifest.json")["branches"][0]["splits"]["train"]["rows"]
+    train_rows = load_manifest(data).branches[0].splits["train"].rows
     steps_per_epoch = len(global_batches(train_rows, 32, 2, torch.Generator()))
     assert result["steps"] == 2 * steps_per_epoch
     # measured by the hook: every step all-reduces every fp32 gradient, on each worker

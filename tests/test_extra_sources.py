@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from data_split import ExtraSourceConfig, RunStorage, SourceConfig, SplitConfig, read_branch, split_dataset
+from data_split import ExtraSourceConfig, RunStorage, SourceConfig, SplitConfig, load_manifest, read_branch, split_dataset
 from data_split.multires import fed_branches
 from data_split.pipeline import MANIFEST
 from data_split.transforms import spectral_components, split_matrix
@@ -60,20 +60,21 @@ def written(ray_session, sites, tmp_path_factory):
 
 def test_manifest_sources_and_rows_by_source(written):
     storage, m = written
-    main, b = m["sources"]
-    assert (main["src"], main["resolution"], main["branches"]) == (0, [8, 8], list(range(16)))
-    assert (b["src"], b["resolution"], b["factors"], b["branches"]) == (1, [4, 4], [2, 2], FED)
-    assert b["counts"] == {"train": N_B}
-    assert main["nodes"] and b["nodes"]  # the Ray node ids whose tasks read them
+    main, b = m.sources
+    assert (main.src, main.resolution, main.branches) == (0, [8, 8], list(range(16)))
+    assert (b.src, b.resolution, b.factors, b.branches) == (1, [4, 4], [2, 2], FED)
+    assert b.counts == {"train": N_B}
+    assert main.nodes and b.nodes  # the Ray node ids whose tasks read them
     n_val = round(0.25 * N_A)
-    for k, branch in enumerate(m["branches"]):
-        train = branch["splits"]["train"]
+    for k, branch in enumerate(m.branches):
+        train = branch.splits["train"]
         want = {"0": N_A - n_val, **({"1": N_B} if k in FED else {})}
-        assert train["rows_by_source"] == want and train["rows"] == sum(want.values())
-        assert branch["splits"]["val"]["rows_by_source"] == {"0": n_val}  # the main source alone
-        assert branch["splits"]["test"]["rows_by_source"] == {"0": N_A_TEST}
-        assert any("src1" in f for f in train["files"]) == (k in FED)
-    assert storage.exists(MANIFEST)
+        assert train.rows_by_source == want and train.rows == sum(want.values())
+        assert branch.splits["val"].rows_by_source == {"0": n_val}  # the main source alone
+        assert branch.splits["test"].rows_by_source == {"0": N_A_TEST}
+        assert any("src1" in f for f in train.files) == (k in FED)
+    # what is on disk reads back as the same manifest, and writes back as the same JSON
+    assert load_manifest(storage) == m and m.to_json() == storage.read_json(MANIFEST)
 
 
 def test_branch_values_from_lowres_rows(written, sites):
@@ -87,7 +88,7 @@ def test_branch_values_from_lowres_rows(written, sites):
         data = read_branch(storage, m, "train", k)
         from_b = data.src == 1
         assert from_b.sum() == N_B and np.array_equal(np.sort(data.idx[from_b]), np.arange(N_B))
-        bound = np.abs(t[k]).sum() * 0.5 / 255 + 0.5 * m["branches"][k]["scale"][0] + 1e-6
+        bound = np.abs(t[k]).sum() * 0.5 / 255 + 0.5 * m.branches[k].scale[0] + 1e-6
         np.testing.assert_allclose(data.values()[from_b], truth[data.idx[from_b], k], rtol=0, atol=bound)
         np.testing.assert_array_equal(data.y[from_b], b["train"][1][data.idx[from_b]])
     assert not (read_branch(storage, m, "train", 2).src == 1).any()  # a branch site B cannot determine

@@ -57,4 +57,4 @@ def test_the_next_model_reuses_the_first_models_split(tiny_split, tmp_path):
     second = tmp_path / "second"
     copy_split(Path(storage.root), second)
     result = split_dataset(cfg.source, cfg.split, RunStorage(str(second)))
-    assert result.up_to_date and result.manifest == storage.read_json("data/manifest.json")
+    assert result.up_to_date and result.manifest.to_json() == storage.read_json("data/manifest.json")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from data_split import RunStorage, SourceConfig, SourceError, decode_image, load_manifest, make_source
+from data_split.layout import MANIFEST
 from data_split.pipeline import split_dataset
 from data_split.imagefolder import resized_size
 from conftest import tiny_config
@@ -175,14 +176,15 @@ def test_split_through_ray_with_skip_bad(ray_session, tmp_path, caplog, capfd):
         m = split_dataset(cfg.source, cfg.split, storage).manifest
     assert "skipped 2 unreadable image(s) (source.skip_bad)" in caplog.text
     assert load_manifest(storage) == m
-    assert [s["path"] for s in m["source"]["skipped"]] == sorted(map(str, bad))
-    assert all("cannot decode image" in s["error"] for s in m["source"]["skipped"])
-    assert sum(m["counts"].values()) == 31 + 10 - 2 and m["source"]["counts"] == {"train": 30, "test": 9}
-    assert m["source"]["class_names"] == ["a", "b", "c"] and m["source"]["image_size"] == 8
-    for b in m["branches"]:
-        for split, entry in b["splits"].items():
-            rows = sum(pq.read_metadata(storage.path(f)).num_rows for f in entry["files"])
-            assert rows == entry["rows"] == m["counts"][split], (b["k"], split)
+    assert m.to_json() == storage.read_json(MANIFEST)  # the source's own keys (image_size, folders) kept in place
+    assert [s.path for s in m.source.skipped] == sorted(map(str, bad))
+    assert all("cannot decode image" in s.error for s in m.source.skipped)
+    assert sum(m.counts.values()) == 31 + 10 - 2 and m.source.counts == {"train": 30, "test": 9}
+    assert m.source.class_names == ["a", "b", "c"] and m.source.image_size == 8
+    for b in m.branches:
+        for split, entry in b.splits.items():
+            rows = sum(pq.read_metadata(storage.path(f)).num_rows for f in entry.files)
+            assert rows == entry.rows == m.counts[split], (b.k, split)
     # what a branch holds is what decode_image makes of the file (the inference path)
     from data_split import read_branch, spectral_components
 
@@ -190,4 +192,4 @@ def test_split_through_ray_with_skip_bad(ray_session, tmp_path, caplog, capfd):
     source = make_source(cfg.source)
     x, _ = source.read("test", 0, source.count("test"))
     want = spectral_components(x[bd.idx].astype(np.float32) / 255, 2, 2)[:, 0]
-    np.testing.assert_allclose(bd.values(), want, atol=m["branches"][0]["scale"][0] / 2 + 1e-6)
+    np.testing.assert_allclose(bd.values(), want, atol=m.branches[0].scale[0] / 2 + 1e-6)

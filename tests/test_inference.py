@@ -73,7 +73,7 @@ def test_ensemble_quantises_exactly_as_the_split_stored(trained_tiny_run):
     storage = RunStorage(cfg.storage.uri)
     manifest = load_manifest(storage)
     model = load_ensemble(RunStorage.from_config(cfg.storage))
-    assert model.info.dtype == manifest["split"]["dtype"] == "uint8"  # the default storage: codes, not floats
+    assert model.info.dtype == manifest.split.dtype == "uint8"  # the default storage: codes, not floats
     x, _ = raw_test_split(cfg)
     s = spectral_components(x, 2, 2, model.matrix)  # (N, K, C, h, w)
     for k in range(4):

@@ -38,7 +38,7 @@ DRIVER = textwrap.dedent("""
         result = split_dataset(SourceConfig(name="mnist", root=a), SplitConfig(rows=2, cols=2, images_per_task=20),
                                RunStorage(run), extra_sources=[ExtraSourceConfig(name="mnist", root=b,
                                                                                   resources={resource: 1})])
-        out = {"sources": result.manifest["sources"]}
+        out = {"sources": result.manifest.to_json()["sources"]}
     except ValueError as e:
         out = {"error": str(e)}
     print("RESULT " + json.dumps({**out, "nodes": nodes, "seconds": time.monotonic() - t0}))

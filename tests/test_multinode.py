@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env
-from data_split import RunStorage
+from data_split import RunStorage, load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,8 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
     assert "second" in nodes[second_id]["resources_total"]
 
     storage = RunStorage(uri, s3_endpoint)
-    manifest = storage.read_json("data/manifest.json")
-    assert manifest["split"]["K"] == K
+    manifest = load_manifest(storage)
+    assert manifest.K == K
 
     # -- placement and isolation, as each branch actor recorded them --------------------------------
     placed_on = {}
@@ -107,7 +107,7 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
         assert {f.split("/")[1] for f in shards} == {"train", "val", "test"}, shards
         foreign = [f for f in shards if not re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f)]
         assert not foreign, f"branch {k} read other branches' shards: {foreign}"
-        own = {f for b in manifest["branches"] if b["k"] == k for s in b["splits"].values() for f in s["files"]}
+        own = {f for s in manifest.branches[k].splits.values() for f in s.files}
         assert set(shards) == own, f"branch {k} read {sorted(shards)}, its shards are {sorted(own)}"
     assert set(placed_on.values()) == {head_id, second_id}, f"branches not spread over both nodes: {placed_on}"
     assert sorted(list(placed_on.values()).count(n) for n in (head_id, second_id)) == [2, 2]
@@ -122,8 +122,8 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
 
 def check_outputs(storage: RunStorage) -> None:
     """Every output of DESIGN.md section 3, complete: shards, checkpoints, continuous metrics, logits, report."""
-    manifest = storage.read_json("data/manifest.json")
-    classes = manifest["source"]["classes"]
+    manifest = load_manifest(storage)
+    classes = manifest.source.classes
     for split in ("train", "val", "test"):
         for k in range(K):
             parts = [p for p in storage.ls(f"data/{split}/branch={k}") if p.endswith(".parquet")]
@@ -136,7 +136,7 @@ def check_outputs(storage: RunStorage) -> None:
         assert [m["epoch"] for m in metrics] == list(range(1, EPOCHS + 1))
         for split in ("val", "test"):
             logits = npy(storage, f"{base}/logits_{split}.npy")
-            rows = sum(b["splits"][split]["rows"] for b in manifest["branches"] if b["k"] == k)
+            rows = manifest.branches[k].splits[split].rows
             assert logits.dtype == np.float32 and logits.shape == (rows, classes), (split, logits.shape)
             assert np.isfinite(logits).all()
         assert storage.read_json(f"{base}/result.json")["epochs"] == EPOCHS
@@ -151,7 +151,7 @@ def check_outputs(storage: RunStorage) -> None:
 
 API_DRIVER = """
 import json, sys
-from data_split import RunStorage
+from data_split import RunStorage, load_manifest
 from orchestrator import api, load_config, run
 from orchestrator.launcher import BranchFailedError
 cfg = load_config(sys.argv[1], {"ray.address": sys.argv[2], "storage.uri": sys.argv[3]})
@@ -160,7 +160,7 @@ print(json.dumps({k: r["placement"]["node_id"] for k, r in result.training.resul
 # In the same Ray Client session: branch 1 trains again with one of its shards gone, a deterministic
 # failure (FileNotFoundError: not retried), which must cross ray:// as our own error.
 storage = RunStorage(cfg.storage.uri)
-shard = storage.read_json("data/manifest.json")["branches"][1]["splits"]["train"]["files"][0]
+shard = load_manifest(storage).branches[1].splits["train"].files[0]
 storage.remove("branches/1")
 storage.remove(shard)
 try:

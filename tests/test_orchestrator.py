@@ -13,7 +13,7 @@ import pytest
 from branches import train_branch
 from conftest import tiny_config
 from holds import Hold
-from data_split import RunStorage
+from data_split import RunStorage, load_manifest
 from orchestrator import api
 from orchestrator.launcher import BranchFailedError
 
@@ -113,8 +113,7 @@ def test_branch_failing_past_its_limit_fails_the_run_and_keeps_the_others(ray_se
     cfg = tiny_config(str(tmp_path / "run"), **{"split.rows": 1, "resources.max_restarts": 1})  # K = 2: one wave
     api.split(cfg)
     storage = RunStorage.from_config(cfg.storage)
-    manifest = storage.read_json("data/manifest.json")
-    bad = manifest["branches"][1]["splits"]["train"]["files"][0]
+    bad = load_manifest(storage).branches[1].splits["train"].files[0]
     storage.write_bytes(bad, b"this is not parquet")
 
     with pytest.raises(BranchFailedError, match=r"branch 1: .*") as err:

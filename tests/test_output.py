@@ -43,9 +43,9 @@ def test_an_interrupted_run_leaves_nothing_complete_and_a_rerun_completes_it(tmp
     parts = _output.commit(out, second, rows=9, columns=["path", "pred"])
     assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert _output.is_complete(out) and not out.exists(_output.TEMPORARY)
-    manifest = out.read_json(_output.MANIFEST)
-    assert manifest["rows"] == 9 and [p["file"] for p in manifest["parts"]] == parts
-    assert all(p["bytes"] == out.size(p["file"]) for p in manifest["parts"])
+    committed = out.read_json(_output.MANIFEST)
+    assert committed["rows"] == 9 and [p["file"] for p in committed["parts"]] == parts
+    assert all(p["bytes"] == out.size(p["file"]) for p in committed["parts"])
     assert len(read_rows(out)) == 9 and all(r.startswith("second") for r in read_rows(out))
 
 

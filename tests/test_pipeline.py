@@ -137,7 +137,7 @@ def test_float16_split_stores_the_values(ray_session, tmp_path):
     cfg = tiny_config(str(tmp_path / "run"), **{"split.dtype": "float16", "source.limit": 40})
     storage = RunStorage(cfg.storage.uri)
     m = split_dataset(cfg.source, cfg.split, storage).manifest
-    assert m["split"]["dtype"] == "float16" and "scale" not in m["branches"][0]
+    assert m.split.dtype == "float16" and m.branches[0].scale is None and "scale" not in m.to_json()["branches"][0]
     x, _ = make_source(cfg.source).read("test", 0, 40)
     want = spectral_components(x.astype(np.float32) / 255, 2, 2, "dct")  # (N, K, C, h, w)
     for k in range(4):
@@ -165,7 +165,7 @@ def test_parquet_readable_by_ray_data(written):
     assert batch["x"].dtype == np.uint8 and batch["x"].shape[1:] == (1, 4, 4)
     assert batch["idx"].dtype == np.int64 and batch["y"].dtype == np.int64
     branch = batch["branch"].astype(int)
-    np.testing.assert_array_equal(np.bincount(branch), [br["splits"]["val"]["rows"] for br in result.manifest["branches"]])
+    np.testing.assert_array_equal(np.bincount(branch), [br.splits["val"].rows for br in result.manifest.branches])
     for k in range(cfg.split.k):
         mine = branch == k
         order = np.argsort(batch["idx"][mine])
@@ -239,9 +239,10 @@ def test_labels_match_source(written):
 
 # -- manifest ---------------------------------------------------------------------------------------------
 def test_manifest_fields(written):
+    """The JSON on disk (docs/design.md section 3 is its contract), and that it reads back as the same manifest."""
     cfg, storage, result, run = written
     m = json.loads((run / MANIFEST).read_text())
-    assert m == result.manifest == load_manifest(storage)
+    assert load_manifest(storage) == result.manifest and result.manifest.to_json() == m
     assert m["version"] == 2
     assert m["config_hash"] == config_hash(cfg.source, cfg.split) and len(m["config_hash"]) == 64
     src = m["source"]
@@ -280,13 +281,13 @@ def test_manifest_fields(written):
 
 def test_manifest_statistics_match_numpy(written):
     cfg, _, result, run = written
-    for k, br in enumerate(result.manifest["branches"]):
+    for k, br in enumerate(result.manifest.branches):
         x = _read_split_pa(run, "train", k)["v"].astype(np.float64)  # (N, C, h, w): the values training sees
-        np.testing.assert_allclose(br["mean"], x.mean(axis=(0, 2, 3)), rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(br["std"], x.std(axis=(0, 2, 3)), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(br.mean, x.mean(axis=(0, 2, 3)), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(br.std, x.std(axis=(0, 2, 3)), rtol=1e-5, atol=1e-9)
     # Only train rows count: including val would move the numbers.
     x_all = np.concatenate([_read_split_pa(run, s, 0)["v"] for s in ("train", "val")]).astype(np.float64)
-    assert not np.isclose(result.manifest["branches"][0]["mean"][0], x_all.mean(), rtol=1e-9, atol=0)
+    assert not np.isclose(result.manifest.branches[0].mean[0], x_all.mean(), rtol=1e-9, atol=0)
 
 
 def test_read_branch_via_shards(written):
@@ -295,7 +296,7 @@ def test_read_branch_via_shards(written):
     for split in SPLITS:
         bd = read_branch(storage, m, split, 3)
         want = _read_split_pa(run, split, 3)
-        assert len(bd) == m["branches"][3]["splits"][split]["rows"]
+        assert len(bd) == m.branches[3].splits[split].rows
         np.testing.assert_array_equal(bd.idx, want["idx"])
         np.testing.assert_array_equal(bd.y, want["y"])
         np.testing.assert_array_equal(bd.src, want["src"])
@@ -309,11 +310,11 @@ def test_single_process_reference_writes_the_same(written, tmp_path):
     source = make_source(cfg.source)
     records = write_single_process(source, cfg.split, storage)
     ref = build_manifest(source, cfg.source, cfg.split, records)
-    for key in ("config_hash", "source", "split", "counts"):
-        assert ref[key] == result.manifest[key]
-    for a, b in zip(ref["branches"], result.manifest["branches"]):
-        assert a["splits"] == b["splits"]
-        np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-12)
+    got = result.manifest
+    assert (ref.config_hash, ref.source, ref.split, ref.counts) == (got.config_hash, got.source, got.split, got.counts)
+    for a, b in zip(ref.branches, got.branches):
+        assert a.splits == b.splits
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
     for f in _files(run):
         if f.endswith(".parquet"):
             assert pq.read_table(tmp_path / "ref" / f).equals(pq.read_table(run / f)), f
@@ -353,19 +354,19 @@ def test_different_config_conflicts_unless_overwrite(ray_session, tmp_path):
     res = split_dataset(other.source, other.split, storage, overwrite=True)
     assert not res.up_to_date
     m = load_manifest(storage)
-    assert (m["split"]["transform"], m["seed"]) == ("haar", 5) and m["config_hash"] != first["config_hash"]
+    assert (m.split.transform, m.seed) == ("haar", 5) and m.config_hash != first.config_hash
     np.testing.assert_array_equal(
         read_branch(storage, m, "val", 0).idx, np.flatnonzero(val_mask(400, other.split.val_fraction, 5))
     )
     assert not np.array_equal(read_branch(storage, m, "val", 0).idx, np.flatnonzero(val_mask(400, 0.1, 0)))
     # Only files of the new split remain, and the data follows the new transform.
-    listed = {f for b in m["branches"] for e in b["splits"].values() for f in e["files"]}
+    listed = {f for b in m.branches for e in b.splits.values() for f in e.files}
     assert {f for f in _files(tmp_path / "run") if f.endswith(".parquet")} == listed
     source = make_source(other.source)
     x, _ = source.read("test", 0, 3)
     want = spectral_components(x.astype(np.float32) / 255, 2, 2, "haar")
     for b in range(4):
-        tol = m["branches"][b]["scale"][0] / 2 + 1e-6
+        tol = m.branches[b].scale[0] / 2 + 1e-6
         np.testing.assert_allclose(read_branch(storage, m, "test", b).values()[:3], want[:, b], atol=tol)
 
 
@@ -385,7 +386,7 @@ def test_interrupted_split_is_redone(ray_session, tmp_path):
     assert not [p for p in stray if p.exists()]
     assert not (run / "data" / "train" / "branch=9").exists()
     m = load_manifest(storage)
-    assert m["branches"] == first["branches"]
+    assert m.branches == first.branches
     for f in _files(run):
         assert f == MANIFEST or PART_RE.match(f), f
 
@@ -411,12 +412,12 @@ def test_crash_mid_write_leaves_no_manifest(ray_session, tmp_path):
     res = split_dataset(cfg.source, cfg.split, storage)
     assert not res.up_to_date and (run / MANIFEST).exists()
     m = load_manifest(storage)
-    assert m["counts"] == {"train": 7, "val": 1, "test": 4}
-    listed = {f for b in m["branches"] for e in b["splits"].values() for f in e["files"]}
+    assert m.counts == {"train": 7, "val": 1, "test": 4}
+    listed = {f for b in m.branches for e in b.splits.values() for f in e.files}
     assert {f for f in _files(run) if f != MANIFEST} == listed
     x = read_branch(storage, m, "test", 0).values()
     want = spectral_components(np.stack([a.transpose(2, 0, 1) for _, _, a in files["test"]]).astype(np.float32) / 255, 2, 2)
-    np.testing.assert_allclose(x, want[:, 0], atol=m["branches"][0]["scale"][0] / 2 + 1e-6)
+    np.testing.assert_allclose(x, want[:, 0], atol=m.branches[0].scale[0] / 2 + 1e-6)
 
 
 def test_task_errors_are_classified_by_their_cause_chain():
@@ -456,8 +457,8 @@ def test_rectangular_split_rgb_identity(ray_session, tmp_path):
     )
     storage = RunStorage(cfg.storage.uri)
     m = split_dataset(cfg.source, cfg.split, storage).manifest
-    assert m["split"]["branch_shape"] == [3, 4, 2] and m["counts"] == {"train": 16, "val": 4, "test": 10}
-    assert m["source"]["counts"] == {"train": 20, "test": 10}  # source.limit keeps the first 20
+    assert m.split.branch_shape == [3, 4, 2] and m.counts == {"train": 16, "val": 4, "test": 10}
+    assert m.source.counts == {"train": 20, "test": 10}  # source.limit keeps the first 20
     source = make_source(cfg.source)
     x, y = source.read("train", 0, 20)
     poly = polyphase_split(x.astype(np.float32) / 255, 1, 4)  # (N, C, h, w, K)
@@ -465,11 +466,11 @@ def test_rectangular_split_rgb_identity(ray_session, tmp_path):
         tr, va = read_branch(storage, m, "train", k), read_branch(storage, m, "val", k)
         idx = np.concatenate([tr.idx, va.idx])
         assert sorted(idx) == list(range(20))
-        assert tr.x.dtype == np.float32 and "offset" not in m["branches"][k]  # split.dtype float32: the values
+        assert tr.x.dtype == np.float32 and m.branches[k].offset is None  # split.dtype float32: the values
         np.testing.assert_allclose(tr.x, poly[tr.idx, ..., k], rtol=1e-6, atol=0)  # x * (1/255) vs x / 255: 1 ulp
         np.testing.assert_array_equal(va.y, y[va.idx])
-        assert len(m["branches"][k]["mean"]) == 3
-        np.testing.assert_allclose(m["branches"][k]["mean"], tr.x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-6)
+        assert len(m.branches[k].mean) == 3
+        np.testing.assert_allclose(m.branches[k].mean, tr.x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-6)
 
 
 # -- configuration errors (YAML and overrides) -------------------------------------------------------------
@@ -528,15 +529,15 @@ def test_split_to_s3(ray_session, s3_endpoint):
     assert m == res.manifest
     manifest_obj = json.loads(client.get_object(Bucket="test-bucket", Key=f"{prefix}/{MANIFEST}")["Body"].read())
     assert manifest_obj["config_hash"] == config_hash(cfg.source, cfg.split)
-    assert {f for b in m["branches"] for e in b["splits"].values() for f in e["files"]} == set(parts)
+    assert {f for b in m.branches for e in b.splits.values() for f in e.files} == set(parts)
     source = make_source(cfg.source)
     for split, source_split in (("val", "train"), ("test", "test")):
         bd = read_branch(storage, m, split, 2)
-        assert len(bd) == m["branches"][2]["splits"][split]["rows"]
+        assert len(bd) == m.branches[2].splits[split].rows
         x, y = source.read(source_split, 0, source.count(source_split))
         np.testing.assert_array_equal(bd.y, y[bd.idx])
         want = spectral_components(x[bd.idx[:5]].astype(np.float32) / 255, 2, 2, "dct")[:, 2]
-        np.testing.assert_allclose(bd.values()[:5], want, atol=m["branches"][2]["scale"][0] / 2 + 1e-6)
+        np.testing.assert_allclose(bd.values()[:5], want, atol=m.branches[2].scale[0] / 2 + 1e-6)
     # The driver's view (s3fs caches listings) sees what the Ray workers wrote.
     assert storage.ls("data") == ["manifest.json", "test", "train", "val"]
     assert storage.ls("data/train") == [f"branch={k}" for k in range(4)]

@@ -80,9 +80,9 @@ def test_predict_classifies_every_image_and_reports_accuracy(trained_tiny_run, t
 
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    manifest = RunStorage(str(out)).read_json("_manifest.json")
-    parts = sorted(p["file"] for p in manifest["parts"])
-    assert manifest["rows"] == len(y) and parts and all(p.startswith("part-") for p in parts)
+    committed = RunStorage(str(out)).read_json("_manifest.json")
+    parts = sorted(p["file"] for p in committed["parts"])
+    assert committed["rows"] == len(y) and parts and all(p.startswith("part-") for p in parts)
     assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_manifest.json", *parts]  # no leftovers
     assert f"classified {len(y)} images" in printed and "images/s" in printed and "2 actor(s), batch 16" in printed
     chosen_acc = RunStorage(cfg.storage.uri).read_json("ensemble/weights.json")["test_acc"]
@@ -154,9 +154,9 @@ def test_a_run_with_image_size_s_crops_at_inference_as_its_split_did(trained_tin
 
     run = tmp_path / "run"
     shutil.copytree(trained_tiny_run.storage.uri, run)
-    manifest = json.loads((run / "data" / "manifest.json").read_text())
-    manifest["source"]["image_size"] = 8  # as an imagefolder split with image_size 8 records it
-    (run / "data" / "manifest.json").write_text(json.dumps(manifest))
+    on_disk = json.loads((run / "data" / "manifest.json").read_text())
+    on_disk["source"]["image_size"] = 8  # as an imagefolder split with image_size 8 records it
+    (run / "data" / "manifest.json").write_text(json.dumps(on_disk))
     assert load_ensemble(RunStorage(str(run))).info.decode_size == 8
     x, _ = test_images
     wide = np.concatenate([x[:6, :, :, :2] // 2, x[:6], x[:6, :, :, -2:] // 2], axis=3)  # (6, 1, 8, 12): 8 + 2 per side

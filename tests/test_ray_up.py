@@ -40,7 +40,8 @@ import yaml
 
 from conftest import free_port
 from data_split import RunStorage
-from ray_cluster import node_ports, ray_env, stop_ray_processes
+from leaks import OWNER_ENV, SESSION_ENV
+from ray_cluster import node_owner, node_ports, ray_env, stop_ray_processes
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +135,9 @@ def cluster_config(ssh: LoopbackSSH, name: str, gcs_port: int, dashboard_port: i
     project = node_dir / "spectral-tensor-orchestrator"
     config["setup_commands"] = [f"test -f {project}/pyproject.toml && test -f {project}/orchestrator/cli.py"]
     start = " ".join([
-        f"export PATH={BIN}:$PATH RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0;",
+        f"export PATH={BIN}:$PATH RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0",
+        # the marks of this test session's processes (tests/leaks.py): an SSH session does not inherit them
+        f"{SESSION_ENV}={os.environ[SESSION_ENV]} {OWNER_ENV}={node_owner(str(ssh.root / 'ray'))};",
         f"{BIN / 'ray'} start --head --port={gcs_port} --autoscaling-config=~/ray_bootstrap_config.yaml",
         "--num-cpus=2 --num-gpus=0 --node-ip-address=127.0.0.1 --object-store-memory=150000000",
         f"--dashboard-host=127.0.0.1 --dashboard-port={dashboard_port} --ray-client-server-port={free_port()}",

@@ -22,6 +22,7 @@ from branches._data import InMemorySplit, choose_mode, in_memory_bytes
 from branches._stream import StreamingSplit
 from conftest import tiny_config
 from data_split import RunStorage, SourceConfig, SplitConfig, load_manifest, make_source
+from data_split.layout import write_manifest
 from fixtures_formats import write_imagefolder
 
 FC4 = ModelConfig(name="fc4")
@@ -34,7 +35,7 @@ def write_split(root, source_cfg: SourceConfig, split_cfg: SplitConfig, monkeypa
     storage = RunStorage(str(root))
     source = make_source(source_cfg)
     records = pipeline.write_single_process(source, split_cfg, storage)
-    storage.write_json(pipeline.MANIFEST, pipeline.build_manifest(source, source_cfg, split_cfg, records))
+    write_manifest(storage, pipeline.build_manifest(source, source_cfg, split_cfg, records))
     return storage
 
 
@@ -132,7 +133,7 @@ def test_stream_from_s3_matches_local(tiny_split, s3_endpoint, monkeypatch):
     s3 = RunStorage(f"s3://test-bucket/stream-{uuid.uuid4().hex[:8]}", endpoint_url=s3_endpoint)
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 16 * 16)  # 16 rows of (1, 4, 4) codes
     source = make_source(cfg.source)
-    s3.write_json(pipeline.MANIFEST, pipeline.build_manifest(
+    write_manifest(s3, pipeline.build_manifest(
         source, cfg.source, cfg.split, pipeline.write_single_process(source, cfg.split, s3)))
     local = StreamingSplit(tiny_split, load_manifest(tiny_split), "train", 3, CPU, shuffle_buffer=64)
     remote = StreamingSplit(s3, load_manifest(s3), "train", 3, CPU, shuffle_buffer=64)

@@ -1,6 +1,6 @@
 """Configuration of the Ray Tune parts: the ensemble-weight search (``tune:``) and sweeps (``sweep:``).
 
-Pure dataclasses validated on construction (no Ray import here: ``orchestrator.config``
+Dataclasses validated on construction (no Ray import here: ``orchestrator.config``
 assembles them into ``SpectralConfig``). A sweep's search space is YAML, keyed by the
 dotted config key it overrides:
 
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from branches.config import TrainConfig
-from data_split.fields import option
+from data_split.errors import ConfigError
+from data_split.fields import Key, Section, option
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 SEARCHABLE_MODEL_KEYS = ("model.width",)
@@ -33,23 +34,17 @@ SCHEDULERS = ("asha", "fifo")
 
 
 @dataclass(kw_only=True, frozen=True)
-class TuneConfig:
+class TuneConfig(Section):
     """``tune:`` the Ray Tune search of ensemble weights on the validation logits (``ensemble.weights: tuned``)."""
 
-    num_samples: int = option(64, '`tuned` weights: Tune trials, each starting from one TPE proposal')
+    SECTION = "tune"
+
+    num_samples: int = option(64, '`tuned` weights: Tune trials, each starting from one TPE proposal', ge=1)
     # A trial costs ~0.3-1.3 s of Tune overhead but scoring one weight vector costs ~1 ms, so each trial
     # scores this many in a local search from its proposal (tune._simplex.local_search) and reports the best.
-    candidates_per_trial: int = option(64, 'weight vectors each trial scores in a local search from its proposal; 1 = plain TPE')
+    candidates_per_trial: int = option(64, 'weight vectors each trial scores in a local search from its proposal; 1 = plain TPE', ge=1)
     seed: int = option(0, 'seed of the TPE sampler and of the local searches')
-    max_concurrent: int = option(2, 'trials at once (TPE learns only from finished trials: more is closer to random)')
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"tune.num_samples must be >= 1, got {self.num_samples}")
-        if self.candidates_per_trial < 1:
-            raise ValueError(f"tune.candidates_per_trial must be >= 1, got {self.candidates_per_trial}")
-        if self.max_concurrent < 1:
-            raise ValueError(f"tune.max_concurrent must be >= 1, got {self.max_concurrent}")
+    max_concurrent: int = option(2, 'trials at once (TPE learns only from finished trials: more is closer to random)', ge=1)
 
 
 @dataclass(frozen=True)
@@ -75,74 +70,67 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def parse_dimension(key: str, spec: Any) -> Dimension:
-    """Check one ``space`` entry; the error names ``sweep.space.<key>``."""
-    where = f"sweep.space.{key}"
+def parse_dimension(key: str, spec: Any, at: str = "sweep.space") -> Dimension:
+    """Check one ``space`` entry (a ``ConfigError`` naming ``<at>.<key>``)."""
+    where = f"{at}.{key}"
     types = _searchable_types()
     if key not in types:
-        raise ValueError(f"{where}: {key!r} is not searchable; searchable keys are train.<field> "
-                         f"({', '.join(k.split('.', 1)[1] for k in types if k.startswith('train.'))}) and model.width")
+        raise ConfigError(f"{where}: {key!r} is not searchable; searchable keys are train.<field> "
+                          f"({', '.join(k.split('.', 1)[1] for k in types if k.startswith('train.'))}) and model.width")
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ValueError(f"{where}: expected one distribution such as {{loguniform: [1e-4, 1e-2]}}, got {spec!r}")
+        raise ConfigError(f"{where}: expected one distribution such as {{loguniform: [1e-4, 1e-2]}}, got {spec!r}")
     (kind, args), = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise ValueError(f"{where}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+        raise ConfigError(f"{where}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, (list, tuple)) or not args:
-        raise ValueError(f"{where}: {kind} expects a non-empty list, got {args!r}")
+        raise ConfigError(f"{where}: {kind} expects a non-empty list, got {args!r}")
     if kind == "choice":
         return Dimension(key, kind, tuple(args))
     if len(args) != 2 or not all(_is_number(a) for a in args) or not args[0] < args[1]:
-        raise ValueError(f"{where}: {kind} expects [low, high] numbers with low < high, got {args!r}")
+        raise ConfigError(f"{where}: {kind} expects [low, high] numbers with low < high, got {args!r}")
     if kind == "loguniform" and args[0] <= 0:
-        raise ValueError(f"{where}: loguniform needs low > 0, got {args!r}")
+        raise ConfigError(f"{where}: loguniform needs low > 0, got {args!r}")
     if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise ValueError(f"{where}: randint expects integer bounds, got {args!r}")
+        raise ConfigError(f"{where}: randint expects integer bounds, got {args!r}")
     allowed = (float,) if kind in ("uniform", "loguniform") else (int, float)
     if types[key] not in allowed:
         name = getattr(types[key], "__name__", str(types[key]))
-        raise ValueError(f"{where}: {key} takes {name} values, which {kind} does not draw; use choice"
-                         + (" or randint" if types[key] is int else ""))
+        raise ConfigError(f"{where}: {key} takes {name} values, which {kind} does not draw; use choice"
+                          + (" or randint" if types[key] is int else ""))
     return Dimension(key, kind, tuple(args))
 
 
-def parse_space(space: dict[str, Any]) -> list[Dimension]:
+def parse_space(space: dict[str, Any], at: str = "sweep.space") -> list[Dimension]:
     """All dimensions of a sweep space, in the order written."""
-    return [parse_dimension(key, spec) for key, spec in space.items()]
+    return [parse_dimension(key, spec, at) for key, spec in space.items()]
+
+
+def space_parses(sweep: SweepConfig, key: Key) -> None:
+    parse_space(sweep.space, key("space"))
+
+
+def branches_are_distinct_indices(sweep: SweepConfig, key: Key) -> None:
+    if not sweep.branches or any(k < 0 for k in sweep.branches) or len(set(sweep.branches)) != len(sweep.branches):
+        raise ConfigError(f"{key('branches')} must be distinct branch indices >= 0, got {sweep.branches}")
 
 
 @dataclass(kw_only=True, frozen=True)
-class SweepConfig:
+class SweepConfig(Section):
     """``sweep:`` a Ray Tune search over branch-training hyperparameters (``spectral sweep``)."""
 
-    space: dict[str, dict[str, Any]] = option(factory=dict, help='searched keys (`train.<field>`, `model.width`), each with one distribution: `{loguniform: [low, high]}`, `uniform`, `randint` (inclusive) or `choice: [values]`')
-    num_samples: int = option(16, 'trials (configurations) to train')
-    branches: list[int] = option(factory=lambda: [0], help='branches each trial trains; the metric is their mean')
-    metric: str = option("val_acc", '`val_acc`, `val_loss` or `loss` (training loss), reported every epoch')
-    mode: str | None = option(None, "`max` or `min`; unset: the metric's natural mode")
-    scheduler: str = option("asha", '`asha` (stops weak trials early) or `fifo` (every trial runs all its epochs)')
-    grace_period: int = option(1, 'ASHA: epochs every trial runs before it may be stopped')
-    reduction_factor: float = option(2.0, 'ASHA: keep the best 1/reduction_factor of the trials at each rung')
-    max_concurrent: int = option(2, "trials at once (each also needs its branches' resources)")
-    seed: int = option(0, 'seed of the TPE sampler')
+    SECTION = "sweep"
+    RULES = (space_parses, branches_are_distinct_indices)
 
-    def __post_init__(self) -> None:
-        parse_space(self.space)  # raises naming the key
-        if self.num_samples < 1:
-            raise ValueError(f"sweep.num_samples must be >= 1, got {self.num_samples}")
-        if not self.branches or any(k < 0 for k in self.branches) or len(set(self.branches)) != len(self.branches):
-            raise ValueError(f"sweep.branches must be distinct branch indices >= 0, got {self.branches}")
-        if self.metric not in SWEEP_METRICS:
-            raise ValueError(f"sweep.metric: unknown metric {self.metric!r}; expected one of {', '.join(SWEEP_METRICS)}")
-        if self.mode not in (None, "max", "min"):
-            raise ValueError(f"sweep.mode must be 'max' or 'min', got {self.mode!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"sweep.scheduler: unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
-        if self.grace_period < 1:
-            raise ValueError(f"sweep.grace_period must be >= 1 epoch, got {self.grace_period}")
-        if self.reduction_factor <= 1:
-            raise ValueError(f"sweep.reduction_factor must be > 1, got {self.reduction_factor}")
-        if self.max_concurrent < 1:
-            raise ValueError(f"sweep.max_concurrent must be >= 1, got {self.max_concurrent}")
+    space: dict[str, dict[str, Any]] = option(factory=dict, help='searched keys (`train.<field>`, `model.width`), each with one distribution: `{loguniform: [low, high]}`, `uniform`, `randint` (inclusive) or `choice: [values]`')
+    num_samples: int = option(16, 'trials (configurations) to train', ge=1)
+    branches: list[int] = option(factory=lambda: [0], help='branches each trial trains; the metric is their mean')
+    metric: str = option("val_acc", 'the metric, reported every epoch (`loss`: the training loss)', choices=SWEEP_METRICS)
+    mode: str | None = option(None, "unset: the metric's natural mode", choices=("max", "min"))
+    scheduler: str = option("asha", '`asha` (stops weak trials early) or `fifo` (every trial runs all its epochs)', choices=SCHEDULERS)
+    grace_period: int = option(1, 'ASHA: epochs every trial runs before it may be stopped', ge=1)
+    reduction_factor: float = option(2.0, 'ASHA: keep the best 1/reduction_factor of the trials at each rung', gt=1)
+    max_concurrent: int = option(2, "trials at once (each also needs its branches' resources)", ge=1)
+    seed: int = option(0, 'seed of the TPE sampler')
 
     @property
     def resolved_mode(self) -> str:
