@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env
+from ray_cluster import BIN, TwoNodeCluster, ray_env
 from data_split import RunStorage, load_manifest
 
 pytestmark = pytest.mark.slow
