@@ -114,18 +114,20 @@ class StreamingSplit:
         and the retry opens it afresh (a connection broken mid-read leaves a file object in an unknown state).
         """
         def attempt() -> tuple:
-            if rel in self._open:
-                self._open[rel] = self._open.pop(rel)  # most recently used last
-            else:
-                if len(self._open) >= OPEN_FILES:
-                    self._open.pop(next(iter(self._open)))[0].close()
-                f = self.storage.open_read(rel)
-                self._open[rel] = (f, pq.ParquetFile(f))
+            f, parquet = self._open.pop(rel, (None, None))
             try:
-                return self._open[rel][1].read_row_group(g)
+                if f is None:
+                    if len(self._open) >= OPEN_FILES - 1:
+                        self._open.pop(next(iter(self._open)))[0].close()
+                    f = self.storage.open_read(rel)
+                    parquet = pq.ParquetFile(f)
+                table = parquet.read_row_group(g)
             except Exception:
-                self._open.pop(rel)[0].close()
+                if f is not None:
+                    f.close()
                 raise
+            self._open[rel] = (f, parquet)  # most recently used last
+            return table
 
         table = self.storage.retrying(f"read row group {g} of {self.storage.url(rel)}", attempt, stop=self._stop)
         return table_arrays(table, self.shape, self.dtype, self.storage.url(rel))
