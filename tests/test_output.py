@@ -7,7 +7,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from data_split import RunStorage
+from data_split import RunStorage, layout
 from inference import _output
 
 
@@ -38,12 +38,12 @@ def test_an_interrupted_run_leaves_nothing_complete_and_a_rerun_completes_it(tmp
     assert read_rows(out) == []  # the parts sit under _temporary/: no reader takes them for an output
 
     second = _output.prepare(out, overwrite=False)  # the re-run clears the leftovers
-    assert not out.exists(_output.TEMPORARY)
+    assert not out.exists(layout.OUTPUT_TEMPORARY)
     write_parts(second, 3, "second")
     parts = _output.commit(out, second, rows=9, columns=["path", "pred"])
     assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    assert _output.is_complete(out) and not out.exists(_output.TEMPORARY)
-    committed = out.read_json(_output.MANIFEST)
+    assert _output.is_complete(out) and not out.exists(layout.OUTPUT_TEMPORARY)
+    committed = out.read_json(layout.OUTPUT_MANIFEST)
     assert committed["rows"] == 9 and [p["file"] for p in committed["parts"]] == parts
     assert all(p["bytes"] == out.size(p["file"]) for p in committed["parts"])
     assert len(read_rows(out)) == 9 and all(r.startswith("second") for r in read_rows(out))
