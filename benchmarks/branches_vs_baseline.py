@@ -74,7 +74,7 @@ from pathlib import Path
 
 
 from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
-from data_split import RunStorage, split_dataset
+from data_split import RunStorage, layout, split_dataset
 from orchestrator import SpectralConfig, api, load_config
 from orchestrator.launcher import train_branches
 
@@ -247,7 +247,7 @@ def benchmark(root: str, epochs: int, pair_epochs: int, pair_repeats: int, limit
 
     # Session 1: every sub-dataset (Ray Data tasks).
     res: dict = {"ray_startup_s": round(start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES), 2), "runs": {}}
-    _, base_split_s = timed(split_dataset, first.source, baseline_split_cfg(first), api.baseline_storage(first))
+    _, base_split_s = timed(split_dataset, first.source, baseline_split_cfg(first), RunStorage.from_config(first.storage).child(layout.BASELINE))
     say(f"split baseline (K=1 identity): {base_split_s:.1f} s")
     split_s = {}
     for name, cfg in cfgs.items():
@@ -263,12 +263,12 @@ def benchmark(root: str, epochs: int, pair_epochs: int, pair_repeats: int, limit
     baseline, base_wall = timed(api.baseline, first)
     say(f"baseline: test acc {baseline['test_acc']:.4f}, train_seconds {baseline['train_seconds']:.1f}, "
         f"wall {base_wall:.1f} s")
-    res["baseline"] = {**branch_row(baseline), "uri": api.baseline_storage(first).uri,
+    res["baseline"] = {**branch_row(baseline), "uri": RunStorage.from_config(first.storage).child(layout.BASELINE).uri,
                        "train_wall_s": round(base_wall, 2), "split_s": round(base_split_s, 2),
-                       "shared_with": [api.baseline_storage(c).uri for n, c in cfgs.items() if n != "sub4"]}
+                       "shared_with": [RunStorage.from_config(c.storage).child(layout.BASELINE).uri for n, c in cfgs.items() if n != "sub4"]}
     for name, cfg in cfgs.items():
         if name != "sub4":  # the same K=1 split and training: share the finished baseline
-            hardlink_tree(api.baseline_storage(first).root, api.baseline_storage(cfg).root)
+            hardlink_tree(RunStorage.from_config(first.storage).child(layout.BASELINE).root, RunStorage.from_config(cfg.storage).child(layout.BASELINE).root)
         _, wall = timed(api.train, cfg)
         report = api.evaluate(cfg)
         row = summarise_run(report, split_s[name], wall)

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     ensure_run(uri, args.epochs)
     x, paths = write_pngs(uri, root / "png")
     program_file = str(root / "model.pt2")
-    card = export_ensemble(uri, program_file)
+    card = export_ensemble(RunStorage(uri), program_file)
     shape = tuple(card["input_shape"][1:])
     with torch.no_grad():
         # x * float32(1/255), as the split and the server scale pixels: x / 255 differs in the last bit for some pixels,
@@ -185,13 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         say(f"predict with {actors} actor(s)")
         # 0.5 CPU per actor at 2 actors: Ray Data's read tasks need the rest (actors holding every CPU stall the reads)
         pcfg = PredictConfig(batch_size=args.batch_size, concurrency=actors, cpus_per_actor=1.0 if actors == 1 else 0.5)
-        r = predict_images(uri, str(root / "png"), str(out), pcfg)
+        r = predict_images(RunStorage(uri), str(root / "png"), str(out), pcfg)
         res["predict"].append({"mode": f"Ray Data, {actors} actor(s)", "images": r.images, "seconds": r.seconds,
                                "images_per_s": r.images_per_s, "accuracy": r.accuracy, "labelled": r.labelled,
                                "cpus_per_actor": pcfg.cpus_per_actor})
     bodies = [Path(p).read_bytes() for p in paths]
     for batching in (True, False):
-        url = start_serving(uri, ServeConfig(batching=batching, max_batch_size=32), port=SERVE_PORT)
+        url = start_serving(RunStorage(uri), ServeConfig(batching=batching, max_batch_size=32), port=SERVE_PORT)
         for conc in CONCURRENCIES:
             say(f"serve: batching {batching}, concurrency {conc}")
             row = load_test(url, bodies, args.requests, conc, want)

@@ -264,7 +264,7 @@ def benchmark(quick: bool, scratch: str) -> dict:
 
     server, endpoint = s3_endpoint()
     s3_cfg = StorageConfig(uri="s3://bench/fmnist", endpoint_url=endpoint)
-    s3 = RunStorage(s3_cfg.uri, endpoint_url=s3_cfg.endpoint_url)
+    s3 = RunStorage.from_config(s3_cfg)
     fm, rows = SourceConfig(name="fashion-mnist", limit=fm_limit), []
     try:
         for name, rc in (("sub4", 2), ("sub16", 4)):

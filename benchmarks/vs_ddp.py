@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import REPO, machine_info, write_results  # first: sets Ray's environment
-from data_split import split_dataset
+from data_split import RunStorage, layout, split_dataset
 from orchestrator import api, load_config
 
 RAY_CPUS = 2
@@ -170,7 +170,7 @@ def main() -> None:
     started, load_before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), load()
     say(f"splits under {uri} (load {load_before})")
     api.split(cfg)
-    split_dataset(cfg.source, dataclasses.replace(cfg.split, rows=1, cols=1, transform="identity"), api.baseline_storage(cfg))
+    split_dataset(cfg.source, dataclasses.replace(cfg.split, rows=1, cols=1, transform="identity"), RunStorage.from_config(cfg.storage).child(layout.BASELINE))
     walls = {}
     say("single baseline")
     _, walls["single"] = timed(api.baseline, cfg.replace(**{"baseline.engine": "single"}))

@@ -15,6 +15,12 @@ about ``shuffle_buffer`` + ``PREFETCH_ROW_GROUPS`` row groups of stored
 values, whatever the split's size. Batches move to the device as stored and
 are decoded there (``_data.Decoder``).
 
+Outages: every read (a footer, a row group) is retried within ``storage.retry_budget_s`` on a freshly
+opened file (``RunStorage.read_with``); past the budget the ``StorageError`` is raised by the reader
+thread and surfaces in the training loop at the row group it was reading. When the consumer stops
+(an error, a NaN, the end of an evaluation), the reader is told to stop too: a read still retrying gives up
+at its next backoff instead of holding the loop for another budget.
+
 Evaluation reads the files in manifest order without shuffling; ``idx``,
 ``src`` and ``y`` (a few bytes per row) are read up front so the caller can
 align the logits.
@@ -22,8 +28,9 @@ align the logits.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -64,6 +71,7 @@ class StreamingSplit:
         self._groups: dict[str, int] = {}
         self._labels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._open: dict[str, tuple] = {}  # rel -> (file, ParquetFile), of the prefetch thread only
+        self._stop = threading.Event()  # set when the consumer of _prefetched is gone
 
     def __len__(self) -> int:
         return self.rows
@@ -71,12 +79,12 @@ class StreamingSplit:
     # -- reading ------------------------------------------------------------------------------------------
     def _row_groups(self, rel: str) -> int:
         if rel not in self._groups:
-            with self.storage.open_read(rel) as f:
-                self._groups[rel] = pq.ParquetFile(f).num_row_groups
+            self._groups[rel] = self.storage.read_with(rel, lambda f: pq.ParquetFile(f).num_row_groups)
         return self._groups[rel]
 
     def _prefetched(self, units: list[tuple[str, int]]) -> Iterator[tuple]:
         """Row groups ``(file, group)`` in order, read ``PREFETCH_ROW_GROUPS`` ahead on a background thread."""
+        self._stop.clear()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="branch-prefetch") as pool:
             pending: deque[Future] = deque()
             it = iter(units)
@@ -94,6 +102,7 @@ class StreamingSplit:
                     submit()
                     yield out
             finally:
+                self._stop.set()  # a read still retrying gives up at its next backoff
                 for fut in pending:
                     fut.cancel()
                 pool.submit(self._close).result()
@@ -101,16 +110,27 @@ class StreamingSplit:
     def _read_one(self, rel: str, g: int) -> tuple:
         """(idx, src, y, x stored) of row group ``g`` of ``rel``; the file stays open for its next row group.
 
-        Runs on the single prefetch thread only, so ``_open`` needs no lock.
+        Runs on the single prefetch thread only, so ``_open`` needs no lock. A failed read drops the file,
+        and the retry opens it afresh (a connection broken mid-read leaves a file object in an unknown state).
         """
-        if rel in self._open:
-            self._open[rel] = self._open.pop(rel)  # most recently used last
-        else:
-            if len(self._open) >= OPEN_FILES:
-                self._open.pop(next(iter(self._open)))[0].close()
-            f = self.storage.open_read(rel)
-            self._open[rel] = (f, pq.ParquetFile(f))
-        return table_arrays(self._open[rel][1].read_row_group(g), self.shape, self.dtype, self.storage.url(rel))
+        def attempt() -> tuple:
+            f, parquet = self._open.pop(rel, (None, None))
+            try:
+                if f is None:
+                    if len(self._open) >= OPEN_FILES - 1:
+                        self._open.pop(next(iter(self._open)))[0].close()
+                    f = self.storage.open_read(rel)
+                    parquet = pq.ParquetFile(f)
+                table = parquet.read_row_group(g)
+            except Exception:
+                if f is not None:
+                    f.close()
+                raise
+            self._open[rel] = (f, parquet)  # most recently used last
+            return table
+
+        table = self.storage.retrying(f"read row group {g} of {self.storage.url(rel)}", attempt, stop=self._stop)
+        return table_arrays(table, self.shape, self.dtype, self.storage.url(rel))
 
     def _close(self) -> None:
         for f, _ in self._open.values():
@@ -162,10 +182,8 @@ class StreamingSplit:
     # -- evaluation ---------------------------------------------------------------------------------------
     def _eval_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._labels is None:
-            parts = []
-            for rel in self.files:
-                with self.storage.open_read(rel) as f:
-                    parts.append(pq.read_table(f, columns=["idx", "src", "y"]))
+            parts = [self.storage.read_with(rel, lambda f: pq.read_table(f, columns=["idx", "src", "y"]))
+                     for rel in self.files]
             cat = lambda name, dt: (np.concatenate([p.column(name).to_numpy() for p in parts]).astype(dt)  # noqa: E731
                                     if parts else np.zeros(0, dt))
             self._labels = (cat("idx", np.int64), cat("src", np.int16), cat("y", np.int64))

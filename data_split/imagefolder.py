@@ -28,7 +28,7 @@ from typing import Union
 import numpy as np
 
 from data_split.sources import SOURCE_SPLITS, ImageSource, SourceError
-from data_split.storage import RunStorage, is_transient
+from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class ImageFolderSource(ImageSource):
 
     # -- listing (driver) --------------------------------------------------------------------------
     def _dirs(self, folder: str) -> list[str]:
-        entries = self.storage.fs.ls(self.storage.path(folder), detail=True)
+        entries = self.storage.retrying(f"list {self.storage.url(folder)}",
+                                        lambda: self.storage.fs.ls(self.storage.path(folder), detail=True))
         return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries
                       if e["type"] == "directory" and not posixpath.basename(e["name"].rstrip("/")).startswith("."))
 
@@ -119,7 +120,8 @@ class ImageFolderSource(ImageSource):
             raise SourceError(f"imagefolder: class folder {self.storage.url(folder, unknown[0])} does not exist "
                               f"under {self.storage.url('train')}")
         base = self.storage.path(folder)
-        found = [p[len(base) + 1:] for p in self.storage.fs.find(base)]
+        found = [p[len(base) + 1:] for p in self.storage.retrying(f"list {self.storage.url(folder)}",
+                                                                  lambda: self.storage.fs.find(base))]
         rows, outside, label_of = [], 0, {name: i for i, name in enumerate(self.class_names)}
         for rel in found:
             parts = rel.split("/")
@@ -141,8 +143,11 @@ class ImageFolderSource(ImageSource):
     def validate(self) -> None:
         import pyarrow as pa
 
-        fs = self.storage.fs
-        if not fs.isdir(self.storage.path("train")):
+        def isdir(folder: str) -> bool:
+            return self.storage.retrying(f"look up {self.storage.url(folder)}",
+                                         lambda: self.storage.fs.isdir(self.storage.path(folder)))
+
+        if not isdir("train"):
             raise SourceError(f"imagefolder: missing folder {self.storage.url('train')} "
                               f"(expected {self.storage.uri}/train/<class>/<image>)")
         self.class_names = self._dirs("train")
@@ -150,7 +155,7 @@ class ImageFolderSource(ImageSource):
             raise SourceError(f"imagefolder: {self.storage.url('train')} needs at least two class folders, "
                               f"found {self.class_names}")
         self.classes = len(self.class_names)
-        held_out = [f for f in HELD_OUT_FOLDERS if fs.isdir(self.storage.path(f))]
+        held_out = [f for f in HELD_OUT_FOLDERS if isdir(f)]
         if len(held_out) > 1:
             raise SourceError(f"imagefolder: both {self.storage.url('val')} and {self.storage.url('test')} exist; "
                               "keep one of them (it becomes the held-out test split)")
@@ -178,12 +183,15 @@ class ImageFolderSource(ImageSource):
         """The (H, W) every image has, from the headers (PIL's lazy open reads no pixels)."""
         from PIL import Image
 
+        def size_of(path: str) -> tuple[int, int]:
+            with self.storage.fs.open(path, "rb", block_size=HEADER_BYTES) as f, Image.open(f) as im:
+                return im.size
+
         def probe(uri_path: tuple[str, str]) -> tuple[str, tuple[int, int] | None, str | None]:
             uri, path = uri_path
             try:
-                with self.storage.fs.open(path, "rb", block_size=HEADER_BYTES) as f, Image.open(f) as im:
-                    return uri, im.size, None
-            except Exception as e:
+                return uri, self.storage.retrying(f"read the header of {uri}", lambda: size_of(path)), None
+            except Exception as e:  # a StorageError past the budget names the endpoint
                 return uri, None, str(e)
 
         files = [(self.uri_of(s, i), self._path_of(s, i)) for s in SOURCE_SPLITS for i in range(self.count(s))]
@@ -226,14 +234,8 @@ class ImageFolderSource(ImageSource):
 
     def _fetch(self, split: str, rels: list[str]) -> list[bytes | Exception]:
         """Bytes of ``rels`` (concurrent on object stores); transient failures retried, then ``StorageError``."""
-        folder, base = self.folders[split], self.storage.path(self.folders[split])
-        got = self.storage.fs.cat_ranges([f"{base}/{r}" for r in rels], None, None, on_error="return")  # no globbing
-        out = []
-        for rel, data in zip(rels, got):
-            if isinstance(data, Exception) and is_transient(data):
-                data = self.storage.read_bytes(posixpath.join(folder, rel))  # retried with backoff, or StorageError
-            out.append(data)
-        return out
+        base = self.storage.path(self.folders[split])
+        return self.storage.read_paths([f"{base}/{r}" for r in rels])  # cat_ranges: no globbing of the names
 
     def read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Images ``[start, stop)`` of a source split. With ``skip_bad`` an undecodable image gets label -1 and

@@ -19,12 +19,19 @@ Paths are relative to the run (``RunStorage`` resolves them); a run nested in an
     <run>/report/report.json, report.md, *.png       report(name)
     <run>/tune/weights/, tune/sweep/...              TUNE_WEIGHTS, SWEEP_* (Ray Tune's experiments)
     <run>/lease.json                                 LEASE: the live driver
+
+A batch output (``spectral predict --output``) is laid out here too (``inference._output`` commits it)::
+
+    <output>/_temporary/<attempt>/...                OUTPUT_TEMPORARY: parts being written
+    <output>/part-NNNNN.parquet                      output_part(i)
+    <output>/_manifest.json, _SUCCESS                OUTPUT_MANIFEST, OUTPUT_SUCCESS (written last)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 
 from data_split.manifest import Manifest, ManifestError
 from data_split.storage import RunStorage
@@ -52,6 +59,10 @@ SWEEP_TRIALS = f"{SWEEP}/trials"
 SWEEP_TABLE = "tune/sweep.md"
 SWEEP_RESULTS = "tune/sweep.json"
 BEST_CONFIG = "tune/best_config.yaml"
+OUTPUT_SUCCESS = "_SUCCESS"  # a batch output: complete
+OUTPUT_MANIFEST = "_manifest.json"  # a batch output: its parts (file, bytes) and rows
+OUTPUT_TEMPORARY = "_temporary"  # a batch output: parts of attempts in progress (names with _ are skipped by readers)
+OUTPUT_PART = re.compile(r"^part-\d{5}\.parquet$")
 
 
 # -- paths -------------------------------------------------------------------------------------------
@@ -107,6 +118,10 @@ def ensemble_record(method: str) -> str:
 
 def report(name: str) -> str:
     return f"{REPORT}/{name}"
+
+
+def output_part(i: int) -> str:
+    return f"part-{i:05d}.parquet"
 
 
 def sweep_trial(trial_id: str) -> str:

@@ -23,13 +23,14 @@ pipeline each, on the nodes that hold them, and add their train rows (``src``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -206,21 +207,31 @@ def _run_ray_pipeline(ranges: list[dict], read: Callable[[dict], dict], transfor
         return {**out, "node": np.full(len(out["idx"]), ray.get_runtime_context().get_node_id())}
 
     sink = _make_sink(storage, dtype, codecs, branches)
-    # Ray Data wraps a failing task's exception in a UserCodeException that keeps only its traceback
-    # text; raising the original instead keeps our SourceError/StorageError in the cause chain, where
-    # split_dataset finds it (data_split.errors.user_error).
-    ctx = ray.data.DataContext.get_current()
-    raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
-    try:
+    with original_task_errors():
         (
             ray.data.from_items(ranges, override_num_blocks=len(ranges))
             .map_batches(read_here, batch_size=1, batch_format="numpy", **held)
             .map_batches(transform, batch_size=None, batch_format="numpy", fn_kwargs=transform_kwargs, **held)
             .write_datasink(sink, ray_remote_args=held or None)
         )
+    return sink.records
+
+
+@contextlib.contextmanager
+def original_task_errors() -> Iterator[None]:
+    """Ray Data re-raises a failed task's own exception inside the block (a ``StorageError``, a ``SourceError``).
+
+    By default it wraps it in a UserCodeException that keeps only the traceback text; the original keeps our
+    error in the cause chain, where ``data_split.errors.user_error`` finds it for the CLI's one line.
+    """
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    raise_original, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
+    try:
+        yield
     finally:
         ctx.raise_original_map_exception = raise_original
-    return sink.records
 
 
 def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage,

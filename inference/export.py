@@ -43,15 +43,15 @@ def sidecar_path(output: str) -> str:
     return output + ".json"
 
 
-def export_ensemble(uri: str, output: str, *, weights: str | Sequence[float] = CHOSEN,
-                    endpoint_url: str | None = None) -> dict:
-    """Write the run's ensemble to ``output`` (any fsspec URI) and ``output.json``; return the sidecar."""
-    model = load_ensemble(uri, weights, endpoint_url=endpoint_url)
+def export_ensemble(storage: RunStorage, output: str, *, weights: str | Sequence[float] = CHOSEN) -> dict:
+    """Write the run's ensemble to ``output`` (any fsspec URI, on the run's store settings) and ``output.json``;
+    return the sidecar."""
+    model = load_ensemble(storage, weights)
     program = export_program(model)
     buf = io.BytesIO()
     torch.export.save(program, buf)
     folder, name = posixpath.split(output.rstrip("/"))
-    target = RunStorage(folder or ".", endpoint_url)  # atomic writes to a path or an object store
+    target = storage.at(folder or ".")  # atomic writes to a path or an object store, with the run's settings
     card = {**model.info.card(), "format": "torch.export", "torch": torch.__version__,
             "load": "torch.export.load(FILE).module()(pixels) -> logits"}
     target.write_bytes(name, buf.getvalue())

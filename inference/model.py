@@ -16,8 +16,9 @@ weights record's ``branches``) has no final model and is left out of the module.
 Everything is torch on buffers, so ``torch.export`` captures the whole chain
 and the exported program needs nothing from this project.
 
+    from data_split import RunStorage
     from inference import load_ensemble
-    model = load_ensemble("runs/fashion-mnist-sub4")            # the run's chosen weights
+    model = load_ensemble(RunStorage("runs/fashion-mnist-sub4"))  # the run's chosen weights
     logits = model(pixels)                                      # (N, 10); model.info: classes, run, test acc
 """
 
@@ -174,14 +175,14 @@ def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tup
     return record["method"], w, record.get("test_acc"), [int(b) for b in record.get("branches", range(k))]
 
 
-def load_ensemble(uri: str | RunStorage, weights: str | Sequence[float] = CHOSEN, *,
-                  endpoint_url: str | None = None) -> SpectralEnsemble:
-    """The run at ``uri`` as a ``SpectralEnsemble`` (CPU, eval mode); ``.info`` describes the run.
+def load_ensemble(storage: RunStorage, weights: str | Sequence[float] = CHOSEN) -> SpectralEnsemble:
+    """The run at ``storage`` as a ``SpectralEnsemble`` (CPU, eval mode); ``.info`` describes the run.
 
+    ``storage``: the run's ``RunStorage`` (``RunStorage.from_config(cfg.storage)``: its endpoint,
+    credentials and retry budget; every read retries through an outage within the budget).
     ``weights``: ``"chosen"`` (the run's ``ensemble/weights.json``), a method the run evaluated
     (``"uniform"``, ``"geometric"``, ``"tuned"``, ``"exact"``), or K numbers.
     """
-    storage = uri if isinstance(uri, RunStorage) else RunStorage(uri, endpoint_url)
     manifest = load_manifest(storage)
     split, source = manifest.split, manifest.source
     k, classes = manifest.K, int(source.classes)

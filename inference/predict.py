@@ -6,9 +6,13 @@
          object stores), decodes them as the run's source did
          (``data_split.decode_image``: grey/RGB, resized and cropped as the run's source was) and runs it
       -> check: an unreadable image is an error naming it (or, with ``skip_bad``, left out and listed)
-      -> write_parquet(output): path (string), pred (int64), class_name (string), prob (list<float32>)
+      -> write_parquet(output/_temporary/<attempt>): path (string), pred (int64), class_name (string),
+         prob (list<float32>); then commit: part-NNNNN.parquet, _manifest.json, and _SUCCESS last
 
-Nothing is written before every image has been classified, so a bad image never leaves half an output.
+Nothing is written before every image has been classified, so a bad image never leaves half an output; an
+interrupted run leaves nothing that looks complete (``inference._output``), and a re-run completes it. A
+complete output is replaced only with ``overwrite``. Every read (the listing, the images, the run's model)
+retries through an outage within ``storage.retry_budget_s``; past it the run fails naming the endpoint.
 When an image's folder is named after one of the run's classes (or its index) it counts as
 labelled, and the accuracy over labelled images is reported.
 """
@@ -28,6 +32,8 @@ import torch
 
 from data_split import IMAGE_SUFFIXES, RunStorage, SourceError, decode_image
 from data_split.errors import SpectralError
+from data_split.pipeline import original_task_errors
+from inference import _output
 from inference.config import PredictConfig
 from inference.model import CHOSEN, load_ensemble
 
@@ -37,7 +43,7 @@ MAX_NAMED_BAD = 20  # unreadable images named in an error message (all of them a
 
 
 class PredictError(SpectralError, ValueError):
-    """No images, unreadable images, or an output that already exists; the message names them."""
+    """No images, or unreadable images; the message names them (an unusable output: ``_output.OutputError``)."""
 
 
 @dataclass
@@ -72,14 +78,17 @@ def list_images(fs, root: str) -> list[str]:
 
 
 class Classifier:
-    """A Ray Data actor holding the ensemble: a batch of (path, bytes) -> path, pred, class_name, prob, error."""
+    """A Ray Data actor holding the ensemble: a batch of (path, bytes) -> path, pred, class_name, prob, error.
 
-    def __init__(self, uri: str, weights: str | Sequence[float], endpoint_url: str | None, use_gpu: bool,
-                 threads: int, input_uri: str) -> None:
+    ``run``: the run's storage; ``images``: the input's (same store settings), both as the driver built them.
+    """
+
+    def __init__(self, run: RunStorage, images: RunStorage, weights: str | Sequence[float], use_gpu: bool,
+                 threads: int) -> None:
         torch.set_num_threads(threads)
-        self.fs = RunStorage(input_uri, endpoint_url).fs
+        self.images = images
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = load_ensemble(uri, weights, endpoint_url=endpoint_url).to(self.device)
+        self.model = load_ensemble(run, weights).to(self.device)
         self.info = self.model.info
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -87,9 +96,8 @@ class Classifier:
         x = np.zeros((n, info.channels, info.height, info.width), np.uint8)
         errors: list[str | None] = [None] * n
         paths = [str(p) for p in batch["path"]]
-        contents = self.fs.cat(paths, on_error="return")  # {path: bytes or the exception}; concurrent on object stores
-        for i, path in enumerate(paths):
-            data = contents.get(path)
+        contents = self.images.read_paths(paths)  # bytes or the error; concurrent on object stores, outages retried
+        for i, (path, data) in enumerate(zip(paths, contents)):
             try:
                 if not isinstance(data, bytes):
                     raise SourceError(f"{path}: cannot read ({data!r})")
@@ -109,23 +117,25 @@ class Classifier:
         })
 
 
-def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig = PredictConfig(), *,
+def predict_images(storage: RunStorage, input_uri: str, output_uri: str, cfg: PredictConfig = PredictConfig(), *,
                    weights: str | Sequence[float] = CHOSEN, skip_bad: bool = False,
-                   endpoint_url: str | None = None) -> PredictResult:
-    """Classify every image under ``input_uri`` with the run at ``uri``; write Parquet under ``output_uri``."""
+                   overwrite: bool = False) -> PredictResult:
+    """Classify every image under ``input_uri`` with the run at ``storage``; commit Parquet under ``output_uri``.
+
+    Input and output are read and written with the run's store settings (endpoint, credentials, retry budget).
+    """
     import ray
 
     t0 = time.perf_counter()
-    src, out = RunStorage(input_uri, endpoint_url), RunStorage(output_uri, endpoint_url)
-    if out.fs.exists(out.root) and out.fs.ls(out.root):
-        raise PredictError(f"output {output_uri} already exists and is not empty; choose another --output")
+    src, out = storage.at(input_uri), storage.at(output_uri)
+    attempt = _output.prepare(out, overwrite=overwrite)
     try:
-        paths = list_images(src.fs, src.root)
+        paths = src.retrying(f"list the images under {src.url()}", lambda: list_images(src.fs, src.root))
     except FileNotFoundError:
         raise PredictError(f"input {input_uri} does not exist") from None
     if not paths:
         raise PredictError(f"no PNG/JPEG images under {input_uri} (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
-    model = load_ensemble(uri, weights, endpoint_url=endpoint_url)  # fail here, once, if the run is unusable
+    model = load_ensemble(storage, weights)  # fail here, once, if the run is unusable
     info, prefix = model.info, "" if src.protocol == "file" else f"{src.protocol}://"
     gpus = cfg.gpus_per_actor
     if gpus is None:
@@ -140,13 +150,13 @@ def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig
     # The actors read the files themselves: Ray Data's file reader makes a task per few files and a row per file,
     # which for small images costs more than decoding them (benchmarks/inference.py). One block per actor batch.
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=-(-len(paths) // cfg.batch_size))
-    scored = ds.map_batches(
-        Classifier, fn_constructor_kwargs={"uri": uri, "weights": weights, "endpoint_url": endpoint_url,
-                                           "use_gpu": gpus > 0, "threads": max(1, round(cfg.cpus_per_actor)),
-                                           "input_uri": input_uri},
-        batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-        num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
-    ).materialize()
+    with original_task_errors():  # a StorageError of an actor reaches the caller as itself
+        scored = ds.map_batches(
+            Classifier, fn_constructor_kwargs={"run": storage, "images": src, "weights": weights, "use_gpu": gpus > 0,
+                                               "threads": max(1, round(cfg.cpus_per_actor))},
+            batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+            num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
+        ).materialize()
     summary = scored.select_columns(["path", "pred", "error"]).to_pandas()
     bad = summary[summary["error"].notna()]
     skipped = [prefix + p for p in bad["path"]]
@@ -163,7 +173,8 @@ def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig
         table = table.filter(pc.is_null(table.column("error"))).drop_columns(["error"])
         return table.set_column(0, "path", pa.array([prefix + p for p in table.column("path").to_pylist()], pa.string()))
 
-    scored.map_batches(output_rows, batch_format="pyarrow").write_parquet(out.root, filesystem=out.fs)
+    scored.map_batches(output_rows, batch_format="pyarrow").write_parquet(attempt.root, filesystem=attempt.fs)
+    parts = _output.commit(out, attempt, rows=len(good), columns=["path", "pred", "class_name", "prob"])
     seconds = time.perf_counter() - t0
 
     labels = folder_labels(info.class_names)
@@ -172,6 +183,7 @@ def predict_images(uri: str, input_uri: str, output_uri: str, cfg: PredictConfig
     accuracy = float((good["pred"][known] == folder[known].map(labels)).mean()) if known.any() else None
     result = PredictResult(output=out.url(), images=len(good), seconds=seconds, labelled=int(known.sum()),
                            accuracy=accuracy, skipped=skipped)
-    log.info("predict: %d images in %.2f s (%.0f images/s)%s", result.images, seconds, result.images_per_s,
-             "" if accuracy is None else f", accuracy {accuracy:.4f} over {result.labelled} labelled")
+    log.info("predict: %d images in %.2f s (%.0f images/s), %d part(s) committed%s", result.images, seconds,
+             result.images_per_s, len(parts), "" if accuracy is None else f", accuracy {accuracy:.4f} over "
+             f"{result.labelled} labelled")
     return result

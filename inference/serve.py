@@ -29,7 +29,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from data_split import SourceError, decode_image
+from data_split import RunStorage, SourceError, decode_image
 from data_split.errors import SpectralError
 from inference.config import ServeConfig
 from inference.model import CHOSEN, load_ensemble
@@ -48,10 +48,10 @@ class BadInput(SpectralError, ValueError):
 class EnsembleServer:
     """One replica: the ensemble, an HTTP router, and an optional dynamic batcher."""
 
-    def __init__(self, uri: str, weights: str | Sequence[float], endpoint_url: str | None, batching: bool,
+    def __init__(self, storage: RunStorage, weights: str | Sequence[float], batching: bool,
                  max_batch_size: int, batch_wait_timeout_s: float) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_ensemble(uri, weights, endpoint_url=endpoint_url).to(self.device)
+        self.model = load_ensemble(storage, weights).to(self.device)
         self.info = self.model.info
         self.batching = batching
         self.classify_batch.set_max_batch_size(max_batch_size)
@@ -116,27 +116,36 @@ class EnsembleServer:
         return JSONResponse(answers if many else answers[0])
 
 
-def build_app(uri: str, cfg: ServeConfig = ServeConfig(), *, weights: str | Sequence[float] = CHOSEN,
-              endpoint_url: str | None = None, gpus: float = 0.0):
-    """The Serve application for the run at ``uri`` (``gpus``: per replica, used when ``cfg`` leaves it open)."""
+def build_app(storage: RunStorage, cfg: ServeConfig = ServeConfig(), *, weights: str | Sequence[float] = CHOSEN,
+              gpus: float = 0.0):
+    """The Serve application for the run at ``storage`` (``gpus``: per replica, used when ``cfg`` leaves it open).
+
+    The storage object travels to the replicas pickled in the deployment's arguments, credentials included.
+    """
     gpus = cfg.gpus_per_replica if cfg.gpus_per_replica is not None else gpus
     return EnsembleServer.options(
         num_replicas=cfg.replicas,
         max_ongoing_requests=max(MIN_ONGOING_REQUESTS, 2 * cfg.max_batch_size),
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": gpus},
-    ).bind(uri, weights, endpoint_url, cfg.batching, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+    ).bind(storage, weights, cfg.batching, cfg.max_batch_size, cfg.batch_wait_timeout_s)
 
 
-def start_serving(uri: str, cfg: ServeConfig = ServeConfig(), *, host: str = "127.0.0.1", port: int = 8000,
-                  weights: str | Sequence[float] = CHOSEN, endpoint_url: str | None = None) -> str:
-    """Deploy the run at ``uri`` on the connected Ray cluster; return the base URL. ``serve.shutdown()`` stops it."""
+def start_serving(storage: RunStorage, cfg: ServeConfig = ServeConfig(), *, host: str = "127.0.0.1",
+                  port: int = 8000, weights: str | Sequence[float] = CHOSEN) -> str:
+    """Deploy the run at ``storage`` on the connected Ray cluster as the application ``APP_NAME``; return the
+    base URL. ``stop_serving()`` deletes that application (and only it: others on the cluster keep serving)."""
     import ray
 
-    load_ensemble(uri, weights, endpoint_url=endpoint_url)  # a clear error here, not a crash-looping replica
+    load_ensemble(storage, weights)  # a clear error here (within the retry budget), not a crash-looping replica
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(uri, cfg, weights=weights, endpoint_url=endpoint_url, gpus=gpus), name=APP_NAME,
-              route_prefix="/")
+    serve.run(build_app(storage, cfg, weights=weights, gpus=gpus), name=APP_NAME, route_prefix="/")
     url = f"http://{host}:{port}"
-    log.info("serving %s at %s (%d replica(s), batching %s)", uri, url, cfg.replicas, "on" if cfg.batching else "off")
+    log.info("serving %s at %s (%d replica(s), batching %s)", storage.uri, url, cfg.replicas,
+             "on" if cfg.batching else "off")
     return url
+
+
+def stop_serving() -> None:
+    """Delete our application (``serve.delete``); Serve itself and other applications keep running."""
+    serve.delete(APP_NAME)

@@ -56,10 +56,10 @@ def cluster_side(fn):
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
         if not (cfg.ray.address or "").startswith("ray://"):
-            from orchestrator.api import run_storage  # here: api imports this module
-            from orchestrator.lease import hold_lease
+            from data_split.storage import RunStorage
+            from orchestrator.lease import hold_lease  # here: the lease module imports the config's secrets
 
-            with hold_lease(run_storage(cfg), timeout_s=cfg.storage.lease_timeout_s):
+            with hold_lease(RunStorage.from_config(cfg.storage), timeout_s=cfg.storage.lease_timeout_s):
                 return fn(cfg, *args, **kwargs)
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

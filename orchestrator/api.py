@@ -18,7 +18,7 @@ from typing import Callable
 
 from data_split import RunStorage, SplitResult, layout, load_manifest, split_dataset
 from orchestrator._ray import cluster_side, init_ray
-from orchestrator.config import SpectralConfig, run_storage
+from orchestrator.config import SpectralConfig
 from orchestrator.ensemble import EnsembleResult, evaluate_ensemble, write_weights
 from orchestrator.launcher import TrainingOutcome, train_branches
 from orchestrator.report import build_report
@@ -31,33 +31,25 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[int, dict]], None]
 
 
-def baseline_storage(cfg: SpectralConfig) -> RunStorage:
-    return run_storage(cfg).child(layout.BASELINE)
-
-
-def ddp_baseline_storage(cfg: SpectralConfig) -> RunStorage:
-    return run_storage(cfg).child(layout.BASELINE_DDP)
-
-
 @cluster_side
 def split(cfg: SpectralConfig, *, overwrite: bool = False) -> SplitResult:
     """Write the K spectral sub-datasets (skipped when already up to date)."""
     init_ray(cfg.ray)
-    return split_dataset(cfg.source, cfg.split, run_storage(cfg), overwrite=overwrite, extra_sources=cfg.extra_sources)
+    return split_dataset(cfg.source, cfg.split, RunStorage.from_config(cfg.storage), overwrite=overwrite, extra_sources=cfg.extra_sources)
 
 
 @cluster_side
 def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> TrainingOutcome:
     """Train every unfinished branch as an isolated actor (the split must exist)."""
     init_ray(cfg.ray)
-    storage = run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     k = load_manifest(storage).K
     return train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=on_progress)
 
 
 def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     """Weigh the branches' logits by ``ensemble.weights``; write ``ensemble/weights.json``."""
-    storage = run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     k = load_manifest(storage).K
     skip = sorted(layout.read_diverged(storage, k))  # diverged under train.on_nonfinite: skip_branch
     if skip:
@@ -81,7 +73,7 @@ def evaluate(cfg: SpectralConfig) -> dict:
     Starts Ray only for ``ensemble.weights: tuned`` (its Tune search); the other rules are NumPy.
     """
     ensemble(cfg)
-    return build_report(run_storage(cfg))
+    return build_report(RunStorage.from_config(cfg.storage))
 
 
 @cluster_side
@@ -97,18 +89,19 @@ def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> d
     ``<run>/baseline-ddp/result.json``.
     """
     init_ray(cfg.ray)
-    storage = baseline_storage(cfg)
+    run = RunStorage.from_config(cfg.storage)
+    storage = run.child(layout.BASELINE)
     full = dataclasses.replace(cfg.split, rows=1, cols=1, transform="identity")
     split_dataset(cfg.source, full, storage)
     if cfg.baseline.engine == "ddp":
         from orchestrator.ddp import train_ddp
 
-        result = train_ddp(cfg, storage, ddp_baseline_storage(cfg))
+        result = train_ddp(cfg, storage, run.child(layout.BASELINE_DDP))
     else:
         train_cfg = dataclasses.replace(cfg.train, on_nonfinite="fail")  # no other branch to go on with
         result = train_branches(storage, 1, cfg.model, train_cfg, cfg.resources, on_progress=on_progress).results[0]
-    if run_storage(cfg).exists(layout.WEIGHTS):
-        build_report(run_storage(cfg))  # put the baseline beside the ensemble
+    if run.exists(layout.WEIGHTS):
+        build_report(run)  # put the baseline beside the ensemble
     return result
 
 
@@ -135,6 +128,6 @@ def run(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: ProgressFn
     split_result = split(cfg, overwrite=overwrite)
     training = train(cfg, on_progress=on_progress)
     report = evaluate(cfg)
-    storage = run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     paths = {name: storage.url(layout.report(f)) for name, f in (("report_json", "report.json"), ("report_md", "report.md"))}
     return RunResult(uri=cfg.storage.uri, split=split_result, training=training, report=report, paths=paths)

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 
 import ray
 
@@ -27,13 +28,12 @@ from data_split.storage import RunStorage
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class RecordingStorage(RunStorage):
     """RunStorage that remembers every file it read and the bytes it wrote where (to prove branch isolation)."""
 
-    def __init__(self, *args, **kwargs) -> None:  # RunStorage's fields
-        super().__init__(*args, **kwargs)
-        object.__setattr__(self, "reads", [])
-        object.__setattr__(self, "writes", {})  # rel -> bytes written there
+    reads: list = field(default_factory=list, init=False, repr=False, compare=False)
+    writes: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # rel -> bytes written there
 
     def read_bytes(self, rel: str) -> bytes:
         self.reads.append(rel)
@@ -90,7 +90,7 @@ class BranchActor:
                  started: float | None = None) -> None:
         # The board comes by name, not as a handle: a handle argument lives in the object store, and
         # a restart after it is gone would fail (ray-project/ray#53727).
-        self.storage = RecordingStorage(storage.uri, storage.endpoint_url, storage.retry_budget_s, storage.credentials)
+        self.storage = RecordingStorage.like(storage)
         self.k, self.model_cfg, self.train_cfg, self.started = k, model_cfg, train_cfg, started
         self.board = ray.get_actor(board)
         self.board.update.remote(k, {"state": "starting", **self.placement()})

@@ -8,16 +8,17 @@
     spectral serve    --storage URI [--host 127.0.0.1] [--port 8000]
     spectral config   [--show | --markdown]   every config key, its default and its meaning
 
-Without ``--config`` the defaults apply: the embedded default run (``configs/fashion_mnist.yaml``).
-A ``SpectralError`` (docs/design.md, "Errors") prints as one line; anything else, and everything
-with ``-v``, prints its traceback.
+Without ``--config`` the defaults apply: the embedded default run (``configs/fashion_mnist.yaml``);
+``--config`` may be any fsspec URI (``s3://.../tune/best_config.yaml``). A ``SpectralError``
+(docs/design.md, "Errors") prints as one line; anything else, and everything with ``-v``, prints its
+traceback. ``-v`` (our debug lines, Ray's INFO output) and ``-vv`` (also botocore/s3fs/urllib3) go before
+or after the command; credentials are masked in every line at any verbosity (``orchestrator._logging``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections import defaultdict
@@ -25,12 +26,14 @@ from collections import defaultdict
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from data_split import layout
+from data_split import RunStorage, layout
 from data_split.errors import user_error
 from data_split.manifest import Manifest
 from orchestrator import api
+from orchestrator._logging import add_secrets, configure_logging, mask, quiet_ray
 from orchestrator._ray import init_ray
 from orchestrator._sweep_table import table_rows
 from orchestrator.config import SpectralConfig, config_markdown, config_reference, load_config, parse_set
@@ -148,7 +151,7 @@ def print_split(cfg: SpectralConfig, result) -> None:
     console.print(split_table(result))
     if len(result.manifest.sources) > 1:
         console.print(sources_table(result.manifest))
-    console.print(f"sub-datasets: {api.run_storage(cfg).url(layout.DATA)}")
+    console.print(f"sub-datasets: {RunStorage.from_config(cfg.storage).url(layout.DATA)}")
 
 
 def cmd_split(cfg: SpectralConfig, args) -> None:
@@ -175,7 +178,7 @@ def print_training(outcome) -> None:
 def cmd_evaluate(cfg: SpectralConfig, args) -> None:
     report = api.evaluate(cfg)
     console.print(report_table(report))
-    console.print(f"report: {api.run_storage(cfg).url(layout.report('report.md'))}")
+    console.print(f"report: {RunStorage.from_config(cfg.storage).url(layout.report('report.md'))}")
 
 
 def cmd_run(cfg: SpectralConfig, args) -> None:
@@ -206,7 +209,7 @@ def cmd_baseline(cfg: SpectralConfig, args) -> None:
             f"baseline {result['model']}: test accuracy {result['test_acc']:.4f}, {result['params']:,} parameters, "
             f"{result['train_seconds']:.1f} s, peak memory {_fmt_bytes(result['peak_memory_bytes'])}"
         )
-    storage = api.run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     if storage.exists(layout.report("report.json")):
         console.print(report_table(storage.read_json(layout.report("report.json"))))
 
@@ -229,7 +232,7 @@ def cmd_tune_weights(cfg: SpectralConfig, args) -> None:
         f"Tune: {tuned['trials']} trials x {tuned['candidates_per_trial']} candidates, {tuned['trials_per_s']:.2f} "
         f"trials/s; vs the exact fit: val NLL {tuned['val_nll_gap_pct']:+.2f}%, val acc "
         f"{tuned['val_acc_gap_points']:+.2f} points ({'within' if tuned['within_tolerance'] else 'OUTSIDE'} tolerance)")
-    console.print(f"weights: {api.run_storage(cfg).url(layout.WEIGHTS)}")
+    console.print(f"weights: {RunStorage.from_config(cfg.storage).url(layout.WEIGHTS)}")
 
 
 def cmd_sweep(cfg: SpectralConfig, args) -> None:
@@ -248,7 +251,7 @@ def cmd_sweep(cfg: SpectralConfig, args) -> None:
 def cmd_export(cfg: SpectralConfig, args) -> None:
     from inference import export_ensemble
 
-    card = export_ensemble(cfg.storage.uri, args.output, weights=args.weights, endpoint_url=cfg.storage.endpoint_url)
+    card = export_ensemble(RunStorage.from_config(cfg.storage), args.output, weights=args.weights)
     acc = "n/a" if card["test_acc"] is None else f"{card['test_acc']:.4f}"
     console.print(f"exported {args.output} (+ {args.output}.json): input {card['input_shape']}, "
                   f"{len(card['classes'])} classes, {card['weights_method']} weights, test accuracy {acc}")
@@ -261,8 +264,8 @@ def cmd_predict(cfg: SpectralConfig, args) -> None:
                  if v is not None}
     cfg = cfg.replace(**overrides) if overrides else cfg
     init_ray(cfg.ray, quiet=True)
-    result = predict_images(cfg.storage.uri, args.input, args.output, cfg.predict, weights=args.weights,
-                            skip_bad=args.skip_bad, endpoint_url=cfg.storage.endpoint_url)
+    result = predict_images(RunStorage.from_config(cfg.storage), args.input, args.output, cfg.predict,
+                            weights=args.weights, skip_bad=args.skip_bad, overwrite=args.overwrite)
     for path in result.skipped:
         console.print(f"[yellow]skipped unreadable image:[/yellow] {path}")
     console.print(f"classified {result.images:,} images in {result.seconds:.2f} s: {result.images_per_s:,.0f} images/s "
@@ -272,21 +275,24 @@ def cmd_predict(cfg: SpectralConfig, args) -> None:
     console.print(f"predictions: {result.output}")
 
 
-def cmd_serve(cfg: SpectralConfig, args) -> None:
-    from ray import serve
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C (``KeyboardInterrupt``)."""
+    while True:
+        time.sleep(1)
 
-    from inference import start_serving
+
+def cmd_serve(cfg: SpectralConfig, args) -> None:
+    from inference import start_serving, stop_serving
 
     init_ray(cfg.ray)
-    url = start_serving(cfg.storage.uri, cfg.serve, host=args.host, port=args.port, weights=args.weights,
-                        endpoint_url=cfg.storage.endpoint_url)
+    url = start_serving(RunStorage.from_config(cfg.storage), cfg.serve, host=args.host, port=args.port,
+                        weights=args.weights)
     console.print(f"serving {cfg.storage.uri} at {url}: POST {url}/predict (image bytes), GET {url}/healthz, "
                   f"GET {url}/ (model card); Ctrl-C stops")
     try:
-        while True:
-            time.sleep(1)
+        wait_for_interrupt()
     finally:
-        serve.shutdown()
+        stop_serving()  # our application only: others on a shared cluster keep serving
 
 
 def cmd_config(args) -> None:
@@ -323,25 +329,33 @@ def _add_inference_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--output", required=True, help="the program's file (any fsspec URI); FILE.json beside it")
     elif name == "predict":
         p.add_argument("--input", required=True, help="folder or prefix of PNG/JPEG images, searched recursively")
-        p.add_argument("--output", required=True, help="folder or prefix for the Parquet files (must not exist)")
+        p.add_argument("--output", required=True, help="folder or prefix for the Parquet files, committed with "
+                                                        "_SUCCESS and _manifest.json once complete")
         p.add_argument("--batch-size", type=int, help="images per actor call (sets predict.batch_size)")
         p.add_argument("--concurrency", type=int, help="actors, each holding the ensemble (sets predict.concurrency)")
         p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
+        p.add_argument("--overwrite", action="store_true", help="replace a complete earlier output at --output")
     else:
         p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy binds (0.0.0.0: every interface)")
         p.add_argument("--port", type=int, default=8000, help="HTTP port")
 
 
+VERBOSE_HELP = ("-v: our debug logging, tracebacks of every error, and Ray's own INFO output (Ray Data progress, "
+                "Tune's experiment box); -vv: also the libraries' debug lines (botocore, s3fs, urllib3). "
+                "Before or after the command; credentials are masked at any verbosity")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectral", description="Communication-free spectral tensor networks on Ray")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, tracebacks of every error, and Ray's own INFO output (Ray Data progress, "
-                             "Tune's experiment box)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", help="YAML config (defaults apply to keys it leaves out; "
-                                        "without it: the embedded default, configs/fashion_mnist.yaml)")
+        p.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_after", help=VERBOSE_HELP)
+        p.add_argument("--config", help="YAML config, a path or any fsspec URI such as s3://.../best_config.yaml "
+                                        "(read with the endpoint and keys of --set storage.* or the environment); "
+                                        "defaults apply to keys it leaves out; without it: the embedded default, "
+                                        "configs/fashion_mnist.yaml")
         p.add_argument("--storage", help="the run's URI: a path, file://..., s3://bucket/prefix (sets storage.uri)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted config key")
         if name in INFERENCE_COMMANDS:
@@ -349,64 +363,40 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--overwrite", action="store_true", help="replace sub-datasets of a different configuration")
     p = sub.add_parser("config", help="print every config key, its default and its meaning")
+    p.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_after", help=VERBOSE_HELP)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--show", action="store_true", help="as a table (the default)")
     what.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     return parser
 
 
-RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve")  # Ray Data and Tune set their own levels
-TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # "0": Tune's legacy reporter, silent at verbose=0
-
-
-def quiet_ray(verbose: bool) -> None:
-    """By default the console shows our own progress and only Ray's warnings and errors; ``-v`` shows all.
-
-    Hidden unless ``-v``: Ray's INFO lines (Ray Data's progress, "Started a local Ray instance", Tune's
-    "Wrote the latest version..."), and Tune's experiment box, "View detailed results here" and
-    TensorBoard hint. Tune's new output engine print()s those even at ``RunConfig(verbose=0)`` (its
-    ``experiment_started`` ignores the verbosity); ``RAY_AIR_NEW_OUTPUT=0``, Ray's documented switch
-    back to the legacy reporter, prints nothing at ``verbose=0``. Tune reads it when a search starts,
-    in this (the driver's) process. ``init_ray`` keeps the level set here on the "ray" logger, which
-    ``ray.init`` would reset.
-    """
-    import ray.data  # configures its loggers on import: set levels after that
-    from ray.util.debug import log_once
-
-    os.environ[TUNE_NEW_OUTPUT_ENV] = "1" if verbose else "0"
-    for name in RAY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-    if not verbose:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        log_once("ray_data_progress_manager_disabled")  # spend Ray Data's one "progress bars disabled" warning
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-    )
+    verbosity = args.verbose + args.verbose_after
+    configure_logging(verbosity, RichHandler(console=console, show_path=False, rich_tracebacks=False))
     if args.command == "config":
         cmd_config(args)
         return 0
-    quiet_ray(args.verbose)
+    quiet_ray(verbosity >= 1)
     try:
         overrides = parse_set(args.set)
+        add_secrets(overrides.get("storage.access_key_id"), overrides.get("storage.secret_access_key"))
         if args.storage:
             overrides["storage.uri"] = args.storage
         cfg = load_config(args.config, overrides)
+        add_secrets(*(cfg.storage.credentials or ()))
         COMMANDS[args.command][0](cfg, args)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
     except Exception as e:  # the CLI owns the console: a user's error is one line; a bug shows its traceback
         err = user_error(e)
-        if err is None or args.verbose:
+        if err is None or verbosity:
             console.print_exception()
         if err is not None:
-            console.print(f"[red]error:[/red] {type(err).__name__}: {err}", soft_wrap=True)  # one line, however long
+            # One line, however long. Ray Data appends its retry hint to a failed task's error on further lines.
+            message = str(err) if verbosity else str(err).split("\n", 1)[0]
+            console.print(f"[red]error:[/red] {type(err).__name__}: {escape(mask(message))}", soft_wrap=True)
         return 1
     return 0
 

@@ -103,11 +103,6 @@ class SpectralConfig(Section):
 
 
 # -- documentation ------------------------------------------------------------------------------------------
-def run_storage(cfg: SpectralConfig) -> RunStorage:
-    """The run at ``storage.uri`` with its endpoint, retry budget and credentials."""
-    return RunStorage(cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.retry_budget_s, cfg.storage.credentials)
-
-
 def _show_default(value: Any) -> str:
     return "unset" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
@@ -164,12 +159,35 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# Keys that say how to reach a config file on an object store (the file itself cannot say it).
+CONFIG_READ_KEYS = ("endpoint_url", "retry_budget_s", "access_key_id", "secret_access_key")
+
+
+def _read_config_text(path: str | Path, overrides: dict[str, Any]) -> str:
+    """A local file, or any fsspec URI (``s3://.../tune/best_config.yaml``) read with the storage settings of
+    ``overrides`` (``storage.endpoint_url``, credentials, ...) or else the environment's."""
+    path = str(path)
+    if "://" not in path or path.startswith("file://"):
+        return Path(path.removeprefix("file://")).read_text()
+    folder, name = path.rsplit("/", 1)
+    settings = {key: overrides[f"storage.{key}"] for key in CONFIG_READ_KEYS if f"storage.{key}" in overrides}
+    try:
+        store = StorageConfig(uri=folder, **settings)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return RunStorage.from_config(store).read_bytes(name).decode()
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SpectralConfig:
-    """Read a YAML file (``path`` None: the defaults, i.e. the embedded default run) and apply dotted overrides."""
+    """Read a YAML file (``path`` None: the defaults, i.e. the embedded default run) and apply dotted overrides.
+
+    ``path`` may be any fsspec URI: it is read with the ``storage.*`` endpoint and credentials of ``overrides``
+    (``--set``) or the environment's, within the retry budget."""
     data: dict = {}
+    overrides = overrides or {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(_read_config_text(path, overrides)) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as e:
@@ -177,6 +195,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     try:
-        return from_dict(apply_overrides(data, overrides or {}))
+        return from_dict(apply_overrides(data, overrides))
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from e

@@ -133,7 +133,7 @@ def _worker_loop(config: dict) -> None:
     torch.set_num_threads(train_cfg.threads)
     dev = ray.train.torch.get_device()
     amp = train_cfg.amp and dev.type == "cuda"
-    storage = RunStorage(config["data_uri"], config["endpoint_url"])
+    storage: RunStorage = config["data"]  # the driver's object: endpoint, retry budget and credentials (pickled)
     manifest = load_manifest(storage)
     in_shape, classes = manifest.split.shape, int(manifest.source.classes)
 
@@ -251,7 +251,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tune._storage import absolute, tune_location
+    from tune._storage import absolute, credentials_broker, tune_location
 
     manifest = load_manifest(data)
     stored = _stored_config(cfg, manifest)
@@ -265,8 +265,8 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     started = time.time()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data_uri": absolute(data).uri,
-                           "endpoint_url": data.endpoint_url, "kill": list(kill) if kill else None},
+        train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data": absolute(data),
+                           "kill": list(kill) if kill else None},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.baseline.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(name=TRAIN_EXPERIMENT, storage_path=storage_path, storage_filesystem=filesystem,
@@ -276,7 +276,8 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     log.info("ddp baseline: %d worker(s) (%s), global batch %d (%g per worker), checkpoints under %s", workers,
              "GPU, nccl" if use_gpu else "CPU, gloo", cfg.train.batch_size, cfg.train.batch_size / workers,
              out.url(TRAIN_EXPERIMENT))
-    result = fit(trainer)
+    with credentials_broker(out):  # Ray Train's controller and workers reach the store with the config's keys
+        result = fit(trainer)
     seconds = time.time() - started
     final = (result.metrics or {}).get("final")
     if result.error is not None or not final:

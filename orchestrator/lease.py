@@ -12,8 +12,9 @@ drivers racing for the same lease cannot both win:
 - S3: ``PutObject`` with ``If-None-Match: *`` to take a free lease, ``If-Match: <ETag>`` to take over,
   renew or release (S3 and moto support both; an endpoint that ignores them leaves a race window of
   one read-then-write, a few milliseconds, which the re-read after writing narrows further);
-- local disk: an exclusive ``flock`` on ``<run>/.lease.lock`` around read-decide-write (one machine;
-  on NFS the same few-millisecond window applies);
+- local disk: an exclusive ``filelock.FileLock`` on ``<run>/.lease.lock`` around read-decide-write
+  (``flock`` on Unix, ``msvcrt.locking`` on Windows: the same code wherever Python runs; on NFS the same
+  few-millisecond window applies);
 - other fsspec protocols: read, decide, write, re-read (the same window).
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import json
 import logging
 import os
@@ -34,6 +34,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterator
+
+import filelock
 
 from data_split import layout
 from data_split.errors import SpectralError
@@ -119,7 +121,8 @@ class _Store:
             version = None
             if self.s3:
                 self.storage.fs.invalidate_cache()
-                version = self.storage.fs.info(self.storage.path(rel))["ETag"]  # first: a newer body fails the CAS
+                version = self.storage.retrying(  # first: a newer body fails the CAS
+                    f"look up {self.storage.url(rel)}", lambda: self.storage.fs.info(self.storage.path(rel))["ETag"])
             return json.loads(self.storage.read_bytes(rel)), version
         except FileNotFoundError:
             return None, None
@@ -152,17 +155,13 @@ class _Store:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Local disk: an exclusive flock around read-decide-write; elsewhere the CAS does the work."""
+        """Local disk: an exclusive file lock around read-decide-write; elsewhere the CAS does the work."""
         if self.storage.protocol != "file":
             yield
             return
         os.makedirs(self.storage.root, exist_ok=True)
-        with open(self.storage.path(LOCK_FILE), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with filelock.FileLock(self.storage.path(LOCK_FILE)):
+            yield
 
 
 # -- the lease ------------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 from orchestrator._ray import init_ray
 from orchestrator._sweep_table import render_markdown
-from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict, run_storage
+from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict
 from orchestrator.placement import cluster_nodes, default_gpus
-from tune._storage import EXPERIMENT_NAME, absolute
+from tune._storage import EXPERIMENT_NAME, absolute, credentials_broker
 from tune.config import Dimension
 from tune.sweep import SweepError, make_tuner, rank_rows, trial_row
 
@@ -113,7 +113,7 @@ def run_sweep(cfg: SpectralConfig, *, overwrite: bool = False) -> SweepResult:
     check_sweep(cfg)
     dims = cfg.sweep.dimensions
     init_ray(cfg.ray)
-    storage = absolute(run_storage(cfg))
+    storage = absolute(RunStorage.from_config(cfg.storage))
     manifest = load_manifest(storage)
     K = manifest.K
     if bad := [k for k in cfg.sweep.branches if k >= K]:
@@ -131,7 +131,8 @@ def run_sweep(cfg: SpectralConfig, *, overwrite: bool = False) -> SweepResult:
     tuner, restored = make_tuner(cfg.sweep, dims, storage, spec, base=base, resources=trial_resources(cfg),
                                  max_epochs=_max_epochs(cfg, dims), first_point=_current_point(cfg, dims))
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    with credentials_broker(storage):  # the trials reach the run's store with the config's keys
+        grid = tuner.fit()
     log.info("sweep: %d trials in %.1f s%s", len(grid), time.perf_counter() - t0, " (resumed)" if restored else "")
     return _summarise(cfg, dims, storage, grid, restored)
 
@@ -145,8 +146,9 @@ def _summarise(cfg: SpectralConfig, dims: list[Dimension], storage: RunStorage, 
               f"# Overrides: {json.dumps(best['overrides'])}\n"
               "# storage.uri is the sweep's run (its shards are reused); pass --storage for a fresh run if\n"
               "# branches/ there were trained with another configuration.\n")
-    text = header + yaml.safe_dump(best_cfg.public_dict(), sort_keys=False)  # no secrets
-    if from_dict(yaml.safe_load(text)) != best_cfg:  # what we write must load back as this very config
+    public = best_cfg.public_dict()  # no secrets: a run of it takes the keys from its own --set or environment
+    text = header + yaml.safe_dump(public, sort_keys=False)
+    if from_dict(yaml.safe_load(text)) != from_dict(public):  # what we write must load back as this very config
         raise SweepError("the best configuration does not round-trip through YAML")
     result = SweepResult(
         rows=rows, best=best, best_config=best_cfg, best_config_path=storage.url(BEST_CONFIG),

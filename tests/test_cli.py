@@ -177,5 +177,5 @@ def test_skip_branch_finishes_the_run_without_the_diverged_branch(ray_session, c
     md = storage.read_bytes("report/report.md").decode()
     assert "**Skipped branches**" in md and f"branch 1: diverged at epoch 1, step {record['step']}" in md
     assert report["ensembles"][0]["test_acc"] == pytest.approx(storage.read_json("branches/0/result.json")["test_acc"])
-    model = load_ensemble(uri)  # export/predict/serve load this: branch 0 alone
+    model = load_ensemble(RunStorage(uri))  # export/predict/serve load this: branch 0 alone
     assert model.info.branches == [0] and len(model.branches) == 1

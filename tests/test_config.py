@@ -33,3 +33,17 @@ def test_an_extra_source_error_names_that_source_not_the_main_one(extra, message
         load_config(None, {"extra_sources": [{"name": "mnist"}, extra]})
     with pytest.raises(ConfigError, match=r"config: source\.limit must be >= 1"):  # the main source keeps its name
         load_config(None, {"source.limit": 0})
+
+
+def test_a_config_on_an_object_store_is_read_with_the_overrides_endpoint(s3_endpoint, tmp_path):
+    import uuid
+
+    import boto3
+
+    key = f"configs/{uuid.uuid4().hex[:8]}.yaml"
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket="test-bucket", Key=key,
+                                                            Body=yaml.safe_dump({"train": {"epochs": 7}}).encode())
+    cfg = load_config(f"s3://test-bucket/{key}", {"storage.endpoint_url": s3_endpoint, "split.rows": 4})
+    assert (cfg.train.epochs, cfg.split.rows, cfg.storage.endpoint_url) == (7, 4, s3_endpoint)
+    with pytest.raises(ConfigError, match=r"config file s3://test-bucket/configs/nope.yaml does not exist"):
+        load_config("s3://test-bucket/configs/nope.yaml", {"storage.endpoint_url": s3_endpoint})

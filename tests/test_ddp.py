@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from data_split import load_manifest
+from data_split import RunStorage, layout, load_manifest
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
 
@@ -85,10 +85,10 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     cfg = tiny_config(f"s3://test-bucket/ddp-{uuid.uuid4().hex[:8]}", **{
         "baseline.engine": "ddp", "baseline.workers": 2, "train.epochs": 2, "train.batch_size": 32,
         "storage.endpoint_url": s3_endpoint})
-    data = api.baseline_storage(cfg)
+    data = RunStorage.from_config(cfg.storage).child(layout.BASELINE)
     api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity",
                              "storage.uri": data.uri}))
-    out = api.ddp_baseline_storage(cfg)
+    out = RunStorage.from_config(cfg.storage).child(layout.BASELINE_DDP)
     result = train_ddp(cfg, data, out, kill=(1, 1))  # worker 1 dies once epoch 1's checkpoint is committed
 
     stored = out.read_json("result.json")

@@ -72,7 +72,7 @@ def test_ensemble_quantises_exactly_as_the_split_stored(trained_tiny_run):
     cfg = trained_tiny_run
     storage = RunStorage(cfg.storage.uri)
     manifest = load_manifest(storage)
-    model = load_ensemble(cfg.storage.uri)
+    model = load_ensemble(RunStorage.from_config(cfg.storage))
     assert model.info.dtype == manifest.split.dtype == "uint8"  # the default storage: codes, not floats
     x, _ = raw_test_split(cfg)
     s = spectral_components(x, 2, 2, model.matrix)  # (N, K, C, h, w)
@@ -88,7 +88,7 @@ def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run)
     cfg = trained_tiny_run
     storage = RunStorage(cfg.storage.uri)
     chosen = storage.read_json("ensemble/weights.json")
-    model = load_ensemble(cfg.storage.uri)
+    model = load_ensemble(RunStorage.from_config(cfg.storage))
     x, y = raw_test_split(cfg)
     with torch.no_grad():
         per_branch = model.branch_logits(x).numpy()  # (K, N, classes)
@@ -101,7 +101,7 @@ def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run)
     assert (z.argmax(1) == y).mean() == pytest.approx(chosen["test_acc"], abs=1e-12)
     assert model.info.method == chosen["method"] and model.info.test_acc == chosen["test_acc"]
 
-    uniform = load_ensemble(cfg.storage.uri, weights="uniform")
+    uniform = load_ensemble(RunStorage.from_config(cfg.storage), weights="uniform")
     assert uniform.info.weights == [0.25] * 4
     with torch.no_grad():
         np.testing.assert_allclose(uniform(x).numpy(), per_branch.mean(0), rtol=0, atol=1e-5)
@@ -110,9 +110,9 @@ def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run)
 @pytest.mark.slow
 def test_load_ensemble_names_what_is_missing(trained_tiny_run, tmp_path):
     with pytest.raises(EnsembleLoadError, match="nonesuch.json.*methods of this run: geometric, uniform"):
-        load_ensemble(trained_tiny_run.storage.uri, weights="nonesuch")
+        load_ensemble(RunStorage.from_config(trained_tiny_run.storage), weights="nonesuch")
     with pytest.raises(EnsembleLoadError, match="expected 4 finite ensemble weights"):
-        load_ensemble(trained_tiny_run.storage.uri, weights=[1.0, 0.0])
+        load_ensemble(RunStorage.from_config(trained_tiny_run.storage), weights=[1.0, 0.0])
 
 
 # Runs in a fresh interpreter with -I (no PYTHONPATH, no user site), from a folder outside the repository,
@@ -155,7 +155,7 @@ def test_export_loads_without_the_project_for_any_batch(trained_tiny_run, tmp_pa
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["leaked"] == []
-    model = load_ensemble(cfg.storage.uri)
+    model = load_ensemble(RunStorage.from_config(cfg.storage))
     for n in (1, 7, 1000):
         got = np.asarray(result["logits"][str(n)], dtype=np.float32)
         assert got.shape == (n, 4)

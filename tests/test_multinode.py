@@ -4,8 +4,9 @@ A head (``ray start --head``) and a second node (``ray start --address``), each 
 custom resource, temp dir and ports (the session's ``conftest.two_node_cluster``); branches at 1 CPU
 each, so the 4 branches of a sub4 split cannot all fit on one node. The job is ``spectral run``, then
 ``spectral baseline`` with the DDP engine on the same run, through one ``ray job submit``; its storage
-``s3://test-bucket/...`` on the loopback S3 endpoint, the AWS keys passed in the job's runtime env
-(the Ray nodes themselves are started without them). Checked from outside the job: every branch's
+``s3://test-bucket/...`` on the loopback S3 endpoint, the keys only in the job's config
+(``storage.access_key_id``/``secret_access_key``): neither the Ray nodes nor the job's environment hold any,
+so the split's tasks, the branch actors and Ray Train's workers and controller all use the config's. Checked from outside the job: every branch's
 ``placement.json`` (node and files read, written by the branch actor), every output of DESIGN.md
 section 3 (the job's config says ``ray.address: auto``) and the DDP baseline's result. A second test
 drives the same cluster through the Python API with a ``ray://`` address.
@@ -30,7 +31,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env
+from ray_cluster import BIN, TwoNodeCluster, ray_env
 from data_split import RunStorage, load_manifest
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,8 @@ def job_config(path: Path) -> Path:
         "ensemble": {"weights": "geometric"},
         # The README's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
         "ray": {"address": "auto"},
+        # The loopback S3's fake keys, from the config only (nothing in the environment to fall back on).
+        "storage": {"access_key_id": os.environ["AWS_ACCESS_KEY_ID"], "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]},
     }))
     return path
 
@@ -58,8 +61,8 @@ def job_config(path: Path) -> Path:
 def submit_command(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, *then: str,
                    **env_vars: str) -> list[str]:
     """``ray job submit`` of ``spectral run``, then of each CLI command in ``then`` on the same run (one job:
-    one submission's overhead); ``env_vars`` (and the loopback S3's fake keys) go to the job."""
-    runtime_env = {"env_vars": {**{k: os.environ[k] for k in AWS_KEYS}, **env_vars}}
+    one submission's overhead); ``env_vars`` go to the job, no AWS keys (the config holds them)."""
+    runtime_env = {"env_vars": {"AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", **env_vars}}
     common = ["--config", str(config), "--storage", uri, "--set", f"storage.endpoint_url={endpoint}"]
     commands = [shlex.join(["spectral", *cmd.split()[:1], *common, *cmd.split()[1:]]) for cmd in ("run", *then)]
     return [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),

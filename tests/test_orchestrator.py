@@ -27,7 +27,7 @@ def metric_epochs(storage: RunStorage, k: int) -> list[int]:
 
 def test_run_trains_every_branch_in_isolation(finished_job, tmp_path):
     tiny_cfg, result = finished_job
-    storage = api.run_storage(tiny_cfg)
+    storage = RunStorage.from_config(tiny_cfg.storage)
     assert sorted(result.training.results) == [0, 1, 2, 3]
     for k, res in result.training.results.items():
         # No process group, and the only data files a branch opened are its own shards.
@@ -63,9 +63,9 @@ def test_run_trains_every_branch_in_isolation(finished_job, tmp_path):
 
 def test_rerun_skips_finished_branches_and_resumes_unfinished(finished_job, tmp_path):
     done, _ = finished_job
-    shutil.copytree(api.run_storage(done).path(), tmp_path / "run")  # a copy of the finished job, to break
+    shutil.copytree(RunStorage.from_config(done.storage).path(), tmp_path / "run")  # a copy of the finished job, to break
     tiny_cfg = done.replace(**{"storage.uri": str(tmp_path / "run"), "ensemble.weights": "uniform"})  # no 2nd search
-    storage = api.run_storage(tiny_cfg)
+    storage = RunStorage.from_config(tiny_cfg.storage)
     # Branch 2 "crashed" after its first epoch: no result, no epoch-2 checkpoint or metrics line.
     storage.remove("branches/2/result.json")
     storage.remove("branches/2/checkpoints/epoch=2.pt")
@@ -95,7 +95,7 @@ def test_killed_branch_process_restarts_and_resumes(ray_session, tmp_path):
 
         outcome = api.train(cfg, on_progress=kill_the_held_branch)
     assert killed and killed["k"] == 0 and killed["epoch"] == 2
-    storage = api.run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     assert outcome.results[0]["placement"]["pid"] != killed["pid"]  # a new process finished it
     assert outcome.results[0]["resumed_from_epoch"] == 2  # from the checkpoint the kill left, not from scratch
     assert metric_epochs(storage, 0) == [1, 2, 3, 4]  # continuous: no epoch lost or repeated
@@ -112,7 +112,7 @@ def test_killed_branch_process_restarts_and_resumes(ray_session, tmp_path):
 def test_branch_failing_past_its_limit_fails_the_run_and_keeps_the_others(ray_session, tmp_path):
     cfg = tiny_config(str(tmp_path / "run"), **{"split.rows": 1, "resources.max_restarts": 1})  # K = 2: one wave
     api.split(cfg)
-    storage = api.run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     bad = load_manifest(storage).branches[1].splits["train"].files[0]
     storage.write_bytes(bad, b"this is not parquet")
 

@@ -4,17 +4,23 @@ A branch stops at a known point (``tests/holds.Hold``: after branch 0's checkpoi
 written it waits for the test), the test stops the endpoint, lets the branch go on into the outage,
 and restarts the endpoint with the same data (moto keeps its state in this process's backend, so a new
 ``ThreadedMotoServer`` on the same port serves the same buckets). Each driver is a real
-``spectral run`` process with its own local Ray.
+``spectral run`` process with its own local Ray, its branches streaming their shards from S3
+(``train.data: stream``: the next epoch's row-group reads run into the outage, as do the writes).
 
 - longer than ``storage.retry_budget_s``: the run fails, naming the endpoint; a re-run resumes the
   branch from its last complete checkpoint;
-- shorter (10 s): the writes retry with backoff and the run finishes, with every epoch exactly once.
+- shorter (10 s): the reads and writes retry with backoff and the run finishes, every epoch exactly once.
+
+What serve's start-up and predict's actors read (the model: manifest, results, checkpoints; the images)
+goes through the same retries: checked in this process on the functions they run.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,7 +125,8 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
     uri = f"s3://{bucket}/run"
-    cfg = tiny_config(uri, **{"storage.endpoint_url": s3.endpoint, "train.epochs": EPOCHS, "split.rows": 1})
+    cfg = tiny_config(uri, **{"storage.endpoint_url": s3.endpoint, "train.epochs": EPOCHS, "split.rows": 1,
+                              "train.data": "stream"})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     storage = RunStorage(uri, s3.endpoint)
@@ -149,11 +156,12 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     s3.start()
     assert _finish(second) == 0, (tmp_path / "second.log").read_text()[-3000:]
     finished_after_outage_s = time.monotonic() - t0
-    out = (tmp_path / "second.log").read_text()
+    out = " ".join((tmp_path / "second.log").read_text().split())  # rich wraps long log lines
     assert "retry" in out and s3.endpoint in out  # the retries were logged, naming the endpoint
+    assert re.search(r"(open|read row group \d+ of) s3://\S+/data/train/branch=0/part", out), out[-3000:]  # a shard read
 
     result = storage.read_json("branches/0/result.json")
-    assert result["resumed_from_epoch"] == 1
+    assert result["resumed_from_epoch"] == 1 and result["data_mode"] == "stream"
     for k in range(K):
         assert _epochs(storage, k) == list(range(1, EPOCHS + 1))
     assert storage.exists("report/report.json") and storage.exists("ensemble/weights.json")
@@ -203,3 +211,78 @@ def test_writer_killed_mid_write_leaves_the_old_file_and_a_hidden_leftover(tmp_p
     assert any(n.startswith(".epoch=2.pt.tmp-") for n in names)  # the half file, hidden
     found = find_resume_point(storage, 0, max_epoch=5)
     assert found.epoch == 1 and found.skipped == ()
+
+
+# -- what serve's start-up and predict's actors read, through an outage ---------------------------------------
+def _on_s3(s3: RestartableS3, local: RunStorage, budget_s: float) -> RunStorage:
+    """A copy of the run at ``local`` in a fresh bucket of ``s3``."""
+    bucket = f"infer-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
+    run = RunStorage(f"s3://{bucket}/run", s3.endpoint, retry_budget_s=budget_s)
+    for path in local.fs.find(local.root):
+        run.write_bytes(path[len(local.root) + 1:], local.fs.cat_file(path))
+    return run
+
+
+def _during_outage(s3: RestartableS3, call, caplog) -> dict:
+    """``call()`` started while the endpoint is down; the endpoint comes back once the call has logged a retry."""
+    import logging
+    import threading
+
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # handed to the test thread
+            outcome["error"] = e
+
+    s3.stop()
+    with caplog.at_level(logging.WARNING, logger="data_split.storage"):
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        wait_until(lambda: "retry 1" in caplog.text, timeout_s=60, what="the call retried during the outage",
+                   alive=worker.is_alive)
+        s3.start()
+        worker.join(timeout=120)
+    assert not worker.is_alive() and "error" not in outcome, outcome
+    return outcome
+
+
+def test_model_load_and_image_reads_ride_out_an_outage_and_fail_clearly_past_the_budget(s3, trained_tiny_run, caplog):
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from data_split import StorageError, make_source
+    from inference import load_ensemble
+    from inference.predict import Classifier
+
+    run = _on_s3(s3, RunStorage(trained_tiny_run.storage.uri), budget_s=60)
+    # serve's start-up (and each replica's) and predict's actors: load_ensemble on the run's storage object
+    model = _during_outage(s3, lambda: load_ensemble(run), caplog)["value"]
+    x, _ = make_source(trained_tiny_run.source).read("test", 0, 6)
+    images = run.at(f"{run.uri}/images")
+    for i, img in enumerate(x):
+        buf = io.BytesIO()
+        Image.fromarray(img[0]).save(buf, format="PNG")
+        images.write_bytes(f"{i}.png", buf.getvalue())
+    classifier = Classifier(run, images, "chosen", use_gpu=False, threads=1)
+    batch = {"path": np.array([images.path(f"{i}.png") for i in range(len(x))])}
+    caplog.clear()
+    table = _during_outage(s3, lambda: classifier(batch), caplog)["value"]  # predict's image reads
+    assert table.column("error").null_count == len(x)  # every image read, none reported unreadable
+    with torch.no_grad():
+        want = model(torch.from_numpy(x.astype(np.float32) / 255)).argmax(1).numpy()
+    np.testing.assert_array_equal(table.column("pred").to_numpy(), want)
+
+    s3.stop()  # past the budget: the one-line error naming the endpoint, for the model and for the images
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=rf"{s3.endpoint}.*retry_budget_s = 1\)"):
+        load_ensemble(dataclasses.replace(run, retry_budget_s=1.0))
+    classifier.images = dataclasses.replace(images, retry_budget_s=1.0)
+    with pytest.raises(StorageError, match=rf"cannot read .*{s3.endpoint}.*retry_budget_s = 1\)"):
+        classifier(batch)
+    assert time.monotonic() - t0 < 30

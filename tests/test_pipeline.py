@@ -517,7 +517,7 @@ def test_split_to_s3(ray_session, s3_endpoint):
 
     prefix = f"split-{uuid.uuid4().hex[:8]}"
     cfg = tiny_config(f"s3://test-bucket/{prefix}", **{"storage.endpoint_url": s3_endpoint})
-    storage = RunStorage(cfg.storage.uri, endpoint_url=cfg.storage.endpoint_url)
+    storage = RunStorage.from_config(cfg.storage)
     res = split_dataset(cfg.source, cfg.split, storage)
     assert not res.up_to_date
     client = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -542,7 +542,7 @@ def test_split_to_s3(ray_session, s3_endpoint):
     assert storage.ls("data") == ["manifest.json", "test", "train", "val"]
     assert storage.ls("data/train") == [f"branch={k}" for k in range(4)]
     assert split_dataset(cfg.source, cfg.split, storage).up_to_date
-    again = split_dataset(cfg.source, cfg.split, RunStorage(cfg.storage.uri, endpoint_url=cfg.storage.endpoint_url))
+    again = split_dataset(cfg.source, cfg.split, RunStorage.from_config(cfg.storage))
     assert again.up_to_date
     assert sorted(keys) == sorted(
         o["Key"][len(prefix) + 1 :] for o in client.list_objects_v2(Bucket="test-bucket", Prefix=prefix + "/")["Contents"]

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -50,18 +51,39 @@ def write_folder(root, images, labels, names=None) -> list[str]:
 
 def expected_probs(uri: str, images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        logits = load_ensemble(uri)(torch.from_numpy(images.astype(np.float32) * np.float32(1 / 255)))
+        logits = load_ensemble(RunStorage(uri))(torch.from_numpy(images.astype(np.float32) * np.float32(1 / 255)))
     return torch.softmax(logits, 1).numpy()
 
 
-def test_predict_classifies_every_image_and_reports_accuracy(trained_tiny_run, test_images, tmp_path, capsys):
+def test_predict_classifies_every_image_and_reports_accuracy(trained_tiny_run, test_images, tmp_path, capsys,
+                                                             monkeypatch):
+    """An interrupted predict first (Ctrl-C once every part is written, before the commit): nothing complete-looking;
+    the re-run completes the output."""
+    from inference import _output
+
     cfg = trained_tiny_run
     x, y = test_images
     paths = write_folder(tmp_path / "images", x, y)
     out = tmp_path / "preds"
-    assert main(["predict", "--storage", cfg.storage.uri, "--input", str(tmp_path / "images"), "--output", str(out),
-                 "--batch-size", "16", "--concurrency", "2", "--set", "predict.cpus_per_actor=0.5"]) == 0
+    argv = ["predict", "--storage", cfg.storage.uri, "--input", str(tmp_path / "images"), "--output", str(out),
+            "--batch-size", "16", "--concurrency", "2", "--set", "predict.cpus_per_actor=0.5"]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_output, "commit", interrupt)
+    assert main(argv) == 130
+    assert list((out / "_temporary").rglob("*.parquet")) and not (out / "_SUCCESS").exists()
+    assert ds.dataset(out, format="parquet").files == []  # a Parquet reader finds no output there
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    assert main(argv) == 0
     printed = capsys.readouterr().out
+    committed = RunStorage(str(out)).read_json("_manifest.json")
+    parts = sorted(p["file"] for p in committed["parts"])
+    assert committed["rows"] == len(y) and parts and all(p.startswith("part-") for p in parts)
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_manifest.json", *parts]  # no leftovers
     assert f"classified {len(y)} images" in printed and "images/s" in printed and "2 actor(s), batch 16" in printed
     chosen_acc = RunStorage(cfg.storage.uri).read_json("ensemble/weights.json")["test_acc"]
     assert f"accuracy {chosen_acc:.4f} over {len(y)} images" in printed  # lossless PNGs: the run's own test accuracy
@@ -135,13 +157,13 @@ def test_a_run_with_image_size_s_crops_at_inference_as_its_split_did(trained_tin
     on_disk = json.loads((run / "data" / "manifest.json").read_text())
     on_disk["source"]["image_size"] = 8  # as an imagefolder split with image_size 8 records it
     (run / "data" / "manifest.json").write_text(json.dumps(on_disk))
-    assert load_ensemble(str(run)).info.decode_size == 8
+    assert load_ensemble(RunStorage(str(run))).info.decode_size == 8
     x, _ = test_images
     wide = np.concatenate([x[:6, :, :, :2] // 2, x[:6], x[:6, :, :, -2:] // 2], axis=3)  # (6, 1, 8, 12): 8 + 2 per side
     for i, img in enumerate(wide):
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(img))
-    predict_images(str(run), str(tmp_path / "in"), str(tmp_path / "out"))
+    predict_images(RunStorage(str(run)), str(tmp_path / "in"), str(tmp_path / "out"))
     rows = sorted(pq.read_table(tmp_path / "out").to_pylist(), key=lambda r: r["path"])
     # the centre 8 x 8 of each 8 x 12 image is the original test image: cropped, not stretched
     np.testing.assert_allclose(np.asarray([r["prob"] for r in rows]), expected_probs(str(run), x[:6]), atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import free_port
-from data_split import make_source
+from data_split import RunStorage, make_source
 from inference import ServeConfig, export_program, load_ensemble, start_serving
 
 HTTP_TIMEOUT_S = 60
@@ -43,7 +43,7 @@ def encode(img: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
 def server(trained_tiny_run):
     from ray import serve
 
-    url = start_serving(trained_tiny_run.storage.uri, ServeConfig(cpus_per_replica=0.5, max_batch_size=8),
+    url = start_serving(RunStorage.from_config(trained_tiny_run.storage), ServeConfig(cpus_per_replica=0.5, max_batch_size=8),
                         port=free_port())
     yield url
     serve.shutdown()
@@ -52,7 +52,7 @@ def server(trained_tiny_run):
 def test_predictions_equal_the_exported_programs(trained_tiny_run, server):
     source = make_source(trained_tiny_run.source)
     x, _ = source.read("test", 0, 12)
-    program = export_program(load_ensemble(trained_tiny_run.storage.uri)).module()
+    program = export_program(load_ensemble(RunStorage.from_config(trained_tiny_run.storage))).module()
     with torch.no_grad():
         want = torch.softmax(program(torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255))), 1).numpy()
 

@@ -214,3 +214,72 @@ def test_transient_errors_are_retried_with_backoff_others_raised_at_once(monkeyp
     with pytest.raises(FileNotFoundError):
         st.read_bytes("missing.json")
     assert storage_mod.is_transient(ConnectionRefusedError()) and not storage_mod.is_transient(PermissionError())
+
+
+# -- one object, every read inside the budget --------------------------------------------------------------------
+def test_one_object_from_the_config_carries_every_setting_to_workers_and_children():
+    from data_split.config import StorageConfig
+
+    cfg = StorageConfig(uri="s3://b/run", endpoint_url="http://e:1", retry_budget_s=7.0,
+                        access_key_id="KEYID1234", secret_access_key="SECRET1234")
+    st = RunStorage.from_config(cfg)
+    assert (st.uri, st.endpoint_url, st.retry_budget_s, st.credentials) == ("s3://b/run", "http://e:1", 7.0,
+                                                                           ("KEYID1234", "SECRET1234"))
+    assert "SECRET1234" not in repr(st) and "KEYID1234" not in repr(st)
+    for derived in (pickle.loads(pickle.dumps(st)), st.child("baseline"), st.at("s3://other/out")):
+        assert (derived.endpoint_url, derived.retry_budget_s, derived.credentials) == (st.endpoint_url, 7.0,
+                                                                                      st.credentials)
+    assert st.child("baseline").uri == "s3://b/run/baseline"
+
+
+def test_retrying_gives_up_at_once_when_told_to_stop(monkeypatch):
+    import threading
+
+    import data_split.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "RETRY_FIRST_DELAY_S", 0.5)
+    st = RunStorage("memory://stop", retry_budget_s=60)
+    stop, calls = threading.Event(), []
+
+    def refused():
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            stop.set()  # the consumer went away during the outage
+        raise ConnectionRefusedError("refused")
+
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match="still failing after 2 attempt"):
+        st.retrying("read x", refused, stop=stop)
+    assert time.monotonic() - t0 < 5  # not the 60 s budget
+    assert not storage_mod.is_transient(StorageError("cannot read ...: Could not connect to the endpoint"))
+
+
+def test_reads_retry_through_transient_failures_and_report_real_answers(monkeypatch):
+    import data_split.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "RETRY_FIRST_DELAY_S", 0.01)
+    st = RunStorage(f"memory://reads-{uuid.uuid4().hex[:8]}", retry_budget_s=30)
+    st.write_bytes("a.bin", b"aaa")
+    st.write_bytes("b.bin", b"bbb")
+    failures = {"open": 2, "cat": 2}
+    fs_open, fs_cat = st.fs.open, st.fs.cat_file
+
+    def flaky(kind, real):
+        def call(*args, **kwargs):
+            if failures[kind]:
+                failures[kind] -= 1
+                raise ConnectionResetError(f"{kind} reset (injected)")
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(st.fs, "open", flaky("open", fs_open))
+    monkeypatch.setattr(st.fs, "cat_file", flaky("cat", fs_cat))
+    with st.open_read("a.bin") as f:  # the open retried twice
+        assert f.read() == b"aaa"
+    assert st.read_with("b.bin", lambda f: f.read()) == b"bbb"
+    # many files at once: a transient failure is retried for that file, a real answer is returned as itself
+    monkeypatch.setattr(st.fs, "cat_ranges", lambda paths, *a, **kw: [ConnectionResetError("reset"), b"bbb",
+                                                                        FileNotFoundError(paths[2])])
+    got = st.read_paths([st.path("a.bin"), st.path("b.bin"), st.path("gone.bin")])
+    assert got[:2] == [b"aaa", b"bbb"] and isinstance(got[2], FileNotFoundError)
+    assert failures == {"open": 0, "cat": 0}

@@ -154,3 +154,92 @@ def test_augmented_training_resumes_bitwise_and_inexact_flips_are_refused(tiny_s
     assert not np.array_equal(a, c)  # the crop changed what was learned
     with pytest.raises(ValueError, match=r"hflip is not exact for the 2x2 dct split.*exact here: crop"):
         train_branch(copy_run(tiny_split, tmp_path / "x"), 1, FC4, dataclasses.replace(aug, augment=["hflip"]))
+
+
+# -- outages: a fault-injecting filesystem under the stream ---------------------------------------------------
+class Faults:
+    """Counts reads through the files it hands out; the reads numbered in ``fail`` (or every read from
+    ``fail_from`` on) raise a connection reset, as a dropped S3 connection does mid-body."""
+
+    def __init__(self, fail: set[int] = frozenset(), fail_from: int | None = None) -> None:
+        self.fail, self.fail_from, self.reads, self.failed = set(fail), fail_from, 0, 0
+
+    def tick(self) -> None:
+        self.reads += 1
+        if self.reads in self.fail or (self.fail_from is not None and self.reads >= self.fail_from):
+            self.failed += 1
+            raise ConnectionResetError(f"connection reset by peer (injected, read {self.reads})")
+
+
+class FlakyFile(io.BytesIO):
+    def __init__(self, data: bytes, faults: Faults) -> None:
+        super().__init__(data)
+        self.faults = faults
+
+    def read(self, *args):
+        self.faults.tick()
+        return super().read(*args)
+
+
+def remote_copy(storage: RunStorage, faults: Faults, monkeypatch) -> RunStorage:
+    """The split at ``storage`` copied to a ``memory://`` store (remote: retried), whose opened files are flaky."""
+    import uuid
+
+    import data_split.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "RETRY_FIRST_DELAY_S", 0.01)
+    remote = RunStorage(f"memory://stream-{uuid.uuid4().hex[:8]}", retry_budget_s=0.5)
+    for path in storage.fs.find(storage.path("data")):
+        remote.write_bytes(path[len(storage.root) + 1:], storage.fs.cat_file(path))
+    cat, open_ = remote.fs.cat_file, remote.fs.open
+    monkeypatch.setattr(remote.fs, "open", lambda path, mode="rb", **kw: FlakyFile(cat(path), faults)
+                        if mode == "rb" else open_(path, mode, **kw))
+    return remote
+
+
+def epoch_batches(storage: RunStorage, k: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(StreamingSplit(storage, load_manifest(storage), "train", k, CPU, shuffle_buffer=64).train_batches(0, k, 1, 32))
+
+
+def test_reads_failing_mid_epoch_are_retried_and_the_epoch_is_unchanged(tiny_split, monkeypatch, caplog):
+    want = epoch_batches(tiny_split)
+    count = Faults()
+    epoch_batches(remote_copy(tiny_split, count, monkeypatch))  # how many reads an epoch makes
+    middle = count.reads // 2
+    faults = Faults(fail={middle, middle + 1, middle + 7})  # one row group twice in a row, another once
+    got = epoch_batches(remote_copy(tiny_split, faults, monkeypatch))
+    assert faults.failed == 3 and sum("retry" in r.message for r in caplog.records) == 3
+    assert len(got) == len(want)
+    for (xa, ya), (xb, yb) in zip(want, got):  # each row group read again from a fresh file: nothing lost or doubled
+        torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+
+
+def test_an_outage_past_the_budget_in_the_prefetch_thread_fails_the_training_loop(tiny_split, monkeypatch):
+    import threading
+
+    from conftest import wait_until
+    from data_split.storage import StorageError
+
+    count = Faults()
+    epoch_batches(remote_copy(tiny_split, count, monkeypatch))
+    faults = Faults(fail_from=count.reads // 2)  # the endpoint goes away half-way through epoch 1, for good
+    remote = remote_copy(tiny_split, faults, monkeypatch)
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            train_branch(remote, 1, FC4, STREAM)
+        except BaseException as e:  # handed to the test thread
+            outcome["error"] = e
+
+    trainer = threading.Thread(target=train, name="trainer", daemon=True)
+    trainer.start()
+    trainer.join(timeout=120)  # a hung prefetch thread would keep the loop waiting here
+    assert not trainer.is_alive(), "the training loop hung on a failed read"
+    error = outcome.get("error")
+    assert isinstance(error, StorageError), error
+    assert "row group" in str(error) and "retry_budget_s = 0.5" in str(error) and remote.uri in str(error)
+    wait_until(lambda: not any(t.name.startswith("branch-prefetch") for t in threading.enumerate()), timeout_s=30,
+               what="the prefetch thread ended")
+    assert not remote.exists("branches/1/result.json")

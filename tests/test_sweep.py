@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def test_ranking_prefers_the_best_finished_trial():
 def test_trial_storage_reads_the_runs_data_and_writes_its_own_branches(tmp_path):
     run = RunStorage(str(tmp_path / "run"))
     run.write_json("data/manifest.json", {"hello": 1})
-    trial = TrialStorage(run, run.uri + "/tune/sweep/trials/t1")
+    trial = pickle.loads(pickle.dumps(TrialStorage.of(run, "t1")))  # as a Tune actor receives it
     assert trial.read_json("data/manifest.json") == {"hello": 1}
     trial.write_json("branches/0/result.json", {"ok": True})
     assert (tmp_path / "run/tune/sweep/trials/t1/branches/0/result.json").exists()
@@ -111,7 +112,7 @@ def sweep_config(uri: str, **extra):
 def test_asha_sweep_writes_table_and_a_best_config_that_runs(ray_session, tmp_path):
     cfg = sweep_config(str(tmp_path / "run"))
     result = api.sweep(cfg)
-    storage = api.run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     assert len(result.rows) == 6 and not result.restored
     assert all(r["status"] in ("finished", "stopped early") for r in result.rows)
     early = [r for r in result.rows if r["status"] == "stopped early"]
@@ -148,7 +149,7 @@ def test_sweep_of_two_branches_on_s3(ray_session, s3_endpoint):
     cfg = tiny_config(uri, **{"storage.endpoint_url": s3_endpoint, "train.epochs": 2, "sweep.space": LR_SPACE,
                               "sweep.num_samples": 2, "sweep.branches": [0, 1], "sweep.scheduler": "fifo"})
     result = api.sweep(cfg)
-    storage = api.run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     assert [r["status"] for r in result.rows] == ["finished", "finished"]
     assert result.experiment.startswith(uri)
     assert any(n.startswith("experiment_state") for n in storage.ls("tune/sweep/experiment"))
@@ -159,6 +160,9 @@ def test_sweep_of_two_branches_on_s3(ray_session, s3_endpoint):
         last = json.loads(progress[-1])
         assert last["epoch"] == 2 and last["val_acc"] == pytest.approx((last["val_acc_b0"] + last["val_acc_b1"]) / 2)
     assert storage.exists("tune/sweep.md") and storage.exists("tune/best_config.yaml")
+    # what the CLI prints to run next: `spectral run --config s3://.../tune/best_config.yaml` reads it from S3
+    assert result.best_config_path == f"{uri}/tune/best_config.yaml"
+    assert load_config(result.best_config_path, {"storage.endpoint_url": s3_endpoint}) == result.best_config
 
 
 def tune_state_shows(run: Path, trial_id: str, epoch: int) -> bool:

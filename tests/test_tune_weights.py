@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 from data_split.pipeline import MANIFEST, MANIFEST_VERSION
 from data_split.storage import RunStorage
-from orchestrator import api, cli
+from orchestrator import cli
 from orchestrator.ensemble import EnsembleInputError, ensemble_logits, evaluate_ensemble, score, weight_rule
 from orchestrator.weights import NLL_TOLERANCE_PCT, tune_ensemble_weights
 from tune import fit_exact_weights
@@ -209,7 +209,7 @@ def test_cli_tune_weights_needs_only_the_storage_uri(ray_session, tmp_path, capf
 @pytest.mark.slow
 def test_spectral_run_with_tuned_weights(finished_job):
     cfg, result = finished_job  # api.run with ensemble.weights=tuned (tests/conftest.py)
-    storage = api.run_storage(cfg)
+    storage = RunStorage.from_config(cfg.storage)
     assert result.report["chosen_ensemble"] == "tuned"
     methods = {e["method"]: e for e in result.report["ensembles"]}
     assert set(methods) == {"uniform", "geometric", "tuned", "exact"}

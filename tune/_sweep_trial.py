@@ -16,8 +16,9 @@ import queue
 import tempfile
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from data_split import layout
 from data_split.storage import RunStorage
@@ -26,12 +27,18 @@ from branches.config import ModelConfig, TrainConfig
 log = logging.getLogger(__name__)
 
 # -- a trial's storage: its own branches/, the run's data/ -------------------------------------------
+@dataclass(frozen=True)
 class TrialStorage(RunStorage):
-    """RunStorage rooted at a trial's folder whose ``data/`` paths resolve to the run's shards (read-only)."""
+    """RunStorage rooted at a trial's folder whose ``data/`` paths resolve to the run's shards (read-only).
 
-    def __init__(self, run: RunStorage, uri: str) -> None:
-        super().__init__(uri, run.endpoint_url, run.retry_budget_s, run.credentials)
-        object.__setattr__(self, "data_root", run.root)
+    ``TrialStorage.of(run, trial_id)``: the run's store and settings, rooted at the trial's folder.
+    """
+
+    data_root: str = ""  # the run's root (an ``fs`` path), where ``data/`` lives
+
+    @classmethod
+    def of(cls, run: RunStorage, trial_id: str) -> "TrialStorage":
+        return cls.like(run, uri=run.child(layout.sweep_trial(trial_id)).uri, data_root=run.root)
 
     def path(self, *parts: str) -> str:
         rel = posixpath.join(*parts) if parts else ""
@@ -43,13 +50,6 @@ class TrialStorage(RunStorage):
         if rel == layout.DATA or rel.startswith(f"{layout.DATA}/"):
             raise PermissionError(f"a sweep trial must not write the run's data ({rel})")
         super().write_bytes(rel, data)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "data_root": self.data_root}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        object.__setattr__(self, "data_root", state["data_root"])
 
 
 # -- the trial (runs in a Tune actor) --------------------------------------------------------------------
@@ -101,7 +101,7 @@ def _sweep_trial(config: dict, *, run: RunStorage, base: dict, branches: list[in
 
     model_cfg, train_cfg = trial_configs(base, config)
     trial_id = tune.get_context().get_trial_id()
-    storage = TrialStorage(run, run.child(layout.sweep_trial(trial_id)).uri)
+    storage = TrialStorage.of(run, trial_id)
     done = 0  # last epoch Tune knows of
     resumed = tune.get_checkpoint()
     if resumed is not None:

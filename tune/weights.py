@@ -27,7 +27,7 @@ from data_split.errors import SpectralError
 from data_split.layout import TUNE_WEIGHTS
 from data_split.storage import RunStorage
 from tune._simplex import local_search, simplex_from_unit, unit_from_simplex
-from tune._storage import EXPERIMENT_NAME, short_trial_dirname, tune_location
+from tune._storage import EXPERIMENT_NAME, credentials_broker, short_trial_dirname, tune_location
 from tune.config import TuneConfig
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ def search_weights(logits: np.ndarray, y: np.ndarray, cfg: TuneConfig, storage: 
                                   verbose=0),
     )
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    with credentials_broker(storage):  # the trials reach the run's store with the config's keys
+        grid = tuner.fit()
     seconds = time.perf_counter() - t0
     ok = [r for r in grid if r.error is None and "nll" in (r.metrics or {})]
     if not ok:
