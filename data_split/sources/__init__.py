@@ -303,7 +303,7 @@ def _download(cfg: SourceConfig, root: Path) -> None:
 
 
 def _image_folder(cfg: SourceConfig, root: Path, storage: RunStorage | None) -> ImageSource:
-    from data_split.imagefolder import image_folder  # imports this module
+    from data_split.sources.imagefolder import image_folder  # imports this module
 
     return image_folder(cfg, storage)
 
