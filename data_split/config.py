@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from data_split.errors import ConfigError
 from data_split.fields import Key, Section, option
 from data_split.quantize import DTYPES
-from data_split.sources import SOURCES
 from data_split.transforms import TRANSFORMS
+
+# source.name; data_split.sources builds each (FACTORIES): this module imports no source, so sources may import it
+SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -27,7 +27,7 @@ from typing import Union
 
 import numpy as np
 
-from data_split.sources import SOURCE_SPLITS, ImageSource, SourceError
+from data_split.sources.base import SOURCE_SPLITS, ImageSource, SourceError
 from data_split.storage import RunStorage, is_transient
 
 log = logging.getLogger(__name__)
