@@ -13,7 +13,7 @@ What it measures (one run, Fashion-MNIST from Debian's files, model fc8, the sam
 
 For each: wall time (engine start to the end of its last epoch, read from the run's report, plus the whole
 API call timed here), test accuracy, the wall time until its validation accuracy first reaches the single
-baseline's final validation accuracy (``orchestrator.engines``), and bytes sent per worker. The splits are
+baseline's final validation accuracy (``orchestrator.engine_comparison``), and bytes sent per worker. The splits are
 written first, so no engine's time includes writing data.
 
 Then a projection, labelled as one: ResNet-34 (21.8 M parameters, fp32 gradients) with ring all-reduce

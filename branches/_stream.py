@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from branches._data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
+from branches.data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
 from data_split.quantize import branch_codec
 from data_split import layout
 from data_split.manifest import Manifest, ManifestError

@@ -40,13 +40,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from branches import _checkpoint as ckpt_io
-from branches._data import Augmenter, InMemorySplit, choose_mode
+from branches import checkpoint as ckpt_io
+from branches.data import Augmenter, InMemorySplit, choose_mode
 from branches._stream import StreamingSplit
 from branches._test_hold import hold_after_epoch
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
-from branches.settled import check_same_run, finished_result, stored_configs
+from branches.finished import check_same_run, finished_result, stored_configs
 from data_split import layout
 from data_split.augment import check_augment
 from data_split.errors import ConfigError, SpectralError

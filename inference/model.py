@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 
 from branches import ModelConfig, build_model
-from branches._checkpoint import load_checkpoint
-from branches._data import MIN_STD
+from branches.checkpoint import load_checkpoint
+from branches.data import MIN_STD
 from data_split import RunStorage, layout, load_manifest, spectral_components
 from data_split.errors import SpectralError
 from data_split.quantize import DTYPES, branch_codec, decode, encode

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from branches._data import InMemorySplit, batch_indices, epoch_generator
+from branches.data import InMemorySplit, batch_indices, epoch_generator
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
 from branches.train import lr_factor, make_optimizer, predict, score, train_one_epoch
@@ -251,7 +251,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tune._storage import absolute, tune_location
+    from tune.storage import absolute, tune_location
 
     manifest = load_manifest(data)
     stored = _stored_config(cfg, manifest)

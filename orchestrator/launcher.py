@@ -19,7 +19,7 @@ from typing import Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from branches.settled import finished_result
+from branches.finished import finished_result
 from branches.config import ModelConfig, TrainConfig
 from data_split.errors import SpectralError, user_error
 from data_split.storage import RunStorage

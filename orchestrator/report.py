@@ -4,7 +4,7 @@ Reads (docs/design.md section 3, through ``data_split.layout``): ``data/manifest
 ``metrics.jsonl``; every ``ensemble/<method>.json`` record plus ``ensemble/weights.json`` (the
 chosen one); the full-resolution baseline, a run of its own under ``<run>/baseline/`` (K=1), and its
 Ray Train DDP version ``<run>/baseline-ddp/result.json``; the engines side by side come from
-``orchestrator.engines``.
+``orchestrator.engine_comparison``.
 Writes ``report/report.json``, ``report/report.md``, ``report/accuracy.png`` and
 ``report/training_curves.png``, all through ``RunStorage.write_bytes`` so s3:// works too.
 
@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from data_split import layout
 from data_split.errors import SpectralError
 from data_split.storage import RunStorage
-from orchestrator.engines import NOT_REACHED, compare_engines
+from orchestrator.engine_comparison import NOT_REACHED, compare_engines
 
 log = logging.getLogger(__name__)
 

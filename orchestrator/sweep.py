@@ -25,7 +25,7 @@ from orchestrator._ray import init_ray
 from orchestrator._sweep_table import render_markdown
 from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict, run_storage
 from orchestrator.placement import cluster_nodes, default_gpus
-from tune._storage import EXPERIMENT_NAME, absolute
+from tune.storage import EXPERIMENT_NAME, absolute
 from tune.config import Dimension
 from tune.sweep import SweepError, make_tuner, rank_rows, trial_row
 

@@ -12,7 +12,7 @@ from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_se
 
 
 def test_workers_split_the_single_baselines_batches_like_distributed_sampler():
-    from branches._data import batch_indices, epoch_generator
+    from branches.data import batch_indices, epoch_generator
     from torch.utils.data import DistributedSampler
 
     n, batch, workers = 103, 16, 2

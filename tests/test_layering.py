@@ -111,6 +111,13 @@ def test_the_cycle_check_sees_lazy_and_type_only_imports(tmp_path):
     assert find_cycle(import_graph(tmp_path)) is None
 
 
+def test_underscore_modules_are_imported_only_by_their_own_package():
+    crossing = sorted(f"{name} imports {target}" for name, targets in import_graph().items() for target in targets
+                      if target.split(".")[0] != name.split(".")[0]
+                      and any(part.startswith("_") for part in target.split(".")[1:]))
+    assert crossing == [], "a module used by another package is public: drop its underscore"
+
+
 def loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
     """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
     import subprocess
@@ -129,5 +136,5 @@ def test_importing_the_lower_layers_loads_neither_ray_nor_matplotlib():
 
 def test_the_cli_imports_no_torch():
     """The CLI, and with it a job's driver, starts in about a second: torch is for the branch actors. Parsing a
-    config and checking which branches are finished (``branches.settled``) need none of it."""
-    assert loaded("orchestrator.cli, orchestrator.launcher, branches.settled", ("torch",)) == []
+    config and checking which branches are finished (``branches.finished``) need none of it."""
+    assert loaded("orchestrator.cli, orchestrator.launcher, branches.finished", ("torch",)) == []

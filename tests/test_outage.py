@@ -180,7 +180,7 @@ def test_interrupted_put_leaves_no_object(s3):
 
 def test_writer_killed_mid_write_leaves_the_old_file_and_a_hidden_leftover(tmp_path):
     """Local disk: a writer killed before its rename leaves only a hidden temporary that nothing reads."""
-    from branches._checkpoint import find_resume_point, save_checkpoint
+    from branches.checkpoint import find_resume_point, save_checkpoint
 
     storage = RunStorage(str(tmp_path / "run"))
     state = {"epoch": 1, "model": {}, "optimizer": {}, "scheduler": {}, "rng": {}, "model_config": {},
@@ -189,7 +189,7 @@ def test_writer_killed_mid_write_leaves_the_old_file_and_a_hidden_leftover(tmp_p
     script = (
         "import os, signal, sys\n"
         "from data_split.storage import RunStorage\n"
-        "from branches._checkpoint import save_checkpoint\n"
+        "from branches.checkpoint import save_checkpoint\n"
         "def crash(src, dst):\n"
         "    os.truncate(src, os.path.getsize(src) // 2)  # half of it on disk\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

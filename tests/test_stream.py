@@ -18,7 +18,7 @@ import torch
 import data_split.parquet as parquet
 import data_split.pipeline as pipeline
 from branches import ModelConfig, TrainConfig, train_branch
-from branches._data import InMemorySplit, choose_mode, in_memory_bytes
+from branches.data import InMemorySplit, choose_mode, in_memory_bytes
 from branches._stream import StreamingSplit
 from conftest import tiny_config
 from data_split import RunStorage, SourceConfig, SplitConfig, load_manifest, make_source
