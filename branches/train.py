@@ -129,8 +129,10 @@ def check_finite(logits: torch.Tensor, what: str) -> torch.Tensor:
     return logits
 
 
-def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
-    """(mean NLL, accuracy) of ``logits`` against labels; (None, None) for an empty split."""
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
+    """(mean NLL, accuracy) of a branch's ``logits`` against labels; (None, None) for an empty split, which
+    metrics.jsonl and result.json record as null. (The ensemble's NumPy counterpart, with NaN for an empty
+    split, is ``tune.scoring.score``.)"""
     if len(y) == 0:
         return None, None
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
@@ -273,7 +275,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         except NonFiniteError as e:
             raise NonFiniteError(f"branch {k} diverged at epoch {epoch}: {e} (lr {lr:g}: lower train.lr)", k=k,
                                  epoch=epoch, step=e.step) from None
-        val_loss, val_acc = score(val_logits, val.y)
+        val_loss, val_acc = loss_and_accuracy(val_logits, val.y)
         if train_cfg.epoch_logits:  # rows in ascending (src, idx), as logits_val.npy (streamed val is in file order)
             in_order = val_logits.cpu().numpy()[np.lexsort((val.idx, val.src))]
             storage.write_bytes(layout.epoch_logits(k, epoch), _npy(in_order.astype(np.float32)))
@@ -335,7 +337,7 @@ def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_
     for split, data in (("val", val), ("test", test)):
         order, logits = outputs[split]
         idx, y = data.idx[order], data.y_np[order]
-        nll, acc = score(logits, torch.from_numpy(y).to(dev))
+        nll, acc = loss_and_accuracy(logits, torch.from_numpy(y).to(dev))
         storage.write_bytes(layout.logits(k, split), _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
         storage.write_bytes(layout.rows(k, split), _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
         summary[split] = (acc, nll)

@@ -28,7 +28,7 @@ def table_rows(result) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def render_markdown(result, cfg) -> str:
+def sweep_markdown(result, cfg) -> str:
     header, rows = table_rows(result)
     sc = cfg.sweep
     lines = [

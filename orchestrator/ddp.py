@@ -37,7 +37,7 @@ import torch
 from branches.data import InMemorySplit, batch_indices, epoch_generator
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
-from branches.train import lr_factor, make_optimizer, predict, score, train_one_epoch
+from branches.train import loss_and_accuracy, lr_factor, make_optimizer, predict, train_one_epoch
 from data_split import layout
 from data_split.errors import SpectralError
 from data_split.layout import load_manifest
@@ -178,7 +178,7 @@ def _worker_loop(config: dict) -> None:
                  "workers": [{k: g[k] for k in ("bytes", "buckets", "allreduce_s", "train_s")} for g in gathered]}
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                val_loss, val_acc = score(predict(ddp.module, val.eval_batches(), dev, amp=amp), val.y)
+                val_loss, val_acc = loss_and_accuracy(predict(ddp.module, val.eval_batches(), dev, amp=amp), val.y)
                 entry.update(val_loss=val_loss, val_acc=val_acc, time=time.time())
                 history.append(entry)
                 torch.save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
@@ -197,7 +197,7 @@ def _worker_loop(config: dict) -> None:
 def _final(storage, manifest, ddp, dev, amp, history, resumed_from) -> dict:
     """Rank 0, after the last epoch: test accuracy and the per-worker totals of the whole history."""
     test = InMemorySplit(storage, manifest, "test", 0, dev)
-    test_loss, test_acc = score(predict(ddp.module, test.eval_batches(), dev, amp=amp), test.y)
+    test_loss, test_acc = loss_and_accuracy(predict(ddp.module, test.eval_batches(), dev, amp=amp), test.y)
     world = len(history[-1]["workers"])
     per = [{key: sum(h["workers"][r][key] for h in history) for key in ("bytes", "buckets", "allreduce_s", "train_s")}
            for r in range(world)]

@@ -42,7 +42,7 @@ class ReportError(SpectralError, RuntimeError):
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def read_branch(storage: RunStorage, k: int) -> dict | None:
+def read_branch_result(storage: RunStorage, k: int) -> dict | None:
     """``result.json`` of branch ``k`` plus its ``metrics`` list; None when the branch has no result."""
     result = layout.read_result(storage, k)
     return None if result is None else {**result, "k": k, "metrics": layout.read_metrics(storage, k)}
@@ -95,14 +95,14 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     branches, missing = [], []
     diverged = layout.read_diverged(storage, K)  # train.on_nonfinite: skip_branch
     for k in range(K):
-        b = read_branch(storage, k)
+        b = read_branch_result(storage, k)
         if b is not None:
             branches.append(b)
         elif k not in diverged:
             missing.append(k)
     if missing:
         log.warning("branches %s of %s have no result.json; the report leaves them out", missing, storage.url())
-    baseline = read_branch(storage.child(layout.BASELINE), 0)
+    baseline = read_branch_result(storage.child(layout.BASELINE), 0)
     ensembles = read_ensembles(storage)
     split = manifest.split.to_json() if manifest is not None else {}
     source = manifest.source.to_json() if manifest is not None else {}
@@ -185,7 +185,7 @@ def _markdown_table(header: list[str], rows: list[list[str]], align: str) -> lis
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def render_markdown(report: dict) -> str:
+def report_markdown(report: dict) -> str:
     src, split, totals = report["source"], report["split"], report["totals"]
     res = "x".join(str(v) for v in src.get("resolution", [])) or "?"
     lines = [
@@ -319,7 +319,7 @@ def build_report(storage: RunStorage) -> dict[str, Any]:
     """Collect the run's results and write ``report/`` (JSON, markdown, two PNGs); return the report dict."""
     report = collect_report(storage)
     storage.write_json(layout.report("report.json"), report)
-    storage.write_text(layout.report("report.md"), render_markdown(report))
+    storage.write_text(layout.report("report.md"), report_markdown(report))
     storage.write_bytes(layout.report("accuracy.png"), plot_accuracy(report))
     storage.write_bytes(layout.report("training_curves.png"), plot_training_curves(report))
     log.info("report of %s: %d branch(es), %d ensemble(s), baseline %s -> %s", storage.url(),

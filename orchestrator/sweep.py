@@ -22,7 +22,7 @@ from data_split.layout import BEST_CONFIG, SWEEP, SWEEP_RESULTS, SWEEP_SPEC, SWE
 from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 from orchestrator._ray import init_ray
-from orchestrator._sweep_table import render_markdown
+from orchestrator._sweep_table import sweep_markdown
 from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict, run_storage
 from orchestrator.placement import cluster_nodes, default_gpus
 from tune.storage import EXPERIMENT_NAME, absolute
@@ -154,7 +154,7 @@ def _summarise(cfg: SpectralConfig, dims: list[Dimension], storage: RunStorage, 
         metric=cfg.sweep.metric, mode=mode, keys=[d.key for d in dims],
     )
     storage.write_text(BEST_CONFIG, text)
-    storage.write_text(SWEEP_TABLE, render_markdown(result, cfg))
+    storage.write_text(SWEEP_TABLE, sweep_markdown(result, cfg))
     storage.write_json(SWEEP_RESULTS, {"metric": result.metric, "mode": mode, "restored": restored,
                                       "best": best, "trials": rows, "experiment": result.experiment,
                                       "best_config": result.best_config_path})
