@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from branches import _faults
 from branches.data import InMemorySplit, batch_indices, epoch_generator
 from branches.config import ModelConfig, TrainConfig
 from branches.models import build_model, count_parameters
@@ -187,11 +188,14 @@ def _worker_loop(config: dict) -> None:
             final = _final(storage, manifest, ddp, dev, amp, history, resumed_from) if rank == 0 and epoch == train_cfg.epochs else None
             ray.train.report({"epoch": epoch, "final": final},
                              checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
-        if config.get("kill") == [rank, epoch] and resumed_from == 0:
-            # Test hook: die at a known point, once the checkpoint of this epoch is committed (not a race).
-            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-            log.warning("test hook: worker %d exits after epoch %d", rank, epoch)
-            os._exit(1)
+        _faults.after_epoch(storage.uri, rank, epoch, before_exit=_committed)  # test-only: a no-op outside the tests
+
+
+def _committed() -> None:
+    """Wait until every checkpoint this worker reported is committed (a test's exit then lands after it)."""
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 def _final(storage, manifest, ddp, dev, amp, history, resumed_from) -> dict:
@@ -240,12 +244,11 @@ def fit(trainer):
             signal.signal(signal.SIGINT, before)
 
 
-def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] | None = None) -> dict:
+def train_ddp(cfg, data: RunStorage, out: RunStorage) -> dict:
     """Train the baseline with Ray Train DDP on ``cfg.baseline.workers`` workers; write and return result.json.
 
     ``data``: the K=1 split (``<run>/baseline``); ``out``: ``<run>/baseline-ddp``. A finished result of the
-    same configuration is returned without training again. ``kill=(rank, epoch)`` is a test hook: that
-    worker exits once epoch's checkpoint is committed, on the first attempt only.
+    same configuration is returned without training again.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -266,7 +269,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data_uri": absolute(data).uri,
-                           "endpoint_url": data.endpoint_url, "kill": list(kill) if kill else None},
+                           "endpoint_url": data.endpoint_url},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.baseline.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(name=TRAIN_EXPERIMENT, storage_path=storage_path, storage_filesystem=filesystem,

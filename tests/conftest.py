@@ -28,9 +28,9 @@ for _k, _v in {
 os.environ.pop("AWS_ENDPOINT_URL", None)
 leaks.mark_session()  # before anything starts: every process of this session carries its id (tests/leaks.py)
 LEAKS = leaks.LeakCheck()
-# Where tests ask branches to pause at a known point (tests/holds.py); inherited by Ray workers and CLIs.
-os.environ["SPECTRAL_TEST_HOLD_DIR"] = tempfile.mkdtemp(prefix="spectral-holds-")
-atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_HOLD_DIR"], ignore_errors=True)
+# Where tests ask branches to pause or exit at a known point (tests/holds.py, branches/_faults.py); inherited by Ray workers and CLIs.
+os.environ["SPECTRAL_TEST_FAULTS_DIR"] = tempfile.mkdtemp(prefix="spectral-faults-")
+atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_FAULTS_DIR"], ignore_errors=True)
 
 
 

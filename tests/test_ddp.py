@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from holds import Exit
 from data_split import load_manifest
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
@@ -89,7 +90,8 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity",
                              "storage.uri": data.uri}))
     out = api.ddp_baseline_storage(cfg)
-    result = train_ddp(cfg, data, out, kill=(1, 1))  # worker 1 dies once epoch 1's checkpoint is committed
+    with Exit(data.uri, epoch=1, branch=1):  # worker 1 exits once epoch 1's checkpoint is committed
+        result = train_ddp(cfg, data, out)
 
     stored = out.read_json("result.json")
     assert stored == result

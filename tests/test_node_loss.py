@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from branches._test_hold import ENV as HOLD_ENV
+from branches._faults import ENV as FAULTS_ENV
 from data_split import RunStorage
 from holds import Hold
 from ray_cluster import kill_node, ray_env, start_two_node_cluster
@@ -39,7 +39,7 @@ def test_branches_of_a_lost_node_resume_on_the_survivor(s3_endpoint, tmp_path):
         nodes = {n["node_id"]: n for n in cluster.nodes()}
         head_id = next(i for i, n in nodes.items() if n["is_head_node"])
         cmd = submit_command(cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint,
-                             **{HOLD_ENV: os.environ[HOLD_ENV]})
+                             **{FAULTS_ENV: os.environ[FAULTS_ENV]})
         hold = Hold(uri, epoch=1)  # every branch waits after its epoch-1 checkpoint
         job = subprocess.Popen(cmd, env=ray_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
         try:
