@@ -1,4 +1,4 @@
-"""Exact augmentation in the spectral domain (DESIGN.md section 1, item 6): pure math, numpy or torch.
+"""Exact augmentation in the spectral domain (docs/design.md section 1, item 6): pure math, numpy or torch.
 
 A translation of the image by whole multiples of (r, c) pixels is a
 translation of every sub-image by whole pixels: exact for any ``T``

@@ -1,6 +1,6 @@
 """Lower-resolution sources: which branches they determine, and those branches' values.
 
-Pure array math, no Ray (DESIGN.md section 1, item 5). A source whose images
+Pure array math, no Ray (docs/design.md section 1, item 5). A source whose images
 are the ``fr x fc`` box averages of full-resolution ``H x W`` images
 (``fr | r``, ``fc | c``) determines branch ``k`` exactly iff row ``k`` of the
 split matrix ``T``, laid out on the ``r x c`` phase grid, is constant on every

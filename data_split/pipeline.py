@@ -67,7 +67,7 @@ def config_hash(source: SourceConfig, split: SplitConfig, extra: Sequence[ExtraS
     cfg = {"manifest_version": MANIFEST_VERSION, "source": asdict(source), "split": asdict(split)}
     cfg["split"].pop("images_per_task")  # changes file boundaries, not content
     cfg["source"].pop("download")  # fetching the files first does not change them
-    if not cfg["source"]["skip_bad"]:  # absent unless set, so that runs from before the key keep their hash
+    if not cfg["source"]["skip_bad"]:  # absent unless set: a key that changes nothing must not change the hash
         cfg["source"].pop("skip_bad")
     if extra:  # absent when there are none, so that existing runs keep their hash
         cfg["extra_sources"] = [asdict(e) for e in extra]
