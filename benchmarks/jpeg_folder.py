@@ -38,7 +38,8 @@ from benchmarks._common import RESULTS, machine_info, start_ray, write_results  
 from data_split import RunStorage, SourceConfig, SplitConfig, make_source
 from data_split.layout import write_manifest
 from data_split.manifest import PartRecord
-from data_split.pipeline import build_manifest, split_dataset, write_single_process
+from data_split.parts import build_manifest
+from data_split.pipeline import split_dataset, write_single_process
 
 CLASSES = 10
 SIDE_RANGE = (128, 192)  # each image's height and width, drawn independently (inclusive)

@@ -65,7 +65,8 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 from benchmarks._common import machine_info, start_ray, write_results  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
 from data_split.layout import write_manifest
-from data_split.pipeline import build_manifest, split_dataset, write_single_process
+from data_split.parts import build_manifest
+from data_split.pipeline import split_dataset, write_single_process
 from data_split.sources import make_source
 
 RAY_CPUS = 2

@@ -40,7 +40,8 @@ from data_split import RunStorage, SourceConfig, SplitConfig, make_source
 from data_split import layout
 from data_split.layout import write_manifest
 from data_split.manifest import Manifest
-from data_split.pipeline import build_manifest, val_mask, write_single_process
+from data_split.parts import build_manifest, val_mask
+from data_split.pipeline import write_single_process
 from orchestrator.ensemble import evaluate_ensemble
 
 OUT = Path(__file__).parent / "results" / "storage.json"

@@ -32,7 +32,8 @@ from pathlib import Path
 from benchmarks._common import REPO, machine_info, write_results  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, SyntheticConfig, make_source
 from data_split.layout import write_manifest
-from data_split.pipeline import build_manifest, write_single_process
+from data_split.parts import build_manifest
+from data_split.pipeline import write_single_process
 
 OUT = Path(__file__).parent / "results" / "streaming.json"
 RSS_WIDTH = 32  # the memory runs' hidden width: a cheap model, so an epoch of 700k images takes a minute

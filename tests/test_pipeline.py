@@ -31,7 +31,8 @@ from data_split import (
     spectral_components,
 )
 from data_split.parquet import MIN_BLOCKS, ROW_BLOCK, row_order
-from data_split.pipeline import MANIFEST, SPLITS, build_manifest, config_hash, val_mask, write_single_process
+from data_split.parts import SPLITS, build_manifest, config_hash, val_mask
+from data_split.pipeline import MANIFEST, write_single_process
 from data_split.transforms import polyphase_split, transform_matrix
 from fixtures_formats import write_imagefolder
 from orchestrator.config import ConfigError, load_config
