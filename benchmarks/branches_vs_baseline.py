@@ -68,12 +68,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 
-from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
+from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 from data_split import RunStorage, split_dataset
 from orchestrator import SpectralConfig, api, load_config
 from orchestrator.launcher import train_branches
@@ -383,17 +382,12 @@ def main(argv: list[str] | None = None) -> None:
     root = args.root or (QUICK_ROOT if args.quick else DEFAULT_ROOT)
     limit = QUICK_LIMIT if args.quick else None
     out = args.out or (None if args.quick else DEFAULT_OUT)
-    given = sys.argv[1:] if argv is None else argv
-    command = " ".join([".venv/bin/python", "-m", "benchmarks.branches_vs_baseline", *given])
-    started, load_before = time.time(), os.getloadavg()
+    begun = begin("branches_vs_baseline", argv)
     res = benchmark(root, epochs, pair_epochs, pair_repeats, limit)
     res = {
-        "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "machine": {**machine_info(), "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "quick": args.quick, "source": "fashion-mnist" + (f" (first {limit} per split)" if limit else ""),
         "model": "fc8", "epochs": epochs, "ray_cpus": RAY_CPUS, "cpus_per_branch": 1, "threads_per_branch": 1,
-        "root": root, "wall_s": round(time.time() - started, 1),
+        "root": root,
         "definitions": {
             "total_train_seconds": "sum over branches of result.json train_seconds (each branch's own clock over "
                                    "its epochs, training + per-epoch validation, 1 CPU thread); the baseline's is "
@@ -410,8 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     add_ratios_and_targets(res)
     print_tables(res)
+    record(begun, res, out)
     if out:
-        write_results(res, out)
         print(f"wrote {out}")
 
 

@@ -48,15 +48,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
+from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 import numpy as np
 
 from data_split import RunStorage, layout, load_manifest
@@ -259,12 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     samples = sorted(args.samples or ([8, 16] if args.quick else [16, 64]))
     out = args.out or (None if args.quick else DEFAULT_OUT)
 
-    load_before = os.getloadavg()
+    import ray
+
+    begun = begin("ensemble_weights", argv)
     start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES)
     scratch_root = tempfile.mkdtemp(prefix="ensemble-weights-tune-")
-    res = {"benchmark": "ensemble_weights", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "command": " ".join([".venv/bin/python", "-m", "benchmarks.ensemble_weights", *(argv or sys.argv[1:])]),
-           "machine": machine_info(), "quick": args.quick, "samples": samples, "candidates_per_trial": args.candidates,
+    res = {"quick": args.quick, "samples": samples, "candidates_per_trial": args.candidates,
            "concurrency": CONCURRENCY, "tolerance": {"val_nll_pct": NLL_TOLERANCE_PCT, "val_acc_points": ACC_TOLERANCE_POINTS},
            "runs": {}}
     try:
@@ -276,15 +274,13 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
         ray.shutdown()
-    res["load_average"] = {"before": load_before, "after": os.getloadavg()}
     res["verdicts"] = verdicts(res, samples)
-    res["markdown"] = markdown(res)
     print()
     print_table(res)
-    print("\n" + res["markdown"] + "\n")
+    print("\n" + markdown(res) + "\n")
     print(json.dumps(res["verdicts"], indent=2))
+    record(begun, res, out)
     if out is not None:
-        write_results(res, out)
         print(f"wrote {out}")
 
 
