@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from data_split.pipeline import MANIFEST, MANIFEST_VERSION
+from data_split.layout import MANIFEST, MANIFEST_VERSION
 from data_split.storage import RunStorage
 from orchestrator import api, cli
 from orchestrator.ensemble import EnsembleInputError, ensemble_logits, evaluate_ensemble, score, weight_rule
