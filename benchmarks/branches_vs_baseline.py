@@ -71,7 +71,6 @@ import shutil
 import time
 from pathlib import Path
 
-
 from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 from data_split import RunStorage, split_dataset
 from orchestrator import SpectralConfig, api, load_config
@@ -358,7 +357,8 @@ def print_tables(res: dict) -> None:
                   f"{100 * c['efficiency']:.0f}%")
     console.print(p)
     console.print("per (seq, par) block: " + "; ".join(
-        f"runs {b['runs'][0]}-{b['runs'][1]}: wall {100 * b['wall']:.0f}%, train clocks {100 * b['train_seconds']:.0f}%"
+        f"runs {b['runs'][0]}-{b['runs'][1]}: wall {100 * b['wall']:.0f}%, "
+        f"train clocks {100 * b['train_seconds']:.0f}%"
         for b in e["per_block_efficiency"]))
     for name, tgt in res["targets"].items():
         console.print(f"{name}: {tgt['value']} (target {tgt['target']}) -> {'MET' if tgt['met'] else 'NOT MET'}")

@@ -53,18 +53,17 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 import numpy as np
 
+from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 from data_split import RunStorage, layout, load_manifest
 from orchestrator import SpectralConfig, api, load_config
 from orchestrator.ensemble import evaluate_weights, load_branch_outputs, read_train_losses, weight_rule
+from orchestrator.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact
 from tune._simplex import local_search, simplex_from_unit
 from tune.config import TuneConfig
-from tune.scoring import COMPUTED_RULES, GEOMETRIC_P
 from tune.exact import fit_exact_weights
-from orchestrator.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact
+from tune.scoring import COMPUTED_RULES, GEOMETRIC_P
 from tune.weights import search_weights
 
 RAY_CPUS = 2

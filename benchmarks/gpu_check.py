@@ -190,7 +190,8 @@ def markdown(results: dict) -> str:
 
 def print_table(results: list[dict]) -> None:
     mib = 2**20
-    header = f"{'model':<6} {'variant':<26} {'test acc':>8} {'images/s':>11} {'peak GPU MiB':>12} {'train s':>8} {'params':>10}"
+    header = (f"{'model':<6} {'variant':<26} {'test acc':>8} {'images/s':>11} {'peak GPU MiB':>12} {'train s':>8} "
+              f"{'params':>10}")
     print(header)
     print("-" * len(header))
     for r in results:

@@ -34,11 +34,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 import numpy as np
 import torch
 
+from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 from branches import train_branch
 from data_split import RunStorage, decode_image, layout, load_manifest, make_source
 from inference import PredictConfig, ServeConfig, export_ensemble, predict_images, start_serving

@@ -40,9 +40,9 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks._common import REPO, begin, load, record, start_ray  # first: sets Ray's environment
 import numpy as np
 
+from benchmarks._common import REPO, begin, load, record, start_ray  # first: sets Ray's environment
 from data_split import SourceConfig, make_source
 from orchestrator import api, load_config
 

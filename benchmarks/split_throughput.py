@@ -55,19 +55,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-for _k, _v in {  # fake credentials for the loopback endpoint; set before Ray starts so workers inherit them
-    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-    "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("AWS_ENDPOINT_URL", None)
-
 from benchmarks._common import begin, record, start_ray  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
 from data_split.layout import write_manifest
 from data_split.parts import build_manifest
 from data_split.pipeline import split_dataset, write_single_process
 from data_split.sources import make_source
+
+for _k, _v in {  # fake credentials for the loopback endpoint; set before Ray starts so workers inherit them
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+    "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+}.items():
+    os.environ.setdefault(_k, _v)
+os.environ.pop("AWS_ENDPOINT_URL", None)
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2  # fixed so that memory numbers are comparable between runs
@@ -240,8 +240,9 @@ def run_probe(n_images: int, scratch: str) -> dict:
 
 # -- the whole benchmark -------------------------------------------------------------------------------------
 def s3_endpoint() -> tuple[object, str]:
-    import boto3
     import logging
+
+    import boto3
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     from moto.server import ThreadedMotoServer

@@ -34,8 +34,7 @@ import pyarrow.parquet as pq
 
 from benchmarks._common import begin, load, load_average, record  # first: sets Ray's environment
 from branches import ModelConfig, TrainConfig, train_branch
-from data_split import RunStorage, SourceConfig, SplitConfig, make_source
-from data_split import layout
+from data_split import RunStorage, SourceConfig, SplitConfig, layout, make_source
 from data_split.layout import write_manifest
 from data_split.manifest import Manifest
 from data_split.parts import build_manifest, val_mask

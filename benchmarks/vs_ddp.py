@@ -124,7 +124,8 @@ def engine_rows(report: dict, walls: dict) -> list[dict]:
 def markdown(results: dict) -> str:
     """The engines measured side by side, then the labelled ResNet-34 projection (not a measurement)."""
     target = results["target_val_acc"]
-    lines = [f"| Engine | Workers | Bytes sent per worker | Wall time (s) | Test acc | Time to {100 * target:.2f}% val acc (s) |",
+    lines = ["| Engine | Workers | Bytes sent per worker | Wall time (s) | Test acc | "
+             f"Time to {100 * target:.2f}% val acc (s) |",
              "|:---|---:|---:|---:|---:|---:|"]
     for r in results["engines"]:
         t = r["time_to_target_s"]
@@ -138,9 +139,11 @@ def markdown(results: dict) -> str:
     lines += ["", f"**Projection, not a measurement**: ResNet-34 ({r34['params']:,} params, fp32), ring all-reduce, "
                   f"one ImageNet epoch, batch {PROJ_BATCH_PER_WORKER} per worker; compute from a measured CPU step of "
                   f"{r34['step_s']:.2f} s.", "",
-              "| Workers N | Link | Steps/epoch | Sent per worker per step | DDP comm per epoch | K branches | Comm share (no overlap, CPU compute) |",
+              "| Workers N | Link | Steps/epoch | Sent per worker per step | DDP comm per epoch | K branches | Comm "
+              "share (no overlap, CPU compute) |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {p['workers']} | {p['gbit_s']} Gbit/s | {p['steps_per_epoch']:,} | {p['bytes_per_worker_per_step'] / 1e6:.1f} MB | "
+    lines += [f"| {p['workers']} | {p['gbit_s']} Gbit/s | {p['steps_per_epoch']:,} | "
+              f"{p['bytes_per_worker_per_step'] / 1e6:.1f} MB | "
               f"{p['ddp_comm_s_per_epoch']:,.0f} s | 0 s | {100 * p['comm_share_if_not_overlapped']:.1f}% |"
               for p in results["projection"]]
     lines += ["", "Assumptions: " + "; ".join(results["projection_assumptions"]) + "."]
@@ -185,7 +188,8 @@ def main() -> None:
         "quick": args.quick, "run": uri, "target_val_acc": report["comparison"]["target_val_acc"],
         "engines": engine_rows(report, walls), "resnet34": r34, "projection": projection(r34["step_s"], r34["params"]),
         "projection_assumptions": [
-            "labelled projection, not a measurement: ring all-reduce sends 2(N-1)/N x 21.8 M x 4 bytes per worker per step",
+            "labelled projection, not a measurement: ring all-reduce sends 2(N-1)/N x 21.8 M x 4 bytes per worker "
+            "per step",
             "the link's full bandwidth, no latency, no compression, no overlap of communication with compute",
             f"per-worker batch {PROJ_BATCH_PER_WORKER}, one ImageNet-1k epoch = {IMAGENET_TRAIN_IMAGES:,} images",
             "compute per epoch from one CPU thread here; a GPU step is far shorter, so comm's share would be larger",

@@ -24,8 +24,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from branches.config import MODELS, OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
-    from branches.models import build_model, count_parameters
     from branches.finished import BranchConflictError, finished_result
+    from branches.models import build_model, count_parameters
     from branches.train import NonFiniteError, lr_factor, train_branch
 
 

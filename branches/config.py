@@ -54,7 +54,8 @@ class TrainConfig(Section):
     shuffle_buffer: int = option(8192, "stream: rows mixed at a time (more = closer to a full shuffle, more memory)", ge=1)
     # Exact spectral augmentation: "crop" is the CIFAR crop at the branch's resolution; a flip the split's
     # transform does not make exact is an error.
-    augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, rot180, transpose, rot90, rot270",
+    augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, "
+                                     "rot180, transpose, rot90, rot270",
                                 factory=list)
     augment_pad: int = option(2, "crop: largest random shift in sub-pixels (zero-padded)", ge=0)
     on_nonfinite: str = option("fail", "a branch whose loss or logits go NaN/inf: `fail` the run, or `skip_branch` "

@@ -32,21 +32,21 @@ import logging
 import math
 import resource
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from branches import checkpoint as ckpt_io
-from branches.data import Augmenter, InMemorySplit, choose_mode
-from branches._stream import StreamingSplit
 from branches import _faults
+from branches import checkpoint as ckpt_io
+from branches._stream import StreamingSplit
 from branches.config import ModelConfig, TrainConfig
-from branches.models import build_model, count_parameters
+from branches.data import Augmenter, InMemorySplit, choose_mode
 from branches.finished import check_same_run, finished_result, stored_configs
+from branches.models import build_model, count_parameters
 from data_split import layout
 from data_split.augment import check_augment
 from data_split.errors import ConfigError, SpectralError

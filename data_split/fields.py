@@ -20,9 +20,9 @@ import functools
 import operator
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import InitVar
-from typing import Any, Callable
+from typing import Any
 
 from data_split.errors import ConfigError
 

@@ -82,7 +82,7 @@ def reduction_factors(full: tuple[int, int], low: tuple[int, int], r: int, c: in
 
 def plan_extra_source(matrix: np.ndarray, r: int, c: int, full: tuple[int, int], low: tuple[int, int],
                       what: str, transform: str) -> tuple[int, int, list[int]]:
-    """``(fr, fc, fed branches)`` of an extra source; a ``ValueError`` when its resolution is wrong or it feeds nothing."""
+    """``(fr, fc, fed branches)`` of an extra source; ``ValueError`` for a wrong resolution or for feeding nothing."""
     fr, fc = reduction_factors(full, low, r, c, what)
     fed = fed_branches(matrix, r, c, fr, fc)
     if not fed:

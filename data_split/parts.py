@@ -15,8 +15,8 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Sequence
 
 import numpy as np
 
@@ -24,7 +24,16 @@ from data_split import layout
 from data_split.config import ExtraSourceConfig, SourceConfig, SplitConfig
 from data_split.extra_sources import MAIN_SRC, ExtraPlan
 from data_split.layout import MANIFEST_VERSION
-from data_split.manifest import BranchInfo, Manifest, PartRecord, Skipped, SourceEntry, SourceInfo, SplitFiles, SplitInfo
+from data_split.manifest import (
+    BranchInfo,
+    Manifest,
+    PartRecord,
+    Skipped,
+    SourceEntry,
+    SourceInfo,
+    SplitFiles,
+    SplitInfo,
+)
 from data_split.parquet import raw_bytes, row_order, shard_bytes
 from data_split.quantize import affine_params, decode, encode
 from data_split.sources import ImageSource

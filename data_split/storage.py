@@ -162,7 +162,7 @@ class RunStorage:
         """The run's root as a path of ``fs`` (no protocol)."""
         return self.fs._strip_protocol(self.uri).rstrip("/")
 
-    def child(self, rel: str) -> "RunStorage":
+    def child(self, rel: str) -> RunStorage:
         """The run nested at ``rel`` under this one (the baseline, a sweep trial), same store and settings."""
         return self.at(f"{self.uri.rstrip('/')}/{rel.strip('/')}")
 
@@ -175,7 +175,7 @@ class RunStorage:
         p = self.path(*parts)
         return p if self.protocol == "file" else f"{self.protocol}://{p}"
 
-    def at(self, uri: str) -> "RunStorage":
+    def at(self, uri: str) -> RunStorage:
         """The same store and settings (endpoint, retry budget, credentials) at another URI."""
         return RunStorage(uri, self.endpoint_url, self.retry_budget_s, self.credentials)
 

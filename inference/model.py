@@ -24,8 +24,8 @@ and the exported program needs nothing from this project.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -155,7 +155,8 @@ def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], c
 
 
 def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tuple[str, list[float], float | None, list[int]]:
-    """(method, (K,) weights, test accuracy or None, branches in the sum) for ``weights``: "chosen", a method, or K numbers."""
+    """(method, (K,) weights, test accuracy or None, branches in the sum) for ``weights``: "chosen", a method, or K
+    numbers."""
     if not isinstance(weights, str):
         w = [float(v) for v in weights]
         if len(w) != k or not np.all(np.isfinite(w)):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from data_split import RunStorage, SplitResult, layout, load_manifest, split_dataset
 from orchestrator._ray import init_ray

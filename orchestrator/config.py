@@ -49,7 +49,8 @@ class ResourcesConfig(Section):
 class EnsembleConfig(Section):
     SECTION = "ensemble"
 
-    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p (1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)', choices=WEIGHT_RULES)
+    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p '
+                                   '(1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)', choices=WEIGHT_RULES)
     p: float = option(GEOMETRIC_P, '`geometric` rule: p', gt=0, lt=1)
 
 
@@ -76,7 +77,10 @@ class RayConfig(Section):
 @dataclass(kw_only=True, frozen=True)
 class SpectralConfig(Section):
     source: SourceConfig = option(factory=SourceConfig, help='where the images come from')
-    extra_sources: list[ExtraSourceConfig] = option(factory=list, help='lower-resolution sources (`src` = 1, 2, ...), each with the keys of `source` plus `resources`; only their train split is used, for the branches they determine')
+    extra_sources: list[ExtraSourceConfig] = option(factory=list, help='lower-resolution sources (`src` = 1, 2, '
+                                                                       '...), each with the keys of `source` plus '
+                                                                       '`resources`; only their train split is used, '
+                                                                       'for the branches they determine')
     split: SplitConfig = option(factory=SplitConfig, help='how every image is split into K spectral sub-images')
     storage: StorageConfig = option(factory=StorageConfig, help='where the run lives')
     model: ModelConfig = option(factory=ModelConfig, help='the network of each branch')
@@ -97,7 +101,7 @@ class SpectralConfig(Section):
         """``to_dict`` without the secrets (``SECRET_KEYS`` set to None): what may be written or shown."""
         return apply_overrides(self.to_dict(), {key: None for key in SECRET_KEYS})
 
-    def replace(self, **overrides: Any) -> "SpectralConfig":
+    def replace(self, **overrides: Any) -> SpectralConfig:
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"train.epochs": 2})``."""
         return from_dict(apply_overrides(self.to_dict(), overrides))
 
@@ -135,7 +139,7 @@ def config_markdown() -> str:
 
 # -- dict -> dataclass ------------------------------------------------------------------------------
 def from_dict(data: dict) -> SpectralConfig:
-    """The config of a nested mapping (YAML); an unknown key or a bad value is a ``ConfigError`` naming its dotted key."""
+    """The config of a nested mapping (YAML); an unknown key or a bad value is a ``ConfigError`` naming its key."""
     return build(SpectralConfig, data or {})
 
 

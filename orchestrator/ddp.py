@@ -30,13 +30,12 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
-from typing import Any
 
 import torch
 
 from branches import _faults
-from branches.data import InMemorySplit, batch_indices, epoch_generator
 from branches.config import ModelConfig, TrainConfig
+from branches.data import InMemorySplit, batch_indices, epoch_generator
 from branches.models import build_model, count_parameters
 from branches.train import loss_and_accuracy, lr_factor, make_optimizer, predict, train_one_epoch
 from data_split import layout
@@ -107,7 +106,7 @@ class AllReduceMeter:
         start = time.perf_counter()
         fut = dist.all_reduce(buf.div_(self.world_size), async_op=True).get_future()
 
-        def done(f: "torch.futures.Future") -> torch.Tensor:
+        def done(f: torch.futures.Future) -> torch.Tensor:
             self.intervals.append((start, time.perf_counter()))
             return f.value()[0]
 

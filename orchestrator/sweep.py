@@ -22,11 +22,11 @@ from data_split.layout import BEST_CONFIG, SWEEP, SWEEP_RESULTS, SWEEP_SPEC, SWE
 from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 from orchestrator._ray import init_ray
-from orchestrator.sweep_text import sweep_markdown
 from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict, run_storage
 from orchestrator.placement import cluster_nodes, default_gpus
-from tune.storage import EXPERIMENT_NAME, absolute
+from orchestrator.sweep_text import sweep_markdown
 from tune.config import Dimension
+from tune.storage import EXPERIMENT_NAME, absolute
 from tune.sweep import SweepError, make_tuner, rank_rows, trial_row
 
 log = logging.getLogger(__name__)

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from holds import Exit
 from data_split import load_manifest
+from holds import Exit
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
 
 
 def test_workers_split_the_single_baselines_batches_like_distributed_sampler():
-    from branches.data import batch_indices, epoch_generator
     from torch.utils.data import DistributedSampler
+
+    from branches.data import batch_indices, epoch_generator
 
     n, batch, workers = 103, 16, 2
     single = batch_indices(n, batch, epoch_generator(0, 0, 1))

@@ -13,7 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from data_split import ExtraSourceConfig, RunStorage, SourceConfig, SplitConfig, load_manifest, read_branch, split_dataset
+from data_split import (
+    ExtraSourceConfig,
+    RunStorage,
+    SourceConfig,
+    SplitConfig,
+    load_manifest,
+    read_branch,
+    split_dataset,
+)
 from data_split.multires import fed_branches
 from data_split.pipeline import MANIFEST
 from data_split.transforms import spectral_components, split_matrix

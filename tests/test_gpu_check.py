@@ -30,7 +30,7 @@ def test_gpu_check_smoke_writes_every_number(tmp_path):
     assert record["machine"]["ray"].startswith("2.60") and "benchmarks.gpu_check --cpu-smoke" in record["command"]
     assert record["benchmark"] == "gpu_check" and len(record["load_average"]["after"]) == 3
     assert set(results["models"]) == {"cnn8"}
-    for model, r in results["models"].items():
+    for r in results["models"].values():
         base, spectral = r["baseline"], r["spectral_sub4"]
         assert base["gpus"] == 1.0 and base["gpu_ids"] == ["0"]
         assert base["in_shape"] == [1, 28, 28]

@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import tiny_config
 from data_split import RunStorage, SourceConfig, SourceError, decode_image, load_manifest, make_source
 from data_split.layout import MANIFEST
 from data_split.pipeline import split_dataset
 from data_split.sources.imagefolder import resized_size
-from conftest import tiny_config
 
 
 def _save(path: Path, a: np.ndarray, fmt: str | None = None) -> Path:

@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env
 from data_split import RunStorage, load_manifest
+from ray_cluster import AWS_KEYS, BIN, TwoNodeCluster, ray_env
 
 pytestmark = pytest.mark.slow
 
@@ -163,7 +163,8 @@ storage.remove(shard)
 try:
     api.train(cfg)
 except BranchFailedError as e:
-    print(json.dumps({"shard": shard, "type": type(e).__name__, "failures": {str(k): v for k, v in e.failures.items()}}))
+    failures = {str(k): v for k, v in e.failures.items()}
+    print(json.dumps({"shard": shard, "type": type(e).__name__, "failures": failures}))
 else:
     print(json.dumps({"shard": shard, "type": None, "failures": {}}))  # trained without its shard: the test fails
 """

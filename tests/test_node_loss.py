@@ -20,7 +20,7 @@ from branches._faults import ENV as FAULTS_ENV
 from data_split import RunStorage
 from holds import Hold
 from ray_cluster import kill_node, ray_env, start_two_node_cluster
-from test_multinode import EPOCHS, K, REPO, check_outputs, job_config, submit_command
+from test_multinode import EPOCHS, REPO, K, check_outputs, job_config, submit_command
 
 pytestmark = pytest.mark.slow
 

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from conftest import free_port, tiny_config, wait_until
-from holds import Hold
 from data_split import RunStorage
+from holds import Hold
 
 pytestmark = pytest.mark.slow
 

@@ -21,14 +21,14 @@ from data_split import (
     ManifestError,
     RunStorage,
     SourceConfig,
-    SplitConfig,
     SourceError,
+    SplitConfig,
     SplitConflictError,
     load_manifest,
     make_source,
     read_branch,
-    split_dataset,
     spectral_components,
+    split_dataset,
 )
 from data_split.parquet import MIN_BLOCKS, ROW_BLOCK, row_order
 from data_split.parts import SPLITS, build_manifest, config_hash, val_mask

@@ -130,8 +130,7 @@ def test_baseline_row_appears_when_the_baseline_exists(storage):
     report = build_report(storage)
     assert report["baseline"]["test_acc"] == 0.9879 and len(report["baseline"]["metrics"]) == 3
     assert report["totals"]["total_params"] == 4006  # the baseline is not a branch
-    table = paper_table(report)
-    header, rows = table.header, table.rows
+    rows = paper_table(report).rows
     assert rows[0] == ["fc8 (full resolution)", "98.79%", "16.54 MB", "1,553 s"]
     assert md_row(rows[0]) in storage.read_bytes("report/report.md").decode()
     assert storage.read_json("report/report.json")["baseline"]["model_bytes"] == BASELINE_BYTES

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from data_split import SourceConfig, SourceError, SplitConfig, SyntheticConfig, make_source
-from data_split.pipeline import MANIFEST, split_dataset
 from data_split.config import SOURCES
+from data_split.pipeline import MANIFEST, split_dataset
 from data_split.sources import FACTORIES, FASHION_MNIST_DEBIAN_ROOT, SYNTHETIC_CHUNK
 from data_split.storage import RunStorage
 from fixtures_formats import (

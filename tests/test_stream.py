@@ -19,8 +19,8 @@ import data_split.parquet as parquet
 import data_split.parts as parts
 import data_split.pipeline as pipeline
 from branches import ModelConfig, TrainConfig, train_branch
-from branches.data import InMemorySplit, choose_mode, in_memory_bytes
 from branches._stream import StreamingSplit
+from branches.data import InMemorySplit, choose_mode, in_memory_bytes
 from conftest import tiny_config
 from data_split import RunStorage, SourceConfig, SplitConfig, load_manifest, make_source
 from data_split.layout import write_manifest

@@ -1,4 +1,4 @@
-"""Ensemble-weight search: the simplex parametrisation, the exact fit, the Ray Tune search (local and s3://), the CLI."""
+"""Ensemble-weight search: the simplex parametrisation, the exact fit, the Ray Tune search (local, s3://), the CLI."""
 
 from __future__ import annotations
 

@@ -16,12 +16,13 @@ import queue
 import tempfile
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from branches.config import ModelConfig, TrainConfig
 from data_split import layout
 from data_split.storage import RunStorage
-from branches.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _sweep_trial(config: dict, *, run: RunStorage, base: dict, branches: list[in
 
 
 def trial_configs(base: dict, overrides: dict) -> tuple[ModelConfig, TrainConfig]:
-    """``base`` (``{"model": {...}, "train": {...}}``) with the trial's dotted overrides (``train.lr``, ``model.width``)."""
+    """``base`` (``{"model": {...}, "train": {...}}``) with the trial's dotted overrides (``train.lr``, ...)."""
     sections = {"model": dict(base["model"]), "train": dict(base["train"])}
     for dotted, value in overrides.items():
         section, name = dotted.split(".", 1)

@@ -7,8 +7,8 @@ folders on any fsspec URI, and the one image decoder), ``synthetic`` (tests); ``
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from data_split.config import SOURCES, SourceConfig
 from data_split.sources.base import KNOWN_CLASS_NAMES, SOURCE_SPLITS, ImageSource, SourceError
