@@ -41,7 +41,7 @@ minute or two that writes no results file unless --out is given):
     .venv/bin/python -m benchmarks.branches_vs_baseline [--quick] [--epochs N] [--root DIR] [--out PATH]
 
 Numbers go to ``benchmarks/results/branches_vs_baseline.json`` (machine, load average before and after,
-command, date, epochs) and print as a table plus a README-ready markdown table.
+command, date, epochs) and print as a table plus a markdown table (docs/benchmarks.md's).
 
 Result (2026-11-27, 2-core Intel Xeon VM, 23.5 GiB, Ray 2.60, torch 2.14 on CPU; 3 epochs everywhere, Adam 1e-3,
 cosine, batch 128; quiet machine (load ~1.9); the whole benchmark took 382 s):

@@ -29,7 +29,7 @@ Command (repository root; ``--quick``: synthetic 28x28 images, 1 epoch, small se
         [--samples 16 64] [--candidates 64] [--out PATH]
 
 Numbers go to ``benchmarks/results/ensemble_weights.json`` (machine, load average, command, date) and
-print as a table plus a README-ready markdown table.
+print as a table plus a markdown table (docs/benchmarks.md's).
 
 Result (2-core Xeon VM, load average 3 -> 9 from other jobs during the run; the runs of
 branches_vs_baseline.py, 3 epochs, 6,000 validation / 10,000 test images):

@@ -25,7 +25,7 @@ its own ``--root`` and ``--out``) and combined with ``--merge FILE ... [--out PA
 
 Numbers go to ``benchmarks/results/multires.json`` (machine, load average, command, date; rewritten
 after every run, so an interrupted benchmark keeps what it measured) and print as a table plus a
-README-ready markdown table.
+markdown table (docs/benchmarks.md's).
 
 Result (2026-11-28, shared 2-core VM at load average 52-87, 1 epoch, 8 Tune trials): configuration 2
 beats 1 in both seeds for both transforms; tuned ensemble dct 2x2 83.75 -> 85.44% (seed 0, full 86.31%:

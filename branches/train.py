@@ -1,17 +1,9 @@
 """Training one branch: plain PyTorch on one device, no Ray and no process group.
 
-``train_branch(storage, k, model_cfg, train_cfg)`` reads only branch ``k``'s
-shards, trains, and writes under ``<run>/branches/<k>/`` (docs/design.md section 3; paths: ``data_split.layout``):
-
-    checkpoints/epoch=<e>.pt  every epoch, atomic; the newest that loads is resumed from
-    metrics.jsonl             one line per epoch: epoch, loss, val_loss, val_acc, images_per_s, seconds, lr,
-                              time (unix seconds when the epoch ended: time-to-accuracy curves)
-    epochs/logits_val_<e>.npy with train.epoch_logits: the validation logits after each epoch (the ensemble's curve)
-    logits_{val,test}.npy     float32 (N, classes), rows in ascending idx order
-    rows_{val,test}.npy       int64 (N, 2): idx, y of those rows (alignment check and labels for the ensemble)
-    result.json               written last: the "branch finished" marker and its summary
-    diverged.json             instead of result.json, under train.on_nonfinite=skip_branch: where the loss or
-                              logits went NaN/inf (epoch, step, error); nothing of that epoch is written
+``train_branch(storage, k, model_cfg, train_cfg)`` reads only branch ``k``'s shards, trains, and writes
+its outputs under ``<run>/branches/<k>/`` (docs/storage.md: checkpoints every epoch, ``metrics.jsonl``,
+the val/test logits and their rows, ``result.json`` last as the "branch finished" marker, or
+``diverged.json`` under ``train.on_nonfinite: skip_branch``; paths: ``data_split.layout``).
 
 Reproducibility: the model is initialised after ``torch.manual_seed(seed + k)``,
 the batch order of epoch ``e`` comes from its own generator seeded by

@@ -1,4 +1,4 @@
-"""The manifest of a split (``<run>/data/manifest.json``, docs/design.md section 3) as typed records.
+"""The manifest of a split (``<run>/data/manifest.json``, docs/storage.md) as typed records.
 
 ``Manifest.from_json`` reads the file's object and ``to_json`` gives it back with the same fields in
 the same order, so what is on disk is unchanged (``tests/test_manifest.py``). A field that is None

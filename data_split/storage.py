@@ -1,6 +1,6 @@
 """Run storage: one fsspec URI (a path, ``file://``, ``s3://bucket/prefix``, ...).
 
-Every write is atomic (docs/design.md section 3): on a local disk we write a hidden
+Every write is atomic (docs/storage.md): on a local disk we write a hidden
 temporary file beside the target and ``os.replace`` it; on object stores a
 single PUT is already all-or-nothing (a PUT cut off mid-body creates nothing).
 Readers therefore never see half a file. Hidden names start with ``.`` so that

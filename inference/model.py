@@ -1,7 +1,7 @@
 """One trained run as one ``nn.Module``: raw pixels in, ensemble logits out.
 
 ``SpectralEnsemble`` replays, inside ``forward``, exactly what the run's data
-went through before a branch saw it (DESIGN.md sections 1 and 3):
+went through before a branch saw it (docs/design.md section 1 and docs/storage.md):
 
     x (N, C, H, W) pixels in [0, 1]
       -> spectral_components with the manifest's matrix  (N, K, C, H/r, W/c)

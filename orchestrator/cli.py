@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print every config key, its default and its meaning")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--show", action="store_true", help="as a table (the default)")
-    what.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    what.add_argument("--markdown", action="store_true", help="as docs/cli.md's markdown table")
     return parser
 
 

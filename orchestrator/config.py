@@ -10,7 +10,7 @@ One set of defaults: the dataclass defaults are the embedded default run
 (``configs/fashion_mnist.yaml`` spells them out; ``tests/test_config_docs.py`` checks they agree),
 so ``spectral run`` without ``--config`` runs it. Every field carries its help text;
 ``config_reference`` lists them with their defaults and allowed values for ``spectral config --show``
-and the README's table (``spectral config --markdown``).
+and docs/cli.md's table (``spectral config --markdown``).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def config_reference(cls: type = None, prefix: str = "") -> list[tuple[str, str,
 
 
 def config_markdown() -> str:
-    """The README's configuration table (between its ``config-table`` markers)."""
+    """docs/cli.md's configuration table (between its ``config-table`` markers)."""
     lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     lines += [f"| `{key}` | {default if default == 'unset' else f'`{default}`'} | {allowed} | {meaning} |"
               for key, default, allowed, meaning in config_reference()]

@@ -2,8 +2,8 @@
 
 ``train_ddp(cfg, data, out)`` trains the network of ``model.*`` on the K=1 split at ``data`` (the single
 baseline's ``<run>/baseline/``) with Ray Train's ``TorchTrainer`` on ``baseline.workers`` workers (gloo
-on CPU, NCCL on GPU) and writes ``<out>/result.json`` (``out`` is ``<run>/baseline-ddp``; DESIGN.md
-section 3). Everything but the parallelism is the single baseline's: the model and its seed, the
+on CPU, NCCL on GPU) and writes ``<out>/result.json`` (``out`` is ``<run>/baseline-ddp``;
+docs/storage.md). Everything but the parallelism is the single baseline's: the model and its seed, the
 optimizer (``make_optimizer``), the per-epoch schedule (``lr_factor``), the epochs, and the global
 batches themselves: epoch ``e``'s shuffled batches of ``train.batch_size`` rows come from the same
 generator as the single baseline's, and worker ``r`` of ``N`` takes rows ``r, r+N, ...`` of each. That

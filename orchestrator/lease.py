@@ -1,4 +1,4 @@
-"""One driver per run: ``<run>/lease.json`` (DESIGN.md section 3).
+"""One driver per run: ``<run>/lease.json`` (docs/storage.md).
 
 Every API step (split, train, evaluate, baseline, run, sweep; the CLI's tune-weights is an evaluate)
 runs inside ``hold_lease(storage, ...)``: it takes the lease on the run URI, a background thread

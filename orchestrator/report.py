@@ -1,6 +1,6 @@
 """The run report: what every branch, ensemble and the baseline achieved, as JSON, markdown and plots.
 
-Reads (docs/design.md section 3, through ``data_split.layout``): ``data/manifest.json``; per branch
+Reads (docs/storage.md, through ``data_split.layout``): ``data/manifest.json``; per branch
 ``branches/<k>/result.json`` and ``metrics.jsonl``; every ``ensemble/<method>.json`` record plus
 ``ensemble/weights.json`` (the chosen one); the full-resolution baseline, a run of its own under
 ``<run>/baseline/`` (K=1), and its Ray Train DDP version ``<run>/baseline-ddp/result.json``; the engines

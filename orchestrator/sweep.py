@@ -3,7 +3,7 @@
 The search itself (the Tuner, its trials, the rows of its results) is ``tune.sweep``; this module
 assembles its plain inputs from the run's ``SpectralConfig``, checks the space, runs it on the
 run's existing shards, and writes ``tune/sweep.md``, ``tune/sweep.json`` and
-``tune/best_config.yaml`` (docs/design.md section 3). Trial resources follow the placement plan's
+``tune/best_config.yaml`` (docs/storage.md). Trial resources follow the placement plan's
 GPU rule (``orchestrator.placement.default_gpus``).
 """
 

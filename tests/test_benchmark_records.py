@@ -44,3 +44,15 @@ def test_every_committed_result_reads_in_the_schema(path):
     doc = _common.load(path)
     assert tuple(doc) == _common.RECORD_KEYS and doc["benchmark"] == path.stem
     assert doc["command"] and doc["machine"]["nproc"] >= 1 and doc["results"]
+
+
+def test_the_benchmarks_page_and_the_readme_table_are_the_generated_ones():
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import benchmarks_page
+
+    assert (REPO / "docs" / "benchmarks.md").read_text() == benchmarks_page.page(), \
+        "docs/benchmarks.md is stale: run scripts/benchmarks_page.py"
+    readme = (REPO / "README.md").read_text()
+    assert benchmarks_page.readme_with_table(readme) == readme, "README's results table is stale: run scripts/benchmarks_page.py"

@@ -6,8 +6,8 @@ each, so the 4 branches of a sub4 split cannot all fit on one node. The job is `
 ``spectral baseline`` with the DDP engine on the same run, through one ``ray job submit``; its storage
 ``s3://test-bucket/...`` on the loopback S3 endpoint, the AWS keys passed in the job's runtime env
 (the Ray nodes themselves are started without them). Checked from outside the job: every branch's
-``placement.json`` (node and files read, written by the branch actor), every output of DESIGN.md
-section 3 (the job's config says ``ray.address: auto``) and the DDP baseline's result. A second test
+``placement.json`` (node and files read, written by the branch actor), every output of docs/storage.md
+(the job's config says ``ray.address: auto``) and the DDP baseline's result. A second test
 drives the same cluster through the Python API with a ``ray://`` address.
 
 The cluster is stopped by killing its own processes (found by their temp dirs): ``ray stop`` would
@@ -49,7 +49,7 @@ def job_config(path: Path) -> Path:
         # 1 CPU per branch on 2-CPU nodes: at most 2 branches per node, so 4 branches need both nodes.
         "resources": {"gpus_per_branch": 0, "cpus_per_branch": 1, "max_restarts": 1},
         "ensemble": {"weights": "geometric"},
-        # The README's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
+        # docs/clusters.md's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
         "ray": {"address": "auto"},
     }))
     return path
@@ -118,7 +118,7 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
 
 
 def check_outputs(storage: RunStorage) -> None:
-    """Every output of DESIGN.md section 3, complete: shards, checkpoints, continuous metrics, logits, report."""
+    """Every output of docs/storage.md, complete: shards, checkpoints, continuous metrics, logits, report."""
     manifest = load_manifest(storage)
     classes = manifest.source.classes
     for split in ("train", "val", "test"):
@@ -188,7 +188,7 @@ def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path) -> 
 
 
 def test_python_api_runs_on_the_cluster_through_a_ray_client_address(two_node_cluster, tmp_path):
-    """The README's API call with ``ray.address: ray://...`` (``auto`` is the job test's address)."""
+    """docs/clusters.md's API call with ``ray.address: ray://...`` (``auto`` is the job test's address)."""
     config = job_config(tmp_path / "job.yaml")
     address, env = two_node_cluster.client, ray_env()
     run_dir = tmp_path / "run"

@@ -4,7 +4,7 @@ Every branch stops after its epoch-1 checkpoint is on S3 (``tests/holds.Hold``),
 a known point: the two branches on the second node have exactly one complete epoch. Ray's health checks
 are shortened on the head (``RAY_health_check_*``, this test only) so the node is declared dead in
 seconds; the lost branch actors are restarted on the head, resume from their S3 checkpoints, and the run
-finishes with continuous epochs and every output of DESIGN.md section 3.
+finishes with continuous epochs and every output of docs/storage.md.
 """
 
 from __future__ import annotations

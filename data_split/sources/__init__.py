@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from data_split.config import SOURCES, SourceConfig
+from data_split.config import SourceConfig
 from data_split.sources.base import KNOWN_CLASS_NAMES, SOURCE_SPLITS, ImageSource, SourceError
 from data_split.sources.cifar import CifarSource
 from data_split.sources.idx import IdxSource
