@@ -41,7 +41,7 @@ minute or two that writes no results file unless --out is given):
     .venv/bin/python -m benchmarks.branches_vs_baseline [--quick] [--epochs N] [--root DIR] [--out PATH]
 
 Numbers go to ``benchmarks/results/branches_vs_baseline.json`` (machine, load average before and after,
-command, date, epochs) and print as a table plus a README-ready markdown table.
+command, date, epochs) and print as a table plus a markdown table (docs/benchmarks.md's).
 
 Result (2026-11-27, 2-core Intel Xeon VM, 23.5 GiB, Ray 2.60, torch 2.14 on CPU; 3 epochs everywhere, Adam 1e-3,
 cosine, batch 128; quiet machine (load ~1.9); the whole benchmark took 382 s):
@@ -68,12 +68,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-
-from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
+from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 from data_split import RunStorage, layout, split_dataset
 from orchestrator import SpectralConfig, api, load_config
 from orchestrator.launcher import train_branches
@@ -359,7 +357,8 @@ def print_tables(res: dict) -> None:
                   f"{100 * c['efficiency']:.0f}%")
     console.print(p)
     console.print("per (seq, par) block: " + "; ".join(
-        f"runs {b['runs'][0]}-{b['runs'][1]}: wall {100 * b['wall']:.0f}%, train clocks {100 * b['train_seconds']:.0f}%"
+        f"runs {b['runs'][0]}-{b['runs'][1]}: wall {100 * b['wall']:.0f}%, "
+        f"train clocks {100 * b['train_seconds']:.0f}%"
         for b in e["per_block_efficiency"]))
     for name, tgt in res["targets"].items():
         console.print(f"{name}: {tgt['value']} (target {tgt['target']}) -> {'MET' if tgt['met'] else 'NOT MET'}")
@@ -383,17 +382,12 @@ def main(argv: list[str] | None = None) -> None:
     root = args.root or (QUICK_ROOT if args.quick else DEFAULT_ROOT)
     limit = QUICK_LIMIT if args.quick else None
     out = args.out or (None if args.quick else DEFAULT_OUT)
-    given = sys.argv[1:] if argv is None else argv
-    command = " ".join([".venv/bin/python", "-m", "benchmarks.branches_vs_baseline", *given])
-    started, load_before = time.time(), os.getloadavg()
+    begun = begin("branches_vs_baseline", argv)
     res = benchmark(root, epochs, pair_epochs, pair_repeats, limit)
     res = {
-        "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "machine": {**machine_info(), "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "quick": args.quick, "source": "fashion-mnist" + (f" (first {limit} per split)" if limit else ""),
         "model": "fc8", "epochs": epochs, "ray_cpus": RAY_CPUS, "cpus_per_branch": 1, "threads_per_branch": 1,
-        "root": root, "wall_s": round(time.time() - started, 1),
+        "root": root,
         "definitions": {
             "total_train_seconds": "sum over branches of result.json train_seconds (each branch's own clock over "
                                    "its epochs, training + per-epoch validation, 1 CPU thread); the baseline's is "
@@ -410,8 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     add_ratios_and_targets(res)
     print_tables(res)
+    record(begun, res, out)
     if out:
-        write_results(res, out)
         print(f"wrote {out}")
 
 

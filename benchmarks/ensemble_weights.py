@@ -29,7 +29,7 @@ Command (repository root; ``--quick``: synthetic 28x28 images, 1 epoch, small se
         [--samples 16 64] [--candidates 64] [--out PATH]
 
 Numbers go to ``benchmarks/results/ensemble_weights.json`` (machine, load average, command, date) and
-print as a table plus a README-ready markdown table.
+print as a table plus a markdown table (docs/benchmarks.md's).
 
 Result (2-core Xeon VM, load average 3 -> 9 from other jobs during the run; the runs of
 branches_vs_baseline.py, 3 epochs, 6,000 validation / 10,000 test images):
@@ -48,25 +48,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
 import numpy as np
 
+from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 from data_split import RunStorage, layout, load_manifest
 from orchestrator import SpectralConfig, api, load_config
 from orchestrator.ensemble import evaluate_weights, load_branch_outputs, read_train_losses, weight_rule
+from orchestrator.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact
 from tune._simplex import local_search, simplex_from_unit
 from tune.config import TuneConfig
-from tune.scoring import COMPUTED_RULES, GEOMETRIC_P
 from tune.exact import fit_exact_weights
-from orchestrator.weights import ACC_TOLERANCE_POINTS, NLL_TOLERANCE_PCT, compare_to_exact
+from tune.scoring import COMPUTED_RULES, GEOMETRIC_P
 from tune.weights import search_weights
 
 RAY_CPUS = 2
@@ -259,12 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     samples = sorted(args.samples or ([8, 16] if args.quick else [16, 64]))
     out = args.out or (None if args.quick else DEFAULT_OUT)
 
-    load_before = os.getloadavg()
+    import ray
+
+    begun = begin("ensemble_weights", argv)
     start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES)
     scratch_root = tempfile.mkdtemp(prefix="ensemble-weights-tune-")
-    res = {"benchmark": "ensemble_weights", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "command": " ".join([".venv/bin/python", "-m", "benchmarks.ensemble_weights", *(argv or sys.argv[1:])]),
-           "machine": machine_info(), "quick": args.quick, "samples": samples, "candidates_per_trial": args.candidates,
+    res = {"quick": args.quick, "samples": samples, "candidates_per_trial": args.candidates,
            "concurrency": CONCURRENCY, "tolerance": {"val_nll_pct": NLL_TOLERANCE_PCT, "val_acc_points": ACC_TOLERANCE_POINTS},
            "runs": {}}
     try:
@@ -276,15 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
         ray.shutdown()
-    res["load_average"] = {"before": load_before, "after": os.getloadavg()}
     res["verdicts"] = verdicts(res, samples)
-    res["markdown"] = markdown(res)
     print()
     print_table(res)
-    print("\n" + res["markdown"] + "\n")
+    print("\n" + markdown(res) + "\n")
     print(json.dumps(res["verdicts"], indent=2))
+    record(begun, res, out)
     if out is not None:
-        write_results(res, out)
         print(f"wrote {out}")
 
 

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks import _common
-from benchmarks._common import REPO, write_results
+from benchmarks._common import REPO, begin, record
 
 log = logging.getLogger("gpu_check")
 
@@ -170,9 +170,28 @@ def check_model(model: str, base_overrides: dict, run_dir: Path, split_from: Pat
     }
 
 
+def markdown(results: dict) -> str:
+    """Per model: the baseline on the whole GPU, each quarter-GPU branch, and the sub4 ensemble."""
+    mib = 2**20
+    lines = ["| model | variant | test acc | images/s | peak GPU MiB | train s | params |",
+             "|:---|:---|---:|---:|---:|---:|---:|"]
+    for r in results["models"].values():
+        b, s = r["baseline"], r["spectral_sub4"]
+        lines.append(f"| {r['model']} | baseline, 1 GPU | {b['test_acc']:.4f} | {b['images_per_s']:,.0f} | "
+                     f"{b['peak_gpu_memory_bytes'] / mib:.1f} | {b['train_seconds']:.1f} | {b['params']:,} |")
+        lines += [f"| | branch {br['k']}, {s['gpus_per_branch']:g} GPU | {br['test_acc']:.4f} | {br['images_per_s']:,.0f} | "
+                  f"{br['peak_gpu_memory_bytes'] / mib:.1f} | {br['train_seconds']:.1f} | {br['params']:,} |"
+                  for br in s["branches"]]
+        lines.append(f"| | sub4 ensemble ({s['chosen_ensemble']}) | {s['ensemble_test_acc']:.4f} | "
+                     f"{s['source_images_per_s']:,.0f} | {s['max_branch_peak_gpu_memory_bytes'] / mib:.1f} | "
+                     f"{s['slowest_branch_train_seconds']:.1f} | {K * s['params_per_branch']:,} |")
+    return "\n".join(lines)
+
+
 def print_table(results: list[dict]) -> None:
     mib = 2**20
-    header = f"{'model':<6} {'variant':<26} {'test acc':>8} {'images/s':>11} {'peak GPU MiB':>12} {'train s':>8} {'params':>10}"
+    header = (f"{'model':<6} {'variant':<26} {'test acc':>8} {'images/s':>11} {'peak GPU MiB':>12} {'train s':>8} "
+              f"{'params':>10}")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -208,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_smoke:
         overrides["model.width"] = 16  # cnn8 base channels / fc width: seconds on a CPU
 
+    begun = begin("gpu_check", argv)
     t_start = time.perf_counter()
     start_ray(args.cpu_smoke)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
@@ -223,12 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     total_s = time.perf_counter() - t_start
 
-    record = {
-        "benchmark": "gpu_check",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(["gpu_check.py", *argv]),
+    results_record = {
         "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
-        "machine": machine_info(),
         "source": overrides["source.name"],
         "split": {"rows": 2, "cols": 2, "K": K, "transform": "dct"},
         "epochs": epochs,
@@ -239,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": {r["model"]: r for r in results},
         "storage": str(scratch) if args.keep else None,
     }
-    write_results(record, out)
+    record(begun, results_record, out, machine=machine_info())
     print_table(results)
     print(f"total {total_s:.1f} s (budget {BUDGET_S} s); numbers in {out}")
     return 0

@@ -29,17 +29,15 @@ import http.client
 import json
 import os
 import statistics
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
 import numpy as np
 import torch
 
+from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
 from branches import train_branch
 from data_split import RunStorage, decode_image, layout, load_manifest, make_source
 from inference import PredictConfig, ServeConfig, export_ensemble, predict_images, start_serving
@@ -159,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray
     from ray import serve
 
-    load_before = os.getloadavg()
+    begun = begin("inference", argv)
     start_ray(num_cpus=RAY_CPUS)
     root, uri = Path(args.root), str(Path(args.root) / "fmnist-fc8-sub4")
     ensure_run(uri, args.epochs)
@@ -198,19 +196,21 @@ def main(argv: list[str] | None = None) -> None:
             res["serve"].append({"batching": batching, **row})
         serve.shutdown()
     ray.shutdown()
-    res |= {"machine": machine_info(), "load_average": {"before": load_before, "after": os.getloadavg()},
-            "command": " ".join([".venv/bin/python", "-m", "benchmarks.inference", *(argv or sys.argv[1:])]),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_results(res, args.out)
+    doc = record(begun, res, args.out)
+    print("\n" + markdown(res))
+    print(f"\nload average {doc['load_average']}; results: {args.out}")
 
-    print("\n| mode | images | seconds | images/s |\n|:---|---:|---:|---:|")
-    for r in res["predict"]:
-        print(f"| {r['mode']} | {r['images']:,} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} |")
-    print("\n| @serve.batch | concurrency | requests | requests/s | p50 (ms) | p99 (ms) | errors |\n|:---|---:|---:|---:|---:|---:|---:|")
-    for r in res["serve"]:
-        print(f"| {'yes' if r['batching'] else 'no'} | {r['concurrency']} | {r['requests']:,} | {r['requests_per_s']:,.1f} "
-              f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
-    print(f"\nload average before {load_before}, after {res['load_average']['after']}; results: {args.out}")
+
+def markdown(res: dict) -> str:
+    """Batch prediction (one process, then Ray Data) and the Serve endpoint's load test."""
+    lines = ["| predict | images | seconds | images/s |", "|:---|---:|---:|---:|"]
+    lines += [f"| {r['mode']} | {r['images']:,} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} |" for r in res["predict"]]
+    lines += ["", "| serve: @serve.batch | concurrency | requests | requests/s | p50 (ms) | p99 (ms) | errors |",
+              "|:---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {'yes' if r['batching'] else 'no'} | {r['concurrency']} | {r['requests']:,} | "
+              f"{r['requests_per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |" for r in res["serve"]]
+    lines += ["", f"Test accuracy of the run: {100 * res['test_acc']:.2f}%, {res['images']:,} images."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from multiprocessing import Pool
 from pathlib import Path
 
-from benchmarks._common import RESULTS, machine_info, start_ray, write_results  # first: sets Ray's environment
+from benchmarks._common import RESULTS, begin, record, start_ray  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, make_source
 from data_split.layout import write_manifest
 from data_split.manifest import PartRecord
-from data_split.pipeline import build_manifest, split_dataset, write_single_process
+from data_split.parts import build_manifest
+from data_split.pipeline import split_dataset, write_single_process
 
 CLASSES = 10
 SIDE_RANGE = (128, 192)  # each image's height and width, drawn independently (inclusive)
@@ -159,6 +159,22 @@ def benchmark(n: int, repeats: int, scratch: Path) -> dict:
             "scaling_2cpu_over_1cpu": round(rate["ray-2cpu"] / rate["ray-1cpu"], 3)}
 
 
+def markdown(res: dict) -> str:
+    """Each writer's best run: time, rate, CPU cost and the parallelism it got (CPU-s over seconds)."""
+    lines = ["| writer | seconds | images/s | / single | images per CPU-s | parallelism | load (1 min) before -> after |",
+             "|:---|---:|---:|---:|---:|---:|:---|"]
+    single = next(r for r in res["rows"] if r["writer"] == "single")["images_per_s"]
+    lines += [f"| {r['writer']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} | {r['images_per_s'] / single:.2f} | "
+              f"{r['images_per_cpu_s']:,.0f} | {r['parallelism']:.2f} | {r['load_before'][0]} -> {r['load_after'][0]} |"
+              for r in res["rows"]]
+    f, s = res["folder"], res["split"]
+    lines += ["", f"{f['images']:,} generated JPEGs ({f['mb']} MB, {f['classes']} classes, sides "
+                  f"{f['side_px'][0]}..{f['side_px'][1]} px), `source.image_size: {s['image_size']}`, {s['rows']}x{s['cols']} "
+                  f"{s['transform']}, {s['dtype']}, {s['images_per_task']} images per task; scaling from 1 to 2 CPUs: "
+                  f"{res['scaling_2cpu_over_1cpu']:.2f}x; listing the folder: {f['list_seconds']} s."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20_000, help="JPEGs to generate (train + val)")
@@ -167,19 +183,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     n, repeats = (2000, 1) if args.quick else (args.images, args.repeats)
+    begun = begin("jpeg_folder")
     scratch = Path(tempfile.mkdtemp(prefix="jpeg-folder-bench-"))
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load_start = os.getloadavg()
     try:
         res = benchmark(n, repeats, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    res = {"benchmark": "jpeg_folder", "started": started, "command": " ".join([Path(sys.executable).name, "-m",
-           "benchmarks.jpeg_folder", *sys.argv[1:]]), "machine": machine_info(),
-           "load_average_start": [round(v, 2) for v in load_start],
-           "load_average_end": [round(v, 2) for v in os.getloadavg()],
-           "note": "shared 2-core machine (other sessions running): timings are noisy", **res}
-    write_results(res, args.out)
+    record(begun, res, args.out)
+    print(markdown(res))
     print(f"ray 1 CPU / single {res['ray_1cpu_over_single']}, ray 2 CPU / single {res['ray_2cpu_over_single']}, "
           f"2 CPU / 1 CPU {res['scaling_2cpu_over_1cpu']}; written to {args.out}")
 

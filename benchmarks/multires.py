@@ -25,7 +25,7 @@ its own ``--root`` and ``--out``) and combined with ``--merge FILE ... [--out PA
 
 Numbers go to ``benchmarks/results/multires.json`` (machine, load average, command, date; rewritten
 after every run, so an interrupted benchmark keeps what it measured) and print as a table plus a
-README-ready markdown table.
+markdown table (docs/benchmarks.md's).
 
 Result (2026-11-28, shared 2-core VM at load average 52-87, 1 epoch, 8 Tune trials): configuration 2
 beats 1 in both seeds for both transforms; tuned ensemble dct 2x2 83.75 -> 85.44% (seed 0, full 86.31%:
@@ -36,16 +36,13 @@ full 83.82%: 0.92) and 79.01 -> 83.66% (seed 1, full 83.86%: 0.96 of the gap).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from benchmarks._common import REPO, machine_info, start_ray, write_results  # first: sets Ray's environment
 import numpy as np
 
+from benchmarks._common import REPO, begin, load, record, start_ray  # first: sets Ray's environment
 from data_split import SourceConfig, make_source
 from orchestrator import api, load_config
 
@@ -131,7 +128,10 @@ def summarise(runs: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(runs: list[dict], summary: list[dict]) -> str:
+def markdown(results: dict) -> str:
+    """Per transform, seed and config: each branch's test accuracy (fed by site B in bold), the ensemble, and the
+    share of the gap between site A alone and the full data that site B's images recover."""
+    runs, summary = results["runs"], results["summary"]
     lines = ["| Transform | Seed | Config | Branch test accuracy (%) | Ensemble (tuned) | Gap recovered |",
              "|:---|---:|:---|:---|---:|---:|"]
     for r in runs:
@@ -150,20 +150,19 @@ def print_tables(results: dict) -> None:
         print(f"{s['transform']:6s} seed {s['seed']}: A {100 * s['acc_A']:.2f}%  A+B {100 * s['acc_A+B']:.2f}%  "
               f"full {100 * s['acc_full']:.2f}%  B beats A: {s['B_beats_A']}  gap recovered: {s['gap_recovered']}")
     print()
-    print(markdown(results["runs"], results["summary"]))
+    print(markdown(results))
 
 
-def merge(parts: list[Path], out: Path) -> None:
-    """One results file from several invocations (their runs, commands and machine records kept)."""
-    loaded = [json.loads(p.read_text()) for p in parts]
-    runs = sorted((r for part in loaded for r in part["runs"]),
+def merge(begun, parts: list[Path], out: Path) -> None:
+    """One results file from several invocations run in parallel: their runs, and each one's command, start,
+    machine and load average under ``parts``."""
+    loaded = [load(p) for p in parts]
+    runs = sorted((r for part in loaded for r in part["results"]["runs"]),
                   key=lambda r: (list(SPLITS).index(r["transform"]), r["seed"], CONFIGS.index(r["config"])))
-    results = {**{k: v for k, v in loaded[0].items() if k not in ("runs", "summary", "command", "machine", "date")},
-               "command": " && ".join(part["command"] for part in loaded) + " (in parallel), then "
-               + " ".join([".venv/bin/python", "-m", "benchmarks.multires", *sys.argv[1:]]),
-               "date": [part["date"] for part in loaded], "machine": [part["machine"] for part in loaded],
+    results = {**{k: v for k, v in loaded[0]["results"].items() if k not in ("runs", "summary")},
+               "parts": [{k: part[k] for k in ("command", "started", "machine", "load_average")} for part in loaded],
                "runs": runs, "summary": summarise(runs)}
-    write_results(results, out)
+    record(begun, results, out)
     print_tables(results)
 
 
@@ -180,8 +179,9 @@ def main() -> None:
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="combine the results files of runs made in parallel (e.g. one per seed) into --out")
     args = p.parse_args()
+    begun = begin("multires")
     if args.merge:
-        return merge(args.merge, args.out or DEFAULT_OUT)
+        return merge(begun, args.merge, args.out or DEFAULT_OUT)
     limit = 2000 if args.quick else None
     if args.quick:
         args.epochs, args.tune_samples = 1, 8
@@ -190,10 +190,7 @@ def main() -> None:
     shutil.rmtree(args.root, ignore_errors=True)  # every number comes from this invocation
 
     start_ray(num_cpus=RAY_CPUS)
-    results = {"command": " ".join([".venv/bin/python", "-m", "benchmarks.multires", *sys.argv[1:]]),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": {**machine_info(), "loadavg_before": list(os.getloadavg())},
-               "epochs": args.epochs, "model": "fc8", "tune_samples": args.tune_samples, "limit": limit,
+    results = {"epochs": args.epochs, "model": "fc8", "tune_samples": args.tune_samples, "limit": limit,
                "site_a_fraction": SITE_A_FRACTION, "runs": [], "summary": []}
     for seed in args.seeds:
         folders = make_sites(args.root, seed, limit)
@@ -202,11 +199,9 @@ def main() -> None:
                 run = run_one(args.root, transform, config, seed, folders, args)
                 results["runs"].append(run)
                 results["summary"] = summarise(results["runs"])
-                results["machine"]["loadavg_after"] = list(os.getloadavg())
                 print(f"{transform:6s} seed {seed} {config:5s} ensemble {100 * run['ensemble_test_acc']:.2f}%  "
                       f"branches {[round(100 * a, 1) for a in run['branch_test_acc']]}  ({run['seconds']} s)", flush=True)
-                if out:
-                    write_results(results, out)
+                record(begun, results, out)  # after every run: an interrupted benchmark keeps what it measured
     print()
     print_tables(results)
     import ray

@@ -55,18 +55,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks._common import begin, record, start_ray  # first: sets Ray's environment
+from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
+from data_split.layout import write_manifest
+from data_split.parts import build_manifest
+from data_split.pipeline import split_dataset, write_single_process
+from data_split.sources import make_source
+
 for _k, _v in {  # fake credentials for the loopback endpoint; set before Ray starts so workers inherit them
     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
     "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("AWS_ENDPOINT_URL", None)
-
-from benchmarks._common import machine_info, start_ray, write_results  # first: sets Ray's environment
-from data_split import RunStorage, SourceConfig, SplitConfig, StorageConfig, SyntheticConfig
-from data_split.layout import write_manifest
-from data_split.pipeline import build_manifest, split_dataset, write_single_process
-from data_split.sources import make_source
 
 RAY_CPUS = 2
 OBJECT_STORE_BYTES = 512 * 1024**2  # fixed so that memory numbers are comparable between runs
@@ -239,8 +240,9 @@ def run_probe(n_images: int, scratch: str) -> dict:
 
 # -- the whole benchmark -------------------------------------------------------------------------------------
 def s3_endpoint() -> tuple[object, str]:
-    import boto3
     import logging
+
+    import boto3
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     from moto.server import ThreadedMotoServer
@@ -304,6 +306,23 @@ def benchmark(quick: bool, scratch: str) -> dict:
     return res
 
 
+def markdown(res: dict) -> str:
+    """The docs page's tables: throughput per case and writer, then the peak memory of the pipeline."""
+    lines = ["| case | target | writer | images | seconds | images/s | MB written | ray / single |",
+             "|:---|:---|:---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['case']} | {r['target']} | {r['writer']} | {r['images']:,} | {r['seconds']:.2f} | "
+              f"{r['images_per_s']:,} | {r['mb_written']:,} | {r['ratio_vs_single']:.2f} |" for r in res["throughput"]]
+    lines += ["", "| images | seconds | idle PSS MB | peak PSS MB | peak RSS sum MB | peak store MB |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['images']:,} | {p['seconds']:.1f} | {p['idle_pss_mb']} | {p['peak_pss_mb']} | "
+              f"{p['peak_rss_sum_mb']} | {p['peak_object_store_mb']} |" for p in res["memory"]]
+    a, b = res["target_ray_within_2x_of_single"], res["target_memory_flat_1_5x"]
+    lines += ["", f"Ray within 2x of one process at {a['case']}: {a['ratio']} ({'met' if a['met'] else 'not met'}; "
+                  f"{a['small_case']}: {a['small_ratio']}). Peak memory flat within 1.5x from {b['images'][0]:,} to "
+                  f"{b['images'][1]:,} images: PSS ratio {b['peak_pss_ratio']} ({'met' if b['met'] else 'not met'})."]
+    return "\n".join(lines)
+
+
 def print_tables(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -340,24 +359,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.scratch)))
         return
-    command = " ".join([".venv/bin/python", "-m", "benchmarks.split_throughput", *sys.argv[1:]])
+    begun = begin("split_throughput", argv)
     out = args.out or (None if args.quick else DEFAULT_OUT)
-    started, load_before = time.time(), os.getloadavg()
     scratch = tempfile.mkdtemp(prefix="split_bench_", dir="/tmp")
     try:
         res = benchmark(args.quick, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    res = {
-        "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "machine": {**machine_info(), "loadavg_1m_before": round(load_before[0], 2),
-                    "loadavg_1m_after": round(os.getloadavg()[0], 2)},
-        "quick": args.quick, "ray_cpus": RAY_CPUS, "object_store_bytes": OBJECT_STORE_BYTES,
-        "images_per_task": SplitConfig().images_per_task, "wall_s": round(time.time() - started, 1), **res,
-    }
+    res = {"quick": args.quick, "ray_cpus": RAY_CPUS, "object_store_bytes": OBJECT_STORE_BYTES,
+           "images_per_task": SplitConfig().images_per_task, **res}
     print_tables(res)
+    record(begun, res, out)
     if out:
-        write_results(res, out)
         print(f"wrote {out}")
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +32,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks._common import machine_info, write_results  # first: sets Ray's environment
+from benchmarks._common import begin, load, load_average, record  # first: sets Ray's environment
 from branches import ModelConfig, TrainConfig, train_branch
-from data_split import RunStorage, SourceConfig, SplitConfig, make_source
-from data_split import layout
+from data_split import RunStorage, SourceConfig, SplitConfig, layout, make_source
 from data_split.layout import write_manifest
 from data_split.manifest import Manifest
-from data_split.pipeline import build_manifest, val_mask, write_single_process
+from data_split.parts import build_manifest, val_mask
+from data_split.pipeline import write_single_process
 from orchestrator.ensemble import evaluate_ensemble
 
 OUT = Path(__file__).parent / "results" / "storage.json"
@@ -133,26 +131,46 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     source_cfg = SourceConfig(name="fashion-mnist", limit=args.limit)
-    res = json_load(OUT)
-    res.update({"machine": machine_info(), "load_avg_start": os.getloadavg(), "command": " ".join(["python -m benchmarks.storage", *(argv or sys.argv[1:])])})
+    begun = begin("storage", argv)
+    res = load(OUT)["results"] if OUT.exists() else {}  # one part can be re-run without losing the other
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         if args.part in ("storage", "all"):
             res["storage"] = {**part_storage(Path(tmp), source_cfg), "goal": "uint8 ratio <= 1.10",
-                              "command": "python -m benchmarks.storage --part storage", "load_avg": os.getloadavg()}
+                              "command": ".venv/bin/python -m benchmarks.storage --part storage",
+                              "load_avg": load_average()}
         if args.part in ("accuracy", "all"):
             res["accuracy"] = {**part_accuracy(Path(tmp), source_cfg, args.seeds, args.epochs),
                                "goal": "mean |uint8 - float32| ensemble test accuracy <= 0.15 points",
                                "epochs": args.epochs, "seeds": args.seeds, "model": "fc8",
-                               "command": "python -m benchmarks.storage --part accuracy", "load_avg": os.getloadavg()}
-    write_results(res, OUT)
+                               "command": ".venv/bin/python -m benchmarks.storage --part accuracy",
+                               "load_avg": load_average()}
+    record(begun, res, OUT)
     say(f"wrote {OUT}")
 
 
-def json_load(path: Path) -> dict:
-    """The previous results (one part can be re-run without losing the other)."""
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else {}
+def markdown(res: dict) -> str:
+    """Bytes of the train sub-datasets per dtype over the raw images; then uint8 against float32 accuracy."""
+    lines = []
+    if "storage" in res:
+        st = res["storage"]
+        splits = [name for name in st if isinstance(st[name], dict)]
+        dtypes = [d for d in st[splits[0]] if isinstance(st[splits[0]][d], dict)]
+        lines += ["| split | raw train images | " + " | ".join(dtypes) + " |", "| --- | ---: |" + " ---: |" * len(dtypes)]
+        for name in splits:
+            cells = [f"{st[name][d]['train_bytes'] / 1e6:.1f} MB, {st[name][d]['ratio']:.3f}" for d in dtypes]
+            lines.append(f"| {name} | {st[name]['raw_train_bytes'] / 1e6:.1f} MB | " + " | ".join(cells) + " |")
+        lines += ["", f"Goal: {st['goal']}. Command: `{st['command']}`.", ""]
+    if "accuracy" in res:
+        acc = res["accuracy"]
+        lines += ["| run | rule | seed | ensemble test accuracy |", "| --- | --- | ---: | ---: |"]
+        for key, run in acc["runs"].items():
+            name, dtype, seed = key.split("/")
+            lines += [f"| {name} {dtype} | {rule} | {seed.removeprefix('seed=')} | {100 * a:.2f}% |"
+                      for rule, a in run["ensemble_test_acc"].items()]
+        lines += ["", "Mean uint8 - float32 (points): " + "; ".join(
+            f"{key} {s['mean_diff_points']:+.2f}" for key, s in acc["uint8_minus_float32"].items())
+            + f". Goal: {acc['goal']}. Command: `{acc['command']}`."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks._common import machine_info, write_results  # first: sets Ray's environment
+from benchmarks._common import begin, record  # first: sets Ray's environment
 
 OUT = Path(__file__).parent / "results" / "storage_retries.json"
 SETTINGS = [(3, 2), (3, 1), (2, 1), (1, 1)]  # (botocore attempts, s3fs retries)
@@ -90,7 +90,8 @@ def measure(attempts: int, retries: int, repeats: int, outage_s: float) -> dict:
         placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         placeholder.bind(("127.0.0.1", port))
         done: dict = {}
-        reader = threading.Thread(target=lambda: done.update(data=storage.read_bytes("x"), t=time.perf_counter()))
+        reader = threading.Thread(target=lambda done=done, storage=storage: done.update(data=storage.read_bytes("x"),
+                                                                                      t=time.perf_counter()))
         reader.start()
         time.sleep(outage_s)  # the outage itself: a duration
         placeholder.close()
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="one repetition per setting")
     ap.add_argument("--outage", type=float, default=6.0, help="seconds the endpoint is down in the recovery runs")
     args = ap.parse_args(argv)
+    begun = begin("storage_retries", argv)
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request lines
@@ -120,15 +122,22 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     repeats = 1 if args.quick else 5
-    load_before = os.getloadavg()
     rows = [measure(a, r, repeats, args.outage) for a, r in SETTINGS]
     print(f"{'attempts':>8} {'retries':>7} {'refused s':>9} {'gave up after s (budget 2)':>28} recovered after s")
     for row in rows:
         print(f"{row['botocore_attempts']:>8} {row['s3fs_retries']:>7} {row['refused_s']:>9.2f} "
               f"{str(row['gave_up_after_s']):>28} {row['recovered_after_s']}")
-    write_results({"command": " ".join(["python -m benchmarks.storage_retries", *(argv or sys.argv[1:])]),
-                   "machine": machine_info(), "load_average_before": load_before,
-                   "load_average_after": os.getloadavg(), "outage_s": args.outage, "rows": rows}, OUT)
+    record(begun, {"outage_s": args.outage, "rows": rows}, OUT)
+
+
+def markdown(results: dict) -> str:
+    """One row per setting of the client's own retries (botocore attempts x s3fs retries), medians."""
+    lines = ["| botocore attempts | s3fs retries | one attempt, refused port (s) | gave up, 2 s budget (s) | "
+             f"returned after a {results['outage_s']:g} s outage ended (s) |", "|---:|---:|---:|---:|---:|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['botocore_attempts']} | {r['s3fs_retries']} | {r['refused_s']:.2f} | "
+                     f"{statistics.median(r['gave_up_after_s']):.2f} | {statistics.median(r['recovered_after_s']):.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

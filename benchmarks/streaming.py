@@ -29,10 +29,11 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks._common import REPO, machine_info, write_results  # first: sets Ray's environment
+from benchmarks._common import REPO, begin, record  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, SyntheticConfig, make_source
 from data_split.layout import write_manifest
-from data_split.pipeline import build_manifest, write_single_process
+from data_split.parts import build_manifest
+from data_split.pipeline import write_single_process
 
 OUT = Path(__file__).parent / "results" / "streaming.json"
 RSS_WIDTH = 32  # the memory runs' hidden width: a cheap model, so an epoch of 700k images takes a minute
@@ -119,9 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-speed", action="store_true", help="only the memory runs")
     ap.add_argument("--repeats", type=int, default=3, help="speed: alternated runs of each mode (median)")
     args = ap.parse_args(argv)
-    res = {"machine": machine_info(), "load_avg_start": os.getloadavg(),
-           "command": " ".join(["python -m benchmarks.streaming", *(argv if argv is not None else sys.argv[1:])]),
-           "model": f"speed: fc8 (width 768); rss: fc8 width {RSS_WIDTH}; batch 256, 1 epoch, CPU 1 thread", "runs": {}}
+    begun = begin("streaming", argv)
+    res = {"model": f"speed: fc8 (width 768); rss: fc8 width {RSS_WIDTH}; batch 256, 1 epoch, CPU 1 thread", "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         for n in args.sizes:
             root = Path(tmp) / f"n{n}"
@@ -165,9 +165,30 @@ def main(argv: list[str] | None = None) -> None:
         if f"{where}/{small}/stream" in runs:
             summary[f"speed_ratio_{where}"] = runs[f"{where}/{small}/stream"]["images_per_s"] / runs[f"{where}/{small}/memory"]["images_per_s"]
             summary[f"speed_goal_met_{where}"] = summary[f"speed_ratio_{where}"] >= 0.85
-    res["summary"], res["load_avg_end"] = summary, os.getloadavg()
-    write_results(res, OUT)
+    res["summary"] = summary
+    record(begun, res, OUT)
     say(json.dumps(summary))
+
+
+def markdown(res: dict) -> str:
+    """Peak memory of both data modes at each size, then images/s of both where measured (median of the tries)."""
+    runs = res["runs"]
+    sizes = sorted({int(key.split("/")[1]) for key in runs if key.startswith("rss/")})
+    lines = ["| images | stream peak RSS | memory peak RSS |", "| ---: | ---: | ---: |"]
+    lines += [f"| {n:,} | {runs[f'rss/{n}/stream']['peak_rss_bytes'] / 2**20:,.0f} MiB | "
+              f"{runs[f'rss/{n}/memory']['peak_rss_bytes'] / 2**20:,.0f} MiB |" for n in sizes]
+    lines += ["", "| where | images | stream | memory | ratio |", "| --- | ---: | ---: | ---: | ---: |"]
+    for key in runs:
+        where, n, mode = key.split("/")
+        if where != "rss" and mode == "stream":
+            a, b = runs[key]["images_per_s"], runs[f"{where}/{n}/memory"]["images_per_s"]
+            lines.append(f"| {where} | {int(n):,} | {a:,.0f} img/s | {b:,.0f} img/s | {a / b:.2f} |")
+    s = res["summary"]
+    if "rss_growth_stream" in s:
+        lines += ["", f"Peak RSS growth from {sizes[0]:,} to {sizes[-1]:,} images: stream {s['rss_growth_stream']:.3f}x, "
+                      f"memory {s['rss_growth_memory']:.2f}x (what training adds: {s['training_rss_growth_memory']:.1f}x). "
+                      f"Models: {res['model']}."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ What it measures (one run, Fashion-MNIST from Debian's files, model fc8, the sam
 
 For each: wall time (engine start to the end of its last epoch, read from the run's report, plus the whole
 API call timed here), test accuracy, the wall time until its validation accuracy first reaches the single
-baseline's final validation accuracy (``orchestrator.engines``), and bytes sent per worker. The splits are
+baseline's final validation accuracy (``orchestrator.engine_comparison``), and bytes sent per worker. The splits are
 written first, so no engine's time includes writing data.
 
 Then a projection, labelled as one: ResNet-34 (21.8 M parameters, fp32 gradients) with ring all-reduce
@@ -37,11 +37,10 @@ import dataclasses
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from benchmarks._common import REPO, machine_info, write_results  # first: sets Ray's environment
+from benchmarks._common import REPO, begin, load_average, record  # first: sets Ray's environment
 from data_split import RunStorage, layout, split_dataset
 from orchestrator import api, load_config
 
@@ -61,10 +60,6 @@ RESNET_STEPS_TIMED = 3  # after one warm-up step
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def timed(fn, *args, **kwargs):
@@ -126,28 +121,33 @@ def engine_rows(report: dict, walls: dict) -> list[dict]:
     return rows
 
 
-def print_tables(results: dict) -> None:
+def markdown(results: dict) -> str:
+    """The engines measured side by side, then the labelled ResNet-34 projection (not a measurement)."""
     target = results["target_val_acc"]
-    print(f"\nFashion-MNIST fc8, {results['epochs']} epochs, global batch 128, 2 CPUs "
-          f"(load before/after {results['load_before']} / {results['load_after']})")
-    print(f"| Engine | Workers | Bytes sent per worker | Wall time (s) | Test acc | Time to {100 * target:.2f}% val acc (s) |")
-    print("|:---|---:|---:|---:|---:|---:|")
+    lines = ["| Engine | Workers | Bytes sent per worker | Wall time (s) | Test acc | "
+             f"Time to {100 * target:.2f}% val acc (s) |",
+             "|:---|---:|---:|---:|---:|---:|"]
     for r in results["engines"]:
         t = r["time_to_target_s"]
-        print(f"| {r['engine']} | {r['workers']} | {r['bytes_per_worker']:,} | {r['wall_s']:.1f} | "
-              f"{100 * r['test_acc']:.2f}% | {t if isinstance(t, str) else f'{t:.1f}'} |")
+        lines.append(f"| {r['engine']} | {r['workers']} | {r['bytes_per_worker']:,} | {r['wall_s']:.1f} | "
+                     f"{100 * r['test_acc']:.2f}% | {t if isinstance(t, str) else f'{t:.1f}'} |")
     ddp = next(r for r in results["engines"] if r["engine"] == "ddp")
-    print("DDP time in all-reduce per worker: " + ", ".join(
+    lines += ["", "DDP time in all-reduce per worker: " + ", ".join(
         f"{s:.1f} s of {t:.1f} s ({100 * f:.0f}%)" for s, t, f in zip(
-            ddp["allreduce_seconds_by_worker"], ddp["train_seconds_by_worker"], ddp["allreduce_fraction_by_worker"])))
+            ddp["allreduce_seconds_by_worker"], ddp["train_seconds_by_worker"], ddp["allreduce_fraction_by_worker"]))]
     r34 = results["resnet34"]
-    print(f"\nPROJECTION (not measured): ResNet-34 ({r34['params']:,} params, fp32), ring all-reduce, ImageNet epoch, "
-          f"batch {PROJ_BATCH_PER_WORKER}/worker; compute from a measured CPU step of {r34['step_s']:.2f} s")
-    print("| Workers N | Link | Steps/epoch | Sent per worker per step | DDP comm per epoch | K branches | Comm share (no overlap, CPU compute) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for p in results["projection"]:
-        print(f"| {p['workers']} | {p['gbit_s']} Gbit/s | {p['steps_per_epoch']:,} | {p['bytes_per_worker_per_step'] / 1e6:.1f} MB | "
-              f"{p['ddp_comm_s_per_epoch']:,.0f} s | 0 s | {100 * p['comm_share_if_not_overlapped']:.1f}% |")
+    lines += ["", f"**Projection, not a measurement**: ResNet-34 ({r34['params']:,} params, fp32), ring all-reduce, "
+                  f"one ImageNet epoch, batch {PROJ_BATCH_PER_WORKER} per worker; compute from a measured CPU step of "
+                  f"{r34['step_s']:.2f} s.", "",
+              "| Workers N | Link | Steps/epoch | Sent per worker per step | DDP comm per epoch | K branches | Comm "
+              "share (no overlap, CPU compute) |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['workers']} | {p['gbit_s']} Gbit/s | {p['steps_per_epoch']:,} | "
+              f"{p['bytes_per_worker_per_step'] / 1e6:.1f} MB | "
+              f"{p['ddp_comm_s_per_epoch']:,.0f} s | 0 s | {100 * p['comm_share_if_not_overlapped']:.1f}% |"
+              for p in results["projection"]]
+    lines += ["", "Assumptions: " + "; ".join(results["projection_assumptions"]) + "."]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -167,16 +167,16 @@ def main() -> None:
         "resources.cpus_per_branch": 1, "resources.gpus_per_branch": 0, "ensemble.weights": "tuned",
         "baseline.workers": 2, "baseline.cpus_per_worker": 1, "ray.num_cpus": RAY_CPUS,
     })
-    started, load_before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), load()
-    say(f"splits under {uri} (load {load_before})")
+    begun = begin("vs_ddp")
+    say(f"splits under {uri} (load {begun.load_before})")
     api.split(cfg)
     split_dataset(cfg.source, dataclasses.replace(cfg.split, rows=1, cols=1, transform="identity"), RunStorage.from_config(cfg.storage).child(layout.BASELINE))
     walls = {}
     say("single baseline")
     _, walls["single"] = timed(api.baseline, cfg.replace(**{"baseline.engine": "single"}))
-    say(f"ddp baseline, 2 workers (load {load()})")
+    say(f"ddp baseline, 2 workers (load {load_average()})")
     _, walls["ddp"] = timed(api.baseline, cfg.replace(**{"baseline.engine": "ddp"}))
-    say(f"spectral sub4, 2 branches at a time (load {load()})")
+    say(f"spectral sub4, 2 branches at a time (load {load_average()})")
     _, walls["spectral"] = timed(api.train, cfg)
     say("ensemble weights (Ray Tune) and report")
     report = api.evaluate(cfg)
@@ -184,22 +184,23 @@ def main() -> None:
     r34 = measure_resnet34_step()
     assert r34["params"] == RESNET34_PARAMS, r34["params"]
     results = {
-        "benchmark": "vs_ddp", "date": started, "command": " ".join([".venv/bin/python", "-m", "benchmarks.vs_ddp", *sys.argv[1:]]),
-        "machine": machine_info(), "load_before": load_before, "load_after": load(), "epochs": epochs,
+        "epochs": epochs,
         "quick": args.quick, "run": uri, "target_val_acc": report["comparison"]["target_val_acc"],
         "engines": engine_rows(report, walls), "resnet34": r34, "projection": projection(r34["step_s"], r34["params"]),
         "projection_assumptions": [
-            "labelled projection, not a measurement: ring all-reduce sends 2(N-1)/N x 21.8 M x 4 bytes per worker per step",
+            "labelled projection, not a measurement: ring all-reduce sends 2(N-1)/N x 21.8 M x 4 bytes per worker "
+            "per step",
             "the link's full bandwidth, no latency, no compression, no overlap of communication with compute",
             f"per-worker batch {PROJ_BATCH_PER_WORKER}, one ImageNet-1k epoch = {IMAGENET_TRAIN_IMAGES:,} images",
             "compute per epoch from one CPU thread here; a GPU step is far shorter, so comm's share would be larger",
             "K branches exchange 0 bytes; reading their own data shards is not counted for either engine",
         ],
     }
-    print_tables(results)
     out = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)
+    doc = record(begun, results, out)
+    print(f"\nFashion-MNIST fc8, {epochs} epochs, global batch 128, 2 CPUs (load average {doc['load_average']})")
+    print(markdown(results))
     if out is not None:
-        write_results(results, out)
         say(f"results: {out}")
 
 

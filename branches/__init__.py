@@ -3,7 +3,7 @@
     from branches import ModelConfig, TrainConfig, train_branch
     result = train_branch(storage, k, ModelConfig(name="fc8"), TrainConfig(epochs=5))
 
-Names load on first use (PEP 562): the configs and ``branches.settled`` are free of torch, so a driver
+Names load on first use (PEP 562): the configs and ``branches.finished`` are free of torch, so a driver
 that parses a config or checks which branches are finished (the CLI, a job's driver) never imports it.
 """
 
@@ -17,15 +17,15 @@ _EXPORTS = {
     "MODELS": "branches.config", "OPTIMIZERS": "branches.config", "SCHEDULES": "branches.config",
     "ModelConfig": "branches.config", "TrainConfig": "branches.config",
     "build_model": "branches.models", "count_parameters": "branches.models",
-    "BranchConflictError": "branches.settled", "finished_result": "branches.settled",
+    "BranchConflictError": "branches.finished", "finished_result": "branches.finished",
     "NonFiniteError": "branches.train", "lr_factor": "branches.train", "train_branch": "branches.train",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from branches.config import MODELS, OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
+    from branches.finished import BranchConflictError, finished_result
     from branches.models import build_model, count_parameters
-    from branches.settled import BranchConflictError, finished_result
     from branches.train import NonFiniteError, lr_factor, train_branch
 
 

@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from branches._data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
-from data_split.quantize import branch_codec
+from branches.data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
 from data_split import layout
 from data_split.manifest import Manifest, ManifestError
+from data_split.quantize import branch_codec
 from data_split.shards import table_arrays
 from data_split.storage import RunStorage
 
@@ -184,8 +184,10 @@ class StreamingSplit:
         if self._labels is None:
             parts = [self.storage.read_with(rel, lambda f: pq.read_table(f, columns=["idx", "src", "y"]))
                      for rel in self.files]
-            cat = lambda name, dt: (np.concatenate([p.column(name).to_numpy() for p in parts]).astype(dt)  # noqa: E731
-                                    if parts else np.zeros(0, dt))
+
+            def cat(name: str, dt) -> np.ndarray:
+                return np.concatenate([p.column(name).to_numpy() for p in parts]).astype(dt) if parts else np.zeros(0, dt)
+
             self._labels = (cat("idx", np.int64), cat("src", np.int16), cat("y", np.int64))
             if len(self._labels[0]) != self.rows:
                 raise ManifestError(f"{self.storage.url(self.files[0] if self.files else layout.DATA)}: files hold "

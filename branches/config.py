@@ -38,11 +38,11 @@ class TrainConfig(Section):
     amp: bool = option(True, 'bfloat16 autocast on CUDA; ignored on CPU')
     seed: int = option(0, 'seed of initialisation and batch order; branch k uses seed + k')
     threads: int = option(1, 'torch CPU threads per branch (match `resources.cpus_per_branch`)', ge=1)
-    # Added with the training loop: a ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping
-    # one per epoch of a 100-epoch run is 25 GB per branch. Older ones are removed after each save;
+    # A ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping one per epoch of a 100-epoch
+    # run is 25 GB per branch. Older ones are removed after each save;
     # 2 or more lets a corrupt newest checkpoint fall back to the one before it.
     keep_checkpoints: int = option(3, 'newest epoch checkpoints kept per branch; 0 = keep all', ge=0)
-    # Added for time to accuracy: the ensemble's validation accuracy after every epoch needs every branch's
+    # The ensemble's time to accuracy (its validation accuracy after every epoch) needs every branch's
     # validation logits of that epoch (branches/<k>/epochs/logits_val_<e>.npy; 240 KB per epoch for
     # Fashion-MNIST, 200 MB for ImageNet's 50k x 1000), so it is opt-in.
     epoch_logits: bool = option(False, "also write each epoch's validation logits (for the ensemble's time to accuracy)")
@@ -54,7 +54,8 @@ class TrainConfig(Section):
     shuffle_buffer: int = option(8192, "stream: rows mixed at a time (more = closer to a full shuffle, more memory)", ge=1)
     # Exact spectral augmentation: "crop" is the CIFAR crop at the branch's resolution; a flip the split's
     # transform does not make exact is an error.
-    augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, rot180, transpose, rot90, rot270",
+    augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, "
+                                     "rot180, transpose, rot90, rot270",
                                 factory=list)
     augment_pad: int = option(2, "crop: largest random shift in sub-pixels (zero-padded)", ge=0)
     on_nonfinite: str = option("fail", "a branch whose loss or logits go NaN/inf: `fail` the run, or `skip_branch` "

@@ -11,7 +11,7 @@ so each branch holds about 1/16 of the parameters.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

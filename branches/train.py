@@ -1,17 +1,9 @@
 """Training one branch: plain PyTorch on one device, no Ray and no process group.
 
-``train_branch(storage, k, model_cfg, train_cfg)`` reads only branch ``k``'s
-shards, trains, and writes under ``<run>/branches/<k>/`` (docs/design.md section 3; paths: ``data_split.layout``):
-
-    checkpoints/epoch=<e>.pt  every epoch, atomic; the newest that loads is resumed from
-    metrics.jsonl             one line per epoch: epoch, loss, val_loss, val_acc, images_per_s, seconds, lr,
-                              time (unix seconds when the epoch ended: time-to-accuracy curves)
-    epochs/logits_val_<e>.npy with train.epoch_logits: the validation logits after each epoch (the ensemble's curve)
-    logits_{val,test}.npy     float32 (N, classes), rows in ascending idx order
-    rows_{val,test}.npy       int64 (N, 2): idx, y of those rows (alignment check and labels for the ensemble)
-    result.json               written last: the "branch finished" marker and its summary
-    diverged.json             instead of result.json, under train.on_nonfinite=skip_branch: where the loss or
-                              logits went NaN/inf (epoch, step, error); nothing of that epoch is written
+``train_branch(storage, k, model_cfg, train_cfg)`` reads only branch ``k``'s shards, trains, and writes
+its outputs under ``<run>/branches/<k>/`` (docs/storage.md: checkpoints every epoch, ``metrics.jsonl``,
+the val/test logits and their rows, ``result.json`` last as the "branch finished" marker, or
+``diverged.json`` under ``train.on_nonfinite: skip_branch``; paths: ``data_split.layout``).
 
 Reproducibility: the model is initialised after ``torch.manual_seed(seed + k)``,
 the batch order of epoch ``e`` comes from its own generator seeded by
@@ -32,21 +24,21 @@ import logging
 import math
 import resource
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from branches import _checkpoint as ckpt_io
-from branches._data import Augmenter, InMemorySplit, choose_mode
+from branches import _faults
+from branches import checkpoint as ckpt_io
 from branches._stream import StreamingSplit
-from branches._test_hold import hold_after_epoch
 from branches.config import ModelConfig, TrainConfig
+from branches.data import Augmenter, InMemorySplit, choose_mode
+from branches.finished import check_same_run, finished_result, stored_configs
 from branches.models import build_model, count_parameters
-from branches.settled import check_same_run, finished_result, stored_configs
 from data_split import layout
 from data_split.augment import check_augment
 from data_split.errors import ConfigError, SpectralError
@@ -129,8 +121,10 @@ def check_finite(logits: torch.Tensor, what: str) -> torch.Tensor:
     return logits
 
 
-def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
-    """(mean NLL, accuracy) of ``logits`` against labels; (None, None) for an empty split."""
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
+    """(mean NLL, accuracy) of a branch's ``logits`` against labels; (None, None) for an empty split, which
+    metrics.jsonl and result.json record as null. (The ensemble's NumPy counterpart, with NaN for an empty
+    split, is ``tune.scoring.score``.)"""
     if len(y) == 0:
         return None, None
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
@@ -273,7 +267,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         except NonFiniteError as e:
             raise NonFiniteError(f"branch {k} diverged at epoch {epoch}: {e} (lr {lr:g}: lower train.lr)", k=k,
                                  epoch=epoch, step=e.step) from None
-        val_loss, val_acc = score(val_logits, val.y)
+        val_loss, val_acc = loss_and_accuracy(val_logits, val.y)
         if train_cfg.epoch_logits:  # rows in ascending (src, idx), as logits_val.npy (streamed val is in file order)
             in_order = val_logits.cpu().numpy()[np.lexsort((val.idx, val.src))]
             storage.write_bytes(layout.epoch_logits(k, epoch), _npy(in_order.astype(np.float32)))
@@ -293,7 +287,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
                  train_loss, "n/a" if val_acc is None else f"{val_acc:.4f}", metrics["images_per_s"], metrics["seconds"])
         if on_epoch is not None:
             on_epoch({**metrics, "k": k})
-        hold_after_epoch(storage.uri, k, epoch)
+        _faults.after_epoch(storage.uri, k, epoch)  # test-only: a no-op outside the tests
 
     return _finish(job, model, history, val, found.epoch, mode)
 
@@ -335,7 +329,7 @@ def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_
     for split, data in (("val", val), ("test", test)):
         order, logits = outputs[split]
         idx, y = data.idx[order], data.y_np[order]
-        nll, acc = score(logits, torch.from_numpy(y).to(dev))
+        nll, acc = loss_and_accuracy(logits, torch.from_numpy(y).to(dev))
         storage.write_bytes(layout.logits(k, split), _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
         storage.write_bytes(layout.rows(k, split), _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
         summary[split] = (acc, nll)

@@ -6,8 +6,8 @@ from data_split.errors import ConfigError, SpectralError
 from data_split.layout import ManifestError, load_manifest
 from data_split.pipeline import SplitConflictError, SplitResult, split_dataset
 from data_split.shards import BranchData, read_branch
-from data_split.imagefolder import IMAGE_SUFFIXES, decode_image
 from data_split.sources import SourceError, make_source
+from data_split.sources.imagefolder import IMAGE_SUFFIXES, decode_image
 from data_split.storage import RunStorage, StorageError
 from data_split.transforms import (
     TRANSFORMS,

@@ -1,4 +1,4 @@
-"""Exact augmentation in the spectral domain (DESIGN.md section 1, item 6): pure math, numpy or torch.
+"""Exact augmentation in the spectral domain (docs/design.md section 1, item 6): pure math, numpy or torch.
 
 A translation of the image by whole multiples of (r, c) pixels is a
 translation of every sub-image by whole pixels: exact for any ``T``
@@ -59,7 +59,8 @@ def image_op(name: str, x: Any) -> Any:
 
 
 def phase_permutation(name: str, r: int, c: int) -> np.ndarray:
-    """``P`` (K, K): augmented phase ``new`` is ``f`` of phase ``old`` where ``P[new, old] = 1`` (quarter turns: r == c)."""
+    """``P`` (K, K): augmented phase ``new`` is ``f`` of phase ``old`` where ``P[new, old] = 1`` (quarter turns:
+    r == c)."""
     m = 2  # a (2r, 2c) image of phase labels is enough to see where each phase goes
     labels = (np.arange(r)[:, None] * c + np.arange(c)[None, :])
     img = np.tile(labels, (m, m))  # pixel (i, j) holds its phase (i % r) * c + (j % c)
@@ -73,7 +74,8 @@ def phase_permutation(name: str, r: int, c: int) -> np.ndarray:
 
 
 def branch_signs(name: str, matrix: np.ndarray, r: int, c: int) -> np.ndarray | None:
-    """Per-branch signs ``diag(T P T^T)`` when ``name`` is exact for ``T`` (off-diagonal zero, entries +-1), else None."""
+    """Per-branch signs ``diag(T P T^T)`` when ``name`` is exact for ``T`` (off-diagonal zero, entries +-1), else
+    None."""
     if name in QUARTER_TURNS and r != c:
         return None  # phase (i, j) would go to (j, i): not a phase of an r x c grid
     p = phase_permutation(name, r, c)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from data_split.errors import ConfigError
 from data_split.fields import Key, Section, option
 from data_split.quantize import DTYPES
-from data_split.sources import SOURCES
 from data_split.transforms import TRANSFORMS
+
+# source.name; data_split.sources builds each (FACTORIES): this module imports no source, so sources may import it
+SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -54,12 +56,19 @@ class SourceConfig(Section):
     RULES = (image_size_is_s_or_hw, imagefolder_needs_root, skip_bad_needs_imagefolder)
 
     name: str = option("fashion-mnist", 'the image source', choices=SOURCES)
-    root: str | None = option(None, "where the source files are; unset: `/usr/share/datasets/fashion-mnist` (Debian's package) for Fashion-MNIST, `./data/<name>` in torchvision's layout for the others")
+    root: str | None = option(None, "where the source files are; unset: `/usr/share/datasets/fashion-mnist` "
+                                    "(Debian's package) for Fashion-MNIST, `./data/<name>` in torchvision's layout "
+                                    "for the others")
     limit: int | None = option(None, 'keep only the first N images of each source split; unset: all', ge=1)
-    download: bool = option(False, "`mnist`, `fashion-mnist`, `cifar10`: fetch the files with torchvision's downloader first (into `source.root`, else `./data/<name>`)")
-    image_size: int | list[int] | None = option(None, "`imagefolder`, as torchvision's `Resize` + `CenterCrop`: `S` scales the shorter side to S and keeps the centre S x S; `[H, W]` stretches to H x W; unset: every image must have the same size, which is used")
+    download: bool = option(False, "`mnist`, `fashion-mnist`, `cifar10`: fetch the files with torchvision's "
+                                   "downloader first (into `source.root`, else `./data/<name>`)")
+    image_size: int | list[int] | None = option(None, "`imagefolder`, as torchvision's `Resize` + `CenterCrop`: `S` "
+                                                      "scales the shorter side to S and keeps the centre S x S; `[H, "
+                                                      "W]` stretches to H x W; unset: every image must have the same "
+                                                      "size, which is used")
     channels: int = option(3, '`imagefolder`: 1 (grayscale) or 3 (RGB); images of the other kind are converted', choices=(1, 3))
-    skip_bad: bool = option(False, '`imagefolder`: leave out images that cannot be read or decoded (listed in the manifest under `source.skipped`) instead of failing the split')
+    skip_bad: bool = option(False, '`imagefolder`: leave out images that cannot be read or decoded (listed in the '
+                                   'manifest under `source.skipped`) instead of failing the split')
     synthetic: SyntheticConfig = option(factory=SyntheticConfig, help='`synthetic`: seeded class-prototype images plus Gaussian noise (for tests and benchmarks)')
 
 
@@ -103,11 +112,14 @@ class SplitConfig(Section):
 
     rows: int = option(2, 'r: polyphase rows of the split', ge=1)
     cols: int = option(2, 'c: polyphase columns; K = rows * cols branches', ge=1)
-    transform: str = option("dct", 'the orthonormal transform across the K sub-images: `dct` (DCT-II), `dft` (discrete Hartley: real and lossless), `haar` (K a power of two), `identity` (plain polyphase split), `dct2`/`haar2` (separable 2-D: T = T_r (x) T_c)', choices=TRANSFORMS)
+    transform: str = option("dct", 'the orthonormal transform across the K sub-images: `dct` (DCT-II), `dft` '
+                                   '(discrete Hartley: real and lossless), `haar` (K a power of two), `identity` '
+                                   '(plain polyphase split), `dct2`/`haar2` (separable 2-D: T = T_r (x) T_c)', choices=TRANSFORMS)
     val_fraction: float = option(0.1, 'share of the source train split carved out as the validation split', ge=0, lt=1)
     seed: int = option(0, "seed of the train/validation carve and of the row order within each file")
     images_per_task: int = option(10_000, 'images one Ray Data task reads, transforms and writes (bounds its memory)', ge=1)
-    dtype: str = option("uint8", 'stored values of `x`: `uint8` (affine codes whose range comes from the transform matrix: never clips), `float16` or `float32`', choices=DTYPES)
+    dtype: str = option("uint8", 'stored values of `x`: `uint8` (affine codes whose range comes from the transform '
+                                 'matrix: never clips), `float16` or `float32`', choices=DTYPES)
 
     @property
     def k(self) -> int:
@@ -132,7 +144,9 @@ class StorageConfig(Section):
     uri: str = option("./runs/fashion-mnist-sub4", "the run's URI: a path, `file://...` or `s3://bucket/prefix` (any fsspec protocol); `--storage` sets it")
     endpoint_url: str | None = option(None, 'S3-compatible endpoint; unset: `AWS_ENDPOINT_URL`, else AWS itself')
     lease_timeout_s: float = option(60.0, "a driver's lease (`<run>/lease.json`) without a heartbeat this long is taken over by the next driver", gt=0)
-    retry_budget_s: float = option(120.0, "remote stores: seconds one read or write keeps retrying (with backoff) through an outage before it fails naming the endpoint; local disks are not retried", ge=0)
+    retry_budget_s: float = option(120.0, "remote stores: seconds one read or write keeps retrying (with backoff) "
+                                          "through an outage before it fails naming the endpoint; local disks are "
+                                          "not retried", ge=0)
     # Never written to the run, its logs or the lease (tested); prefer profiles or AWS_* environment variables.
     access_key_id: str | None = option(None, "S3 access key, when neither the environment nor an instance profile provides one; never written or logged", secret=True)
     secret_access_key: str | None = option(None, "S3 secret key, with `storage.access_key_id`; never written or logged", secret=True)

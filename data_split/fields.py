@@ -3,8 +3,8 @@
 Every field of every config dataclass is declared with its help text and what it accepts: its type
 (the annotation), ``choices`` and the bounds ``ge``/``gt``/``le``/``lt``. The one declaration is the
 default, the validation and the documentation: ``spectral config --show`` prints them, and the
-README's configuration table is generated from them (``spectral config --markdown``;
-``tests/test_config_docs.py`` fails when the README differs).
+configuration table of docs/cli.md is generated from them (``spectral config --markdown``;
+``tests/test_config_docs.py`` fails when the page differs).
 
 Config dataclasses derive from ``Section``. Constructing one converts and checks every field against
 its declaration, then runs the class's cross-field ``RULES`` (small named functions); an error is a
@@ -20,9 +20,9 @@ import functools
 import operator
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import InitVar
-from typing import Any, Callable
+from typing import Any
 
 from data_split.errors import ConfigError
 

@@ -1,30 +1,10 @@
-"""The storage layout of a run (docs/design.md section 3): every path under the run URI, and one reader
-each for the manifest, ``metrics.jsonl`` and ``result.json``. Nothing else spells a run path.
+"""The storage layout of a run (docs/storage.md describes it): every path under the run URI as a function
+or a constant here, named after what it holds (``result(k)`` is ``branches/<k>/result.json``,
+``MANIFEST`` is ``data/manifest.json``), and one reader each for the manifest (``load_manifest``),
+``metrics.jsonl`` (``read_metrics``) and ``result.json`` (``read_result``). Nothing else spells a run path.
 
-Paths are relative to the run (``RunStorage`` resolves them); a run nested in another
-(the baseline, a sweep trial) is ``storage.child(rel)``::
-
-    <run>/data/manifest.json                         MANIFEST           load_manifest(storage) -> Manifest
-    <run>/data/<split>/branch=<k>/<part>.parquet     shard(split, k, part)
-    <run>/branches/<k>/checkpoints/epoch=<e>.pt      checkpoint(k, e)
-    <run>/branches/<k>/metrics.jsonl                 metrics(k)         read_metrics(storage, k)
-    <run>/branches/<k>/logits_<split>.npy            logits(k, split)
-    <run>/branches/<k>/epochs/logits_val_<e>.npy     epoch_logits(k, e)   (train.epoch_logits)
-    <run>/branches/<k>/rows_<split>.npy              rows(k, split)     (idx, y) of those logits
-    <run>/branches/<k>/result.json                   result(k)          read_result(storage, k)
-    <run>/branches/<k>/placement.json                placement(k)
-    <run>/ensemble/<method>.json, weights.json       ensemble_record(method), WEIGHTS
-    <run>/baseline/...                               BASELINE: a run of its own (K = 1)
-    <run>/baseline-ddp/result.json                   BASELINE_DDP_RESULT
-    <run>/report/report.json, report.md, *.png       report(name)
-    <run>/tune/weights/, tune/sweep/...              TUNE_WEIGHTS, SWEEP_* (Ray Tune's experiments)
-    <run>/lease.json                                 LEASE: the live driver
-
-A batch output (``spectral predict --output``) is laid out here too (``inference._output`` commits it)::
-
-    <output>/_temporary/<attempt>/...                OUTPUT_TEMPORARY: parts being written
-    <output>/part-NNNNN.parquet                      output_part(i)
-    <output>/_manifest.json, _SUCCESS                OUTPUT_MANIFEST, OUTPUT_SUCCESS (written last)
+Paths are relative to the run (``RunStorage`` resolves them); a run nested in another (the baseline, a
+sweep trial) is ``storage.child(rel)``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The manifest of a split (``<run>/data/manifest.json``, docs/design.md section 3) as typed records.
+"""The manifest of a split (``<run>/data/manifest.json``, docs/storage.md) as typed records.
 
 ``Manifest.from_json`` reads the file's object and ``to_json`` gives it back with the same fields in
 the same order, so what is on disk is unchanged (``tests/test_manifest.py``). A field that is None
@@ -7,7 +7,7 @@ is left out of the JSON, except where a record marks it nullable (``root``, ``li
 ``layout.load_manifest`` checks the ones a caller needs. ``source`` keeps the keys its source adds
 (an image folder's ``image_size`` and ``folders``) in ``SourceInfo.details``; other undeclared keys
 are not read. ``PartRecord`` and ``Skipped`` are what the split's tasks return, one per file or
-skipped image; ``data_split.pipeline.build_manifest`` sums them into a ``Manifest``.
+skipped image; ``data_split.parts.build_manifest`` sums them into a ``Manifest``.
 
     {"version", "config_hash", "created",
      "source": SourceInfo, "sources": [SourceEntry], "split": SplitInfo,

@@ -1,6 +1,6 @@
 """Lower-resolution sources: which branches they determine, and those branches' values.
 
-Pure array math, no Ray (DESIGN.md section 1, item 5). A source whose images
+Pure array math, no Ray (docs/design.md section 1, item 5). A source whose images
 are the ``fr x fc`` box averages of full-resolution ``H x W`` images
 (``fr | r``, ``fc | c``) determines branch ``k`` exactly iff row ``k`` of the
 split matrix ``T``, laid out on the ``r x c`` phase grid, is constant on every
@@ -82,7 +82,7 @@ def reduction_factors(full: tuple[int, int], low: tuple[int, int], r: int, c: in
 
 def plan_extra_source(matrix: np.ndarray, r: int, c: int, full: tuple[int, int], low: tuple[int, int],
                       what: str, transform: str) -> tuple[int, int, list[int]]:
-    """``(fr, fc, fed branches)`` of an extra source; a ``ValueError`` when its resolution is wrong or it feeds nothing."""
+    """``(fr, fc, fed branches)`` of an extra source; ``ValueError`` for a wrong resolution or for feeding nothing."""
     fr, fc = reduction_factors(full, low, r, c, what)
     fed = fed_branches(matrix, r, c, fr, fc)
     if not fed:

@@ -1,4 +1,4 @@
-"""How a branch's values are stored: uint8 affine codes, float16 or float32 (docs/design.md section 3, version 2).
+"""How a branch's values are stored: uint8 affine codes, float16 or float32 (docs/storage.md, storage version 2).
 
 The one place that encodes and decodes sub-dataset values. The split writes
 with ``encode``; training (on the device, per batch) and the exported

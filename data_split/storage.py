@@ -1,6 +1,6 @@
 """Run storage: one fsspec URI (a path, ``file://``, ``s3://bucket/prefix``, ...).
 
-Every write is atomic (docs/design.md section 3): on a local disk we write a hidden
+Every write is atomic (docs/storage.md): on a local disk we write a hidden
 temporary file beside the target and ``os.replace`` it; on object stores a
 single PUT is already all-or-nothing (a PUT cut off mid-body creates nothing).
 Readers therefore never see half a file. Hidden names start with ``.`` so that
@@ -38,8 +38,9 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -110,12 +111,12 @@ class RunStorage:
     _fs: Any = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_config(cls, cfg: "StorageConfig") -> "RunStorage":
+    def from_config(cls, cfg: StorageConfig) -> RunStorage:
         """The run of the config's ``storage`` section: its URI, endpoint, retry budget and credentials."""
         return cls(cfg.uri, cfg.endpoint_url, cfg.retry_budget_s, cfg.credentials)
 
     @classmethod
-    def like(cls: type[S], other: "RunStorage", **changes: Any) -> S:
+    def like(cls: type[S], other: RunStorage, **changes: Any) -> S:
         """``other``'s store and settings as a ``cls`` (a subclass that adds behaviour), with ``changes``."""
         settings = {f.name: getattr(other, f.name) for f in dataclasses.fields(RunStorage) if f.init}
         return cls(**{**settings, **changes})
@@ -195,7 +196,7 @@ class RunStorage:
         """The run's root as a path of ``fs`` (no protocol)."""
         return self.fs._strip_protocol(self.uri).rstrip("/")
 
-    def child(self, rel: str) -> "RunStorage":
+    def child(self, rel: str) -> RunStorage:
         """The run nested at ``rel`` under this one (the baseline, a sweep trial), same store and settings."""
         return self.at(f"{self.uri.rstrip('/')}/{rel.strip('/')}")
 
@@ -211,7 +212,7 @@ class RunStorage:
         """An absolute ``fs`` path as a URI a user can paste."""
         return path if self.protocol == "file" else f"{self.protocol}://{path}"
 
-    def at(self, uri: str) -> "RunStorage":
+    def at(self, uri: str) -> RunStorage:
         """The same store and settings (endpoint, retry budget, credentials) at another URI."""
         return RunStorage.like(self, uri=uri)
 

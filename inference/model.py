@@ -1,7 +1,7 @@
 """One trained run as one ``nn.Module``: raw pixels in, ensemble logits out.
 
 ``SpectralEnsemble`` replays, inside ``forward``, exactly what the run's data
-went through before a branch saw it (DESIGN.md sections 1 and 3):
+went through before a branch saw it (docs/design.md section 1 and docs/storage.md):
 
     x (N, C, H, W) pixels in [0, 1]
       -> spectral_components with the manifest's matrix  (N, K, C, H/r, W/c)
@@ -25,16 +25,16 @@ and the exported program needs nothing from this project.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from branches import ModelConfig, build_model
-from branches._checkpoint import load_checkpoint
-from branches._data import MIN_STD
+from branches.checkpoint import load_checkpoint
+from branches.data import MIN_STD
 from data_split import RunStorage, layout, load_manifest, spectral_components
 from data_split.errors import SpectralError
 from data_split.quantize import DTYPES, branch_codec, decode, encode
@@ -156,7 +156,8 @@ def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], c
 
 
 def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tuple[str, list[float], float | None, list[int]]:
-    """(method, (K,) weights, test accuracy or None, branches in the sum) for ``weights``: "chosen", a method, or K numbers."""
+    """(method, (K,) weights, test accuracy or None, branches in the sum) for ``weights``: "chosen", a method, or K
+    numbers."""
     if not isinstance(weights, str):
         w = [float(v) for v in weights]
         if len(w) != k or not np.all(np.isfinite(w)):

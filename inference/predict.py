@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa

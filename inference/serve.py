@@ -21,7 +21,7 @@ import base64
 import binascii
 import json
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from data_split import RunStorage, SplitResult, layout, load_manifest, split_dataset
-from orchestrator._ray import cluster_side, init_ray
+from orchestrator._ray import init_ray
 from orchestrator.config import SpectralConfig
+from orchestrator.driver import cluster_side
 from orchestrator.ensemble import EnsembleResult, evaluate_ensemble, write_weights
 from orchestrator.launcher import TrainingOutcome, train_branches
 from orchestrator.report import build_report

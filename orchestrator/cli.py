@@ -1,4 +1,4 @@
-"""`spectral`: the command line. Parse, build the config, call the API, print tables.
+"""`spectral`: the command line. Parse, build the config, call the API, print what it returned.
 
     spectral split    --config configs/fashion_mnist.yaml [--storage URI] [--set KEY=VALUE ...] [--overwrite]
     spectral run      --config configs/fashion_mnist.yaml [--storage URI] [--set KEY=VALUE ...]
@@ -21,108 +21,32 @@ import argparse
 import logging
 import sys
 import time
-from collections import defaultdict
 
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.table import Table
 
 from data_split import RunStorage, layout
 from data_split.errors import user_error
-from data_split.manifest import Manifest
 from orchestrator import api
 from orchestrator._logging import add_secrets, configure_logging, mask, quiet_ray
 from orchestrator._ray import init_ray
-from orchestrator._sweep_table import table_rows
-from orchestrator.config import SpectralConfig, config_markdown, config_reference, load_config, parse_set
-from orchestrator.report import format_table
+from orchestrator.config import SpectralConfig, config_markdown, load_config, parse_set
+from orchestrator.report_text import ensemble_table, paper_table
+from orchestrator.summaries import (
+    baseline_line,
+    config_table,
+    progress_table,
+    sources_table,
+    split_table,
+    training_lines,
+    tune_line,
+)
+from orchestrator.sweep_text import sweep_table
 
 console = Console(soft_wrap=True)  # a printed path or message stays on one line (copyable); tables fit the width
 log = logging.getLogger("spectral")
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-# -- tables ------------------------------------------------------------------------------------------
-def split_table(result) -> Table:
-    table = Table(title="spectral split" + (" (up to date: nothing written)" if result.up_to_date else ""))
-    for col in ("split", "branch", "rows", "bytes", "/ raw", "seconds", "images/s"):
-        table.add_column(col, justify="left" if col == "split" else "right")
-    agg: dict[tuple[str, int], dict] = defaultdict(lambda: {"rows": 0, "bytes": 0, "seconds": 0.0})
-    for r in result.records:
-        a = agg[(r.split, r.branch)]
-        a["rows"] += r.rows
-        a["bytes"] += r.bytes
-        a["seconds"] += r.seconds
-    if result.up_to_date:
-        for b in result.manifest.branches:
-            for s, entry in b.splits.items():
-                agg[(s, b.k)] = {"rows": entry.rows, "bytes": entry.bytes or 0, "seconds": 0.0}
-    raw = result.manifest.raw_bytes or {}
-    ratio = lambda n, d: f"{n / d:.3f}" if d else "-"  # noqa: E731
-    for (s, k), a in sorted(agg.items(), key=lambda kv: (["train", "val", "test"].index(kv[0][0]), kv[0][1])):
-        secs = a["seconds"]
-        rate = f"{a['rows'] / secs:,.0f}" if secs > 0 else "-"
-        table.add_row(s, str(k), f"{a['rows']:,}", _fmt_bytes(a["bytes"]), ratio(a["bytes"], raw.get(s, 0)),
-                      f"{secs:.2f}" if secs else "-", rate)
-    images = sum(result.manifest.counts.values())
-    total_bytes = sum(a["bytes"] for a in agg.values())
-    table.add_section()
-    table.add_row("all", f"K={result.manifest.K}", f"{images:,} images", _fmt_bytes(total_bytes),
-                  ratio(total_bytes, sum(raw.values())), f"{result.seconds:.2f}" if not result.up_to_date else "-",
-                  f"{images / result.seconds:,.0f}" if not result.up_to_date else "-")
-    table.caption = (f"stored as {result.manifest.split.dtype or 'float32'}; '/ raw': bytes over the same "
-                     "images as raw uint8 in one zstd Parquet column; per branch: seconds spent serialising and "
-                     "writing its files; 'all': pipeline wall time")
-    return table
-
-
-def sources_table(manifest: Manifest) -> Table:
-    """Sources by branches: the train rows each source gives each branch ('-': it cannot feed that branch)."""
-    from data_split.extra_sources import sources_by_branches
-
-    table = Table(title="train rows by source and branch")
-    table.add_column("src", justify="right")
-    table.add_column("source")
-    for k in range(manifest.K):
-        table.add_column(str(k), justify="right")
-    table.add_column("read on")
-    for row in sources_by_branches(manifest):
-        nodes = ", ".join(n[:8] for n in row["nodes"]) or "-"
-        table.add_row(str(row["src"]), f"{row['name']} {row['resolution'][0]}x{row['resolution'][1]}",
-                      *(f"{n:,}" if n is not None else "-" for n in row["train_rows"]), nodes)
-    return table
-
-
-def progress_table(snapshot: dict[int, dict], epochs: int) -> Table:
-    table = Table(title="branches")
-    for col in ("branch", "state", "epoch", "loss", "val acc", "images/s", "node", "GPU"):
-        table.add_column(col, justify="right")
-    for k, s in sorted(snapshot.items()):
-        table.add_row(
-            str(k), s.get("state", "?"), f"{s.get('epoch', 0)}/{epochs}",
-            f"{s['loss']:.4f}" if "loss" in s else "-", f"{s['val_acc']:.4f}" if s.get("val_acc") is not None else "-",
-            f"{s['images_per_s']:,.0f}" if "images_per_s" in s else "-", s.get("ip", "-"), ",".join(s.get("gpu_ids", [])) or "-",
-        )
-    return table
-
-
-def report_table(report: dict) -> Table:
-    header, rows = format_table(report)
-    table = Table(title=report.get("title", "report"))
-    for i, col in enumerate(header):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*[str(c) for c in row])
-    return table
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -131,7 +55,7 @@ class _LiveProgress:
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
-        self.live = Live(progress_table({}, epochs), console=console, refresh_per_second=2, transient=False)
+        self.live = Live(progress_table({}, epochs).rich(), console=console, refresh_per_second=2, transient=False)
 
     def __enter__(self):
         self.live.__enter__()
@@ -143,14 +67,14 @@ class _LiveProgress:
             console.line()
 
     def __call__(self, snapshot: dict[int, dict]) -> None:
-        self.live.update(progress_table(snapshot, self.epochs))
+        self.live.update(progress_table(snapshot, self.epochs).rich())
 
 
 def print_split(cfg: SpectralConfig, result) -> None:
     """What `split` and `run` show of the split: bytes per branch, rows by source (if several), where it is."""
-    console.print(split_table(result))
+    console.print(split_table(result).rich())
     if len(result.manifest.sources) > 1:
-        console.print(sources_table(result.manifest))
+        console.print(sources_table(result.manifest).rich())
     console.print(f"sub-datasets: {RunStorage.from_config(cfg.storage).url(layout.DATA)}")
 
 
@@ -165,19 +89,13 @@ def cmd_train(cfg: SpectralConfig, args) -> None:
 
 
 def print_training(outcome) -> None:
-    """How many branches trained now, were already finished, or were skipped as diverged (and where)."""
-    line = f"trained {len(outcome.results) - len(outcome.skipped)} branch(es), skipped {len(outcome.skipped)} finished"
-    if outcome.diverged:
-        line += f", skipped {len(outcome.diverged)} diverged (train.on_nonfinite: skip_branch)"
-    console.print(line)
-    for k, record in sorted(outcome.diverged.items()):
-        console.print(f"[yellow]skipped branch {k}[/yellow]: diverged at epoch {record['epoch']}, step "
-                      f"{record['step'] if record['step'] is not None else '-'}: {record['error']}", soft_wrap=True)
+    for line in training_lines(outcome):
+        console.print(line)
 
 
 def cmd_evaluate(cfg: SpectralConfig, args) -> None:
     report = api.evaluate(cfg)
-    console.print(report_table(report))
+    console.print(paper_table(report).rich())
     console.print(f"report: {RunStorage.from_config(cfg.storage).url(layout.report('report.md'))}")
 
 
@@ -187,7 +105,7 @@ def cmd_run(cfg: SpectralConfig, args) -> None:
         result = api.run(cfg, overwrite=args.overwrite, on_progress=progress)
     print_split(cfg, result.split)
     print_training(result.training)
-    console.print(report_table(result.report))
+    console.print(paper_table(result.report).rich())
     console.print(f"report: {result.paths['report_md']}")
     console.print(f"done in {time.perf_counter() - t0:.1f} s")
 
@@ -195,56 +113,25 @@ def cmd_run(cfg: SpectralConfig, args) -> None:
 def cmd_baseline(cfg: SpectralConfig, args) -> None:
     if cfg.baseline.engine == "ddp":
         result = api.baseline(cfg)
-        fractions = ", ".join(f"{100 * f:.0f}%" for f in result["allreduce_fraction_by_worker"])
-        console.print(
-            f"baseline {result['model']} (Ray Train DDP, {result['workers']} workers, {result['backend']}): test accuracy "
-            f"{result['test_acc']:.4f}, {result['parameters']:,} parameters, {result['seconds']:.1f} s, "
-            f"{result['steps']} steps, all-reduce {_fmt_bytes(result['allreduce_bytes_per_worker'])} per worker "
-            f"(time in all-reduce per worker: {fractions} of training)"
-        )
     else:
         with _LiveProgress(cfg.train.epochs) as progress:
             result = api.baseline(cfg, on_progress=progress)
-        console.print(
-            f"baseline {result['model']}: test accuracy {result['test_acc']:.4f}, {result['params']:,} parameters, "
-            f"{result['train_seconds']:.1f} s, peak memory {_fmt_bytes(result['peak_memory_bytes'])}"
-        )
+    console.print(baseline_line(result))
     storage = RunStorage.from_config(cfg.storage)
     if storage.exists(layout.report("report.json")):
-        console.print(report_table(storage.read_json(layout.report("report.json"))))
-
-
-def ensemble_table(report: dict) -> Table:
-    table = Table(title="ensemble weights (validation picks, test reports)")
-    for col in ("method", "weights", "val acc", "val NLL", "test acc", "test NLL"):
-        table.add_column(col, justify="left" if col in ("method", "weights") else "right")
-    for e in report["ensembles"]:
-        table.add_row(e["method"] + (" (chosen)" if e["chosen"] else ""), " ".join(f"{w:.3f}" for w in e["weights"]),
-                      f"{e['val_acc']:.4f}", f"{e['val_nll']:.4f}", f"{e['test_acc']:.4f}", f"{e['test_nll']:.4f}")
-    return table
+        console.print(paper_table(storage.read_json(layout.report("report.json"))).rich())
 
 
 def cmd_tune_weights(cfg: SpectralConfig, args) -> None:
     report = api.evaluate(cfg.replace(**{"ensemble.weights": "tuned"}))  # uniform, geometric, tuned (+ exact), report
-    console.print(ensemble_table(report))
-    tuned = next(e for e in report["ensembles"] if e["method"] == "tuned")
-    console.print(
-        f"Tune: {tuned['trials']} trials x {tuned['candidates_per_trial']} candidates, {tuned['trials_per_s']:.2f} "
-        f"trials/s; vs the exact fit: val NLL {tuned['val_nll_gap_pct']:+.2f}%, val acc "
-        f"{tuned['val_acc_gap_points']:+.2f} points ({'within' if tuned['within_tolerance'] else 'OUTSIDE'} tolerance)")
+    console.print(ensemble_table(report).rich())
+    console.print(tune_line(next(e for e in report["ensembles"] if e["method"] == "tuned")))
     console.print(f"weights: {RunStorage.from_config(cfg.storage).url(layout.WEIGHTS)}")
 
 
 def cmd_sweep(cfg: SpectralConfig, args) -> None:
     result = api.sweep(cfg, overwrite=args.overwrite)
-    header, rows = table_rows(result)
-    table = Table(title=f"sweep: {result.metric} ({result.mode}), {result.stopped_early} of {len(rows)} trials "
-                        f"stopped early" + (", resumed" if result.restored else ""))
-    for col in header:
-        table.add_column(col, justify="left" if col in ("trial", "status") else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    console.print(sweep_table(result).rich())
     console.print(f"table: {result.table_path}\nbest config: {result.best_config_path}")
 
 
@@ -299,12 +186,7 @@ def cmd_config(args) -> None:
     if args.markdown:
         sys.stdout.write(config_markdown())
         return
-    table = Table(title="configuration (YAML, nested; --set KEY=VALUE overrides a dotted key)")
-    for col in ("key", "default", "allowed", "meaning"):
-        table.add_column(col, overflow="fold")
-    for row in config_reference():
-        table.add_row(*row)
-    console.print(table)
+    console.print(config_table().rich(overflow="fold"))
 
 
 COMMANDS = {
@@ -366,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_after", help=VERBOSE_HELP)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--show", action="store_true", help="as a table (the default)")
-    what.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    what.add_argument("--markdown", action="store_true", help="as docs/cli.md's markdown table")
     return parser
 
 

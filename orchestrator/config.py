@@ -10,7 +10,7 @@ One set of defaults: the dataclass defaults are the embedded default run
 (``configs/fashion_mnist.yaml`` spells them out; ``tests/test_config_docs.py`` checks they agree),
 so ``spectral run`` without ``--config`` runs it. Every field carries its help text;
 ``config_reference`` lists them with their defaults and allowed values for ``spectral config --show``
-and the README's table (``spectral config --markdown``).
+and docs/cli.md's table (``spectral config --markdown``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class ResourcesConfig(Section):
 class EnsembleConfig(Section):
     SECTION = "ensemble"
 
-    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p (1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)', choices=WEIGHT_RULES)
+    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p '
+                                   '(1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)', choices=WEIGHT_RULES)
     p: float = option(GEOMETRIC_P, '`geometric` rule: p', gt=0, lt=1)
 
 
@@ -76,7 +77,10 @@ class RayConfig(Section):
 @dataclass(kw_only=True, frozen=True)
 class SpectralConfig(Section):
     source: SourceConfig = option(factory=SourceConfig, help='where the images come from')
-    extra_sources: list[ExtraSourceConfig] = option(factory=list, help='lower-resolution sources (`src` = 1, 2, ...), each with the keys of `source` plus `resources`; only their train split is used, for the branches they determine')
+    extra_sources: list[ExtraSourceConfig] = option(factory=list, help='lower-resolution sources (`src` = 1, 2, '
+                                                                       '...), each with the keys of `source` plus '
+                                                                       '`resources`; only their train split is used, '
+                                                                       'for the branches they determine')
     split: SplitConfig = option(factory=SplitConfig, help='how every image is split into K spectral sub-images')
     storage: StorageConfig = option(factory=StorageConfig, help='where the run lives')
     model: ModelConfig = option(factory=ModelConfig, help='the network of each branch')
@@ -97,7 +101,7 @@ class SpectralConfig(Section):
         """``to_dict`` without the secrets (``SECRET_KEYS`` set to None): what may be written or shown."""
         return apply_overrides(self.to_dict(), {key: None for key in SECRET_KEYS})
 
-    def replace(self, **overrides: Any) -> "SpectralConfig":
+    def replace(self, **overrides: Any) -> SpectralConfig:
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"train.epochs": 2})``."""
         return from_dict(apply_overrides(self.to_dict(), overrides))
 
@@ -121,7 +125,7 @@ def config_reference(cls: type = None, prefix: str = "") -> list[tuple[str, str,
 
 
 def config_markdown() -> str:
-    """The README's configuration table (between its ``config-table`` markers)."""
+    """docs/cli.md's configuration table (between its ``config-table`` markers)."""
     lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     lines += [f"| `{key}` | {default if default == 'unset' else f'`{default}`'} | {allowed} | {meaning} |"
               for key, default, allowed, meaning in config_reference()]
@@ -130,7 +134,7 @@ def config_markdown() -> str:
 
 # -- dict -> dataclass ------------------------------------------------------------------------------
 def from_dict(data: dict) -> SpectralConfig:
-    """The config of a nested mapping (YAML); an unknown key or a bad value is a ``ConfigError`` naming its dotted key."""
+    """The config of a nested mapping (YAML); an unknown key or a bad value is a ``ConfigError`` naming its key."""
     return build(SpectralConfig, data or {})
 
 

@@ -2,8 +2,8 @@
 
 ``train_ddp(cfg, data, out)`` trains the network of ``model.*`` on the K=1 split at ``data`` (the single
 baseline's ``<run>/baseline/``) with Ray Train's ``TorchTrainer`` on ``baseline.workers`` workers (gloo
-on CPU, NCCL on GPU) and writes ``<out>/result.json`` (``out`` is ``<run>/baseline-ddp``; DESIGN.md
-section 3). Everything but the parallelism is the single baseline's: the model and its seed, the
+on CPU, NCCL on GPU) and writes ``<out>/result.json`` (``out`` is ``<run>/baseline-ddp``;
+docs/storage.md). Everything but the parallelism is the single baseline's: the model and its seed, the
 optimizer (``make_optimizer``), the per-epoch schedule (``lr_factor``), the epochs, and the global
 batches themselves: epoch ``e``'s shuffled batches of ``train.batch_size`` rows come from the same
 generator as the single baseline's, and worker ``r`` of ``N`` takes rows ``r, r+N, ...`` of each. That
@@ -30,14 +30,14 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
-from typing import Any
 
 import torch
 
-from branches._data import InMemorySplit, batch_indices, epoch_generator
+from branches import _faults
 from branches.config import ModelConfig, TrainConfig
+from branches.data import InMemorySplit, batch_indices, epoch_generator
 from branches.models import build_model, count_parameters
-from branches.train import lr_factor, make_optimizer, predict, score, train_one_epoch
+from branches.train import loss_and_accuracy, lr_factor, make_optimizer, predict, train_one_epoch
 from data_split import layout
 from data_split.errors import SpectralError
 from data_split.layout import load_manifest
@@ -106,7 +106,7 @@ class AllReduceMeter:
         start = time.perf_counter()
         fut = dist.all_reduce(buf.div_(self.world_size), async_op=True).get_future()
 
-        def done(f: "torch.futures.Future") -> torch.Tensor:
+        def done(f: torch.futures.Future) -> torch.Tensor:
             self.intervals.append((start, time.perf_counter()))
             return f.value()[0]
 
@@ -178,7 +178,7 @@ def _worker_loop(config: dict) -> None:
                  "workers": [{k: g[k] for k in ("bytes", "buckets", "allreduce_s", "train_s")} for g in gathered]}
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                val_loss, val_acc = score(predict(ddp.module, val.eval_batches(), dev, amp=amp), val.y)
+                val_loss, val_acc = loss_and_accuracy(predict(ddp.module, val.eval_batches(), dev, amp=amp), val.y)
                 entry.update(val_loss=val_loss, val_acc=val_acc, time=time.time())
                 history.append(entry)
                 torch.save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
@@ -187,17 +187,20 @@ def _worker_loop(config: dict) -> None:
             final = _final(storage, manifest, ddp, dev, amp, history, resumed_from) if rank == 0 and epoch == train_cfg.epochs else None
             ray.train.report({"epoch": epoch, "final": final},
                              checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
-        if config.get("kill") == [rank, epoch] and resumed_from == 0:
-            # Test hook: die at a known point, once the checkpoint of this epoch is committed (not a race).
-            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-            log.warning("test hook: worker %d exits after epoch %d", rank, epoch)
-            os._exit(1)
+        _faults.after_epoch(storage.uri, rank, epoch, before_exit=_committed)  # test-only: a no-op outside the tests
+
+
+def _committed() -> None:
+    """Wait until every checkpoint this worker reported is committed (a test's exit then lands after it)."""
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 def _final(storage, manifest, ddp, dev, amp, history, resumed_from) -> dict:
     """Rank 0, after the last epoch: test accuracy and the per-worker totals of the whole history."""
     test = InMemorySplit(storage, manifest, "test", 0, dev)
-    test_loss, test_acc = score(predict(ddp.module, test.eval_batches(), dev, amp=amp), test.y)
+    test_loss, test_acc = loss_and_accuracy(predict(ddp.module, test.eval_batches(), dev, amp=amp), test.y)
     world = len(history[-1]["workers"])
     per = [{key: sum(h["workers"][r][key] for h in history) for key in ("bytes", "buckets", "allreduce_s", "train_s")}
            for r in range(world)]
@@ -240,18 +243,17 @@ def fit(trainer):
             signal.signal(signal.SIGINT, before)
 
 
-def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] | None = None) -> dict:
+def train_ddp(cfg, data: RunStorage, out: RunStorage) -> dict:
     """Train the baseline with Ray Train DDP on ``cfg.baseline.workers`` workers; write and return result.json.
 
     ``data``: the K=1 split (``<run>/baseline``); ``out``: ``<run>/baseline-ddp``. A finished result of the
-    same configuration is returned without training again. ``kill=(rank, epoch)`` is a test hook: that
-    worker exits once epoch's checkpoint is committed, on the first attempt only.
+    same configuration is returned without training again.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tune._storage import absolute, credentials_broker, tune_location
+    from tune.storage import absolute, credentials_broker, tune_location
 
     manifest = load_manifest(data)
     stored = _stored_config(cfg, manifest)
@@ -265,8 +267,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage, *, kill: tuple[int, int] |
     started = time.time()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data": absolute(data),
-                           "kill": list(kill) if kill else None},
+        train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data": absolute(data)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.baseline.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(name=TRAIN_EXPERIMENT, storage_path=storage_path, storage_filesystem=filesystem,

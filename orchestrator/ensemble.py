@@ -19,8 +19,9 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class EnsembleResult:
     K: int = 0  # the split's branch count (0: B)
 
     def to_record(self) -> dict[str, Any]:
-        """The JSON record of ``ensemble/<method>.json`` and ``ensemble/weights.json``: K weights, 0 for a skipped branch."""
+        """The record of ``ensemble/<method>.json`` and ``ensemble/weights.json``: K weights, 0 for a skipped branch."""
         branches = list(self.branches) or list(range(len(self.weights)))
         full = np.zeros(max(self.K, len(self.weights)))
         full[branches] = self.weights
@@ -135,7 +136,8 @@ def load_branch_outputs(storage: RunStorage, K: int, split: str, skip: Sequence[
                 if bad.size:
                     i = int(bad[0])
                     raise EnsembleInputError(
-                        f"branch {k}: {what} mismatch with branch {kept[0]} in {storage.url(rrel)}: {bad.size} rows differ, "
+                        f"branch {k}: {what} mismatch with branch {kept[0]} in {storage.url(rrel)}: "
+                        f"{bad.size} rows differ, "
                         f"first at row {i} ({what} {rows[i, col]} vs {ref_rows[i, col]})"
                     )
         else:
@@ -151,7 +153,7 @@ def load_branch_outputs(storage: RunStorage, K: int, split: str, skip: Sequence[
 
 
 def read_train_losses(storage: RunStorage, K: int, skip: Sequence[int] = ()) -> np.ndarray:
-    """(B,) final-epoch mean training loss of each branch but ``skip``, from ``result.json`` (else ``metrics.jsonl``)."""
+    """(B,) final-epoch mean training loss of each branch but ``skip``: ``result.json``, else ``metrics.jsonl``."""
     losses = []
     for k in kept_branches(K, skip):
         if (result := layout.read_result(storage, k)) is not None:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from branches.settled import finished_result
 from branches.config import ModelConfig, TrainConfig
+from branches.finished import finished_result
 from data_split.errors import SpectralError, user_error
 from data_split.storage import RunStorage
 from orchestrator.branch_actor import BranchActor, ProgressBoard
@@ -56,7 +56,7 @@ class TrainingOutcome:
     diverged: dict[int, dict] = field(default_factory=dict)  # k -> diverged.json (train.on_nonfinite: skip_branch)
 
     @classmethod
-    def settle(cls, settled: dict[int, dict], before: list[int], plan: PlacementPlan | None = None) -> "TrainingOutcome":
+    def settle(cls, settled: dict[int, dict], before: list[int], plan: PlacementPlan | None = None) -> TrainingOutcome:
         """Split what the branches returned into finished results and divergence records."""
         diverged = {k: r for k, r in settled.items() if r.get("diverged")}
         for k, record in sorted(diverged.items()):

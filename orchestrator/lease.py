@@ -1,4 +1,4 @@
-"""One driver per run: ``<run>/lease.json`` (DESIGN.md section 3).
+"""One driver per run: ``<run>/lease.json`` (docs/storage.md).
 
 Every API step (split, train, evaluate, baseline, run, sweep; the CLI's tune-weights is an evaluate)
 runs inside ``hold_lease(storage, ...)``: it takes the lease on the run URI, a background thread
@@ -31,9 +31,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterator
 
 import filelock
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 LEASE_FILE = layout.LEASE  # <run>/lease.json
 LOCK_FILE = ".lease.lock"
 DEFAULT_TIMEOUT_S = 60.0  # a lease whose heartbeat is older than this is a dead driver's
-SECRET_ARG = re.compile(r"^(-*(?:set=)?(?:%s))=.*$" % "|".join(re.escape(k) for k in SECRET_KEYS))
+SECRET_ARG = re.compile(rf"^(-*(?:set=)?(?:{'|'.join(re.escape(k) for k in SECRET_KEYS)}))=.*$")
 HEARTBEATS_PER_TIMEOUT = 4  # renew 4 times per timeout: one slow write does not make a live lease stale
 
 

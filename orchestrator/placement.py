@@ -1,6 +1,6 @@
 """Where branches run: a pure decision from the config and the cluster's nodes.
 
-Plan (documented in the README): every branch asks for ``gpus_per_branch``
+Plan (documented in docs/clusters.md, "GPUs per branch"): every branch asks for ``gpus_per_branch``
 GPUs and ``cpus_per_branch`` CPUs. Unset, ``gpus_per_branch`` is 1 on a
 cluster with GPUs and 0 (CPU training) without. All K actors are created at
 once; when the cluster cannot hold them all, Ray queues the rest and starts

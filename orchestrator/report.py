@@ -1,40 +1,32 @@
 """The run report: what every branch, ensemble and the baseline achieved, as JSON, markdown and plots.
 
-Reads (docs/design.md section 3, through ``data_split.layout``): ``data/manifest.json``; per branch ``branches/<k>/result.json`` and
-``metrics.jsonl``; every ``ensemble/<method>.json`` record plus ``ensemble/weights.json`` (the
-chosen one); the full-resolution baseline, a run of its own under ``<run>/baseline/`` (K=1), and its
-Ray Train DDP version ``<run>/baseline-ddp/result.json``; the engines side by side come from
-``orchestrator.engines``.
-Writes ``report/report.json``, ``report/report.md``, ``report/accuracy.png`` and
-``report/training_curves.png``, all through ``RunStorage.write_bytes`` so s3:// works too.
-
-The markdown table has the paper's columns (Network | Test accuracy | Model size | Training time).
-An ensemble's training time is its slowest branch's, since branches train in parallel without
-communication; the sum over branches is in ``totals``. Sizes are MiB, printed "MB" as the paper does.
+Reads (docs/storage.md, through ``data_split.layout``): ``data/manifest.json``; per branch
+``branches/<k>/result.json`` and ``metrics.jsonl``; every ``ensemble/<method>.json`` record plus
+``ensemble/weights.json`` (the chosen one); the full-resolution baseline, a run of its own under
+``<run>/baseline/`` (K=1), and its Ray Train DDP version ``<run>/baseline-ddp/result.json``; the engines
+side by side come from ``orchestrator.engine_comparison``.
+Writes ``report/report.json``, ``report/report.md`` (``orchestrator.report_text``), ``report/accuracy.png``
+and ``report/training_curves.png`` (``orchestrator.report_plots``), all through ``RunStorage.write_bytes`` so
+s3:// works too.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
 from data_split import layout
 from data_split.errors import SpectralError
 from data_split.storage import RunStorage
-from orchestrator.engines import NOT_REACHED, compare_engines
+from orchestrator.engine_comparison import compare_engines
+from orchestrator.report_plots import plot_accuracy, plot_training_curves
+from orchestrator.report_text import report_markdown
 
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 METHOD_ORDER = ("uniform", "geometric", "tuned", "exact")  # table order; other methods follow by name
-TABLE_HEADER = ["Network", "Test accuracy", "Model size", "Training time"]
-PLOT_DPI = 120
 
 
 class ReportError(SpectralError, RuntimeError):
@@ -42,7 +34,7 @@ class ReportError(SpectralError, RuntimeError):
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def read_branch(storage: RunStorage, k: int) -> dict | None:
+def read_branch_result(storage: RunStorage, k: int) -> dict | None:
     """``result.json`` of branch ``k`` plus its ``metrics`` list; None when the branch has no result."""
     result = layout.read_result(storage, k)
     return None if result is None else {**result, "k": k, "metrics": layout.read_metrics(storage, k)}
@@ -95,14 +87,14 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     branches, missing = [], []
     diverged = layout.read_diverged(storage, K)  # train.on_nonfinite: skip_branch
     for k in range(K):
-        b = read_branch(storage, k)
+        b = read_branch_result(storage, k)
         if b is not None:
             branches.append(b)
         elif k not in diverged:
             missing.append(k)
     if missing:
         log.warning("branches %s of %s have no result.json; the report leaves them out", missing, storage.url())
-    baseline = read_branch(storage.child(layout.BASELINE), 0)
+    baseline = read_branch_result(storage.child(layout.BASELINE), 0)
     ensembles = read_ensembles(storage)
     split = manifest.split.to_json() if manifest is not None else {}
     source = manifest.source.to_json() if manifest is not None else {}
@@ -135,191 +127,12 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
     return report
 
 
-# -- table and markdown --------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def _size(n_bytes: float | None) -> str:
-    if n_bytes is None:
-        return "n/a"
-    mib = n_bytes / 2**20
-    return f"{mib:.2f} MB" if mib >= 0.01 else f"{n_bytes / 1024:.1f} KB"
-
-
-def _seconds(s: float | None) -> str:
-    if s is None:
-        return "n/a"
-    return f"{s:.1f} s" if s < 10 else f"{s:,.0f} s"
-
-
-def ensemble_name(report: dict, method: str) -> str:
-    """The paper's name for an ensemble row, e.g. ``spectral-fc8-sub4 (uniform)``."""
-    return f"spectral-{report.get('model') or 'net'}-sub{report['split']['K']} ({method})"
-
-
-def format_table(report: dict) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the paper's table: baseline, each branch, each ensemble method."""
-    rows = []
-    if report.get("baseline"):
-        b = report["baseline"]
-        rows.append([f"{b.get('model') or 'baseline'} (full resolution)", _pct(b.get("test_acc")),
-                     _size(b.get("model_bytes")), _seconds(b.get("train_seconds"))])
-    skipped = {d["k"]: d for d in report.get("skipped_branches", [])}
-    for b in sorted(report["branches"] + list(skipped.values()), key=lambda b: b["k"]):
-        if b["k"] in skipped:
-            rows.append([f"branch {b['k']}", f"skipped: diverged at epoch {b['epoch']}", "-", "-"])
-            continue
-        rows.append([f"branch {b['k']}", _pct(b.get("test_acc")), _size(b.get("model_bytes")),
-                     _seconds(b.get("train_seconds"))])
-    totals, K = report["totals"], report["split"]["K"]
-    for e in report["ensembles"]:
-        rows.append([ensemble_name(report, e["method"]), _pct(e.get("test_acc")),
-                     f"{_size(totals['max_model_bytes'])} x {len(e.get('branches') or range(K))}",
-                     _seconds(totals["max_branch_train_seconds"])])
-    return list(TABLE_HEADER), rows
-
-
-def _markdown_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def render_markdown(report: dict) -> str:
-    src, split, totals = report["source"], report["split"], report["totals"]
-    res = "x".join(str(v) for v in src.get("resolution", [])) or "?"
-    lines = [
-        f"# Report: {report['title']}", "",
-        f"Source: {src.get('name', '?')} ({res}) | K = {split['K']} ({split.get('r')}x{split.get('c')} split) | "
-        f"transform: {split.get('transform')} | model: {report.get('model')} | run: {report['run']}", "",
-        *_markdown_table(*format_table(report), "lrrr"), "",
-        f"Ensemble training time is the slowest branch's (branches train in parallel, without communication); "
-        f"all branches together: {_seconds(totals['total_train_seconds'])}. Parameters over all branches: "
-        f"{totals['total_params']:,}. Peak training memory of one branch: {_size(totals['max_peak_memory_bytes'])}.",
-    ]
-    if report["ensembles"]:
-        rows = [[e["method"] + (" (chosen)" if e["chosen"] else ""),
-                 ", ".join(f"{w:.3f}" for w in e.get("weights", [])), _pct(e.get("val_acc")),
-                 f"{e['val_nll']:.4f}" if e.get("val_nll") is not None else "n/a",
-                 f"{e['test_nll']:.4f}" if e.get("test_nll") is not None else "n/a"] for e in report["ensembles"]]
-        lines += ["", "## Ensemble weights", "",
-                  *_markdown_table(["Method", "Weights (branch 0..K-1)", "Val accuracy", "Val NLL", "Test NLL"],
-                                   rows, "llrrr")]
-    lines += _engines_markdown(report.get("comparison"))
-    if len(report.get("sources") or []) > 1:
-        lines += ["", *branch_sources_section(report)]
-    if report.get("skipped_branches"):
-        lines += ["", "**Skipped branches** (`train.on_nonfinite: skip_branch`; every ensemble above uses the others, "
-                  "with weight 0 here):", ""]
-        lines += [f"- branch {d['k']}: diverged at epoch {d['epoch']}, step {d['step'] if d['step'] is not None else '-'}: "
-                  f"{d['error']}" for d in report["skipped_branches"]]
-    if report["missing_branches"]:
-        lines += ["", f"**Missing branches** (no result.json): {', '.join(map(str, report['missing_branches']))}"]
-    return "\n".join(lines) + "\n"
-
-
-def _engines_markdown(comparison: dict | None) -> list[str]:
-    """The engines side by side: bytes communicated, wall time, test accuracy, time to the single's val accuracy."""
-    if not comparison or len(comparison["engines"]) < 2:
-        return []
-    target = comparison["target_val_acc"]
-    reach = f"Time to {_pct(target)} val. acc." if target is not None else "Time to single's val. acc."
-    rows = []
-    for e in comparison["engines"]:
-        t = e["time_to_target_s"]
-        rows.append([e["engine"], str(e["workers"]), f"{e['bytes_per_worker']:,}" + (" (process group)" if e["process_group"] else ""),
-                     _seconds(e["wall_s"]), _pct(e["test_acc"]), t if t == NOT_REACHED else _seconds(t)])
-    return ["", "## Engines: communication, wall time, time to accuracy", "",
-            *_markdown_table(["Engine", "Workers", "Bytes sent per worker", "Wall time", "Test accuracy", reach],
-                             rows, "lrrrrr"), "",
-            "Wall time: from the engine's start to the end of its last epoch (DDP includes Ray Train's start-up). "
-            "DDP's bytes are measured by a communication hook (gradient buckets handed to all-reduce); a branch's "
-            "are the bytes it wrote for other branches (none) with no process group."]
-
-
-def branch_sources_section(report: dict) -> list[str]:
-    """Per branch: the sources that trained it, its training rows, its test accuracy."""
-    names = {str(s["src"]): f"{s['src']}: {s['name']} {'x'.join(map(str, s['resolution']))}" for s in report["sources"]}
-    rows = []
-    for b in report["branches"]:
-        by_source = b.get("train_rows_by_source") or {}
-        rows.append([str(b["k"]), "; ".join(f"{names.get(src, src)} ({n:,})" for src, n in by_source.items()),
-                     f"{sum(by_source.values()):,}", _pct(b.get("test_acc"))])
-    lines = ["## Branches by source", "",
-             "Lower-resolution sources train only the branches they determine exactly; the main source alone "
-             "gives validation and test data.", ""]
-    return lines + _markdown_table(["Branch", "Sources (train rows)", "Train rows", "Test accuracy"], rows, "llrr")
-
-
-# -- plots ---------------------------------------------------------------------------------------------------
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)  # no pyplot: no global backend state, safe inside actors and threads
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def plot_accuracy(report: dict) -> bytes:
-    """Bar chart of test accuracy: baseline, each branch, each ensemble."""
-    bars = []  # (label, accuracy, colour)
-    if report.get("baseline") and report["baseline"].get("test_acc") is not None:
-        bars.append(("baseline", report["baseline"]["test_acc"], "0.4"))
-    bars += [(f"branch {b['k']}", b["test_acc"], "tab:blue") for b in report["branches"] if b.get("test_acc") is not None]
-    bars += [(f"ensemble ({e['method']})", e["test_acc"], "tab:orange") for e in report["ensembles"] if e.get("test_acc") is not None]
-    fig = Figure(figsize=(max(4.0, 0.7 * len(bars) + 1.5), 3.5))
-    ax = fig.add_subplot()
-    if bars:
-        labels, accs, colours = zip(*bars)
-        pos = range(len(bars))
-        ax.bar(pos, [100 * a for a in accs], color=colours)
-        for x, a in zip(pos, accs):
-            ax.annotate(f"{100 * a:.1f}", (x, 100 * a), ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(list(pos), labels, rotation=45, ha="right")
-        low = max(0.0, 100 * min(accs) - 5.0)  # zoom in: the differences are a few points
-        ax.set_ylim(low // 5 * 5, 100 * max(accs) + 4.0)  # headroom for the value labels
-    else:
-        ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{report['source'].get('name', '')} K={report['split']['K']}: branches vs ensembles", fontsize=9)
-    return _png(fig)
-
-
-def plot_training_curves(report: dict) -> bytes:
-    """Per-branch training loss and validation accuracy against epoch (baseline dashed, ensembles dotted)."""
-    fig = Figure(figsize=(9.0, 3.5))
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    runs = [(f"branch {b['k']}", b["metrics"], {}) for b in report["branches"]]
-    if report.get("baseline"):
-        runs.append(("baseline", report["baseline"]["metrics"], {"color": "black", "linestyle": "--"}))
-    for label, metrics, style in runs:
-        if not metrics:
-            continue
-        epochs = [m["epoch"] for m in metrics]
-        ax_loss.plot(epochs, [m.get("loss", float("nan")) for m in metrics], label=label, **style)
-        ax_acc.plot(epochs, [100 * m["val_acc"] if m.get("val_acc") is not None else float("nan")
-                                    for m in metrics],
-                    label=label, **style)
-    for i, e in enumerate(report["ensembles"]):  # colours after the branches' (axhline does not advance the cycle)
-        if e.get("val_acc") is not None:
-            ax_acc.axhline(100 * e["val_acc"], linestyle=":", linewidth=1.5, color=f"C{(len(runs) + i) % 10}",
-                           label=f"ensemble ({e['method']})")
-    ax_loss.set(xlabel="epoch", ylabel="mean training loss", title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if ax.lines:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax.transAxes)
-    return _png(fig)
-
-
 # -- entry point ------------------------------------------------------------------------------------------
 def build_report(storage: RunStorage) -> dict[str, Any]:
     """Collect the run's results and write ``report/`` (JSON, markdown, two PNGs); return the report dict."""
     report = collect_report(storage)
     storage.write_json(layout.report("report.json"), report)
-    storage.write_text(layout.report("report.md"), render_markdown(report))
+    storage.write_text(layout.report("report.md"), report_markdown(report))
     storage.write_bytes(layout.report("accuracy.png"), plot_accuracy(report))
     storage.write_bytes(layout.report("training_curves.png"), plot_training_curves(report))
     log.info("report of %s: %d branch(es), %d ensemble(s), baseline %s -> %s", storage.url(),

@@ -3,7 +3,7 @@
 The search itself (the Tuner, its trials, the rows of its results) is ``tune.sweep``; this module
 assembles its plain inputs from the run's ``SpectralConfig``, checks the space, runs it on the
 run's existing shards, and writes ``tune/sweep.md``, ``tune/sweep.json`` and
-``tune/best_config.yaml`` (docs/design.md section 3). Trial resources follow the placement plan's
+``tune/best_config.yaml`` (docs/storage.md). Trial resources follow the placement plan's
 GPU rule (``orchestrator.placement.default_gpus``).
 """
 
@@ -22,11 +22,11 @@ from data_split.layout import BEST_CONFIG, SWEEP, SWEEP_RESULTS, SWEEP_SPEC, SWE
 from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 from orchestrator._ray import init_ray
-from orchestrator._sweep_table import render_markdown
 from orchestrator.config import ConfigError, SpectralConfig, apply_overrides, from_dict
 from orchestrator.placement import cluster_nodes, default_gpus
-from tune._storage import EXPERIMENT_NAME, absolute, credentials_broker
+from orchestrator.sweep_text import sweep_markdown
 from tune.config import Dimension
+from tune.storage import EXPERIMENT_NAME, absolute, credentials_broker
 from tune.sweep import SweepError, make_tuner, rank_rows, trial_row
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _summarise(cfg: SpectralConfig, dims: list[Dimension], storage: RunStorage, 
         metric=cfg.sweep.metric, mode=mode, keys=[d.key for d in dims],
     )
     storage.write_text(BEST_CONFIG, text)
-    storage.write_text(SWEEP_TABLE, render_markdown(result, cfg))
+    storage.write_text(SWEEP_TABLE, sweep_markdown(result, cfg))
     storage.write_json(SWEEP_RESULTS, {"metric": result.metric, "mode": mode, "restored": restored,
                                       "best": best, "trials": rows, "experiment": result.experiment,
                                       "best_config": result.best_config_path})

@@ -10,7 +10,7 @@ search came to the exact fit. The caller writes the returned result (``write_wei
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -28,9 +28,10 @@ for _k, _v in {
 os.environ.pop("AWS_ENDPOINT_URL", None)
 leaks.mark_session()  # before anything starts: every process of this session carries its id (tests/leaks.py)
 LEAKS = leaks.LeakCheck()
-# Where tests ask branches to pause at a known point (tests/holds.py); inherited by Ray workers and CLIs.
-os.environ["SPECTRAL_TEST_HOLD_DIR"] = tempfile.mkdtemp(prefix="spectral-holds-")
-atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_HOLD_DIR"], ignore_errors=True)
+# Where tests ask branches to pause or exit at a known point (tests/holds.py, branches/_faults.py); inherited by
+# Ray workers and CLIs.
+os.environ["SPECTRAL_TEST_FAULTS_DIR"] = tempfile.mkdtemp(prefix="spectral-faults-")
+atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_FAULTS_DIR"], ignore_errors=True)
 
 
 
@@ -156,7 +157,7 @@ def s3_endpoint():
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the OS picks and keeps the port
     server.start()
-    endpoint = "http://127.0.0.1:%d" % server.get_host_and_port()[1]
+    endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="test-bucket")
     yield endpoint
     server.stop()

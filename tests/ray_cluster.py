@@ -18,9 +18,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from conftest import free_port, wait_until
 from leaks import OWNER_ENV, process_owner

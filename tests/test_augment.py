@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from data_split.augment import (
-    AUGMENTATIONS, QUARTER_TURNS, SYMMETRIES, branch_signs, check_augment, exact_augmentations, image_op, translate,
+    AUGMENTATIONS,
+    QUARTER_TURNS,
+    SYMMETRIES,
+    branch_signs,
+    check_augment,
+    exact_augmentations,
+    image_op,
+    translate,
 )
 from data_split.transforms import TRANSFORMS, spectral_components, split_matrix, transform_matrix
 

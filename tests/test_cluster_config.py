@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
 from pathlib import Path
 
 import click
 import pytest
+import tomllib
 import yaml
 
 ray = pytest.importorskip("ray")

@@ -7,13 +7,15 @@ import torch
 
 from conftest import tiny_config
 from data_split import RunStorage, layout, load_manifest
+from holds import Exit
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
 
 
 def test_workers_split_the_single_baselines_batches_like_distributed_sampler():
-    from branches._data import batch_indices, epoch_generator
     from torch.utils.data import DistributedSampler
+
+    from branches.data import batch_indices, epoch_generator
 
     n, batch, workers = 103, 16, 2
     single = batch_indices(n, batch, epoch_generator(0, 0, 1))
@@ -89,7 +91,8 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity",
                              "storage.uri": data.uri}))
     out = RunStorage.from_config(cfg.storage).child(layout.BASELINE_DDP)
-    result = train_ddp(cfg, data, out, kill=(1, 1))  # worker 1 dies once epoch 1's checkpoint is committed
+    with Exit(data.uri, epoch=1, branch=1):  # worker 1 exits once epoch 1's checkpoint is committed
+        result = train_ddp(cfg, data, out)
 
     stored = out.read_json("result.json")
     assert stored == result

@@ -8,7 +8,6 @@ import importlib
 import pickle
 import pkgutil
 
-
 from data_split.errors import SpectralError
 from data_split.storage import StorageError
 from orchestrator import cli

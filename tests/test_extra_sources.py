@@ -13,7 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from data_split import ExtraSourceConfig, RunStorage, SourceConfig, SplitConfig, load_manifest, read_branch, split_dataset
+from data_split import (
+    ExtraSourceConfig,
+    RunStorage,
+    SourceConfig,
+    SplitConfig,
+    load_manifest,
+    read_branch,
+    split_dataset,
+)
 from data_split.multires import fed_branches
 from data_split.pipeline import MANIFEST
 from data_split.transforms import spectral_components, split_matrix
@@ -123,10 +131,10 @@ def test_resource_no_node_has_fails_fast(ray_session, sites, tmp_path):
 def test_sources_by_branches_table(written):
     from rich.console import Console
 
-    from orchestrator.cli import sources_table
+    from orchestrator.summaries import sources_table
 
     console = Console(width=200, record=True)
-    console.print(sources_table(written[1]))
+    console.print(sources_table(written[1]).rich())
     text = console.export_text()
     cells = lambda name: re.search(rf"{name} *│(.*)│", text)[1].replace(" ", "").split("│")  # noqa: E731
     n_train = N_A - round(0.25 * N_A)

@@ -38,8 +38,9 @@ DRIVER = textwrap.dedent(
     outcome = train_branches(storage, 2, cfg.model, cfg.train, resources)
     finite = {{k: bool(np.isfinite(np.load(storage.fs.open(storage.path(f"branches/{{k}}/logits_test.npy")))).all())
               for k in outcome.results}}
-    print(json.dumps({{"results": {{k: {{key: r[key] for key in ("device", "test_acc", "peak_memory_bytes", "train_config")}}
-                                  | {{"gpu_ids": r["placement"]["gpu_ids"]}} for k, r in outcome.results.items()}},
+    keys = ("device", "test_acc", "peak_memory_bytes", "train_config")
+    print(json.dumps({{"results": {{k: {{key: r[key] for key in keys}} | {{"gpu_ids": r["placement"]["gpu_ids"]}}
+                                  for k, r in outcome.results.items()}},
                       "finite": finite}}))
     """
 )

@@ -24,11 +24,13 @@ def test_gpu_check_smoke_writes_every_number(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((tmp_path / "gpu_check.json").read_text())
+    results = record["results"]  # benchmarks/_common.record's schema: the run's metadata around the numbers
 
-    assert record["mode"] == "cpu-smoke" and record["epochs"] == 1 and record["split"]["K"] == 4
-    assert record["machine"]["ray"].startswith("2.60") and record["command"]
-    assert set(record["models"]) == {"cnn8"}
-    for model, r in record["models"].items():
+    assert results["mode"] == "cpu-smoke" and results["epochs"] == 1 and results["split"]["K"] == 4
+    assert record["machine"]["ray"].startswith("2.60") and "benchmarks.gpu_check --cpu-smoke" in record["command"]
+    assert record["benchmark"] == "gpu_check" and len(record["load_average"]["after"]) == 3
+    assert set(results["models"]) == {"cnn8"}
+    for r in results["models"].values():
         base, spectral = r["baseline"], r["spectral_sub4"]
         assert base["gpus"] == 1.0 and base["gpu_ids"] == ["0"]
         assert base["in_shape"] == [1, 28, 28]

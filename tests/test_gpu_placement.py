@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 

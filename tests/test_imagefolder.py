@@ -1,4 +1,4 @@
-"""Image folders (data_split.imagefolder): listing, held-out folder, torchvision's resize + crop, common size,
+"""Image folders (data_split.sources.imagefolder): listing, held-out folder, torchvision's resize + crop, common size,
 bad files (an error naming the file, or skip_bad), grey/RGB conversion, s3://, and one split through Ray."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import tiny_config
 from data_split import RunStorage, SourceConfig, SourceError, decode_image, load_manifest, make_source
 from data_split.layout import MANIFEST
 from data_split.pipeline import split_dataset
-from data_split.imagefolder import resized_size
-from conftest import tiny_config
+from data_split.sources.imagefolder import resized_size
 from orchestrator import cli
 
 

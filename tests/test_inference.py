@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 
 from data_split import RunStorage, load_manifest, make_source, read_branch, spectral_components, transform_matrix
-from data_split.quantize import encode
-from data_split.quantize import affine_params, decode
-from inference import EnsembleLoadError, SpectralEnsemble, export_ensemble, load_ensemble
+from data_split.quantize import affine_params, decode, encode
+from inference import EnsembleLoadError, SpectralEnsemble, load_ensemble
 from inference.predict import folder_labels
 from orchestrator.cli import main
 

@@ -12,7 +12,7 @@ from data_split.storage import RunStorage
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("data_split", "branches", "tune", "inference", "orchestrator")
-# string literals that spell a path of docs/design.md section 3 (docstrings and comments aside)
+# string literals that spell a path of docs/storage.md (docstrings and comments aside)
 RUN_PATH_RE = re.compile(r"""["'](?:data/|branches/|ensemble/|report/|tune/|baseline/|baseline-ddp)|metrics\.jsonl["']|"""
                          r"""result\.json["']|manifest\.json["']|lease\.json["']|placement\.json["']|logits_\{""")
 

@@ -1,4 +1,4 @@
-"""data_split.manifest: the typed manifest reads and writes manifest.json unchanged (docs/design.md section 3)."""
+"""data_split.manifest: the typed manifest reads and writes manifest.json unchanged (docs/storage.md)."""
 
 from __future__ import annotations
 

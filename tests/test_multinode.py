@@ -6,9 +6,10 @@ each, so the 4 branches of a sub4 split cannot all fit on one node. The job is `
 ``spectral baseline`` with the DDP engine on the same run, through one ``ray job submit``; its storage
 ``s3://test-bucket/...`` on the loopback S3 endpoint, the keys only in the job's config
 (``storage.access_key_id``/``secret_access_key``): neither the Ray nodes nor the job's environment hold any,
-so the split's tasks, the branch actors and Ray Train's workers and controller all use the config's. Checked from outside the job: every branch's
-``placement.json`` (node and files read, written by the branch actor), every output of DESIGN.md
-section 3 (the job's config says ``ray.address: auto``) and the DDP baseline's result. A second test
+so the split's tasks, the branch actors and Ray Train's workers and controller all use the config's. Checked
+from outside the job: every branch's ``placement.json`` (node and files read, written by the branch actor),
+every output of docs/storage.md (the job's config says ``ray.address: auto``) and the DDP baseline's result.
+A second test
 drives the same cluster through the Python API with a ``ray://`` address.
 
 The cluster is stopped by killing its own processes (found by their temp dirs): ``ray stop`` would
@@ -31,8 +32,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ray_cluster import BIN, TwoNodeCluster, ray_env
 from data_split import RunStorage, load_manifest
+from ray_cluster import BIN, TwoNodeCluster, ray_env
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def job_config(path: Path) -> Path:
         # 1 CPU per branch on 2-CPU nodes: at most 2 branches per node, so 4 branches need both nodes.
         "resources": {"gpus_per_branch": 0, "cpus_per_branch": 1, "max_restarts": 1},
         "ensemble": {"weights": "geometric"},
-        # The README's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
+        # docs/clusters.md's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
         "ray": {"address": "auto"},
         # The loopback S3's fake keys, from the config only (nothing in the environment to fall back on).
         "storage": {"access_key_id": os.environ["AWS_ACCESS_KEY_ID"], "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]},
@@ -121,7 +122,7 @@ def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_n
 
 
 def check_outputs(storage: RunStorage) -> None:
-    """Every output of DESIGN.md section 3, complete: shards, checkpoints, continuous metrics, logits, report."""
+    """Every output of docs/storage.md, complete: shards, checkpoints, continuous metrics, logits, report."""
     manifest = load_manifest(storage)
     classes = manifest.source.classes
     for split in ("train", "val", "test"):
@@ -166,7 +167,8 @@ storage.remove(shard)
 try:
     api.train(cfg)
 except BranchFailedError as e:
-    print(json.dumps({"shard": shard, "type": type(e).__name__, "failures": {str(k): v for k, v in e.failures.items()}}))
+    failures = {str(k): v for k, v in e.failures.items()}
+    print(json.dumps({"shard": shard, "type": type(e).__name__, "failures": failures}))
 else:
     print(json.dumps({"shard": shard, "type": None, "failures": {}}))  # trained without its shard: the test fails
 """
@@ -190,7 +192,7 @@ def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path) -> 
 
 
 def test_python_api_runs_on_the_cluster_through_a_ray_client_address(two_node_cluster, tmp_path):
-    """The README's API call with ``ray.address: ray://...`` (``auto`` is the job test's address)."""
+    """docs/clusters.md's API call with ``ray.address: ray://...`` (``auto`` is the job test's address)."""
     config = job_config(tmp_path / "job.yaml")
     address, env = two_node_cluster.client, ray_env()
     run_dir = tmp_path / "run"

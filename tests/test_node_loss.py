@@ -4,7 +4,7 @@ Every branch stops after its epoch-1 checkpoint is on S3 (``tests/holds.Hold``),
 a known point: the two branches on the second node have exactly one complete epoch. Ray's health checks
 are shortened on the head (``RAY_health_check_*``, this test only) so the node is declared dead in
 seconds; the lost branch actors are restarted on the head, resume from their S3 checkpoints, and the run
-finishes with continuous epochs and every output of DESIGN.md section 3.
+finishes with continuous epochs and every output of docs/storage.md.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import uuid
 
 import pytest
 
-from branches._test_hold import ENV as HOLD_ENV
+from branches._faults import ENV as FAULTS_ENV
 from data_split import RunStorage
 from holds import Hold
 from ray_cluster import kill_node, ray_env, start_two_node_cluster
-from test_multinode import EPOCHS, K, REPO, check_outputs, job_config, submit_command
+from test_multinode import EPOCHS, REPO, K, check_outputs, job_config, submit_command
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_branches_of_a_lost_node_resume_on_the_survivor(s3_endpoint, tmp_path):
         nodes = {n["node_id"]: n for n in cluster.nodes()}
         head_id = next(i for i, n in nodes.items() if n["is_head_node"])
         cmd = submit_command(cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint,
-                             **{HOLD_ENV: os.environ[HOLD_ENV]})
+                             **{FAULTS_ENV: os.environ[FAULTS_ENV]})
         hold = Hold(uri, epoch=1)  # every branch waits after its epoch-1 checkpoint
         job = subprocess.Popen(cmd, env=ray_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
         try:

@@ -12,8 +12,8 @@ import pytest
 
 from branches import train_branch
 from conftest import tiny_config
-from holds import Hold
 from data_split import RunStorage, load_manifest
+from holds import Hold
 from orchestrator import api
 from orchestrator.launcher import BranchFailedError
 

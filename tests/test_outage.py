@@ -34,8 +34,8 @@ import pytest
 import yaml
 
 from conftest import free_port, tiny_config, wait_until
-from holds import Hold
 from data_split import RunStorage
+from holds import Hold
 
 pytestmark = pytest.mark.slow
 
@@ -188,7 +188,7 @@ def test_interrupted_put_leaves_no_object(s3):
 
 def test_writer_killed_mid_write_leaves_the_old_file_and_a_hidden_leftover(tmp_path):
     """Local disk: a writer killed before its rename leaves only a hidden temporary that nothing reads."""
-    from branches._checkpoint import find_resume_point, save_checkpoint
+    from branches.checkpoint import find_resume_point, save_checkpoint
 
     storage = RunStorage(str(tmp_path / "run"))
     state = {"epoch": 1, "model": {}, "optimizer": {}, "scheduler": {}, "rng": {}, "model_config": {},
@@ -197,7 +197,7 @@ def test_writer_killed_mid_write_leaves_the_old_file_and_a_hidden_leftover(tmp_p
     script = (
         "import os, signal, sys\n"
         "from data_split.storage import RunStorage\n"
-        "from branches._checkpoint import save_checkpoint\n"
+        "from branches.checkpoint import save_checkpoint\n"
         "def crash(src, dst):\n"
         "    os.truncate(src, os.path.getsize(src) // 2)  # half of it on disk\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

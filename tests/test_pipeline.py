@@ -21,17 +21,18 @@ from data_split import (
     ManifestError,
     RunStorage,
     SourceConfig,
-    SplitConfig,
     SourceError,
+    SplitConfig,
     SplitConflictError,
     load_manifest,
     make_source,
     read_branch,
-    split_dataset,
     spectral_components,
+    split_dataset,
 )
 from data_split.parquet import MIN_BLOCKS, ROW_BLOCK, row_order
-from data_split.pipeline import MANIFEST, SPLITS, build_manifest, config_hash, val_mask, write_single_process
+from data_split.parts import SPLITS, build_manifest, config_hash, val_mask
+from data_split.pipeline import MANIFEST, write_single_process
 from data_split.transforms import polyphase_split, transform_matrix
 from fixtures_formats import write_imagefolder
 from orchestrator.config import ConfigError, load_config
@@ -55,7 +56,7 @@ def _read_pa(path: Path) -> dict:
 
 
 def _read_split_pa(run: Path, split: str, k: int) -> dict:
-    """Branch k of split, rows by idx; ``v``: the values decoded by DESIGN.md's formula offset + scale * q."""
+    """Branch k of split, rows by idx; ``v``: the values decoded by docs/storage.md's formula offset + scale * q."""
     parts = [_read_pa(p) for p in sorted((run / "data" / split / f"branch={k}").glob("*.parquet"))]
     out = {name: np.concatenate([p[name] for p in parts]) for name in ("idx", "src", "y", "x")}
     order = np.argsort(out["idx"])
@@ -239,7 +240,7 @@ def test_labels_match_source(written):
 
 # -- manifest ---------------------------------------------------------------------------------------------
 def test_manifest_fields(written):
-    """The JSON on disk (docs/design.md section 3 is its contract), and that it reads back as the same manifest."""
+    """The JSON on disk (docs/storage.md is its contract), and that it reads back as the same manifest."""
     cfg, storage, result, run = written
     m = json.loads((run / MANIFEST).read_text())
     assert load_manifest(storage) == result.manifest and result.manifest.to_json() == m

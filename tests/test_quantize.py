@@ -1,4 +1,4 @@
-"""data_split.quantize: uint8 codes whose range comes from the matrix never clip; numpy, torch and torch.export agree."""
+"""data_split.quantize: uint8 codes whose range comes from the matrix never clip; numpy, torch, torch.export agree."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ import pytest
 from data_split.layout import MANIFEST_VERSION
 from data_split.storage import RunStorage
 from orchestrator.ensemble import evaluate_ensemble, write_weights
-from orchestrator.report import TABLE_HEADER, build_report, format_table
+from orchestrator.report import build_report
+from orchestrator.report_text import TABLE_HEADER, paper_table
 
 K, CLASSES, N = 4, 3, 30
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -106,8 +107,9 @@ def test_report_md_has_the_papers_table(storage):
     assert "all branches together: 3,313 s" in md and "geometric (chosen)" in md
 
 
-def test_format_table_rows_in_order(storage):
-    header, rows = format_table(build_report(storage))
+def test_paper_table_rows_in_order(storage):
+    table = paper_table(build_report(storage))
+    header, rows = table.header, table.rows
     assert header == ["Network", "Test accuracy", "Model size", "Training time"]
     assert [r[0] for r in rows] == [f"branch {k}" for k in range(K)] + [
         "spectral-fc8-sub4 (uniform)", "spectral-fc8-sub4 (geometric)"]
@@ -128,7 +130,7 @@ def test_baseline_row_appears_when_the_baseline_exists(storage):
     report = build_report(storage)
     assert report["baseline"]["test_acc"] == 0.9879 and len(report["baseline"]["metrics"]) == 3
     assert report["totals"]["total_params"] == 4006  # the baseline is not a branch
-    header, rows = format_table(report)
+    rows = paper_table(report).rows
     assert rows[0] == ["fc8 (full resolution)", "98.79%", "16.54 MB", "1,553 s"]
     assert md_row(rows[0]) in storage.read_bytes("report/report.md").decode()
     assert storage.read_json("report/report.json")["baseline"]["model_bytes"] == BASELINE_BYTES
@@ -142,7 +144,7 @@ def test_extra_ensemble_rows_and_missing_branches(storage):
     report = build_report(storage)
     assert [e["method"] for e in report["ensembles"]] == ["uniform", "geometric", "tuned", "exact"]
     assert report["missing_branches"] == [3] and len(report["branches"]) == 3
-    _, rows = format_table(report)
+    rows = paper_table(report).rows
     assert ["spectral-fc8-sub4 (tuned)", "25.00%", "1.06 MB x 4", "872 s"] in rows
     assert "**Missing branches** (no result.json): 3" in storage.read_bytes("report/report.md").decode()
 
@@ -152,7 +154,7 @@ def test_small_sizes_and_times_stay_readable(tmp_path):
     storage.write_json("data/manifest.json", {"version": MANIFEST_VERSION, "source": {"name": "synthetic", "resolution": [8, 8]},
                                               "split": {"r": 2, "c": 2, "K": 1, "transform": "haar"}})
     write_branch(storage, 0, np.random.default_rng(2), model="fc4", model_bytes=2048, train_seconds=0.42)
-    _, rows = format_table(build_report(storage))
+    rows = paper_table(build_report(storage)).rows
     assert rows == [["branch 0", "90.00%", "2.0 KB", "0.4 s"]]
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from data_split import SourceConfig, SourceError, SplitConfig, SyntheticConfig, make_source
+from data_split.config import SOURCES
 from data_split.pipeline import MANIFEST, split_dataset
-from data_split.sources import FASHION_MNIST_DEBIAN_ROOT, SYNTHETIC_CHUNK
+from data_split.sources import FACTORIES, FASHION_MNIST_DEBIAN_ROOT, SYNTHETIC_CHUNK
 from data_split.storage import RunStorage
 from fixtures_formats import (
     CIFAR_FOLDER,
@@ -28,6 +29,11 @@ from fixtures_formats import (
     write_mnist_files,
     write_pickle,
 )
+
+
+def test_every_source_name_the_config_accepts_has_a_factory():
+    """The config lists the names (so that it imports no source); the sources package builds each, in that order."""
+    assert tuple(FACTORIES) == SOURCES
 
 
 def _read_all(source, split):

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import data_split.parquet as parquet
+import data_split.parts as parts
 import data_split.pipeline as pipeline
 from branches import ModelConfig, TrainConfig, train_branch
-from branches._data import InMemorySplit, choose_mode, in_memory_bytes
 from branches._stream import StreamingSplit
+from branches.data import InMemorySplit, choose_mode, in_memory_bytes
 from conftest import tiny_config
 from data_split import RunStorage, SourceConfig, SplitConfig, load_manifest, make_source
 from data_split.layout import write_manifest
@@ -35,7 +36,7 @@ def write_split(root, source_cfg: SourceConfig, split_cfg: SplitConfig, monkeypa
     storage = RunStorage(str(root))
     source = make_source(source_cfg)
     records = pipeline.write_single_process(source, split_cfg, storage)
-    write_manifest(storage, pipeline.build_manifest(source, source_cfg, split_cfg, records))
+    write_manifest(storage, parts.build_manifest(source, source_cfg, split_cfg, records))
     return storage
 
 
@@ -133,7 +134,7 @@ def test_stream_from_s3_matches_local(tiny_split, s3_endpoint, monkeypatch):
     s3 = RunStorage(f"s3://test-bucket/stream-{uuid.uuid4().hex[:8]}", endpoint_url=s3_endpoint)
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 16 * 16)  # 16 rows of (1, 4, 4) codes
     source = make_source(cfg.source)
-    write_manifest(s3, pipeline.build_manifest(
+    write_manifest(s3, parts.build_manifest(
         source, cfg.source, cfg.split, pipeline.write_single_process(source, cfg.split, s3)))
     local = StreamingSplit(tiny_split, load_manifest(tiny_split), "train", 3, CPU, shuffle_buffer=64)
     remote = StreamingSplit(s3, load_manifest(s3), "train", 3, CPU, shuffle_buffer=64)

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import tiny_config, wait_until
-from holds import REACHED_TIMEOUT_S, Hold
 from data_split.storage import RunStorage
+from holds import REACHED_TIMEOUT_S, Hold
 from orchestrator import api, cli
 from orchestrator.config import ConfigError, load_config
 from orchestrator.sweep import check_space_values, run_sweep
@@ -199,7 +199,7 @@ def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
         alive = lambda: first.poll() is None  # noqa: E731
         held = hold.wait_reached(1, alive=alive)
         caught = held[0]["uri"].rsplit("/", 1)[1]
-        # the trial is held: this state must come (a loaded machine: a generous deadline, it ends as soon as it is there)
+        # the trial is held: this state must come (a generous deadline for a loaded machine; it ends once it is there)
         wait_until(lambda: tune_state_shows(run, caught, 2), timeout_s=REACHED_TIMEOUT_S, alive=alive,
                    what="Tune's saved state showed the held trial's epoch 2", poll_s=0.1,
                    detail=lambda: (tmp_path / "first.log").read_text()[-3000:])

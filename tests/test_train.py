@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from branches import BranchConflictError, ModelConfig, NonFiniteError, TrainConfig, lr_factor, train_branch
-from branches._checkpoint import load_checkpoint
+from branches.checkpoint import load_checkpoint
 from conftest import tiny_config
 from data_split import ManifestError, RunStorage, load_manifest, read_branch, split_dataset
 

@@ -1,4 +1,4 @@
-"""tune._storage: the filesystem Tune and Ray Train write under the run pickles without the config's credentials.
+"""tune.storage: the filesystem Tune and Ray Train write under the run pickles without the config's credentials.
 
 Tune cloudpickles it (hex-encoded) into ``experiment_state-*.json`` under the run; a process that unpickles it
 fetches the credentials from the driver's in-memory broker actor.
@@ -11,10 +11,10 @@ import uuid
 
 import pyarrow.fs
 from ray import cloudpickle
+from tune.storage import BROKER_PREFIX, RunHandler, credentials_broker, tune_location
 
 from conftest import wait_until
 from data_split import RunStorage
-from tune._storage import BROKER_PREFIX, RunHandler, credentials_broker, tune_location
 
 KEY_ID, SECRET = f"CFGKEY{uuid.uuid4().hex[:8]}", f"cfgsecret{uuid.uuid4().hex[:8]}"
 

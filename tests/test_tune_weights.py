@@ -1,4 +1,4 @@
-"""Ensemble-weight search: the simplex parametrisation, the exact fit, the Ray Tune search (local and s3://), the CLI."""
+"""Ensemble-weight search: the simplex parametrisation, the exact fit, the Ray Tune search (local, s3://), the CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from data_split.pipeline import MANIFEST, MANIFEST_VERSION
+from data_split.layout import MANIFEST, MANIFEST_VERSION
 from data_split.storage import RunStorage
 from orchestrator import cli
 from orchestrator.ensemble import EnsembleInputError, ensemble_logits, evaluate_ensemble, score, weight_rule

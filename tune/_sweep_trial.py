@@ -16,13 +16,13 @@ import queue
 import tempfile
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from branches.config import ModelConfig, TrainConfig
 from data_split import layout
 from data_split.storage import RunStorage
-from branches.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class TrialStorage(RunStorage):
     data_root: str = ""  # the run's root (an ``fs`` path), where ``data/`` lives
 
     @classmethod
-    def of(cls, run: RunStorage, trial_id: str) -> "TrialStorage":
+    def of(cls, run: RunStorage, trial_id: str) -> TrialStorage:
         return cls.like(run, uri=run.child(layout.sweep_trial(trial_id)).uri, data_root=run.root)
 
     def path(self, *parts: str) -> str:
@@ -130,7 +130,7 @@ def _sweep_trial(config: dict, *, run: RunStorage, base: dict, branches: list[in
 
 
 def trial_configs(base: dict, overrides: dict) -> tuple[ModelConfig, TrainConfig]:
-    """``base`` (``{"model": {...}, "train": {...}}``) with the trial's dotted overrides (``train.lr``, ``model.width``)."""
+    """``base`` (``{"model": {...}, "train": {...}}``) with the trial's dotted overrides (``train.lr``, ...)."""
     sections = {"model": dict(base["model"]), "train": dict(base["train"])}
     for dotted, value in overrides.items():
         section, name = dotted.split(".", 1)

@@ -121,7 +121,10 @@ class SweepConfig(Section):
     SECTION = "sweep"
     RULES = (space_parses, branches_are_distinct_indices)
 
-    space: dict[str, dict[str, Any]] = option(factory=dict, help='searched keys (`train.<field>`, `model.width`), each with one distribution: `{loguniform: [low, high]}`, `uniform`, `randint` (inclusive) or `choice: [values]`')
+    space: dict[str, dict[str, Any]] = option(factory=dict, help='searched keys (`train.<field>`, `model.width`), '
+                                                                 'each with one distribution: `{loguniform: [low, '
+                                                                 'high]}`, `uniform`, `randint` (inclusive) or '
+                                                                 '`choice: [values]`')
     num_samples: int = option(16, 'trials (configurations) to train', ge=1)
     branches: list[int] = option(factory=lambda: [0], help='branches each trial trains; the metric is their mean')
     metric: str = option("val_acc", 'the metric, reported every epoch (`loss`: the training loss)', choices=SWEEP_METRICS)

@@ -10,7 +10,7 @@ training losses; ``tuned`` is searched by Ray Tune on the validation logits (``t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

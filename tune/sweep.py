@@ -29,9 +29,9 @@ from typing import Any
 from data_split.errors import SpectralError
 from data_split.layout import SWEEP, SWEEP_SPEC
 from data_split.storage import RunStorage
-from tune._storage import EXPERIMENT_NAME, short_trial_dirname, tune_location
 from tune._sweep_trial import _sweep_trial
 from tune.config import Dimension, SweepConfig
+from tune.storage import EXPERIMENT_NAME, short_trial_dirname, tune_location
 
 log = logging.getLogger(__name__)
 

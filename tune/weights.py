@@ -27,8 +27,8 @@ from data_split.errors import SpectralError
 from data_split.layout import TUNE_WEIGHTS
 from data_split.storage import RunStorage
 from tune._simplex import local_search, simplex_from_unit, unit_from_simplex
-from tune._storage import EXPERIMENT_NAME, credentials_broker, short_trial_dirname, tune_location
 from tune.config import TuneConfig
+from tune.storage import EXPERIMENT_NAME, credentials_broker, short_trial_dirname, tune_location
 
 log = logging.getLogger(__name__)
 

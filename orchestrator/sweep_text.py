@@ -1,8 +1,10 @@
-"""The sweep's results table, shared by the console (rich) and ``<run>/tune/sweep.md``."""
+"""The sweep's results table, printed by the CLI and written as ``<run>/tune/sweep.md``."""
 
 from __future__ import annotations
 
 import json
+
+from orchestrator.tables import TextTable
 
 
 def _fmt(v) -> str:
@@ -13,8 +15,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def table_rows(result) -> tuple[list[str], list[list[str]]]:
-    """(header, rows), best trial first; the chosen one is marked ``*``."""
+def sweep_table(result) -> TextTable:
+    """One row per trial, best first; the chosen one is marked ``*``."""
     header = ["#", "trial", *result.keys, "epochs", "val_acc", "val_loss", "train loss", "status", "seconds"]
     rows = []
     for i, r in enumerate(result.rows, 1):
@@ -25,11 +27,12 @@ def table_rows(result) -> tuple[list[str], list[list[str]]]:
                      "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}",
                      "-" if r["loss"] is None else f"{r['loss']:.4f}",
                      r["status"], "-" if r["seconds"] is None else f"{r['seconds']:.1f}"])
-    return header, rows
+    title = (f"sweep: {result.metric} ({result.mode}), {result.stopped_early} of {len(rows)} trials stopped early"
+             + (", resumed" if result.restored else ""))
+    return TextTable(header, rows, "".join("l" if h in ("trial", "status") else "r" for h in header), title=title)
 
 
-def render_markdown(result, cfg) -> str:
-    header, rows = table_rows(result)
+def sweep_markdown(result, cfg) -> str:
     sc = cfg.sweep
     lines = [
         "# Sweep", "",
@@ -39,9 +42,7 @@ def render_markdown(result, cfg) -> str:
            if sc.scheduler == "asha" else "")
         + (" | resumed after an interruption" if result.restored else ""), "",
         "Search space: `" + json.dumps(sc.space) + "`", "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---:" if h not in ("trial", "status") else ":---" for h in header) + "|",
-        *["| " + " | ".join(r) + " |" for r in rows], "",
+        *sweep_table(result).markdown(), "",
         f"`*` best: trial {result.best['trial']}, overrides `{json.dumps(result.best['overrides'])}`. "
         f"Full config: `{result.best_config_path}` (`spectral run --config` accepts it).",
     ]

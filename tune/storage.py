@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import threading
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow.fs
 

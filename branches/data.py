@@ -13,7 +13,7 @@ of ``epoch_generator(seed, k, epoch)``, a function of (seed, branch, epoch).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class Decoder:
         self.mean = torch.as_tensor(b.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
         self.std = torch.as_tensor(np.maximum(np.asarray(b.std, np.float32), MIN_STD), device=device).reshape(1, -1, 1, 1)
 
-    def __call__(self, stored: torch.Tensor, augment: "Augmenter | None" = None,
+    def __call__(self, stored: torch.Tensor, augment: Augmenter | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, C, h, w) stored dtype on the device -> (B, C, h, w) float32 normalised (augmented first, if asked)."""
         values = decode(stored, self.dtype, self.offset, self.scale)

@@ -23,11 +23,10 @@ import logging
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
-from data_split.sources import SOURCE_SPLITS, ImageSource, SourceError
+from data_split.sources.base import SOURCE_SPLITS, ImageSource, SourceError
 from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ READ_CHUNK = 64  # files fetched per fs.cat call: bounds a task's undecoded byte
 HEADER_BYTES = 64 * 1024  # read-ahead of a header probe (a JPEG's size marker may follow up to 64 KiB of EXIF)
 HEADER_THREADS = 16  # concurrent header probes (object stores: one GET each)
 
-Size = Union[int, tuple[int, int]]  # torchvision's convention: S (shorter side, then a centre crop) or (H, W)
+Size = int | tuple[int, int]  # torchvision's convention: S (shorter side, then a centre crop) or (H, W)
 
 
 def output_shape(size: Size) -> tuple[int, int]:
@@ -89,7 +88,7 @@ def decode_image(image: str | bytes, channels: int, size: Size, *, name: str | N
 
 @dataclass
 class ImageFolderSource(ImageSource):
-    """``<root>/train/<class>/...`` plus ``val/`` or ``test/``; labels are the indices of train's sorted class folders."""
+    """``<root>/train/<class>/...`` plus ``val/`` or ``test/``; labels index train's sorted class folders."""
 
     storage: RunStorage  # the folder root, with the run's endpoint and credentials
     image_size: int | list[int] | None = None  # source.image_size as configured (None: the images' common size)

@@ -10,7 +10,7 @@ import pytest
 
 from data_split.layout import MANIFEST_VERSION
 from data_split.storage import RunStorage
-from orchestrator.engines import NOT_REACHED, time_to_accuracy
+from orchestrator.engine_comparison import NOT_REACHED, time_to_accuracy
 from orchestrator.ensemble import evaluate_ensemble, write_weights
 from orchestrator.report import build_report
 

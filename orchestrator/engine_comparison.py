@@ -3,7 +3,7 @@
 For each engine the report shows the bytes it communicated per worker, its wall time, its test
 accuracy, its validation accuracy after every epoch with the wall time since the engine started,
 and from that the time until it first reaches the single baseline's final validation accuracy
-("not reached" when it never does). Everything is read from the run (DESIGN.md section 3):
+("not reached" when it never does). Everything is read from the run (docs/storage.md):
 
 - single: ``baseline/branches/0/result.json`` (``started``) and ``metrics.jsonl`` (``time``, ``val_acc``);
   one process, no process group: 0 bytes.
