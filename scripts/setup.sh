@@ -27,10 +27,10 @@ fi
 PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 extras=""; (( want_test )) && extras="[test]"
-stamp=".venv/.installed$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed$extras-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
     echo "setup: pip install -e .$extras (torch and Ray are large: the first time takes minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".$extras"
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".$extras"
     touch "$stamp"
 fi

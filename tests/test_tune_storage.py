@@ -11,10 +11,10 @@ import uuid
 
 import pyarrow.fs
 from ray import cloudpickle
-from tune.storage import BROKER_PREFIX, RunHandler, credentials_broker, tune_location
 
 from conftest import wait_until
 from data_split import RunStorage
+from tune.storage import BROKER_PREFIX, RunHandler, credentials_broker, tune_location
 
 KEY_ID, SECRET = f"CFGKEY{uuid.uuid4().hex[:8]}", f"cfgsecret{uuid.uuid4().hex[:8]}"
 
