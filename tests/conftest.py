@@ -38,8 +38,28 @@ atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_FAULTS_DIR"], ignore_er
 def pytest_configure(config):
     import suite_profile
 
-    suite_profile.register(config)  # on with SPECTRAL_SUITE_PROFILE=FILE.json: per-test wall, CPU, leftovers
-    config.pluginmanager.register(LEAKS, "spectral-leak-check")
+    runs_tests = hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+    if runs_tests:  # not pytest-xdist's controller, whose own children are the workers
+        config.pluginmanager.register(LEAKS, "spectral-leak-check")
+    if not hasattr(config, "workerinput"):  # one profile of the whole run, in the process that reports it
+        suite_profile.register(config)  # on with SPECTRAL_SUITE_PROFILE=FILE.json: per-test wall, CPU, leftovers
+
+
+# Tests that share an expensive session fixture run in one pytest-xdist worker (``--dist loadgroup``), so it
+# is built once; every other test file is a group of its own (its module fixtures are built once too).
+SHARED_FIXTURE_GROUPS = ("two_node_cluster", "finished_job", "trained_tiny_run")
+
+
+def xdist_group(items) -> dict[str, str]:
+    """Test file -> its pytest-xdist group: the first shared fixture any of its tests uses, else the file."""
+    groups: dict[str, str] = {}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        fixtures = getattr(item, "fixturenames", ())
+        shared = next((name for name in SHARED_FIXTURE_GROUPS if name in fixtures), None)
+        if shared or path not in groups:
+            groups[path] = shared or groups.get(path) or path
+    return groups
 
 
 RAY_TEST_CPUS = 2
@@ -122,10 +142,13 @@ _last_cluster_test: str | None = None
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     global _last_cluster_test
     users = [item.nodeid for item in items if "two_node_cluster" in getattr(item, "fixturenames", ())]
     _last_cluster_test = users[-1] if users else None
+    groups = xdist_group(items)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::", 1)[0]]))
 
 
 @pytest.hookimpl(trylast=True)

@@ -38,8 +38,14 @@ SHARED_ACTORS = ("ray::IDLE", "ray::_StatsActor", "ray::_AutoscalingCoordinatorA
 
 
 def mark_session() -> None:
-    """Give this process (and so everything it starts from now on) the session's id."""
+    """Give this process (and so everything it starts from now on) the session's id.
+
+    A pytest-xdist worker is a session of its own: its id extends the controller's, so that one worker's
+    check never counts the other worker's processes (nor the workers themselves) as its own.
+    """
     os.environ.setdefault(SESSION_ENV, uuid.uuid4().hex)
+    if (worker := os.environ.get("PYTEST_XDIST_WORKER")) and not os.environ[SESSION_ENV].endswith(f"-{worker}"):
+        os.environ[SESSION_ENV] += f"-{worker}"
     os.environ.setdefault(OWNER_ENV, "test")
 
 

@@ -45,19 +45,19 @@ class SuiteProfile:
         self.started = time.time()
         self.baseline = set(process_names())
         self.rows: list[dict] = []
-        self._t0 = self._ticks0 = None
+        self._started: dict[str, tuple[float, tuple[int, int]]] = {}  # by test: under pytest-xdist two run at once
 
     def pytest_runtest_logstart(self, nodeid, location):
-        self._t0, self._ticks0 = time.monotonic(), machine_ticks()
+        self._started[nodeid] = time.monotonic(), machine_ticks()
 
     def pytest_runtest_logfinish(self, nodeid, location):
         busy1, total1 = machine_ticks()
-        busy0, total0 = self._ticks0
+        t0, (busy0, total0) = self._started.pop(nodeid)
         extra = {pid: name for pid, name in process_names().items()
                  if pid not in self.baseline and pid != os.getppid()}
         self.rows.append({
             "test": nodeid,
-            "wall_s": round(time.monotonic() - self._t0, 3),
+            "wall_s": round(time.monotonic() - t0, 3),
             "cpu_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),  # of all cores: 1.0 = all busy
             "alive_after": sorted(set(extra.values())),
         })
