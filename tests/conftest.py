@@ -144,6 +144,8 @@ _last_cluster_test: str | None = None
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection
 def pytest_collection_modifyitems(config, items):
     global _last_cluster_test
+    # A test that kills one of the shared cluster's nodes (marked ``breaks_shared_cluster``) is its last user.
+    items.sort(key=lambda item: item.get_closest_marker("breaks_shared_cluster") is not None)  # stable
     users = [item.nodeid for item in items if "two_node_cluster" in getattr(item, "fixturenames", ())]
     _last_cluster_test = users[-1] if users else None
     groups = xdist_group(items)
@@ -159,11 +161,12 @@ def pytest_runtest_teardown(item):
 
 @pytest.fixture(scope="session")
 def two_node_cluster():
-    """A head and a second node (``tests/ray_cluster.py``), shared by every test that only submits to one:
-    starting and stopping one costs ~15 s on 2 cores. Tests that break a cluster start their own."""
-    from ray_cluster import node_owner, start_two_node_cluster
+    """A head and a second node (``tests/ray_cluster.py``), shared by every test that uses one: starting and
+    stopping one costs ~15 s on 2 cores. The node-loss test, marked ``breaks_shared_cluster``, kills its second
+    node as its last user; the head declares a killed node dead within seconds (``FAST_NODE_DEATH``)."""
+    from ray_cluster import FAST_NODE_DEATH, node_owner, start_two_node_cluster
 
-    cluster = _shared_cluster.enter_context(start_two_node_cluster())
+    cluster = _shared_cluster.enter_context(start_two_node_cluster(FAST_NODE_DEATH))
     owners = [node_owner(d) for d in cluster.temp_dirs]
     for owner in owners:
         LEAKS.hold(owner)

@@ -133,6 +133,17 @@ class TwoNodeCluster:
             return json.load(r)["data"]["result"]["result"]
 
 
+# A killed node is declared dead ~3 s after its raylet stops answering (Ray's defaults: ~15-30 s): its health
+# checks fail at once with the connection refused. A live node that is slow to answer on a loaded machine has
+# 5 s per check, three times over, before it would be declared dead.
+FAST_NODE_DEATH = {
+    "RAY_health_check_initial_delay_ms": "0",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "5000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
 @contextlib.contextmanager
 def start_two_node_cluster(env: dict | None = None) -> Iterator[TwoNodeCluster]:
     """A head (custom resource ``head``) and a second node (``second`` and ``site_b``, the locality tests'
