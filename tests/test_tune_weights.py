@@ -157,6 +157,7 @@ def check_tuned_against_references(storage: RunStorage, tuned, num_samples: int)
         assert tuned.val["nll"] <= ref.val["nll"] + 1e-9  # the rules were the search's first trials
 
 
+@pytest.mark.slow  # Ray Tune trials on the session's Ray
 def test_tune_search_lands_near_the_exact_fit(ray_session, tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
     write_fake_run(storage)
@@ -168,6 +169,7 @@ def test_tune_search_lands_near_the_exact_fit(ray_session, tmp_path):
     assert any(name.startswith("experiment_state") for name in experiment)
 
 
+@pytest.mark.slow  # Ray Tune trials on the session's Ray
 def test_tune_search_keeps_its_storage_on_s3(ray_session, s3_endpoint):
     storage = RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=s3_endpoint)
     write_fake_run(storage, seed=3)
@@ -183,6 +185,7 @@ def test_tune_search_keeps_its_storage_on_s3(ray_session, s3_endpoint):
 TUNE_CHATTER = ("Configuration for experiment", "View detailed results here", "tensorboard --logdir")
 
 
+@pytest.mark.slow  # Ray Tune trials on the session's Ray
 def test_cli_tune_weights_needs_only_the_storage_uri(ray_session, tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # Ray's default; the CLI changes it, monkeypatch restores it
     storage = RunStorage(str(tmp_path / "run"))
