@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from data_split.errors import SpectralError
@@ -150,3 +151,95 @@ def stack_optimizer_states(states: Sequence[dict]) -> dict:
     first = states[0]
     return {"state": {i: {key: stacked(i, key, v) for key, v in st.items()} for i, st in first["state"].items()},
             "param_groups": copy.deepcopy(first["param_groups"])}
+
+
+# -- inference: the same pack as grouped layers (torch.export specialises vmap's batch size; these stay dynamic) --
+class _Grouped(nn.Module):
+    """A packed leaf on the merged layout ``(P*N, ...)``: rows ``p*N .. p*N+N-1`` belong to member ``p``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+
+class _GroupedLinear(_Grouped):
+    def __init__(self, ms: Sequence[nn.Linear]) -> None:
+        super().__init__(len(ms))
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in ms]), requires_grad=False)  # (P, O, I)
+        self.bias = None if ms[0].bias is None else nn.Parameter(torch.stack([m.bias.detach() for m in ms]),
+                                                                 requires_grad=False)  # (P, O)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (P*N, I) -> (P*N, O): a batched matmul
+        y = torch.matmul(x.reshape(self.size, -1, x.shape[-1]), self.weight.transpose(1, 2))  # (P, N, O)
+        if self.bias is not None:
+            y = y + self.bias[:, None, :]
+        return y.reshape(-1, y.shape[-1])
+
+
+class _GroupedConv2d(_Grouped):
+    def __init__(self, ms: Sequence[nn.Conv2d]) -> None:
+        super().__init__(len(ms))
+        m = ms[0]
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise PackError(f"Conv2d with padding {m.padding!r} / padding_mode {m.padding_mode!r} does not pack")
+        self.stride, self.padding, self.dilation, self.groups = m.stride, m.padding, m.dilation, m.groups
+        self.weight = nn.Parameter(torch.cat([q.weight.detach() for q in ms]), requires_grad=False)  # (P*O, I/g, kh, kw)
+        self.bias = None if m.bias is None else nn.Parameter(torch.cat([q.bias.detach() for q in ms]), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (P*N, C, h, w) -> (P*N, O, h', w'): one grouped conv
+        c, h, w = x.shape[1:]
+        x = x.reshape(self.size, -1, c, h, w).transpose(0, 1).reshape(-1, self.size * c, h, w)  # (N, P*C, h, w)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups * self.size)
+        o = y.shape[1] // self.size
+        return y.reshape(-1, self.size, o, *y.shape[2:]).transpose(0, 1).reshape(-1, o, *y.shape[2:])
+
+
+class _GroupedBatchNormEval(_Grouped):
+    def __init__(self, ms: Sequence[nn.modules.batchnorm._BatchNorm]) -> None:
+        super().__init__(len(ms))
+        scale = torch.stack([(m.weight if m.affine else torch.ones_like(m.running_var)).detach()
+                             / torch.sqrt(m.running_var + m.eps) for m in ms])  # (P, C)
+        shift = torch.stack([(m.bias.detach() if m.affine else 0) - m.running_mean * s for m, s in zip(ms, scale)])
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # eval-mode BatchNorm: a per-member, per-channel affine map
+        shape = (self.size, 1, x.shape[1]) + (1,) * (x.dim() - 2)
+        y = x.reshape(self.size, -1, *x.shape[1:]) * self.scale.reshape(shape) + self.shift.reshape(shape)
+        return y.reshape(x.shape)
+
+
+def grouped_eval(models: Sequence[nn.Module]) -> nn.Module:
+    """P members (eval mode) as one module ``(P, N, C, h, w) -> (P, N, classes)`` of grouped layers, for inference.
+
+    Every leaf of ``check_packable`` but Linear/Conv2d/BatchNorm acts row by row, so it runs unchanged on the
+    merged ``(P*N, ...)`` batch; the three are replaced by their grouped forms. No vmap: ``torch.export``
+    keeps the batch dimension dynamic.
+    """
+    check_packable(models[0], type(models[0]).__name__)
+    net = copy.deepcopy(models[0]).eval()
+    for path, m in list(net.named_modules()):
+        if list(m.children()):
+            continue
+        same = [dict(q.named_modules())[path] for q in models]
+        if isinstance(m, nn.Linear):
+            new = _GroupedLinear(same)
+        elif isinstance(m, nn.Conv2d):
+            new = _GroupedConv2d(same)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            new = _GroupedBatchNormEval(same)
+        else:
+            continue
+        parent, _, name = path.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, name, new)
+    return _MergedBatch(net, len(models))
+
+
+class _MergedBatch(nn.Module):
+    def __init__(self, net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (P, N, C, h, w) -> (P, N, classes)
+        z = self.net(x.reshape(-1, *x.shape[2:]))  # (P*N, classes)
+        return z.reshape(self.size, -1, z.shape[-1])

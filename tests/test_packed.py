@@ -110,3 +110,24 @@ def test_a_model_that_cannot_pack_is_refused_with_the_reason():
     pack = PackedNetwork(members("fc4"))
     with pytest.raises(ValueError, match=r"\(P=3, N, \.\.\.\)"):
         pack(torch.randn(2, N, *SHAPE))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_grouped_eval_equals_the_members_and_exports_with_a_dynamic_batch(name):
+    from branches.packed import grouped_eval
+
+    models = [m.eval() for m in members(name)]
+    for m in models:  # running statistics that are not the identity
+        for bn in (q for q in m.modules() if isinstance(q, nn.modules.batchnorm._BatchNorm)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    net = grouped_eval(models)
+    x = torch.randn(P, N, *SHAPE)
+    with torch.no_grad():
+        got = net(x)
+        for i, m in enumerate(models):
+            assert torch.allclose(got[i], m(x[i]), rtol=1e-4, atol=1e-5)
+    if name == "cnn8":
+        program = torch.export.export(net, (x,), dynamic_shapes={"x": {1: torch.export.Dim("n", min=1)}})
+        y = torch.randn(P, 3, *SHAPE)
+        assert torch.allclose(program.module()(y), net(y), atol=1e-6)
