@@ -99,7 +99,7 @@ def train_branches(
         return TrainingOutcome.settle(results, skipped)
 
     packs = None
-    if resources.branches_per_process > 1:
+    if resources.branches_per_process > 1 and len(todo) > 1:  # one branch left (a baseline): nothing to pack
         manifest = load_manifest(storage)
         rows = {k: int(manifest.branches[k].splits["train"].rows) for k in todo}
         packable = {k: choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "memory" for k in todo}
