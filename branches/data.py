@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from branches.modes import choose_mode, in_memory_bytes  # noqa: F401  (re-exported: the loop's names)
 from data_split.augment import SYMMETRIES, branch_signs, image_op, translate
 from data_split.manifest import Manifest
 from data_split.quantize import branch_codec, decode
@@ -121,17 +122,3 @@ class InMemorySplit:
         """Normalised inputs in row order, ``EVAL_BATCH_SIZE`` at a time (one empty batch for an empty split)."""
         for stored in self.stored.split(EVAL_BATCH_SIZE):
             yield self.decode(stored)
-
-
-def in_memory_bytes(manifest: Manifest, k: int) -> int:
-    """Bytes of branch ``k``'s stored values (all splits, decompressed): what ``InMemorySplit`` holds."""
-    per_row = int(np.prod(manifest.split.shape)) * np.dtype(manifest.split.dtype).itemsize
-    return per_row * sum(int(e.rows) for e in manifest.branches[k].splits.values())
-
-
-def choose_mode(mode: str, manifest: Manifest, k: int, memory_limit_mb: int) -> str:
-    """``memory`` or ``stream`` for ``train.data`` = ``mode`` (``auto``: stream above the limit)."""
-    if mode != "auto":
-        return mode
-    return "stream" if in_memory_bytes(manifest, k) > memory_limit_mb * 2**20 else "memory"
-

@@ -312,8 +312,9 @@ def _open_split(storage, manifest, split, k, dev, train_cfg, mode):
     return InMemorySplit(storage, manifest, split, k, dev)
 
 
-def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_from: int, mode: str) -> dict:
-    """Write logits and rows of val/test, then result.json (last: it marks the branch finished)."""
+def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_from: int, mode: str,
+            extra: dict | None = None) -> dict:
+    """Write logits and rows of val/test, then result.json (last: it marks the branch finished) with ``extra``."""
     storage, k, train_cfg, dev, amp, classes = job.storage, job.k, job.train_cfg, job.device, job.amp, job.classes
     in_shape, configs, manifest, started = job.in_shape, job.configs, job.manifest, job.started
     test = _open_split(storage, manifest, "test", k, dev, train_cfg, mode)
@@ -346,7 +347,7 @@ def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_
         "train_seconds": sum(m["seconds"] for m in history),
         "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
         "peak_memory_bytes": int(peak), "device": str(dev), "data_mode": mode, "in_shape": list(in_shape),
-        "classes": classes, "resumed_from_epoch": resumed_from, "started": started, **configs,
+        "classes": classes, "resumed_from_epoch": resumed_from, "started": started, **configs, **(extra or {}),
     }
     storage.write_json(layout.result(k), result)
     log.info("branch %d finished: val_acc %s test_acc %s, %d params", k, result["val_acc"], result["test_acc"], params)

@@ -7,7 +7,8 @@ went through before a branch saw it (docs/design.md section 1 and docs/storage.m
       -> spectral_components with the manifest's matrix  (N, K, C, H/r, W/c)
       -> encode + decode of the storage (split.dtype)      uint8 codes by default: inputs equal the stored shards
       -> (s - mean_k) / std_k per branch and channel       as branches' Decoder normalised them
-      -> branch k's model (final checkpoint), eval mode    (B, N, classes), B = K less skipped branches
+      -> branch k's model (final checkpoint), eval mode    (B, N, classes), B = K less skipped branches,
+                                                           the B as one batched network (branches.packed)
       -> z = sum_k w_k z_k                                 (N, classes)
 
 A branch the run skipped (diverged under ``train.on_nonfinite: skip_branch``; weight 0, not in the
@@ -35,6 +36,7 @@ import torch.nn as nn
 from branches import ModelConfig, build_model
 from branches.checkpoint import load_checkpoint
 from branches.data import MIN_STD
+from branches.packed import PackError, grouped_eval
 from data_split import RunStorage, layout, load_manifest, spectral_components
 from data_split.errors import SpectralError
 from data_split.quantize import DTYPES, branch_codec, decode, encode
@@ -94,10 +96,13 @@ class SpectralEnsemble(nn.Module):
 
     def __init__(self, *, rows: int, cols: int, matrix: np.ndarray, dtype: str, mean: np.ndarray, std: np.ndarray,
                  branches: Sequence[nn.Module], weights: Sequence[float], offset: np.ndarray | None = None,
-                 scale: np.ndarray | None = None, info: RunInfo | None = None, ks: Sequence[int] | None = None) -> None:
+                 scale: np.ndarray | None = None, info: RunInfo | None = None, ks: Sequence[int] | None = None,
+                 packed: bool = True) -> None:
         """``mean``/``std`` (and for uint8 storage ``offset``/``scale``): ``(K, C)`` from the manifest's branches.
 
         ``ks``: which spectral component each of ``branches`` (and ``weights``) takes; default all K in order.
+        ``packed``: evaluate the branches as one batched network (``branches.packed.grouped_eval``: grouped
+        layers, one pass instead of B; same logits to float32 rounding), when their architecture packs.
         """
         super().__init__()
         self.info = info  # where the model came from (not part of the computation)
@@ -119,7 +124,13 @@ class SpectralEnsemble(nn.Module):
         self.register_buffer("std", as_buffer(np.maximum(np.asarray(std, np.float32), MIN_STD))[:, None, :, None, None])
         self.register_buffer("offset", as_buffer(offset if offset is not None else np.zeros_like(mean)))  # (K, C)
         self.register_buffer("scale", as_buffer(scale if scale is not None else np.ones_like(mean)))  # (K, C)
-        self.branches = nn.ModuleList(branches)
+        self.packed = None
+        if packed and len(branches) > 1:
+            try:
+                self.packed = grouped_eval(list(branches))  # (B, N, C, h, w) -> (B, N, classes) in one pass
+            except PackError as e:
+                log.info("branches evaluated one by one: %s", e)
+        self.branches = nn.ModuleList(branches) if self.packed is None else None
         self.eval()
 
     def branch_input(self, s: torch.Tensor, k: int) -> torch.Tensor:
@@ -130,6 +141,8 @@ class SpectralEnsemble(nn.Module):
     def branch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, classes)``: every branch's logits for pixels ``x`` ``(N, C, H, W)``."""
         s = spectral_components(x, self.rows, self.cols, self.matrix)  # (N, K, C, h, w)
+        if self.packed is not None:
+            return self.packed(torch.stack([self.branch_input(s[:, k], k) for k in self.ks]))  # (B, N, C, h, w) in
         return torch.stack([branch(self.branch_input(s[:, k], k)) for k, branch in zip(self.ks, self.branches)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

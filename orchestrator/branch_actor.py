@@ -121,3 +121,42 @@ class BranchActor:
         self.storage.write_json(layout.placement(self.k), {"placement": placement, "isolation": isolation})
         self.board.update.remote(self.k, {"state": "done", "val_acc": result.get("val_acc")})
         return {**result, "placement": placement, "isolation": isolation}
+
+
+class PackActor(BranchActor):
+    """Branches ``ks`` (``resources.branches_per_process``) trained as one batched network in one actor.
+
+    Each branch keeps its own ``RecordingStorage``, so its isolation record counts only its own reads and writes;
+    the progress board and ``placement.json`` are per branch too.
+    """
+
+    def __init__(self, storage: RunStorage, ks: list[int], model_cfg: ModelConfig, train_cfg: TrainConfig, board: str,
+                 started: float | None = None) -> None:
+        self.storages = {k: RecordingStorage.like(storage) for k in ks}
+        self.ks, self.k, self.model_cfg, self.train_cfg, self.started = list(ks), ks[0], model_cfg, train_cfg, started
+        self.board = ray.get_actor(board)
+        for k in ks:
+            self.board.update.remote(k, {"state": "starting", **self.placement()})
+
+    def train(self) -> dict[int, dict]:
+        from branches.train_pack import train_pack
+
+        def on_epoch(metrics: dict) -> None:
+            self.board.update.remote(metrics["k"], {"state": "training", **metrics})
+
+        for k in self.ks:
+            self.board.update.remote(k, {"state": "training"})
+        started_at = time.time()
+        results = train_pack([self.storages[k] for k in self.ks], self.ks, self.model_cfg, self.train_cfg,
+                             on_epoch=on_epoch, started=self.started)
+        out = {}
+        for k, result in results.items():
+            if result.get("diverged"):
+                out[k] = result
+                continue
+            isolation = isolation_record(self.storages[k], k)
+            placement = {**self.placement(), "started_at": started_at, "finished_at": time.time(), "packed_with": self.ks}
+            self.storages[k].write_json(layout.placement(k), {"placement": placement, "isolation": isolation})
+            self.board.update.remote(k, {"state": "done", "val_acc": result.get("val_acc")})
+            out[k] = {**result, "placement": placement, "isolation": isolation}
+        return out

@@ -43,6 +43,7 @@ class ResourcesConfig(Section):
     gpus_per_branch: float | None = option(None, 'GPUs per branch actor; unset: 1 when the cluster has GPUs, else 0 (CPU); a fraction packs branches on one GPU', ge=0)
     cpus_per_branch: float = option(1.0, 'CPUs per branch actor', gt=0)
     max_restarts: int = option(3, 'times Ray restarts a branch whose process died; it resumes from its newest checkpoint', ge=0)
+    branches_per_process: int = option(1, 'P: consecutive branches with equal training rows train as one batched network in one actor (a pack; docs/how-it-works.md)', ge=1)
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -21,11 +21,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from branches.config import ModelConfig, TrainConfig
 from branches.finished import finished_result
+from branches.modes import choose_mode
 from data_split.errors import SpectralError, user_error
+from data_split.layout import load_manifest
 from data_split.storage import RunStorage
-from orchestrator.branch_actor import BranchActor, ProgressBoard
+from orchestrator.branch_actor import BranchActor, PackActor, ProgressBoard
 from orchestrator.config import ResourcesConfig
-from orchestrator.placement import PlacementPlan, cluster_nodes, plan_placement
+from orchestrator.placement import PlacementPlan, cluster_nodes, plan_packs, plan_placement
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,19 @@ def train_branches(
     if not todo:
         return TrainingOutcome.settle(results, skipped)
 
-    plan = plan_placement(len(todo), resources, cluster_nodes())
+    packs = None
+    if resources.branches_per_process > 1 and len(todo) > 1:  # one branch left (a baseline): nothing to pack
+        manifest = load_manifest(storage)
+        rows = {k: int(manifest.branches[k].splits["train"].rows) for k in todo}
+        packable = {k: choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "memory" for k in todo}
+        packs = plan_packs(todo, resources.branches_per_process, rows, packable)
+    plan = plan_placement(len(todo), resources, cluster_nodes(), packs)
     log.info("placement plan: %s", plan.describe())
     board_name = f"spectral-progress-{uuid.uuid4().hex[:12]}"
     # On the driver's node: the board must outlive the loss of any other node (branches restart elsewhere).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     board = ProgressBoard.options(name=board_name, scheduling_strategy=here).remote()
-    actor_cls = ray.remote(BranchActor).options(
+    actor_cls = ray.remote(BranchActor if packs is None else PackActor).options(
         num_cpus=plan.cpus_per_branch,
         num_gpus=plan.gpus_per_branch,
         max_restarts=resources.max_restarts,
@@ -111,8 +119,11 @@ def train_branches(
         # unavailable" while Ray was restarting it elsewhere used up a retry. Our own exceptions are never retried.
         max_task_retries=-1,
     )
-    actors = {k: actor_cls.remote(storage, k, model_cfg, train_cfg, board_name, started) for k in todo}
-    pending = {actors[k].train.remote(): k for k in todo}
+    # one actor per branch, or per pack (keyed by its first branch; its train() returns k -> result)
+    groups = {k: [k] for k in todo} if packs is None else {p[0]: p for p in packs}
+    actors = {k: actor_cls.remote(storage, k if packs is None else groups[k], model_cfg, train_cfg, board_name, started)
+              for k in groups}
+    pending = {actors[k].train.remote(): k for k in groups}
     failures: dict[int, str] = {}
     placed: set[int] = set()
     try:
@@ -121,10 +132,12 @@ def train_branches(
             for ref in ready:
                 k = pending.pop(ref)
                 try:
-                    results[k] = ray.get(ref)
-                except Exception as e:  # RayActorError, RayTaskError(...): the branch is out of retries
-                    failures[k] = _last_line(e)
-                    log.error("branch %d failed: %s", k, failures[k])
+                    got = ray.get(ref)
+                    results.update({k: got} if packs is None else got)
+                except Exception as e:  # RayActorError, RayTaskError(...): the branch (or pack) is out of retries
+                    for b in groups[k]:
+                        failures[b] = _last_line(e)
+                        log.error("branch %d failed: %s", b, failures[b])
                 ray.kill(actors.pop(k))  # frees its CPU/GPU for a queued branch
             snapshot = ray.get(board.snapshot.remote())
             for k, status in sorted(snapshot.items()):

@@ -33,18 +33,37 @@ class NodeResources:
 
 @dataclass(frozen=True)
 class PlacementPlan:
-    branches: int
-    gpus_per_branch: float
-    cpus_per_branch: float
-    concurrent: int  # branches the cluster can run at the same time
-    waves: int  # ceil(branches / concurrent): 1 means all at once
+    branches: int  # actors: one per branch, or one per pack (resources.branches_per_process > 1)
+    gpus_per_branch: float  # per actor
+    cpus_per_branch: float  # per actor
+    concurrent: int  # actors the cluster can run at the same time
+    waves: int  # ceil(actors / concurrent): 1 means all at once
+    packs: tuple[tuple[int, ...], ...] | None = None  # the branches of each actor, when packed
 
     def describe(self) -> str:
         device = f"{self.gpus_per_branch:g} GPU" if self.gpus_per_branch else "CPU only"
+        what = "branches"
+        if self.packs is not None:
+            what = "packs " + " ".join("[" + ",".join(str(k) for k in p) + "]" for p in self.packs)
         return (
-            f"{self.branches} branches x ({device}, {self.cpus_per_branch:g} CPU): "
+            f"{self.branches} {what} x ({device}, {self.cpus_per_branch:g} CPU): "
             f"{self.concurrent} at once, {self.waves} wave(s)"
         )
+
+
+def plan_packs(ks: list[int], size: int, train_rows: dict[int, int], packable: dict[int, bool]) -> list[list[int]]:
+    """Consecutive branches ``ks`` in packs of at most ``size``: a pack holds only branches of equal training row
+    counts (their epochs then step together, batch for batch) and only packable ones (``packable[k]`` False,
+    e.g. a streamed branch, trains alone)."""
+    packs: list[list[int]] = []
+    for k in ks:
+        last = packs[-1] if packs else None
+        if (last is not None and len(last) < size and packable[k] and packable[last[0]]
+                and last[-1] == k - 1 and train_rows[k] == train_rows[last[0]]):
+            last.append(k)
+        else:
+            packs.append([k])
+    return packs
 
 
 def _fits(node: NodeResources, gpus: float, cpus: float) -> int:
@@ -61,7 +80,11 @@ def default_gpus(cfg: ResourcesConfig, nodes: list[NodeResources]) -> float:
     return 1.0 if sum(n.gpus for n in nodes) > 0 else 0.0
 
 
-def plan_placement(branches: int, cfg: ResourcesConfig, nodes: list[NodeResources]) -> PlacementPlan:
+def plan_placement(branches: int, cfg: ResourcesConfig, nodes: list[NodeResources],
+                   packs: list[list[int]] | None = None) -> PlacementPlan:
+    """``branches`` actors (``packs``: one per pack, ``branches`` ignored) on ``nodes``."""
+    if packs is not None:
+        branches = len(packs)
     if branches < 1:
         raise PlacementError(f"need at least one branch, got {branches}")
     gpus = default_gpus(cfg, nodes)
@@ -75,7 +98,8 @@ def plan_placement(branches: int, cfg: ResourcesConfig, nodes: list[NodeResource
             f"a branch asks for {gpus:g} GPU and {cpus:g} CPU (resources.gpus_per_branch, resources.cpus_per_branch) "
             f"but {have}: it could never start"
         )
-    return PlacementPlan(branches, gpus, cpus, concurrent, math.ceil(branches / concurrent))
+    return PlacementPlan(branches, gpus, cpus, concurrent, math.ceil(branches / concurrent),
+                         None if packs is None else tuple(tuple(p) for p in packs))
 
 
 def cluster_nodes() -> list[NodeResources]:

@@ -78,6 +78,9 @@ def training_lines(outcome) -> list[str]:
     line = f"trained {len(outcome.results) - len(outcome.skipped)} branch(es), skipped {len(outcome.skipped)} finished"
     if outcome.diverged:
         line += f", skipped {len(outcome.diverged)} diverged (train.on_nonfinite: skip_branch)"
+    if outcome.plan is not None and outcome.plan.packs is not None:  # resources.branches_per_process > 1
+        line += f"; {len(outcome.plan.packs)} pack(s), one process each: " + " ".join(
+            "[" + ",".join(str(k) for k in pack) + "]" for pack in outcome.plan.packs)
     return [line] + [f"[yellow]skipped branch {k}[/yellow]: diverged at epoch {record['epoch']}, step "
                      f"{record['step'] if record['step'] is not None else '-'}: {record['error']}"
                      for k, record in sorted(outcome.diverged.items())]

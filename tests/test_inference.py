@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from branches import ModelConfig, build_model
 from data_split import RunStorage, load_manifest, make_source, read_branch, spectral_components, transform_matrix
 from data_split.quantize import affine_params, decode, encode
 from inference import EnsembleLoadError, SpectralEnsemble, load_ensemble
@@ -47,6 +48,26 @@ def test_forward_is_split_then_storage_then_normalise_then_weighted_branches(dty
             expected = expected + w[k] * branches[k](torch.from_numpy(v)).numpy()
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), expected, rtol=0, atol=1e-4)
+
+
+def test_packed_ensemble_equals_the_branches_one_by_one():
+    torch.manual_seed(0)
+    t = transform_matrix("dct", 4)
+    mean, std = np.zeros((4, 1), np.float32), np.ones((4, 1), np.float32)
+    branches = [build_model(ModelConfig(name="fc8"), (1, 2, 2), 3).eval() for _ in range(4)]
+    for b in branches:  # running statistics that are not the identity
+        for m in b.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    common = dict(rows=2, cols=2, matrix=t, dtype="float32", mean=mean, std=std, weights=[0.1, 0.2, 0.3, 0.4])
+    packed = SpectralEnsemble(**common, branches=branches)
+    alone = SpectralEnsemble(**common, branches=branches, packed=False)
+    assert packed.packed is not None and alone.packed is None
+    x = torch.rand(9, 1, 4, 4)
+    with torch.no_grad():
+        np.testing.assert_allclose(packed.branch_logits(x).numpy(), alone.branch_logits(x).numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(packed(x).numpy(), alone(x).numpy(), rtol=0, atol=1e-5)
 
 
 def test_folder_names_that_label_images():

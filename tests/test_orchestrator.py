@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -121,3 +122,30 @@ def test_branch_failing_past_its_limit_fails_the_run_and_keeps_the_others(ray_se
     assert list(err.value.failures) == [1]
     assert storage.exists("branches/0/result.json")  # the other branch finished
     assert not storage.exists("branches/1/result.json")
+
+
+def test_packed_run_trains_four_branches_in_one_actor_with_per_branch_outputs(finished_job, tmp_path):
+    """resources.branches_per_process: 4 on the shared job's split: one actor, each branch's own outputs,
+    isolation records and accuracy (SGD, so that the unpacked logits are a tight reference)."""
+    import numpy as np
+
+    job_cfg, _ = finished_job
+    overrides = {"resources.branches_per_process": 4, "train.epochs": 1, "train.optimizer": "sgd", "train.lr": 0.05}
+    cfg = tiny_config(str(tmp_path / "packed"), **overrides)
+    alone = RunStorage(str(tmp_path / "alone"))
+    for run in (cfg.storage.uri, alone.uri):
+        shutil.copytree(RunStorage.from_config(job_cfg.storage).path("data"), f"{run}/data")
+    outcome = api.train(cfg)
+    storage = RunStorage.from_config(cfg.storage)
+    assert outcome.plan.packs == ((0, 1, 2, 3),) and outcome.plan.branches == 1
+    assert len({r["placement"]["pid"] for r in outcome.results.values()}) == 1  # one process
+    for k, res in sorted(outcome.results.items()):
+        assert res["packed_with"] == [0, 1, 2, 3] == storage.read_json(f"branches/{k}/result.json")["packed_with"]
+        data_files = [f for f in res["isolation"]["files_read"] if f.startswith("data/") and f.endswith(".parquet")]
+        assert data_files and all(re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f) for f in data_files)
+        assert res["isolation"]["bytes_sent_to_other_branches"] == 0
+        assert storage.read_json(f"branches/{k}/placement.json")["isolation"] == res["isolation"]
+        want = train_branch(alone, k, cfg.model, cfg.train)  # the same branch unpacked, in this process
+        assert res["test_acc"] == pytest.approx(want["test_acc"], abs=0.02)
+        got_z, want_z = (np.load(io.BytesIO(s.read_bytes(f"branches/{k}/logits_test.npy"))) for s in (storage, alone))
+        np.testing.assert_allclose(got_z, want_z, rtol=1e-4, atol=1e-4)

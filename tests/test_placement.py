@@ -40,3 +40,25 @@ def test_request_no_node_can_hold_is_an_error_naming_the_keys():
         plan_placement(4, ResourcesConfig(gpus_per_branch=2), nodes((8, 1), (8, 1)))
     with pytest.raises(PlacementError, match="4 CPU"):
         plan_placement(4, ResourcesConfig(cpus_per_branch=4), nodes((2, 0)))
+
+
+def test_packs_are_consecutive_equal_row_branches_and_placement_counts_packs():
+    from orchestrator.placement import plan_packs
+
+    rows = {k: 100 for k in range(8)}
+    ok = dict.fromkeys(range(8), True)
+    assert plan_packs(list(range(8)), 4, rows, ok) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert plan_packs([0, 1, 3, 4, 5], 4, rows, ok) == [[0, 1], [3, 4, 5]]  # only consecutive k (2 had finished)
+    # an extra source feeds branch 0 only: it has more rows and trains alone; a streamed branch too
+    assert plan_packs(list(range(6)), 4, {**rows, 0: 150}, {**ok, 4: False}) == [[0], [1, 2, 3], [4], [5]]
+    packs = plan_packs(list(range(16)), 4, {k: 10 for k in range(16)}, dict.fromkeys(range(16), True))
+    plan = plan_placement(16, ResourcesConfig(branches_per_process=4), nodes((2, 0)), packs)
+    assert (plan.branches, plan.concurrent, plan.waves) == (4, 2, 2)  # 4 actors on 2 CPUs, not 16 branches
+    assert plan.describe().startswith("4 packs [0,1,2,3] [4,5,6,7] [8,9,10,11] [12,13,14,15] x (CPU only, 1 CPU)")
+
+
+def test_branches_per_process_is_validated():
+    from data_split.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="branches_per_process"):
+        ResourcesConfig(branches_per_process=0)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from branches import BranchConflictError, ModelConfig, NonFiniteError, TrainConfig, lr_factor, train_branch
+from branches import BranchConflictError, ModelConfig, NonFiniteError, TrainConfig, build_model, lr_factor, train_branch
 from branches.checkpoint import load_checkpoint
 from conftest import tiny_config
 from data_split import ManifestError, RunStorage, load_manifest, read_branch, split_dataset
@@ -290,3 +290,70 @@ def test_skip_branch_records_the_divergence_and_a_rerun_keeps_it_settled(make_ru
         train_branch(storage, 0, FC4, fail)
     assert (raised.value.k, raised.value.epoch, raised.value.step) == (0, 1, record["step"])
     assert not storage.exists("branches/0/diverged.json")
+
+
+# -- packed branches (resources.branches_per_process; branches.train_pack) ---------------------------------------
+def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
+    from branches.train_pack import train_pack
+
+    packed, alone = make_run("packed"), make_run("alone")
+    # SGD: Adam would turn the rounding noise in the (truly zero) gradient of a bias before a BatchNorm into
+    # +-lr steps, which the eval-mode running means then follow with a lag: chaotic in either engine
+    cfg = with_epochs(FAST, 2, optimizer="sgd", lr=0.05)
+    results = train_pack([packed] * 4, [0, 1, 2, 3], FC4, cfg)
+    for k in range(4):
+        want = train_branch(alone, k, FC4, cfg)
+        got = results[k]
+        assert got["packed_with"] == [0, 1, 2, 3] and packed.read_json(f"branches/{k}/result.json") == got
+        assert RESULT_KEYS <= set(got) and got["params"] == want["params"]
+        for rel in ("checkpoints/epoch=1.pt", "checkpoints/epoch=2.pt", "metrics.jsonl", "logits_val.npy",
+                    "logits_test.npy", "rows_val.npy", "rows_test.npy"):
+            assert packed.exists(f"branches/{k}/{rel}"), rel
+        assert [set(m) for m in metric_lines(packed, k)] == [METRIC_KEYS] * 2
+        # same seeds, same batches, same math: the logits agree to float32 rounding grown over 2 epochs
+        np.testing.assert_allclose(load_npy(packed, f"branches/{k}/logits_test.npy"),
+                                   load_npy(alone, f"branches/{k}/logits_test.npy"), rtol=1e-4, atol=1e-4)
+        assert got["test_acc"] == pytest.approx(want["test_acc"], abs=0.02)
+        ck = load_checkpoint(packed, f"branches/{k}/checkpoints/epoch=2.pt")
+        model = build_model(FC4, (1, 4, 4), 4)
+        model.load_state_dict(ck["model"])  # an unpacked branch's checkpoint
+        assert ck["optimizer"]["state"][0]["momentum_buffer"].shape == model[1].weight.shape
+
+
+def test_a_pack_resumes_each_branch_from_its_own_checkpoint(make_run):
+    from branches.train_pack import train_pack
+
+    straight, resumed = make_run("straight"), make_run("resumed")
+    train_pack([straight] * 2, [0, 1], FC4, with_epochs(FAST, 3))
+    train_pack([resumed] * 2, [0, 1], FC4, with_epochs(FAST, 2))
+    resumed.remove("branches/1/checkpoints/epoch=2.pt")  # branch 1 is an epoch behind: the pack restarts at epoch 1
+    results = train_pack([resumed] * 2, [0, 1], FC4, with_epochs(FAST, 3))
+    assert [results[k]["resumed_from_epoch"] for k in (0, 1)] == [1, 1]
+    for k in (0, 1):
+        assert [m["epoch"] for m in metric_lines(resumed, k)] == [1, 2, 3]
+        assert np.array_equal(load_npy(resumed, f"branches/{k}/logits_test.npy"),
+                              load_npy(straight, f"branches/{k}/logits_test.npy"))  # CPU: bitwise
+
+
+def test_a_diverging_branch_leaves_the_pack_and_the_others_are_unaffected(make_run):
+    from branches.train_pack import train_pack
+
+    clean, broken = make_run("clean"), make_run("broken")
+    manifest = broken.read_json("data/manifest.json")
+    manifest["branches"][1]["std"] = [1e-30]  # branch 1's inputs overflow to inf: its loss is NaN at step 1
+    manifest["branches"][1]["mean"] = [3e38]
+    broken.write_json("data/manifest.json", manifest)
+    skip = with_epochs(FAST, 2, optimizer="sgd", lr=0.05, on_nonfinite="skip_branch")  # SGD: see the test above
+    want = train_pack([clean] * 3, [0, 1, 2], FC4, skip)
+    got = train_pack([broken] * 3, [0, 1, 2], FC4, skip)
+    assert got[1]["diverged"] is True and (got[1]["epoch"], got[1]["step"]) == (1, 1)
+    assert broken.read_json("branches/1/diverged.json") == got[1] and not broken.exists("branches/1/result.json")
+    for k in (0, 2):  # the rest of the pack trains exactly as without the diverged branch
+        assert np.allclose(load_npy(broken, f"branches/{k}/logits_test.npy"),
+                           load_npy(clean, f"branches/{k}/logits_test.npy"), rtol=1e-5, atol=1e-5)
+        assert got[k]["test_acc"] == want[k]["test_acc"]
+    other = make_run("fail")
+    other.write_json("data/manifest.json", manifest)
+    with pytest.raises(NonFiniteError, match=r"branch 1 diverged at epoch 1: non-finite training loss") as raised:
+        train_pack([other] * 3, [0, 1, 2], FC4, with_epochs(FAST, 2))
+    assert raised.value.k == 1
