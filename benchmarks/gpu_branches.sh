@@ -7,8 +7,8 @@
 #
 # DATA_DIR: what `python -m benchmarks.gpu_branches --prepare DATA_DIR` wrote (here, where Ray is).
 # OUT.json: default $OUT/gpu_branches.json where $OUT is set, else benchmarks/results/gpu_branches.json.
-# Python: $PYTHON, else the repository's .venv, else python3. Needs torch (>= 2.11), pyarrow, numpy, fsspec,
-# PyYAML; never Ray.
+# Python: $PYTHON, else the repository's .venv, else python3. Needs torch (>= 2.11), pyarrow, numpy and fsspec
+# (which torch installs); never Ray.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
