@@ -95,32 +95,46 @@ def scatter(chunks: list[np.ndarray], order: np.ndarray, shape: tuple[int, ...],
 
 
 def read_branch(storage: RunStorage, manifest: Manifest, split: str, k: int) -> BranchData:
-    """All rows of branch ``k`` in ``split``, read from the files the manifest lists (``x`` copied once)."""
+    """All rows of branch ``k`` in ``split``, read from the files the manifest lists.
+
+    The labels first (a few bytes per row: they fix the row order), then ``x`` one row group at a time, each
+    copied once to its rows' places while it is still in the cache (``scatter``).
+    """
     try:
         entry = manifest.branches[k].splits[split]
     except (IndexError, KeyError):
         raise ManifestError(f"{storage.url(MANIFEST)} has no branch {k} split {split!r}") from None
     shape = manifest.split.shape
     dtype, offset, scale = branch_codec(manifest, k)
-    labels, chunks = [], []
+    files, labels = [], []
     for rel in entry.files:
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(rel)))  # slices of the bytes, no copy
-        labels.append(label_arrays(table, storage.url(rel)))
-        chunks += tensor_chunks(table.column("x"), table.schema.field("x"), shape, dtype, storage.url(rel))
+        f = pq.ParquetFile(pa.BufferReader(storage.read_bytes(rel)))  # slices of the bytes, no copy
+        labels.append(label_arrays(f.read(columns=["idx", "src", "y"]), storage.url(rel), f.schema_arrow.names))
+        files.append((rel, f))
     if not labels:
         labels = [(np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0, np.int64))]
     idx, src, y = (np.concatenate(p) for p in zip(*labels))
     if len(idx) != entry.rows:
         raise ManifestError(f"branch {k} split {split}: files hold {len(idx)} rows, the manifest says {entry.rows}")
     order = np.lexsort((idx, src))  # by src, then idx
-    return BranchData(idx=idx[order], src=src[order], y=y[order], x=scatter(chunks, order, shape, dtype), dtype=dtype,
-                      offset=offset, scale=scale)
+    x = np.empty((len(order), *shape), dtype)
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))  # where[i]: the output row of input row i
+    at = 0
+    for rel, f in files:
+        for g in range(f.num_row_groups):
+            t = f.read_row_group(g, columns=["x"])
+            for c in tensor_chunks(t.column("x"), t.schema.field("x"), shape, dtype, storage.url(rel)):
+                x[where[at:at + len(c)]] = c
+                at += len(c)
+    return BranchData(idx=idx[order], src=src[order], y=y[order], x=x, dtype=dtype, offset=offset, scale=scale)
 
 
-def label_arrays(table: pa.Table, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(idx int64, src int16, y int64)`` of one file's table (or row group); every column checked present."""
+def label_arrays(table: pa.Table, where: str, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(idx int64, src int16, y int64)`` of one file's table (or row group); every column checked present
+    (in ``names``: the file's columns, where ``table`` holds only some)."""
     for name in ("idx", "src", "y", "x"):
-        if name not in table.column_names:
+        if name not in (table.column_names if names is None else names):
             raise ManifestError(f"{where}: missing column {name!r}")
     return (table.column("idx").to_numpy().astype(np.int64, copy=False),
             table.column("src").to_numpy().astype(np.int16, copy=False),
