@@ -12,7 +12,7 @@ are emitted as batches. Every draw comes from one numpy generator seeded by
 that fixed order, so an epoch's batches are a function of (seed, branch,
 epoch) whatever the timing: a resumed run replays the same steps. Memory:
 about ``shuffle_buffer`` + ``PREFETCH_ROW_GROUPS`` row groups of stored
-values, whatever the split's size. Batches move to the device as stored and
+values, whatever the split's size. Batches move to the device as stored (on CUDA through pinned memory, non_blocking) and
 are decoded there (``_data.Decoder``).
 
 Outages: every read (a footer, a row group) is retried within ``storage.retry_budget_s`` on a freshly
@@ -29,6 +29,7 @@ align the logits.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,11 +42,32 @@ from branches.data import EVAL_BATCH_SIZE, Augmenter, Decoder, augment_generator
 from data_split import layout
 from data_split.manifest import Manifest, ManifestError
 from data_split.quantize import branch_codec
-from data_split.shards import table_arrays
+from data_split.shards import scatter, table_arrays
 from data_split.storage import RunStorage
 
 PREFETCH_ROW_GROUPS = 2  # row groups read ahead of the consumer on the background thread
 OPEN_FILES = 8  # Parquet files kept open by the prefetch thread (an S3 open costs a footer read)
+
+
+def readonly_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory, also when ``a`` is a read-only view of an Arrow buffer (storage version 3).
+
+    Nothing writes it: the decoder and the host-to-device copy make new tensors.
+    """
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device``; to CUDA through pinned memory with a ``non_blocking`` copy, so the copy overlaps
+    the previous step's kernels (the caching host allocator keeps the pinned block until the copy is done)."""
+    t = readonly_tensor(a)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def epoch_rng(seed: int, k: int, epoch: int) -> np.random.Generator:
@@ -164,11 +186,11 @@ class StreamingSplit:
             xs, ys = self._mix(held_x, held_y, rng)
             yield from self._batches(xs, ys, batch_size, gen, last=True)
 
-    @staticmethod
-    def _mix(xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        x, y = np.concatenate(xs), np.concatenate(ys)
+    def _mix(self, xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The held rows in a random order: ``concatenate(xs)[order]``, copied once (``scatter``)."""
+        y = np.concatenate(ys)
         order = rng.permutation(len(y))
-        return x[order], y[order]
+        return scatter(xs, order, self.shape, self.dtype), y[order]
 
     def _batches(self, x: np.ndarray, y: np.ndarray, batch_size: int, gen: torch.Generator, last: bool = False):
         starts = list(range(0, len(y), batch_size))
@@ -176,8 +198,7 @@ class StreamingSplit:
             starts.pop()
         for i, s in enumerate(starts):
             e = starts[i + 1] if i + 1 < len(starts) else len(y)
-            yield (self.decode(torch.from_numpy(np.ascontiguousarray(x[s:e])).to(self.device), self.augment, gen),
-                   torch.from_numpy(y[s:e]).to(self.device))
+            yield self.decode(to_device(x[s:e], self.device), self.augment, gen), to_device(y[s:e], self.device)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def _eval_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,6 +238,6 @@ class StreamingSplit:
         for _, _, _, x in self._prefetched(units):
             for s in range(0, len(x), EVAL_BATCH_SIZE):
                 empty = False
-                yield self.decode(torch.from_numpy(np.ascontiguousarray(x[s:s + EVAL_BATCH_SIZE])).to(self.device))
+                yield self.decode(to_device(x[s:s + EVAL_BATCH_SIZE], self.device))
         if empty:
             yield self.decode(torch.zeros((0, *self.shape), dtype=getattr(torch, self.dtype), device=self.device))

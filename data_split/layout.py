@@ -18,7 +18,8 @@ from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 2  # of manifest.json (2: compact storage); a different one is refused by load_manifest
+MANIFEST_VERSION = 3  # of manifest.json, what a split writes (3: x as fixed_size_binary; 2: compact storage)
+READABLE_VERSIONS = (2, 3)  # what load_manifest and the readers accept (2: x as Arrow's fixed-shape tensor type)
 REQUIRED_MANIFEST_FIELDS = ("version", "config_hash", "source", "split", "val_fraction", "seed", "branches")
 
 DATA = "data"
@@ -124,8 +125,9 @@ def load_manifest(storage: RunStorage, *, fields: tuple[str, ...] = REQUIRED_MAN
             f"`spectral split --config <your config> --storage {storage.url()} --overwrite` "
             "(branches trained on the old split must be retrained)"
         )
-    if obj["version"] != MANIFEST_VERSION:
-        raise ManifestError(f"{storage.url(MANIFEST)} has version {obj['version']}, this code reads {MANIFEST_VERSION}")
+    if obj["version"] not in READABLE_VERSIONS:
+        raise ManifestError(f"{storage.url(MANIFEST)} has version {obj['version']}, this code reads "
+                            f"{' and '.join(map(str, READABLE_VERSIONS))}")
     try:
         return Manifest.from_json(obj)
     except ManifestError as e:

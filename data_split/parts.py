@@ -5,7 +5,7 @@ No Ray here: the Ray Data pipeline (``data_split.pipeline``) runs ``read_range``
 Each task writes, atomically, one Parquet file per (split, branch) it holds, with a name derived from its
 range (a retried task overwrites its own files), and returns the files' records: row counts, sizes and
 per-channel sums. ``build_manifest`` checks that every source image arrived in every branch and sums the
-records into the manifest (storage version 2: values as ``split.dtype``, zstd Parquet, rows in a seeded
+records into the manifest (storage version 3: values as ``split.dtype``, zstd Parquet, rows in a seeded
 random order of blocks of images, the same in every branch: ``data_split.quantize``, ``data_split.parquet``).
 """
 
@@ -41,11 +41,14 @@ from data_split.storage import RunStorage
 from data_split.transforms import spectral_components, split_matrix
 
 SPLITS = ("train", "val", "test")
+# The storage version in the config hash: 2 for versions 2 and 3, which hold the same values (3 only encodes x
+# as fixed_size_binary) and both read, so that a version-2 run stays up to date instead of conflicting.
+HASHED_VERSION = 2
 
 
 def config_hash(source: SourceConfig, split: SplitConfig, extra: Sequence[ExtraSourceConfig] = ()) -> str:
     """Content hash of everything that changes the written data (not of where it goes)."""
-    cfg = {"manifest_version": MANIFEST_VERSION, "source": asdict(source), "split": asdict(split)}
+    cfg = {"manifest_version": HASHED_VERSION, "source": asdict(source), "split": asdict(split)}
     cfg["split"].pop("images_per_task")  # changes file boundaries, not content
     cfg["source"].pop("download")  # fetching the files first does not change them
     if not cfg["source"]["skip_bad"]:  # absent unless set: a key that changes nothing must not change the hash

@@ -100,7 +100,7 @@ def decode(stored: Any, dtype: str, offset: Any = None, scale: Any = None) -> An
 
 
 def branch_codec(manifest: Manifest, k: int) -> tuple[str, Any, Any]:
-    """``(dtype, offset, scale)`` of branch ``k`` from a version-2 manifest (offset/scale None unless uint8)."""
+    """``(dtype, offset, scale)`` of branch ``k`` from a version-2 or -3 manifest (offset/scale None unless uint8)."""
     dtype, b = manifest.split.dtype, manifest.branches[k]
     if dtype == "uint8":
         return dtype, np.asarray(b.offset, np.float32), np.asarray(b.scale, np.float32)

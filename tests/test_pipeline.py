@@ -51,8 +51,15 @@ def _read_pa(path: Path) -> dict:
         "idx": t.column("idx").to_numpy(),
         "src": t.column("src").to_numpy(),
         "y": t.column("y").to_numpy(),
-        "x": t.column("x").combine_chunks().to_numpy_ndarray(),
+        "x": _x_codes(t),
     }
+
+
+def _x_codes(t: pa.Table) -> np.ndarray:
+    """docs/storage.md's recipe: x is fixed_size_binary, its shape and dtype in the field's metadata."""
+    meta = t.schema.field("x").metadata
+    shape, dtype = json.loads(meta[b"shape"]), np.dtype(meta[b"dtype"].decode())
+    return np.frombuffer(b"".join(t.column("x").to_pylist()), dtype).reshape(t.num_rows, *shape)
 
 
 def _read_split_pa(run: Path, split: str, k: int) -> dict:
@@ -100,10 +107,10 @@ def test_parquet_columns_with_pyarrow(written):
         assert t.schema.field("src").type == pa.int16()
         assert not t.column("src").to_numpy().any()  # 0: the main source
         assert t.schema.field("y").type == pa.int64()
-        x_type = t.schema.field("x").type
-        assert isinstance(x_type, pa.FixedShapeTensorType)
-        assert x_type.value_type == pa.uint8() and list(x_type.shape) == [1, 4, 4]  # split.dtype's default
-        x = t.column("x").combine_chunks().to_numpy_ndarray()
+        x_field = t.schema.field("x")
+        assert x_field.type == pa.binary(16)  # fixed_size_binary of 1 x 4 x 4 uint8 codes (split.dtype's default)
+        assert x_field.metadata == {b"shape": b"[1, 4, 4]", b"dtype": b"uint8"}
+        x = _x_codes(t)
         assert x.dtype == np.uint8 and x.shape == (t.num_rows, 1, 4, 4)
         meta = pq.read_metadata(path)
         assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
@@ -163,7 +170,8 @@ def test_parquet_readable_by_ray_data(written):
     # The whole val split in one read, branch as a typed hive partition column (branch=<k> folders).
     ds = ray.data.read_parquet(str(run / "data" / "val"), partitioning=Partitioning("hive", field_types={"branch": int}))
     batch = ds.take_batch(10_000, batch_format="numpy")
-    assert batch["x"].dtype == np.uint8 and batch["x"].shape[1:] == (1, 4, 4)
+    batch["x"] = np.frombuffer(b"".join(batch["x"]), np.uint8).reshape(-1, 1, 4, 4)  # bytes per row: the codes
+    assert len(batch["x"]) == len(batch["idx"])
     assert batch["idx"].dtype == np.int64 and batch["y"].dtype == np.int64
     branch = batch["branch"].astype(int)
     np.testing.assert_array_equal(np.bincount(branch), [br.splits["val"].rows for br in result.manifest.branches])
@@ -244,7 +252,7 @@ def test_manifest_fields(written):
     cfg, storage, result, run = written
     m = json.loads((run / MANIFEST).read_text())
     assert load_manifest(storage) == result.manifest and result.manifest.to_json() == m
-    assert m["version"] == 2
+    assert m["version"] == 3
     assert m["config_hash"] == config_hash(cfg.source, cfg.split) and len(m["config_hash"]) == 64
     src = m["source"]
     assert (src["name"], src["resolution"], src["channels"], src["classes"]) == ("synthetic", [8, 8], 1, 4)
