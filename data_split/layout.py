@@ -32,6 +32,7 @@ BASELINE_DDP = "baseline-ddp"  # the baseline trained with Ray Train DDP: a fold
 DDP_RESULT = "result.json"  # under BASELINE_DDP
 BASELINE_DDP_RESULT = f"{BASELINE_DDP}/{DDP_RESULT}"
 LEASE = "lease.json"  # the live driver: host, pid, started, heartbeat
+RUN_CONFIG = "config.yaml"  # the resolved configuration the run ran with last, secrets removed
 TUNE_WEIGHTS = "tune/weights"  # Ray Tune's experiment of the ensemble-weight search
 SWEEP = "tune/sweep"  # a hyperparameter sweep: spec.json, Tune's experiment, trials/<id>/ (runs of their own)
 SWEEP_SPEC = f"{SWEEP}/spec.json"

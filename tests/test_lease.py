@@ -115,7 +115,7 @@ def test_cli_refuses_a_second_driver(tmp_path):
                                "--set", "source.name=synthetic", "--overwrite"],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
         assert proc.returncode == 1, proc.stdout + proc.stderr
-        assert "LeaseHeldError" in proc.stdout and "spectral run --config first.yaml" in proc.stdout
-        assert f"pid {os.getpid()}" in proc.stdout
+        assert "LeaseHeldError" in proc.stderr and "spectral run --config first.yaml" in proc.stderr
+        assert f"pid {os.getpid()}" in proc.stderr and "error:" not in proc.stdout
         assert not storage.exists("data")  # refused before touching anything
         assert time.monotonic() - t0 < 60
