@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = _add_common(sub, name, help_text)
         _add_config_args(p, storage_required=True)
         _add_inference_args(name, p)
+    p = _add_common(sub, "status", STORAGE_COMMANDS["status"])
+    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="storage.* keys to reach it (endpoint_url, credentials)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout, for scripts")
+    p.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 2) until Ctrl-C")
     p = _add_common(sub, "config", "print every config key, its default and its meaning; with --config or --set: "
                                    "the resolved configuration as commented YAML")
     _add_config_args(p)

@@ -220,7 +220,7 @@ def test_verbose_goes_before_or_after_the_command_and_version_prints(capsys):
     assert out.strip() == f"spectral {version()}" and re.fullmatch(r"\d+\.\d+\.\d+.*", version()) and err == ""
 
 
-@pytest.mark.parametrize("command", ["export", "predict", "serve", "resume"])
+@pytest.mark.parametrize("command", ["export", "predict", "serve", "resume", "status"])
 def test_storage_is_required_where_no_default_makes_sense(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([command, "--output", "x", "--input", "y"] if command in ("export", "predict") else [command])
