@@ -41,6 +41,7 @@ from orchestrator.config import SpectralConfig, config_markdown, load_config, pa
 from orchestrator.report_text import ensemble_table, paper_table
 from orchestrator.run_config import config_yaml, has_stored_config, resume_config, stored_config_uri
 from orchestrator.summaries import (
+    ProgressLines,
     baseline_line,
     config_table,
     progress_table,
@@ -61,23 +62,33 @@ CONTINUING = ("run", "train", "evaluate", "baseline", "tune-weights", "export", 
 
 # -- commands ----------------------------------------------------------------------------------------
 class _LiveProgress:
-    """Live per-branch table while training; the final state stays on screen."""
+    """Progress while training, on stderr: a live per-branch table on a terminal (its final state stays on
+    screen); elsewhere (``ray job logs``, a file) one line per branch per epoch plus a heartbeat (``ProgressLines``)."""
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
-        self.live = Live(progress_table({}, epochs).rich(), console=err, refresh_per_second=2, transient=False)
+        self.live = None
+        self.lines = None
+        if err.is_terminal:
+            self.live = Live(progress_table({}, epochs).rich(), console=err, refresh_per_second=2, transient=False)
+        else:
+            self.lines = ProgressLines(epochs)
 
     def __enter__(self):
-        self.live.__enter__()
+        if self.live is not None:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.live.__exit__(*exc)
-        if not err.is_terminal:  # rich ends a live display with a newline only on a terminal
-            err.line()
+        if self.live is not None:
+            self.live.__exit__(*exc)
 
     def __call__(self, snapshot: dict[int, dict]) -> None:
-        self.live.update(progress_table(snapshot, self.epochs).rich())
+        if self.live is not None:
+            self.live.update(progress_table(snapshot, self.epochs).rich())
+            return
+        for line in self.lines.lines(snapshot):
+            err.print(escape(line), highlight=False)
 
 
 def print_split(cfg: SpectralConfig, result) -> None:
