@@ -25,6 +25,7 @@ from orchestrator.launcher import TrainingOutcome, train_branches
 from orchestrator.report import build_report
 from orchestrator.run_config import keep_config
 from orchestrator.sweep import SweepResult, check_sweep, run_sweep
+from orchestrator.tracking import BranchEvents, write_ensemble_events
 from orchestrator.weights import tune_ensemble_weights
 from tune.scoring import COMPUTED_RULES
 
@@ -50,7 +51,16 @@ def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> Trai
     storage = RunStorage.from_config(cfg.storage)
     k = load_manifest(storage).K
     keep_config(cfg, storage)  # the training keys this run trains with now (more epochs on a resume)
-    return train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=on_progress)
+    events = BranchEvents(storage)  # TensorBoard files, current after every epoch (orchestrator.tracking)
+
+    def progress(snapshot: dict[int, dict]) -> None:
+        events.update(snapshot)
+        if on_progress is not None:
+            on_progress(snapshot)
+
+    outcome = train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=progress)
+    events.finish(range(k))
+    return outcome
 
 
 def ensemble(cfg: SpectralConfig) -> EnsembleResult:
@@ -69,6 +79,7 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     if cfg.ensemble.weights == "tuned":
         chosen = tune_ensemble_weights(cfg, storage, skip)
     write_weights(storage, chosen, chosen=True)
+    write_ensemble_events(storage, cfg.train.epochs)
     return chosen
 
 

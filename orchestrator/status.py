@@ -112,7 +112,7 @@ def ensemble_status(storage: RunStorage) -> list[dict]:
     for name in storage.ls(layout.ENSEMBLE):
         if not name.endswith(".json") or name == "weights.json":
             continue
-        record = _read_json(storage, f"{layout.ENSEMBLE}/{name}") or {}
+        record = _read_json(storage, layout.ensemble_record(name.removesuffix(".json"))) or {}
         rows.append({"method": record.get("method", name.removesuffix(".json")), "val_acc": record.get("val_acc"),
                      "test_acc": record.get("test_acc"), "chosen": record.get("method") == chosen})
     return rows
