@@ -116,7 +116,7 @@ class ProgressLines:
             for k, s in sorted(snapshot.items()):
                 states[s.get("state", "?")].append(f"{k}@{s.get('epoch', 0)}/{self.epochs}")
             summary = "; ".join(f"{len(ks)} {state} ({', '.join(ks)})" for state, ks in states.items()) or "no branch started yet"
-            out.append(f"training for {now - self.start:.0f} s: {summary}")
+            out.append(f"still working after {now - self.start:.0f} s: {summary}")
         return out
 
 

@@ -30,6 +30,6 @@ def test_one_line_per_branch_per_epoch_and_a_heartbeat_when_nothing_moves():
     assert progress.lines({0: training, 1: {"state": "training"}}) == []
     clock.t = 66
     assert progress.lines({0: training, 1: {"state": "training"}}) == [
-        "training for 66 s: 2 training (0@1/3, 1@0/3)"]
+        "still working after 66 s: 2 training (0@1/3, 1@0/3)"]
     assert progress.lines({0: {**training, "epoch": 2}, 1: {"state": "training"}})[0].startswith("branch 0: training, epoch 2/3")
     assert branch_line(2, {"state": "done", "epoch": 3, "val_acc": None}, 3) == "branch 2: done, epoch 3/3"
