@@ -33,7 +33,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from data_split import RunStorage, layout
-from data_split.errors import user_error
+from data_split.config import StorageConfig
+from data_split.errors import ConfigError, user_error
 from orchestrator._logging import add_secrets, configure_logging, mask, quiet_ray
 from orchestrator._ray import init_ray
 from orchestrator.cli_args import INFERENCE_COMMANDS, RUN_COMMANDS, build_parser
@@ -252,6 +253,9 @@ def resolve_config(args) -> SpectralConfig:
         cfg = resume_config(args.storage, overrides, allow_split_change=getattr(args, "overwrite", False))
     else:
         cfg = load_config(config, overrides)
+        if args.command in INFERENCE_COMMANDS and not args.storage and cfg.storage.uri == StorageConfig().uri:
+            raise ConfigError(f"{args.command} needs the trained run: --storage URI (or storage.uri in --config or "
+                              f"--set); the default {cfg.storage.uri} is never assumed")
     add_secrets(*(cfg.storage.credentials or ()))
     return cfg
 

@@ -1,8 +1,8 @@
 """The command line's grammar: every subcommand, the options that do something there, and examples.
 
 ``orchestrator.cli`` runs what this parses. Conventions (docs/cli.md, "Behaviour"): ``-v``/``-vv`` before or
-after the subcommand; ``--storage`` required where no default makes sense (``export``, ``predict``, ``serve``,
-``status``, ``resume``); ``--overwrite`` only where something can be overwritten; each subcommand's
+after the subcommand; ``--storage`` required where no default makes sense (``status``, ``resume``; for
+``export``, ``predict``, ``serve`` a ``storage.uri`` of ``--config``/``--set`` does too); ``--overwrite`` only where something can be overwritten; each subcommand's
 ``--help`` ends with examples.
 """
 
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--overwrite", action="store_true", help="replace sub-datasets of a different configuration")
     for name, help_text in INFERENCE_COMMANDS.items():
         p = _add_common(sub, name, help_text)
-        _add_config_args(p, storage_required=True)
+        _add_config_args(p)  # --storage, or storage.uri in --config/--set: checked in cli.resolve_config
         _add_inference_args(name, p)
     p = _add_common(sub, "status", STORAGE_COMMANDS["status"])
     p.add_argument("--storage", required=True, help=STORAGE_HELP)
