@@ -119,3 +119,23 @@ def test_status_of_a_finished_job(finished_job):
     assert set(methods) == {"uniform", "geometric", "tuned", "exact"} and methods["tuned"]["chosen"]
     assert methods["tuned"]["test_acc"] == storage.read_json(layout.WEIGHTS)["test_acc"]
     assert status["report"] == result.paths["report_md"]
+
+
+def test_watch_json_streams_one_object_per_refresh_until_ctrl_c(partial_run, capsys, monkeypatch):
+    import orchestrator.status_cli as status_cli
+
+    storage, _ = partial_run
+    naps = []
+
+    def sleep(seconds):  # the third refresh is interrupted: Ctrl-C
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt
+        storage.append_line(layout.metrics(1), metrics_line(2 + len(naps), time.time()))  # the run moves on
+
+    monkeypatch.setattr(status_cli.time, "sleep", sleep)
+    assert main(["status", "--storage", storage.uri, "--json", "--watch", "0.5"]) == 130
+    out, _ = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert naps == [0.5, 0.5, 0.5] and len(lines) == 3
+    assert [next(b["epoch"] for b in s["branches"] if b["k"] == 1) for s in lines] == [2, 3, 4]
