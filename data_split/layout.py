@@ -27,12 +27,14 @@ MANIFEST = f"{DATA}/manifest.json"
 BRANCHES = "branches"
 ENSEMBLE = "ensemble"
 WEIGHTS = f"{ENSEMBLE}/weights.json"  # the run's chosen ensemble
+ENSEMBLE_EVENTS = f"{ENSEMBLE}/tensorboard/events.out.tfevents.0.spectral"  # the ensembles' results for TensorBoard
 REPORT = "report"
 BASELINE = "baseline"  # the full-resolution baseline: a run of its own (same layout, K = 1)
 BASELINE_DDP = "baseline-ddp"  # the baseline trained with Ray Train DDP: a folder of its own
 DDP_RESULT = "result.json"  # under BASELINE_DDP
 BASELINE_DDP_RESULT = f"{BASELINE_DDP}/{DDP_RESULT}"
 LEASE = "lease.json"  # the live driver: host, pid, started, heartbeat
+RUN_CONFIG = "config.yaml"  # the resolved configuration the run ran with last, secrets removed
 TUNE_WEIGHTS = "tune/weights"  # Ray Tune's experiment of the ensemble-weight search
 SWEEP = "tune/sweep"  # a hyperparameter sweep: spec.json, Tune's experiment, trials/<id>/ (runs of their own)
 SWEEP_SPEC = f"{SWEEP}/spec.json"
@@ -65,6 +67,14 @@ def checkpoint(k: int, epoch: int) -> str:
 
 def metrics(k: int) -> str:
     return f"{branch_dir(k)}/metrics.jsonl"
+
+
+EVENTS_FILE = "events.out.tfevents.0.spectral"  # TensorBoard's (orchestrator.tracking); any name with "tfevents"
+
+
+def branch_events(k: int) -> str:
+    """Branch ``k``'s TensorBoard event file: its per-epoch scalars (``tensorboard --logdir <run>``)."""
+    return f"{branch_dir(k)}/tensorboard/{EVENTS_FILE}"
 
 
 def epoch_logits(k: int, epoch: int) -> str:

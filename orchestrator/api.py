@@ -23,7 +23,9 @@ from orchestrator.driver import cluster_side
 from orchestrator.ensemble import EnsembleResult, evaluate_ensemble, write_weights
 from orchestrator.launcher import TrainingOutcome, train_branches
 from orchestrator.report import build_report
+from orchestrator.run_config import keep_config
 from orchestrator.sweep import SweepResult, check_sweep, run_sweep
+from orchestrator.tracking import BranchEvents, write_ensemble_events
 from orchestrator.weights import tune_ensemble_weights
 from tune.scoring import COMPUTED_RULES
 
@@ -36,7 +38,10 @@ ProgressFn = Callable[[dict[int, dict]], None]
 def split(cfg: SpectralConfig, *, overwrite: bool = False) -> SplitResult:
     """Write the K spectral sub-datasets (skipped when already up to date)."""
     init_ray(cfg.ray)
-    return split_dataset(cfg.source, cfg.split, RunStorage.from_config(cfg.storage), overwrite=overwrite, extra_sources=cfg.extra_sources)
+    storage = RunStorage.from_config(cfg.storage)
+    result = split_dataset(cfg.source, cfg.split, storage, overwrite=overwrite, extra_sources=cfg.extra_sources)
+    keep_config(cfg, storage)  # <run>/config.yaml: what `spectral resume` continues with
+    return result
 
 
 @cluster_side
@@ -45,7 +50,17 @@ def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> Trai
     init_ray(cfg.ray)
     storage = RunStorage.from_config(cfg.storage)
     k = load_manifest(storage).K
-    return train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=on_progress)
+    keep_config(cfg, storage)  # the training keys this run trains with now (more epochs on a resume)
+    events = BranchEvents(storage)  # TensorBoard files, current after every epoch (orchestrator.tracking)
+
+    def progress(snapshot: dict[int, dict]) -> None:
+        events.update(snapshot)
+        if on_progress is not None:
+            on_progress(snapshot)
+
+    outcome = train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=progress)
+    events.finish(range(k))
+    return outcome
 
 
 def ensemble(cfg: SpectralConfig) -> EnsembleResult:
@@ -64,6 +79,7 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
     if cfg.ensemble.weights == "tuned":
         chosen = tune_ensemble_weights(cfg, storage, skip)
     write_weights(storage, chosen, chosen=True)
+    write_ensemble_events(storage, cfg.train.epochs)
     return chosen
 
 
@@ -74,7 +90,9 @@ def evaluate(cfg: SpectralConfig) -> dict:
     Starts Ray only for ``ensemble.weights: tuned`` (its Tune search); the other rules are NumPy.
     """
     ensemble(cfg)
-    return build_report(RunStorage.from_config(cfg.storage))
+    storage = RunStorage.from_config(cfg.storage)
+    keep_config(cfg, storage)
+    return build_report(storage)
 
 
 @cluster_side

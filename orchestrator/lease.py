@@ -241,7 +241,7 @@ def command_line(argv: list[str] | None = None) -> str:
     """What the lease names as its holder: the CLI's command line (secrets masked), or the Python program."""
     argv = sys.argv if argv is None else argv
     args = [re.sub(SECRET_ARG, r"\1=***", a) for a in argv[1:]]
-    return " ".join(["spectral" if argv[0].endswith(("spectral", "cli.py")) else os.path.basename(argv[0] or "python"), *args])
+    return " ".join(["spectral" if argv[0].endswith(("spectral", "cli.py", "orchestrator/__main__.py")) else os.path.basename(argv[0] or "python"), *args])
 
 
 @contextlib.contextmanager

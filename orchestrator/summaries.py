@@ -6,7 +6,9 @@ Tables are ``TextTable``s and lines are strings (rich markup allowed); ``orchest
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from data_split.extra_sources import sources_by_branches
 from data_split.manifest import Manifest
@@ -71,6 +73,51 @@ def progress_table(snapshot: dict[int, dict], epochs: int) -> TextTable:
             for k, s in sorted(snapshot.items())]
     header = ["branch", "state", "epoch", "loss", "val acc", "images/s", "node", "GPU"]
     return TextTable(header, rows, "r" * len(header), title="branches")
+
+
+HEARTBEAT_S = 30.0  # off a terminal, a line at least this often while nothing else is printed
+
+
+def branch_line(k: int, s: dict, epochs: int) -> str:
+    """One branch's state as a log line: ``branch 0: training, epoch 2/3, loss 0.4123, val acc 0.8123, ...``."""
+    parts = [f"branch {k}: {s.get('state', '?')}", f"epoch {s.get('epoch', 0)}/{epochs}"]
+    if "loss" in s:
+        parts.append(f"loss {s['loss']:.4f}")
+    if s.get("val_acc") is not None:
+        parts.append(f"val acc {s['val_acc']:.4f}")
+    if "images_per_s" in s:
+        parts.append(f"{s['images_per_s']:,.0f} images/s")
+    return ", ".join(parts) + (f" (node {s['ip']})" if s.get("ip") else "")
+
+
+class ProgressLines:
+    """Progress off a terminal (``ray job logs``, a CI log, ``2> file``): a live table would print only at the
+    end, so each branch gets a line when its state or epoch changes, and a heartbeat line comes when nothing
+    was printed for ``heartbeat_s``. ``lines(snapshot)`` returns what to print for one poll of the board."""
+
+    def __init__(self, epochs: int, heartbeat_s: float = HEARTBEAT_S, clock: Callable[[], float] = time.monotonic):
+        self.epochs, self.heartbeat_s, self.clock = epochs, heartbeat_s, clock
+        self.start = self.last = clock()
+        self.seen: dict[int, tuple] = {}
+
+    def lines(self, snapshot: dict[int, dict]) -> list[str]:
+        out = []
+        for k, s in sorted(snapshot.items()):
+            key = (s.get("state"), s.get("epoch", 0))
+            if self.seen.get(k) != key:
+                self.seen[k] = key
+                out.append(branch_line(k, s, self.epochs))
+        now = self.clock()
+        if out:
+            self.last = now
+        elif now - self.last >= self.heartbeat_s:
+            self.last = now
+            states = defaultdict(list)
+            for k, s in sorted(snapshot.items()):
+                states[s.get("state", "?")].append(f"{k}@{s.get('epoch', 0)}/{self.epochs}")
+            summary = "; ".join(f"{len(ks)} {state} ({', '.join(ks)})" for state, ks in states.items()) or "no branch started yet"
+            out.append(f"still working after {now - self.start:.0f} s: {summary}")
+        return out
 
 
 def training_lines(outcome) -> list[str]:

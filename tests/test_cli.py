@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -46,8 +48,8 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
 
     # another configuration on the same URI: refused, named, nothing overwritten
     assert main(["split", "--config", config_file, "--storage", uri, "--set", "split.transform=haar"]) == 1
-    out = capfd.readouterr().out
-    assert "SplitConflictError" in out and "--overwrite" in out
+    out, err = capfd.readouterr()
+    assert "SplitConflictError" in err and "--overwrite" in err and "error:" not in out  # errors: stderr only
     assert load_manifest(RunStorage(uri)).split.transform == "dct"
 
     assert main(["split", "--config", config_file, "--storage", uri, "--set", "split.transform=haar", "--overwrite"]) == 0
@@ -62,8 +64,8 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
 ])
 def test_bad_configuration_is_one_clear_error_line(config_file, tmp_path, capsys, args, message):
     assert main(["split", "--config", config_file, "--storage", str(tmp_path / "run"), *args]) == 1
-    out = capsys.readouterr().out
-    assert "error:" in out and message in out
+    out, err = capsys.readouterr()
+    assert "error:" in err and message in err and out == ""
     assert not (tmp_path / "run").exists()  # failed before touching storage
 
 
@@ -81,8 +83,9 @@ def test_train_evaluate_and_baseline_commands(ray_session, config_file, tmp_path
 
     # train before split: exit code 1 and one line naming what is missing, no traceback
     assert main(["train", *common]) == 1
-    out = capsys.readouterr().out
-    assert len(error_lines(out)) == 1 and "manifest" in error_lines(out)[0] and "Traceback" not in out
+    out, err = capsys.readouterr()
+    assert len(error_lines(err)) == 1 and "manifest" in error_lines(err)[0] and "Traceback" not in err
+    assert not storage.exists("config.yaml")  # nothing kept of a run that did not start
 
     assert main(["split", *common]) == 0
     assert main(["train", *common]) == 0
@@ -116,7 +119,7 @@ def test_a_diverged_run_exits_1_with_one_error_line_naming_each_branch(ray_sessi
     common = ["--config", config_file, "--storage", uri, "--set", "model.name=fc4", "--set", "train.epochs=2",
               "--set", "split.rows=1", "--set", "train.optimizer=sgd", "--set", "train.lr=10000"]
     assert main(["run", *common]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert len(error_lines(out)) == 1, out
     line = error_lines(out)[0]
     assert line.startswith("error: BranchFailedError: 2 branch(es) failed: branch 0: "), line
@@ -179,3 +182,89 @@ def test_skip_branch_finishes_the_run_without_the_diverged_branch(ray_session, c
     assert report["ensembles"][0]["test_acc"] == pytest.approx(storage.read_json("branches/0/result.json")["test_acc"])
     model = load_ensemble(RunStorage(uri))  # export/predict/serve load this: branch 0 alone
     assert model.info.branches == [0] and len(model.branches) == 1
+
+
+# -- conventions: streams, options, help; no Ray ------------------------------------------------------
+def test_a_config_error_is_on_stderr_before_ray_is_imported(tmp_path):
+    """`spectral run --config nope.yaml`: one error line on stderr, nothing on stdout, exit 1, Ray never imported."""
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import sys; from orchestrator.cli import main; code = main(['run', '--config', 'nope.yaml']); "
+            "print('ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr); sys.exit(code)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert "error: ConfigError: config file nope.yaml does not exist" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "False False"  # neither Ray nor torch was imported
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu_s < 1.5, f"{cpu_s:.2f} s of CPU to report a missing config file"  # CPU, not wall: the machine is shared
+
+
+def test_verbose_goes_before_or_after_the_command_and_version_prints(capsys):
+    from orchestrator.cli_args import build_parser, version
+
+    parser = build_parser()
+    for argv, total in ((["-v", "run"], 1), (["run", "-v"], 1), (["-v", "run", "-vv"], 3), (["export", "--storage",
+                                                                                             "x", "--output", "y", "-v"], 1)):
+        args = parser.parse_args(argv)
+        assert args.verbose + args.verbose_after == total, argv
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == f"spectral {version()}" and re.fullmatch(r"\d+\.\d+\.\d+.*", version()) and err == ""
+
+
+@pytest.mark.parametrize("command", ["export", "predict", "serve", "resume", "status"])
+def test_storage_is_required_where_no_default_makes_sense(command, capsys):
+    if command in ("resume", "status"):  # a usage error (argparse: exit 2)
+        with pytest.raises(SystemExit) as stop:
+            main([command])
+        assert stop.value.code == 2
+    else:  # a run's URI may also come from --config/--set storage.uri; the default is never assumed
+        extra = ["--output", "x", "--input", "y"] if command == "predict" else ["--output", "x"] if command == "export" else []
+        assert main([command, *extra]) == 1
+    out, err = capsys.readouterr()
+    assert "--storage" in err and out == ""
+
+
+def test_weights_lists_its_choices_and_options_exist_only_where_they_act(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--storage", "runs/x", "--output", "m.pt2", "--weights", "best"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'best'" in err and "chosen" in err and "geometric" in err and "exact" in err
+    for command in ("train", "evaluate", "baseline", "tune-weights"):  # nothing to overwrite there
+        with pytest.raises(SystemExit):
+            main([command, "--storage", "runs/x", "--overwrite"])
+        assert "unrecognized arguments: --overwrite" in capsys.readouterr().err
+
+
+def test_every_subcommand_help_ends_with_examples(capsys):
+    from orchestrator.cli_args import EXAMPLES, build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert "examples:\n" in out and EXAMPLES[name][0] in out, name
+
+
+def test_config_prints_the_resolved_configuration_as_yaml_that_loads_back(config_file, capsys):
+    from orchestrator.config import load_config
+
+    assert main(["config", "--config", config_file, "--set", "train.epochs=3",
+                 "--set", "storage.secret_access_key=hush-hush-secret", "--set", "storage.access_key_id=AKIDEXAMPLE"]) == 0
+    out, err = capsys.readouterr()
+    assert "hush-hush-secret" not in out + err and "AKIDEXAMPLE" not in out + err
+    assert "\n  # training epochs of every branch" in out  # every key under its meaning
+    parsed = yaml.safe_load(out)
+    assert parsed["train"]["epochs"] == 3 and parsed["source"]["name"] == "synthetic"
+    assert parsed["storage"]["secret_access_key"] is None
+    want = load_config(config_file, {"train.epochs": 3})
+    assert load_config(None, {k: v for k, v in parsed.items()}) == want  # every key: the same config back

@@ -30,7 +30,7 @@ def test_the_documented_config_table_is_the_generated_one():
 
 
 def test_config_show_prints_every_key(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "console", Console(width=400))  # a table as wide as its rows, whatever the terminal
+    monkeypatch.setattr(cli, "out", Console(width=400))  # a table as wide as its rows, whatever the terminal
     assert main(["config", "--show"]) == 0
     out = capsys.readouterr().out
     assert all(key in out and allowed in out for key, _, allowed, _ in config_reference())

@@ -53,14 +53,14 @@ def test_cli_prints_a_users_error_as_one_line_and_a_bug_with_its_traceback(monke
     def bug(cfg, args):
         raise KeyError("a bug")
 
-    monkeypatch.setitem(cli.COMMANDS, "split", (user_mistake, "split"))
+    monkeypatch.setitem(cli.COMMANDS, "split", user_mistake)
     assert cli.main(["split"]) == 1
-    out = capsys.readouterr().out
-    assert "error: StorageError: cannot reach s3://bucket/run" in out and "Traceback" not in out
+    stdout, out = capsys.readouterr()  # errors and tracebacks: stderr; stdout stays for results
+    assert "error: StorageError: cannot reach s3://bucket/run" in out and "Traceback" not in out and stdout == ""
     assert cli.main(["-v", "split"]) == 1
-    assert "Traceback" in capsys.readouterr().out  # -v: always
+    assert "Traceback" in capsys.readouterr().err  # -v: always
 
-    monkeypatch.setitem(cli.COMMANDS, "split", (bug, "split"))
+    monkeypatch.setitem(cli.COMMANDS, "split", bug)
     assert cli.main(["split"]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "Traceback" in out and "KeyError" in out

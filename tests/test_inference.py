@@ -189,5 +189,5 @@ def test_export_of_an_untrained_run_fails_and_writes_nothing(tiny_split, tmp_pat
     cfg, _ = tiny_split
     out = tmp_path / "model.pt2"
     assert main(["export", "--storage", cfg.storage.uri, "--output", str(out)]) == 1
-    assert "branch 0 has not finished" in capsys.readouterr().out
+    assert "branch 0 has not finished" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "model.pt2.json").exists()

@@ -14,7 +14,17 @@ import pytest
 
 from conftest import wait_until
 from data_split.storage import RunStorage
-from orchestrator.lease import LEASE_FILE, Decision, Lease, LeaseHeldError, _Conflict, _Store, decide, hold_lease
+from orchestrator.lease import (
+    LEASE_FILE,
+    Decision,
+    Lease,
+    LeaseHeldError,
+    _Conflict,
+    _Store,
+    command_line,
+    decide,
+    hold_lease,
+)
 
 HOST = socket.gethostname()
 
@@ -115,7 +125,14 @@ def test_cli_refuses_a_second_driver(tmp_path):
                                "--set", "source.name=synthetic", "--overwrite"],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
         assert proc.returncode == 1, proc.stdout + proc.stderr
-        assert "LeaseHeldError" in proc.stdout and "spectral run --config first.yaml" in proc.stdout
-        assert f"pid {os.getpid()}" in proc.stdout
+        assert "LeaseHeldError" in proc.stderr and "spectral run --config first.yaml" in proc.stderr
+        assert f"pid {os.getpid()}" in proc.stderr and "error:" not in proc.stdout
         assert not storage.exists("data")  # refused before touching anything
         assert time.monotonic() - t0 < 60
+
+
+def test_the_lease_names_the_cli_however_it_was_started():
+    argv = ["run", "--config", "a.yaml", "--set", "storage.secret_access_key=hush"]
+    for program in ("/venv/bin/spectral", "/repo/orchestrator/cli.py", "/repo/orchestrator/__main__.py"):
+        assert command_line([program, *argv]) == "spectral run --config a.yaml --set storage.secret_access_key=***"
+    assert command_line(["/home/me/job.py", "x"]) == "job.py x"

@@ -109,7 +109,7 @@ def test_an_unreadable_image_is_named_and_nothing_is_written(trained_tiny_run, t
     out = tmp_path / "preds"
     assert main(["predict", "--storage", trained_tiny_run.storage.uri, "--input", str(tmp_path / "images"),
                  "--output", str(out)]) == 1
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "1 unreadable image(s), nothing written" in printed and "broken.png" in printed and "--skip-bad" in printed
     assert not out.exists()
 
@@ -141,7 +141,7 @@ def test_empty_input_is_an_error(trained_tiny_run, tmp_path, capsys):
     (tmp_path / "empty" / "sub" / "notes.txt").write_text("no images here")
     assert main(["predict", "--storage", trained_tiny_run.storage.uri, "--input", str(tmp_path / "empty"),
                  "--output", str(tmp_path / "preds")]) == 1
-    assert "no PNG/JPEG images under" in capsys.readouterr().out
+    assert "no PNG/JPEG images under" in capsys.readouterr().err
     assert not (tmp_path / "preds").exists()
 
 

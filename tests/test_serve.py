@@ -93,3 +93,92 @@ def test_bad_input_is_a_400_and_the_server_keeps_serving(trained_tiny_run, serve
     x, _ = make_source(trained_tiny_run.source).read("test", 0, 1)
     status, ok = request(f"{server}/predict", encode(x[0]))
     assert status == 200 and len(ok["probabilities"]) == 4
+
+
+def multipart(files: list[tuple[str, bytes]], boundary: str = "spectral-test-boundary") -> tuple[bytes, str]:
+    """A multipart/form-data body as `curl -F file=@x.png` sends it."""
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+                    f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for name, data in files)
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_multipart_upload_answers_as_the_raw_bytes_do_and_docs_describe_it(trained_tiny_run, server):
+    x, _ = make_source(trained_tiny_run.source).read("test", 0, 2)
+    status, raw = request(f"{server}/predict", encode(x[0]))
+    assert status == 200
+    status, one = request(f"{server}/predict", *multipart([("a.png", encode(x[0]))]))
+    assert status == 200 and one == raw
+    status, two = request(f"{server}/predict", *multipart([("a.png", encode(x[0])), ("b.png", encode(x[1]))]))
+    assert status == 200 and two[0] == raw and len(two) == 2
+    status, answer = request(f"{server}/predict", *multipart([("bad.png", b"not an image")]))
+    assert status == 400 and "bad.png" in answer["error"]
+
+    with urllib.request.urlopen(f"{server}/docs", timeout=HTTP_TIMEOUT_S) as resp:  # the OpenAPI page (HTML)
+        assert resp.status == 200 and "swagger" in resp.read().decode().lower()
+    status, schema = request(f"{server}/openapi.json")
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert status == 200 and {"multipart/form-data", "image/png", "application/json"} <= set(body)
+    assert {"/", "/healthz", "/predict"} <= set(schema["paths"])
+
+
+DEPLOY_CONFIG = """
+applications:
+  - name: built
+    route_prefix: /built
+    import_path: inference.serve:app_builder
+    args:
+      storage: {uri}
+      weights: uniform
+      cpus_per_replica: "0.25"
+      max_images_per_request: "2"
+      max_request_bytes: "4096"
+"""
+
+
+@pytest.fixture(scope="module")
+def built(trained_tiny_run, server):
+    """The app of a `serve deploy` config file, deployed as Serve's controller does it (import_path + args:
+    ``serve run inference.serve:app_builder storage=...`` takes the same path), beside ``server``'s."""
+    import yaml
+    from ray import serve
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(DEPLOY_CONFIG.format(uri=trained_tiny_run.storage.uri)))
+    app = config.applications[0]
+    serve.run(call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args), name=app.name,
+              route_prefix=app.route_prefix)
+    yield f"{server}{app.route_prefix}"
+    serve.delete(app.name)
+
+
+def test_the_app_builder_deploys_from_a_config_with_its_limits(trained_tiny_run, built):
+    x, _ = make_source(trained_tiny_run.source).read("test", 0, 3)
+    model = load_ensemble(RunStorage.from_config(trained_tiny_run.storage), "uniform")
+    with torch.no_grad():
+        want = torch.softmax(model(torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255))), 1).numpy()
+    status, answer = request(f"{built}/predict", encode(x[0]))
+    assert status == 200
+    np.testing.assert_allclose(answer["probabilities"], want[0], rtol=0, atol=1e-5)  # weights: uniform, from args
+    status, card = request(f"{built}/")
+    assert status == 200 and card["weights_method"] == "uniform"
+
+    many = json.dumps([base64.b64encode(encode(img)).decode() for img in x]).encode()
+    status, answer = request(f"{built}/predict", many, "application/json")  # 3 images, the limit is 2
+    assert status == 413 and "serve.max_images_per_request (2)" in answer["error"]
+    status, answer = request(f"{built}/predict", b"\x89PNG" + b"\x00" * 5000)  # over 4096 bytes: refused unread
+    assert status == 413 and "serve.max_request_bytes" in answer["error"]
+    two = json.dumps([base64.b64encode(encode(img)).decode() for img in x[:2]]).encode()
+    status, answers = request(f"{built}/predict", two, "application/json")  # at the limits: answered
+    assert status == 200 and [a["class"] for a in answers] == want[:2].argmax(1).tolist()
+
+
+def test_the_app_builder_names_a_bad_argument():
+    from data_split.errors import ConfigError
+    from inference.serve import app_builder
+
+    with pytest.raises(ConfigError, match="args.storage"):
+        app_builder({})
+    with pytest.raises(ConfigError, match="serve.replicaz"):
+        app_builder({"storage": "runs/x", "replicaz": "2"})

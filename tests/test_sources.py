@@ -470,3 +470,13 @@ def test_image_size_not_divisible_by_split(tmp_path):
 def test_source_config_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SourceConfig(**kwargs)
+
+
+def test_missing_debian_fashion_mnist_names_both_ways_out(tmp_path, monkeypatch):
+    import data_split.sources as sources
+    from data_split.config import SourceConfig
+
+    monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_ROOT", str(tmp_path / "absent"))
+    with pytest.raises(sources.SourceError) as e:
+        sources.make_source(SourceConfig(name="fashion-mnist"))
+    assert "apt-get install dataset-fashion-mnist" in str(e.value) and "--set source.download=true" in str(e.value)

@@ -222,7 +222,7 @@ def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
 
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming the interrupted sweep" in second.stdout
+    assert "resuming the interrupted sweep" in second.stderr  # a log line: stderr
     for chatter in ("Configuration for experiment", "View detailed results here", "tensorboard --logdir"):
         assert chatter not in second.stdout + second.stderr  # Tune's own output: only with -v
     summary = json.loads((run / "tune/sweep.json").read_text())

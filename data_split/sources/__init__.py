@@ -55,6 +55,10 @@ def make_source(cfg: SourceConfig, storage: RunStorage | None = None) -> ImageSo
     if cfg.download:  # the Debian folder is read-only: downloads go under ./data like the others
         default_roots["fashion-mnist"] = "./data/fashion-mnist"
     root = Path(os.path.expanduser(cfg.root or default_roots.get(cfg.name, ".")))
+    if cfg.name == "fashion-mnist" and cfg.root is None and not cfg.download and not root.is_dir():
+        raise SourceError(f"Fashion-MNIST is not at {root} (Debian's package): install it "
+                          "(`apt-get install dataset-fashion-mnist`), or let torchvision fetch it into "
+                          "./data/fashion-mnist (`--set source.download=true`), or point `source.root` at a copy")
     if cfg.download and cfg.name in default_roots:
         _download(cfg, root)
     source = FACTORIES[cfg.name](cfg, root, storage)
