@@ -39,7 +39,7 @@ from branches.data import MIN_STD
 from branches.packed import PackError, grouped_eval
 from data_split import RunStorage, layout, load_manifest, spectral_components
 from data_split.errors import SpectralError
-from data_split.quantize import DTYPES, branch_codec, decode, encode
+from data_split.quantize import DTYPES, LEVELS, branch_codec, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,27 @@ class SpectralEnsemble(nn.Module):
         stored = encode(s, self.dtype, self.offset[k], self.scale[k])  # the split's quantisation (data_split.quantize)
         return (decode(stored, self.dtype, self.offset[k], self.scale[k]) - self.mean[k]) / self.std[k]
 
+    def packed_inputs(self, s: torch.Tensor) -> torch.Tensor:
+        """Spectral components ``(N, K, C, h, w)`` -> every branch's input ``(B, N, C, h, w)`` in one pass.
+
+        ``branch_input`` for all of ``ks`` at once: the same quantisation formulas as ``data_split.quantize``
+        (round to nearest, clamp to the uint8 codes, ``offset + scale * q``), broadcast over the branches.
+        """
+        ks = self.ks
+        x = s[:, ks]  # (N, B, C, h, w)
+        if self.dtype == "uint8":
+            off, sc = self.offset[ks][None, :, :, None, None], self.scale[ks][None, :, :, None, None]  # (1, B, C, 1, 1)
+            v = off + sc * torch.round((x - off) / sc).clamp(0, LEVELS)
+        else:
+            v = x.to(getattr(torch, self.dtype)).to(torch.float32)
+        v = (v - self.mean[ks].transpose(0, 1)) / self.std[ks].transpose(0, 1)  # (1, B, C, 1, 1) statistics
+        return v.transpose(0, 1)
+
     def branch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, classes)``: every branch's logits for pixels ``x`` ``(N, C, H, W)``."""
         s = spectral_components(x, self.rows, self.cols, self.matrix)  # (N, K, C, h, w)
         if self.packed is not None:
-            return self.packed(torch.stack([self.branch_input(s[:, k], k) for k in self.ks]))  # (B, N, C, h, w) in
+            return self.packed(self.packed_inputs(s))  # (B, N, C, h, w) in, (B, N, classes) out
         return torch.stack([branch(self.branch_input(s[:, k], k)) for k, branch in zip(self.ks, self.branches)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ def test_two_packed_steps_equal_the_unpacked_steps(name, cfg):
         for j, (q, *own) in enumerate(zip(pack.parameters(), *(m.parameters() for m in alone))):
             want = torch.stack([o.grad for o in own])  # (P, ...)
             err = (q.grad - want).abs().max().item()  # float32 sums over a deep net: relative to the gradient's scale
-            assert err <= 1e-4 * want.abs().max().item() + 1e-7, f"{name} step {step}: gradient of parameter {j}: {err}"
+            assert err <= 1e-4 * want.abs().max().item() + 1e-5, f"{name} step {step}: gradient of parameter {j}: {err}"
             q.grad = want.clone()
         opt_pack.step()
         for o in opts:

@@ -62,3 +62,16 @@ def test_branches_per_process_is_validated():
 
     with pytest.raises(ConfigError, match="branches_per_process"):
         ResourcesConfig(branches_per_process=0)
+
+
+def test_the_run_summary_prints_the_packs():
+    from orchestrator.launcher import TrainingOutcome
+    from orchestrator.placement import plan_packs
+    from orchestrator.summaries import training_lines
+
+    packs = plan_packs([0, 1, 2, 3], 2, dict.fromkeys(range(4), 5), dict.fromkeys(range(4), True))
+    plan = plan_placement(4, ResourcesConfig(branches_per_process=2), nodes((2, 0)), packs)
+    outcome = TrainingOutcome({k: {"k": k} for k in range(4)}, [], plan)
+    assert training_lines(outcome)[0].endswith("; 2 pack(s), one process each: [0,1] [2,3]")
+    unpacked = TrainingOutcome({k: {"k": k} for k in range(4)}, [], plan_placement(4, ResourcesConfig(), nodes((2, 0))))
+    assert "pack" not in training_lines(unpacked)[0]
