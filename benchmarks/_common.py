@@ -58,9 +58,15 @@ def machine_info() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
     return {
-        "cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "ram_gib": round(mem_kb / 1024**2, 1),
-        "kernel": platform.release(), "python": platform.python_version(), "ray": ray.__version__,
-        "torch": torch.__version__, "pyarrow": pyarrow.__version__, "numpy": numpy.__version__,
+        "cpu": cpu,
+        "nproc": len(os.sched_getaffinity(0)),
+        "ram_gib": round(mem_kb / 1024**2, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "pyarrow": pyarrow.__version__,
+        "numpy": numpy.__version__,
     }
 
 
@@ -70,6 +76,7 @@ def load_average() -> list[float]:
 
 def git_state() -> dict:
     """The commit measured, and whether the tree had uncommitted changes (None outside a git checkout)."""
+
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
@@ -103,10 +110,17 @@ def begin(benchmark: str, argv: list[str] | None = None) -> Begun:
 
 def record(begun: Begun, results: dict, out: Path | None = None, *, machine: dict | None = None) -> dict:
     """The benchmark's record in the one schema; written atomically to ``out`` (None: not written)."""
-    doc = {"schema": SCHEMA, "benchmark": begun.benchmark, "command": begun.command, "started": iso(begun.started),
-           "seconds": round(time.time() - begun.started, 1), "machine": machine or machine_info(),
-           "load_average": {"before": begun.load_before, "after": load_average()}, "git": git_state(),
-           "results": results}
+    doc = {
+        "schema": SCHEMA,
+        "benchmark": begun.benchmark,
+        "command": begun.command,
+        "started": iso(begun.started),
+        "seconds": round(time.time() - begun.started, 1),
+        "machine": machine or machine_info(),
+        "load_average": {"before": begun.load_before, "after": load_average()},
+        "git": git_state(),
+        "results": results,
+    }
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".json.tmp")
@@ -117,8 +131,11 @@ def record(begun: Begun, results: dict, out: Path | None = None, *, machine: dic
 
 # -- results written before the schema ------------------------------------------------------------------
 LOAD_FIELDS = (  # (before, after) as the older writers spelled them, at the top level or in "machine"; the first found
-    ("load_average_start", "load_average_end"), ("load_avg_start", "load_avg_end"), ("load_before", "load_after"),
-    ("loadavg_before", "loadavg_after"), ("loadavg_1m_before", "loadavg_1m_after"),
+    ("load_average_start", "load_average_end"),
+    ("load_avg_start", "load_avg_end"),
+    ("load_before", "load_after"),
+    ("loadavg_before", "loadavg_after"),
+    ("loadavg_1m_before", "loadavg_1m_after"),
 )
 
 
@@ -151,9 +168,17 @@ def upgrade(old: dict, benchmark: str) -> dict:
         load.update(rest.pop("load_average"))
     load = {k: [v] if isinstance(v, (int, float)) else v for k, v in load.items()}  # a 1-minute value alone
     rest.pop("benchmark", None)
-    return {"schema": SCHEMA, "benchmark": benchmark, "command": rest.pop("command", None), "started": started,
-            "seconds": rest.pop("wall_s", None), "machine": machine, "load_average": load, "git": None,
-            "results": {**results, **rest}}
+    return {
+        "schema": SCHEMA,
+        "benchmark": benchmark,
+        "command": rest.pop("command", None),
+        "started": started,
+        "seconds": rest.pop("wall_s", None),
+        "machine": machine,
+        "load_average": load,
+        "git": None,
+        "results": {**results, **rest},
+    }
 
 
 def load(path: Path) -> dict:

@@ -120,14 +120,26 @@ def say(msg: str) -> None:
 
 
 # -- configs and storage ------------------------------------------------------------------------------------
-def bench_config(uri: str, rows: int, cols: int, epochs: int, limit: int | None,
-                 cpus_per_branch: int = 1) -> SpectralConfig:
-    return load_config(CONFIG, {
-        "storage.uri": uri, "split.rows": rows, "split.cols": cols, "split.transform": "dct",
-        "source.limit": limit, "model.name": "fc8", "train.epochs": epochs, "train.threads": 1,
-        "resources.cpus_per_branch": cpus_per_branch, "resources.gpus_per_branch": 0,
-        "ensemble.weights": "geometric", "ray.num_cpus": RAY_CPUS,
-    })
+def bench_config(
+    uri: str, rows: int, cols: int, epochs: int, limit: int | None, cpus_per_branch: int = 1
+) -> SpectralConfig:
+    return load_config(
+        CONFIG,
+        {
+            "storage.uri": uri,
+            "split.rows": rows,
+            "split.cols": cols,
+            "split.transform": "dct",
+            "source.limit": limit,
+            "model.name": "fc8",
+            "train.epochs": epochs,
+            "train.threads": 1,
+            "resources.cpus_per_branch": cpus_per_branch,
+            "resources.gpus_per_branch": 0,
+            "ensemble.weights": "geometric",
+            "ray.num_cpus": RAY_CPUS,
+        },
+    )
 
 
 def baseline_split_cfg(cfg: SpectralConfig):
@@ -150,8 +162,18 @@ def timed(fn, *args, **kwargs):
 
 # -- the measurements ------------------------------------------------------------------------------------------
 def branch_row(r: dict) -> dict:
-    keep = ("k", "params", "model_bytes", "train_loss", "val_acc", "test_acc", "train_seconds", "images_per_s",
-            "peak_memory_bytes", "in_shape")
+    keep = (
+        "k",
+        "params",
+        "model_bytes",
+        "train_loss",
+        "val_acc",
+        "test_acc",
+        "train_seconds",
+        "images_per_s",
+        "peak_memory_bytes",
+        "in_shape",
+    )
     return {key: r.get(key) for key in keep} | {"pid": (r.get("placement") or {}).get("pid")}
 
 
@@ -160,7 +182,9 @@ def summarise_run(report: dict, split_s: float, train_wall_s: float) -> dict:
     ens = {e["method"]: e for e in report["ensembles"]}
     best = max(branches, key=lambda b: b["test_acc"])
     return {
-        "uri": report["run"], "K": report["split"]["K"], "transform": report["split"]["transform"],
+        "uri": report["run"],
+        "K": report["split"]["K"],
+        "transform": report["split"]["transform"],
         "test_acc": {m: ens[m]["test_acc"] for m in ("uniform", "geometric") if m in ens},
         "val_acc": {m: ens[m]["val_acc"] for m in ("uniform", "geometric") if m in ens},
         "geometric_weights": ens.get("geometric", {}).get("weights"),
@@ -169,7 +193,8 @@ def summarise_run(report: dict, split_s: float, train_wall_s: float) -> dict:
         "total_params": report["totals"]["total_params"],
         "total_train_seconds": report["totals"]["total_train_seconds"],
         "max_branch_train_seconds": report["totals"]["max_branch_train_seconds"],
-        "train_wall_s": round(train_wall_s, 2), "split_s": round(split_s, 2),
+        "train_wall_s": round(train_wall_s, 2),
+        "split_s": round(split_s, 2),
         "max_peak_memory_bytes": report["totals"]["max_peak_memory_bytes"],
         "baseline_in_report": report["baseline"] is not None,
         "branches": [branch_row(b) for b in branches],
@@ -183,8 +208,13 @@ def train_pair(data_src: str, run_dir: str, cfg: SpectralConfig, cpus_per_branch
     cfg = cfg.replace(**{"resources.cpus_per_branch": cpus_per_branch})
     outcome, wall = timed(train_branches, RunStorage(run_dir), 2, cfg.model, cfg.train, cfg.resources)
     res = [outcome.results[k] for k in (0, 1)]
-    return {"wall_s": wall, "train_seconds": [r["train_seconds"] for r in res], "plan": outcome.plan.describe(),
-            "concurrent": outcome.plan.concurrent, "pids": [r["placement"]["pid"] for r in res]}
+    return {
+        "wall_s": wall,
+        "train_seconds": [r["train_seconds"] for r in res],
+        "plan": outcome.plan.describe(),
+        "concurrent": outcome.plan.concurrent,
+        "pids": [r["placement"]["pid"] for r in res],
+    }
 
 
 def parallel_efficiency(pair_root: str, cfg: SpectralConfig, repeats: int) -> dict:
@@ -193,16 +223,19 @@ def parallel_efficiency(pair_root: str, cfg: SpectralConfig, repeats: int) -> di
     runs = []
     for i, mode in enumerate(order):
         r = train_pair(data_src, os.path.join(pair_root, f"{mode}-{i}"), cfg, 2 if mode == "sequential" else 1)
-        say(f"  pair {i} {mode:<10}: wall {r['wall_s']:6.1f} s, branch train_seconds "
-            f"{', '.join(f'{s:.1f}' for s in r['train_seconds'])} ({r['plan']})")
+        say(
+            f"  pair {i} {mode:<10}: wall {r['wall_s']:6.1f} s, branch train_seconds "
+            f"{', '.join(f'{s:.1f}' for s in r['train_seconds'])} ({r['plan']})"
+        )
         runs.append({"mode": mode, **{k: (round(v, 2) if k == "wall_s" else v) for k, v in r.items()}})
     return {
-        "split": "sub2 (rows 1, cols 2, dct), 2 branches of 1x28x14", "epochs": cfg.train.epochs,
+        "split": "sub2 (rows 1, cols 2, dct), 2 branches of 1x28x14",
+        "epochs": cfg.train.epochs,
         "method": "parallel: cpus_per_branch=1 on a 2-CPU Ray (both at once); sequential: cpus_per_branch=2 "
-                  "(Ray queues the second actor until the first is killed); train.threads=1 in both; "
-                  "fresh storage for every call; modes in ABBA order, summed per mode",
+        "(Ray queues the second actor until the first is killed); train.threads=1 in both; "
+        "fresh storage for every call; modes in ABBA order, summed per mode",
         "definition": "speedup = T_sequential / T_parallel; efficiency = speedup / 2 (branches' clocks: "
-                      "sum of the sequential branches' train_seconds / (2 x max of the parallel pair's))",
+        "sum of the sequential branches' train_seconds / (2 x max of the parallel pair's))",
         "runs": runs,
         **efficiency_summary(runs),
     }
@@ -213,10 +246,18 @@ def _efficiency(seq: list[dict], par: list[dict]) -> dict:
     c_seq = sum(sum(r["train_seconds"]) for r in seq)  # both branches, one after the other
     c_par = sum(max(r["train_seconds"]) for r in par)  # the slower of the two running together
     return {
-        "wall": {"sequential_s": round(t_seq, 2), "parallel_s": round(t_par, 2), "speedup": round(t_seq / t_par, 3),
-                 "efficiency": round(t_seq / (2 * t_par), 3)},
-        "train_seconds": {"sequential_s": round(c_seq, 2), "parallel_s": round(c_par, 2),
-                          "speedup": round(c_seq / c_par, 3), "efficiency": round(c_seq / (2 * c_par), 3)},
+        "wall": {
+            "sequential_s": round(t_seq, 2),
+            "parallel_s": round(t_par, 2),
+            "speedup": round(t_seq / t_par, 3),
+            "efficiency": round(t_seq / (2 * t_par), 3),
+        },
+        "train_seconds": {
+            "sequential_s": round(c_seq, 2),
+            "parallel_s": round(c_par, 2),
+            "speedup": round(c_seq / c_par, 3),
+            "efficiency": round(c_seq / (2 * c_par), 3),
+        },
     }
 
 
@@ -226,17 +267,20 @@ def efficiency_summary(runs: list[dict]) -> dict:
     by_mode = lambda rs, m: [r for r in rs if r["mode"] == m]  # noqa: E731
     per_block = []
     for i in range(0, len(runs) - 1, 2):  # ABBA: (seq, par), (par, seq), ...
-        eff = _efficiency(by_mode(runs[i:i + 2], "sequential"), by_mode(runs[i:i + 2], "parallel"))
-        per_block.append({"runs": [i, i + 1], "wall": eff["wall"]["efficiency"],
-                          "train_seconds": eff["train_seconds"]["efficiency"]})
+        eff = _efficiency(by_mode(runs[i : i + 2], "sequential"), by_mode(runs[i : i + 2], "parallel"))
+        per_block.append(
+            {"runs": [i, i + 1], "wall": eff["wall"]["efficiency"], "train_seconds": eff["train_seconds"]["efficiency"]}
+        )
     return {**_efficiency(by_mode(runs, "sequential"), by_mode(runs, "parallel")), "per_block_efficiency": per_block}
 
 
 def benchmark(root: str, epochs: int, pair_epochs: int, pair_repeats: int, limit: int | None) -> dict:
     import ray
 
-    cfgs = {name: bench_config(os.path.join(root, RUN_NAME.format(name)), rc, rc, epochs, limit)
-            for name, rc in SPECTRAL_RUNS}
+    cfgs = {
+        name: bench_config(os.path.join(root, RUN_NAME.format(name)), rc, rc, epochs, limit)
+        for name, rc in SPECTRAL_RUNS
+    }
     pair_root = os.path.join(root, PAIR_DIR)
     pair_cfg = bench_config(os.path.join(pair_root, "split"), 1, 2, pair_epochs, limit)
     for path in [c.storage.uri for c in cfgs.values()] + [pair_root]:
@@ -244,8 +288,16 @@ def benchmark(root: str, epochs: int, pair_epochs: int, pair_repeats: int, limit
     first = cfgs["sub4"]
 
     # Session 1: every sub-dataset (Ray Data tasks).
-    res: dict = {"ray_startup_s": round(start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES), 2), "runs": {}}
-    _, base_split_s = timed(split_dataset, first.source, baseline_split_cfg(first), RunStorage.from_config(first.storage).child(layout.BASELINE))
+    res: dict = {
+        "ray_startup_s": round(start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES), 2),
+        "runs": {},
+    }
+    _, base_split_s = timed(
+        split_dataset,
+        first.source,
+        baseline_split_cfg(first),
+        RunStorage.from_config(first.storage).child(layout.BASELINE),
+    )
     say(f"split baseline (K=1 identity): {base_split_s:.1f} s")
     split_s = {}
     for name, cfg in cfgs.items():
@@ -259,20 +311,33 @@ def benchmark(root: str, epochs: int, pair_epochs: int, pair_repeats: int, limit
     res["idle_actor_peak_memory_bytes"] = idle_actor_memory()
     say(f"idle actor: ru_maxrss {res['idle_actor_peak_memory_bytes'] / 1e6:.0f} MB")
     baseline, base_wall = timed(api.baseline, first)
-    say(f"baseline: test acc {baseline['test_acc']:.4f}, train_seconds {baseline['train_seconds']:.1f}, "
-        f"wall {base_wall:.1f} s")
-    res["baseline"] = {**branch_row(baseline), "uri": RunStorage.from_config(first.storage).child(layout.BASELINE).uri,
-                       "train_wall_s": round(base_wall, 2), "split_s": round(base_split_s, 2),
-                       "shared_with": [RunStorage.from_config(c.storage).child(layout.BASELINE).uri for n, c in cfgs.items() if n != "sub4"]}
+    say(
+        f"baseline: test acc {baseline['test_acc']:.4f}, train_seconds {baseline['train_seconds']:.1f}, "
+        f"wall {base_wall:.1f} s"
+    )
+    res["baseline"] = {
+        **branch_row(baseline),
+        "uri": RunStorage.from_config(first.storage).child(layout.BASELINE).uri,
+        "train_wall_s": round(base_wall, 2),
+        "split_s": round(base_split_s, 2),
+        "shared_with": [
+            RunStorage.from_config(c.storage).child(layout.BASELINE).uri for n, c in cfgs.items() if n != "sub4"
+        ],
+    }
     for name, cfg in cfgs.items():
         if name != "sub4":  # the same K=1 split and training: share the finished baseline
-            hardlink_tree(RunStorage.from_config(first.storage).child(layout.BASELINE).root, RunStorage.from_config(cfg.storage).child(layout.BASELINE).root)
+            hardlink_tree(
+                RunStorage.from_config(first.storage).child(layout.BASELINE).root,
+                RunStorage.from_config(cfg.storage).child(layout.BASELINE).root,
+            )
         _, wall = timed(api.train, cfg)
         report = api.evaluate(cfg)
         row = summarise_run(report, split_s[name], wall)
         res["runs"][name] = row
-        say(f"{name}: test acc uniform {row['test_acc']['uniform']:.4f} geometric {row['test_acc']['geometric']:.4f}, "
-            f"total train_seconds {row['total_train_seconds']:.1f}, wall {wall:.1f} s")
+        say(
+            f"{name}: test acc uniform {row['test_acc']['uniform']:.4f} geometric {row['test_acc']['geometric']:.4f}, "
+            f"total train_seconds {row['total_train_seconds']:.1f}, wall {wall:.1f} s"
+        )
     say(f"parallel efficiency: sub2, {pair_epochs} epoch(s), {pair_repeats} pair(s)")
     res["parallel_efficiency"] = parallel_efficiency(pair_root, pair_cfg, pair_repeats)
     ray.shutdown()
@@ -289,15 +354,21 @@ def add_ratios_and_targets(res: dict) -> None:
     sub4, eff = res["runs"]["sub4"], res["parallel_efficiency"]
     res["targets"] = {
         "sub4_params_per_branch_le_1_12_of_baseline": {
-            "value": round(sub4["params_ratio_vs_baseline"], 4), "target": round(TARGET_PARAMS_RATIO, 4),
-            "met": sub4["params_ratio_vs_baseline"] <= TARGET_PARAMS_RATIO},
+            "value": round(sub4["params_ratio_vs_baseline"], 4),
+            "target": round(TARGET_PARAMS_RATIO, 4),
+            "met": sub4["params_ratio_vs_baseline"] <= TARGET_PARAMS_RATIO,
+        },
         "sub4_total_train_compute_le_35pct_of_baseline": {
-            "value": round(sub4["compute_ratio_vs_baseline"], 4), "target": TARGET_COMPUTE_RATIO,
-            "met": sub4["compute_ratio_vs_baseline"] <= TARGET_COMPUTE_RATIO},
+            "value": round(sub4["compute_ratio_vs_baseline"], 4),
+            "target": TARGET_COMPUTE_RATIO,
+            "met": sub4["compute_ratio_vs_baseline"] <= TARGET_COMPUTE_RATIO,
+        },
         "parallel_efficiency_ge_80pct_wall": {
-            "value": eff["wall"]["efficiency"], "target": TARGET_EFFICIENCY,
+            "value": eff["wall"]["efficiency"],
+            "target": TARGET_EFFICIENCY,
             "met": eff["wall"]["efficiency"] >= TARGET_EFFICIENCY,
-            "train_seconds_efficiency": eff["train_seconds"]["efficiency"]},
+            "train_seconds_efficiency": eff["train_seconds"]["efficiency"],
+        },
     }
 
 
@@ -307,17 +378,48 @@ def _mb(n: float) -> str:
 
 
 def table_rows(res: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["Network", "Test acc (uniform)", "Test acc (geometric)", "Best branch", "Params / branch",
-              "vs baseline", "Train compute (s)", "vs baseline", "Train wall (s)", "Peak mem / process (MB)"]
+    header = [
+        "Network",
+        "Test acc (uniform)",
+        "Test acc (geometric)",
+        "Best branch",
+        "Params / branch",
+        "vs baseline",
+        "Train compute (s)",
+        "vs baseline",
+        "Train wall (s)",
+        "Peak mem / process (MB)",
+    ]
     b = res["baseline"]
-    rows = [["fc8 baseline (28x28)", f"{100 * b['test_acc']:.2f}%", "-", "-", f"{b['params']:,}", "1",
-             f"{b['train_seconds']:,.1f}", "100%", f"{b['train_wall_s']:,.1f}", _mb(b["peak_memory_bytes"])]]
+    rows = [
+        [
+            "fc8 baseline (28x28)",
+            f"{100 * b['test_acc']:.2f}%",
+            "-",
+            "-",
+            f"{b['params']:,}",
+            "1",
+            f"{b['train_seconds']:,.1f}",
+            "100%",
+            f"{b['train_wall_s']:,.1f}",
+            _mb(b["peak_memory_bytes"]),
+        ]
+    ]
     for name, r in res["runs"].items():
-        rows.append([f"spectral-fc8-{name} (dct, K={r['K']})", f"{100 * r['test_acc']['uniform']:.2f}%",
-                     f"{100 * r['test_acc']['geometric']:.2f}%", f"{100 * r['best_branch']['test_acc']:.2f}%",
-                     f"{r['params_per_branch']:,} x {r['K']}", f"1/{1 / r['params_ratio_vs_baseline']:.1f}",
-                     f"{r['total_train_seconds']:,.1f}", f"{100 * r['compute_ratio_vs_baseline']:.0f}%",
-                     f"{r['train_wall_s']:,.1f}", _mb(r["max_peak_memory_bytes"])])
+        rows.append(
+            [
+                f"spectral-fc8-{name} (dct, K={r['K']})",
+                f"{100 * r['test_acc']['uniform']:.2f}%",
+                f"{100 * r['test_acc']['geometric']:.2f}%",
+                f"{100 * r['best_branch']['test_acc']:.2f}%",
+                f"{r['params_per_branch']:,} x {r['K']}",
+                f"1/{1 / r['params_ratio_vs_baseline']:.1f}",
+                f"{r['total_train_seconds']:,.1f}",
+                f"{100 * r['compute_ratio_vs_baseline']:.0f}%",
+                f"{r['train_wall_s']:,.1f}",
+                _mb(r["max_peak_memory_bytes"]),
+            ]
+        )
     return header, rows
 
 
@@ -326,11 +428,14 @@ def markdown(res: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     e = res["parallel_efficiency"]
-    lines += ["", f"Parallel efficiency (2 sub2 branches at once vs one after the other, 1 CPU each): "
-                  f"{100 * e['wall']['efficiency']:.0f}% by wall time (speed-up {e['wall']['speedup']:.2f}x), "
-                  f"{100 * e['train_seconds']['efficiency']:.0f}% by the branches' own training clocks. "
-                  f"Per-process memory floor (an idle actor with torch imported): "
-                  f"{_mb(res['idle_actor_peak_memory_bytes'])} MB."]
+    lines += [
+        "",
+        f"Parallel efficiency (2 sub2 branches at once vs one after the other, 1 CPU each): "
+        f"{100 * e['wall']['efficiency']:.0f}% by wall time (speed-up {e['wall']['speedup']:.2f}x), "
+        f"{100 * e['train_seconds']['efficiency']:.0f}% by the branches' own training clocks. "
+        f"Per-process memory floor (an idle actor with torch imported): "
+        f"{_mb(res['idle_actor_peak_memory_bytes'])} MB.",
+    ]
     return "\n".join(lines)
 
 
@@ -340,8 +445,10 @@ def print_tables(res: dict) -> None:
 
     console = Console(width=200)
     header, rows = table_rows(res)
-    t = Table(title=f"fc8 on Fashion-MNIST, {res['epochs']} epoch(s), 1 CPU thread per branch "
-                    f"(train compute = sum of the branches' train_seconds)")
+    t = Table(
+        title=f"fc8 on Fashion-MNIST, {res['epochs']} epoch(s), 1 CPU thread per branch "
+        f"(train compute = sum of the branches' train_seconds)"
+    )
     for i, col in enumerate(header):
         t.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for r in rows:
@@ -353,13 +460,22 @@ def print_tables(res: dict) -> None:
         p.add_column(col, justify="left" if col == "clock" else "right")
     for clock in ("wall", "train_seconds"):
         c = e[clock]
-        p.add_row(clock, f"{c['sequential_s']:.1f}", f"{c['parallel_s']:.1f}", f"{c['speedup']:.2f}",
-                  f"{100 * c['efficiency']:.0f}%")
+        p.add_row(
+            clock,
+            f"{c['sequential_s']:.1f}",
+            f"{c['parallel_s']:.1f}",
+            f"{c['speedup']:.2f}",
+            f"{100 * c['efficiency']:.0f}%",
+        )
     console.print(p)
-    console.print("per (seq, par) block: " + "; ".join(
-        f"runs {b['runs'][0]}-{b['runs'][1]}: wall {100 * b['wall']:.0f}%, "
-        f"train clocks {100 * b['train_seconds']:.0f}%"
-        for b in e["per_block_efficiency"]))
+    console.print(
+        "per (seq, par) block: "
+        + "; ".join(
+            f"runs {b['runs'][0]}-{b['runs'][1]}: wall {100 * b['wall']:.0f}%, "
+            f"train clocks {100 * b['train_seconds']:.0f}%"
+            for b in e["per_block_efficiency"]
+        )
+    )
     for name, tgt in res["targets"].items():
         console.print(f"{name}: {tgt['value']} (target {tgt['target']}) -> {'MET' if tgt['met'] else 'NOT MET'}")
     print("\n" + markdown(res))  # plain: rich would wrap the long lines
@@ -368,10 +484,15 @@ def print_tables(res: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"first {QUICK_LIMIT} images per split, 1 epoch: smoke test")
-    ap.add_argument("--epochs", type=int, default=None,
-                    help=f"epochs of every network (default {DEFAULT_EPOCHS}; quick: 1)")
-    ap.add_argument("--pair-epochs", type=int, default=None,
-                    help=f"epochs of the parallel-efficiency pair (default {DEFAULT_PAIR_EPOCHS}; quick: 1)")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs of every network (default {DEFAULT_EPOCHS}; quick: 1)"
+    )
+    ap.add_argument(
+        "--pair-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of the parallel-efficiency pair (default {DEFAULT_PAIR_EPOCHS}; quick: 1)",
+    )
     ap.add_argument("--pair-repeats", type=int, default=None, help="ABBA repeats of the pair (default 2; quick: 1)")
     ap.add_argument("--root", default=None, help=f"where the runs go (default {DEFAULT_ROOT}; quick: {QUICK_ROOT})")
     ap.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT}; quick: none)")
@@ -385,19 +506,24 @@ def main(argv: list[str] | None = None) -> None:
     begun = begin("branches_vs_baseline", argv)
     res = benchmark(root, epochs, pair_epochs, pair_repeats, limit)
     res = {
-        "quick": args.quick, "source": "fashion-mnist" + (f" (first {limit} per split)" if limit else ""),
-        "model": "fc8", "epochs": epochs, "ray_cpus": RAY_CPUS, "cpus_per_branch": 1, "threads_per_branch": 1,
+        "quick": args.quick,
+        "source": "fashion-mnist" + (f" (first {limit} per split)" if limit else ""),
+        "model": "fc8",
+        "epochs": epochs,
+        "ray_cpus": RAY_CPUS,
+        "cpus_per_branch": 1,
+        "threads_per_branch": 1,
         "root": root,
         "definitions": {
             "total_train_seconds": "sum over branches of result.json train_seconds (each branch's own clock over "
-                                   "its epochs, training + per-epoch validation, 1 CPU thread); the baseline's is "
-                                   "its own train_seconds (1 thread)",
+            "its epochs, training + per-epoch validation, 1 CPU thread); the baseline's is "
+            "its own train_seconds (1 thread)",
             "train_wall_s": "elapsed time of api.train (K actors, 2 at a time on 2 CPUs; actor start-up, data "
-                            "loading and test logits included); baseline: of api.baseline with its split written",
+            "loading and test logits included); baseline: of api.baseline with its split written",
             "peak_memory_bytes": "result.json peak_memory_bytes: ru_maxrss of the actor process (baseline; max "
-                                 "over branches)",
+            "over branches)",
             "idle_actor_peak_memory_bytes": "ru_maxrss of a fresh 1-CPU actor that only imported branches.train "
-                                            "and orchestrator.branch_actor: the per-process floor",
+            "and orchestrator.branch_actor: the per-process floor",
             "params_per_branch": "trainable parameters of one branch network (all branches of a run are equal)",
         },
         **res,

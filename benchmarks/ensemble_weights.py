@@ -83,9 +83,19 @@ def say(msg: str) -> None:
 
 # -- the runs ------------------------------------------------------------------------------------------------
 def run_config(uri: str, rows: int, epochs: int, quick: bool) -> SpectralConfig:
-    overrides = {"storage.uri": uri, "split.rows": rows, "split.cols": rows, "split.transform": "dct",
-                 "model.name": "fc8", "train.epochs": epochs, "train.threads": 1, "resources.cpus_per_branch": 1,
-                 "resources.gpus_per_branch": 0, "ensemble.weights": "geometric", "ray.num_cpus": RAY_CPUS}
+    overrides = {
+        "storage.uri": uri,
+        "split.rows": rows,
+        "split.cols": rows,
+        "split.transform": "dct",
+        "model.name": "fc8",
+        "train.epochs": epochs,
+        "train.threads": 1,
+        "resources.cpus_per_branch": 1,
+        "resources.gpus_per_branch": 0,
+        "ensemble.weights": "geometric",
+        "ray.num_cpus": RAY_CPUS,
+    }
     if quick:
         overrides |= {"source.name": "synthetic", "source.root": None, "source.synthetic": QUICK_SYNTHETIC}
     return load_config(CONFIG, overrides)
@@ -124,21 +134,37 @@ def baseline_result(storage: RunStorage, fallback: RunStorage | None) -> dict | 
 
 # -- the measurements ----------------------------------------------------------------------------------------
 def row(result, **extra) -> dict:
-    return {"method": result.method, "weights": [round(float(w), 4) for w in result.weights],
-            "val_acc": result.val["acc"], "val_nll": result.val["nll"], "test_acc": result.test["acc"],
-            "test_nll": result.test["nll"], **extra}
+    return {
+        "method": result.method,
+        "weights": [round(float(w), 4) for w in result.weights],
+        "val_acc": result.val["acc"],
+        "val_nll": result.val["nll"],
+        "test_acc": result.test["acc"],
+        "test_nll": result.test["nll"],
+        **extra,
+    }
 
 
 def search_row(name: str, val, test, exact, cfg: TuneConfig, scratch: RunStorage, seeds: dict) -> dict:
-    search = search_weights(val.logits, val.y, cfg, scratch, seeds=seeds)  # the uniform and geometric rules go first, as in a run
+    search = search_weights(
+        val.logits, val.y, cfg, scratch, seeds=seeds
+    )  # the uniform and geometric rules go first, as in a run
     res = evaluate_weights(name, search.weights, val, test)
     gap = compare_to_exact(res, exact)
     work = in_trial_work_s(val, cfg.candidates_per_trial)
     s_per_trial = search.seconds / search.trials
-    return row(res, num_samples=cfg.num_samples, candidates_per_trial=cfg.candidates_per_trial,
-               trials=search.trials, tune_seconds=search.seconds, trials_per_s=search.trials_per_s,
-               s_per_trial=s_per_trial, work_s_per_trial=work,
-               overhead_s_per_trial=s_per_trial * cfg.max_concurrent - work, **gap)
+    return row(
+        res,
+        num_samples=cfg.num_samples,
+        candidates_per_trial=cfg.candidates_per_trial,
+        trials=search.trials,
+        tune_seconds=search.seconds,
+        trials_per_s=search.trials_per_s,
+        s_per_trial=s_per_trial,
+        work_s_per_trial=work,
+        overhead_s_per_trial=s_per_trial * cfg.max_concurrent - work,
+        **gap,
+    )
 
 
 def in_trial_work_s(val, candidates: int, repeats: int = 5) -> float:
@@ -151,8 +177,9 @@ def in_trial_work_s(val, candidates: int, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def measure_run(name: str, uri: str, samples: list[int], candidates: int, seed: int, scratch_root: str,
-                fallback: RunStorage | None) -> dict:
+def measure_run(
+    name: str, uri: str, samples: list[int], candidates: int, seed: int, scratch_root: str, fallback: RunStorage | None
+) -> dict:
     storage = RunStorage(uri)
     K = load_manifest(storage).K
     val, test = load_branch_outputs(storage, K, "val"), load_branch_outputs(storage, K, "test")
@@ -168,27 +195,57 @@ def measure_run(name: str, uri: str, samples: list[int], candidates: int, seed: 
     for n in samples:
         say(f"{name}: Tune search, {n} trials x {candidates} candidates")
         scratch = RunStorage(tempfile.mkdtemp(dir=scratch_root))
-        rows.append(search_row(f"tuned-{n}", val, test, exact,
-                               TuneConfig(num_samples=n, candidates_per_trial=candidates, seed=seed,
-                                          max_concurrent=CONCURRENCY), scratch, seeds))
+        rows.append(
+            search_row(
+                f"tuned-{n}",
+                val,
+                test,
+                exact,
+                TuneConfig(num_samples=n, candidates_per_trial=candidates, seed=seed, max_concurrent=CONCURRENCY),
+                scratch,
+                seeds,
+            )
+        )
     n = max(samples)
     say(f"{name}: plain TPE, {n} trials x 1 candidate")
-    rows.append(search_row(f"tpe-only-{n}", val, test, exact,
-                           TuneConfig(num_samples=n, candidates_per_trial=1, seed=seed, max_concurrent=CONCURRENCY),
-                           RunStorage(tempfile.mkdtemp(dir=scratch_root)), seeds))
+    rows.append(
+        search_row(
+            f"tpe-only-{n}",
+            val,
+            test,
+            exact,
+            TuneConfig(num_samples=n, candidates_per_trial=1, seed=seed, max_concurrent=CONCURRENCY),
+            RunStorage(tempfile.mkdtemp(dir=scratch_root)),
+            seeds,
+        )
+    )
     base = baseline_result(storage, fallback)
     return {
-        "run": uri, "K": K, "n_val": int(len(val.y)), "n_test": int(len(test.y)),
-        "epochs": branches[0]["epochs"], "branch_test_acc": [b["test_acc"] for b in branches],
-        "baseline": None if base is None else {"test_acc": base["test_acc"], "epochs": base["epochs"],
-                                               "params": base["params"]},
+        "run": uri,
+        "K": K,
+        "n_val": int(len(val.y)),
+        "n_test": int(len(test.y)),
+        "epochs": branches[0]["epochs"],
+        "branch_test_acc": [b["test_acc"] for b in branches],
+        "baseline": None
+        if base is None
+        else {"test_acc": base["test_acc"], "epochs": base["epochs"], "params": base["params"]},
         "methods": rows,
     }
 
 
 # -- output ----------------------------------------------------------------------------------------------------
-TABLE_HEADER = ["Run", "Method", "Val acc", "Val NLL", "Test acc", "Test NLL", "vs exact (val NLL, acc)", "Trials/s",
-                "Overhead/trial"]
+TABLE_HEADER = [
+    "Run",
+    "Method",
+    "Val acc",
+    "Val NLL",
+    "Test acc",
+    "Test NLL",
+    "vs exact (val NLL, acc)",
+    "Trials/s",
+    "Overhead/trial",
+]
 
 
 def table_rows(res: dict) -> list[list[str]]:
@@ -196,15 +253,34 @@ def table_rows(res: dict) -> list[list[str]]:
     for name, r in res["runs"].items():
         if r["baseline"]:
             b = r["baseline"]
-            out.append([name, f"fc8 baseline (full res., {b['epochs']} ep.)", "", "", f"{100 * b['test_acc']:.2f}%",
-                        "", "", "", ""])
+            out.append(
+                [
+                    name,
+                    f"fc8 baseline (full res., {b['epochs']} ep.)",
+                    "",
+                    "",
+                    f"{100 * b['test_acc']:.2f}%",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
         for m in r["methods"]:
-            gap = (f"{m['val_nll_gap_pct']:+.2f}%, {m['val_acc_gap_points']:+.2f} pt"
-                   if "val_nll_gap_pct" in m else "")
-            out.append([name, m["method"], f"{100 * m['val_acc']:.2f}%", f"{m['val_nll']:.4f}",
-                        f"{100 * m['test_acc']:.2f}%", f"{m['test_nll']:.4f}", gap,
-                        f"{m['trials_per_s']:.2f}" if "trials_per_s" in m else "",
-                        f"{m['overhead_s_per_trial']:.2f} s" if "overhead_s_per_trial" in m else ""])
+            gap = f"{m['val_nll_gap_pct']:+.2f}%, {m['val_acc_gap_points']:+.2f} pt" if "val_nll_gap_pct" in m else ""
+            out.append(
+                [
+                    name,
+                    m["method"],
+                    f"{100 * m['val_acc']:.2f}%",
+                    f"{m['val_nll']:.4f}",
+                    f"{100 * m['test_acc']:.2f}%",
+                    f"{m['test_nll']:.4f}",
+                    gap,
+                    f"{m['trials_per_s']:.2f}" if "trials_per_s" in m else "",
+                    f"{m['overhead_s_per_trial']:.2f} s" if "overhead_s_per_trial" in m else "",
+                ]
+            )
     return out
 
 
@@ -231,7 +307,8 @@ def verdicts(res: dict, samples: list[int]) -> dict:
         tuned = by[f"tuned-{best_n}"]
         out[f"{name}_tuned_within_tolerance"] = tuned["within_tolerance"]
         out[f"{name}_smallest_samples_within_tolerance"] = next(
-            (n for n in sorted(samples) if by[f"tuned-{n}"]["within_tolerance"]), None)
+            (n for n in sorted(samples) if by[f"tuned-{n}"]["within_tolerance"]), None
+        )
         if r["baseline"]:
             out[f"{name}_tuned_test_acc_minus_baseline_points"] = 100 * (tuned["test_acc"] - r["baseline"]["test_acc"])
             out[f"{name}_equal_epochs"] = r["baseline"]["epochs"] == r["epochs"]
@@ -245,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="synthetic 28x28 data, 1 epoch, small searches")
     ap.add_argument("--runs", nargs=2, metavar=("SUB4", "SUB16"), default=None, help="the two runs' URIs")
-    ap.add_argument("--epochs", type=int, default=None, help=f"epochs when a run must be created (default {DEFAULT_EPOCHS})")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs when a run must be created (default {DEFAULT_EPOCHS})"
+    )
     ap.add_argument("--samples", type=int, nargs="+", default=None, help="Tune num_samples to try (default 16 64)")
     ap.add_argument("--candidates", type=int, default=64, help="weight vectors scored per trial (default 64)")
     ap.add_argument("--seed", type=int, default=0)
@@ -261,9 +340,14 @@ def main(argv: list[str] | None = None) -> None:
     begun = begin("ensemble_weights", argv)
     start_ray(num_cpus=RAY_CPUS, object_store_memory=OBJECT_STORE_BYTES)
     scratch_root = tempfile.mkdtemp(prefix="ensemble-weights-tune-")
-    res = {"quick": args.quick, "samples": samples, "candidates_per_trial": args.candidates,
-           "concurrency": CONCURRENCY, "tolerance": {"val_nll_pct": NLL_TOLERANCE_PCT, "val_acc_points": ACC_TOLERANCE_POINTS},
-           "runs": {}}
+    res = {
+        "quick": args.quick,
+        "samples": samples,
+        "candidates_per_trial": args.candidates,
+        "concurrency": CONCURRENCY,
+        "tolerance": {"val_nll_pct": NLL_TOLERANCE_PCT, "val_acc_points": ACC_TOLERANCE_POINTS},
+        "runs": {},
+    }
     try:
         first = None
         for (name, rows), uri in zip((("sub4", 2), ("sub16", 4)), runs):

@@ -106,14 +106,20 @@ def train(run: str, k: int, model: str, width: int, epochs: int, batch: int, dev
     from branches import ModelConfig, TrainConfig, train_branch
     from data_split import RunStorage
 
-    r = train_branch(RunStorage(run), k, ModelConfig(name=model, width=width or None),
-                     TrainConfig(epochs=epochs, batch_size=batch, data=mode, schedule="none", amp=True, threads=1),
-                     device=device)
+    r = train_branch(
+        RunStorage(run),
+        k,
+        ModelConfig(name=model, width=width or None),
+        TrainConfig(epochs=epochs, batch_size=batch, data=mode, schedule="none", amp=True, threads=1),
+        device=device,
+    )
     r["peak_gpu_bytes"] = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     return r
 
 
-def launch(run: Path, ks: list[int], args: argparse.Namespace, model: str, mode: str = "memory") -> tuple[list[dict], float]:
+def launch(
+    run: Path, ks: list[int], args: argparse.Namespace, model: str, mode: str = "memory"
+) -> tuple[list[dict], float]:
     """Branches ``ks`` of ``run`` as concurrent processes; their results and the group's wall seconds.
 
     ``--cpu-smoke`` trains them one after the other in this process instead (the start-up of 6 interpreters
@@ -125,9 +131,29 @@ def launch(run: Path, ks: list[int], args: argparse.Namespace, model: str, mode:
         return rs, time.perf_counter() - t0
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_branches", "--worker", str(run), str(k), model,
-                               str(args.width), str(args.epochs), str(args.batch), args.device, mode],
-                              env=env, cwd=REPO, stdout=subprocess.PIPE, text=True) for k in ks]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.gpu_branches",
+                "--worker",
+                str(run),
+                str(k),
+                model,
+                str(args.width),
+                str(args.epochs),
+                str(args.batch),
+                args.device,
+                mode,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in ks
+    ]
     outs = [p.communicate()[0] for p in procs]
     wall = time.perf_counter() - t0
     for k, p in zip(ks, procs):
@@ -146,11 +172,16 @@ def summary(results: list[dict], wall: float, rows: int) -> dict:
     """The group's figures: ``images_per_s`` is every process's training images over the group's wall time
     (process start-up included); ``images_per_s_each`` each branch's own training throughput."""
     images = rows * sum(int(r["epochs"]) for r in results)
-    return {"processes": len(results), "wall_s": round(wall, 2), "images_per_s": round(images / wall),
-            "images_per_s_each": [round(r["images_per_s"]) for r in results],
-            "peak_gpu_bytes": max(r["peak_gpu_bytes"] for r in results),
-            "peak_memory_bytes": max(int(r.get("peak_memory_bytes") or 0) for r in results),
-            "test_acc_each": [r["test_acc"] for r in results], "train_seconds_each": [r["train_seconds"] for r in results]}
+    return {
+        "processes": len(results),
+        "wall_s": round(wall, 2),
+        "images_per_s": round(images / wall),
+        "images_per_s_each": [round(r["images_per_s"]) for r in results],
+        "peak_gpu_bytes": max(r["peak_gpu_bytes"] for r in results),
+        "peak_memory_bytes": max(int(r.get("peak_memory_bytes") or 0) for r in results),
+        "test_acc_each": [r["test_acc"] for r in results],
+        "train_seconds_each": [r["train_seconds"] for r in results],
+    }
 
 
 # -- accuracy and export ------------------------------------------------------------------------------------
@@ -186,16 +217,29 @@ def exported_accuracy(run: Path, baseline: Path, K: int, device: str) -> dict:
     preds = []
     with torch.no_grad():
         for x in pixels.split(1024):
-            preds.append(program(x.pin_memory().to(device, non_blocking=True) if device == "cuda" else x).argmax(1).cpu())
+            preds.append(
+                program(x.pin_memory().to(device, non_blocking=True) if device == "cuda" else x).argmax(1).cpu()
+            )
     acc = float((torch.cat(preds).numpy() == test.y).mean())
-    return {"test_acc": acc, "export_s": round(export_s, 2), "bytes": out.stat().st_size, "device": device,
-            "card_test_acc": card.get("test_acc")}
+    return {
+        "test_acc": acc,
+        "export_s": round(export_s, 2),
+        "bytes": out.stat().st_size,
+        "device": device,
+        "card_test_acc": card.get("test_acc"),
+    }
 
 
 # -- the whole check ---------------------------------------------------------------------------------------
 def measure(data: Path, args: argparse.Namespace) -> dict:
-    res: dict = {"epochs": args.epochs, "batch": args.batch, "device": args.device, "amp": "bf16 autocast on CUDA",
-                 "packed": PACKED_NOTE, "models": {}}
+    res: dict = {
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "device": args.device,
+        "amp": "bf16 autocast on CUDA",
+        "packed": PACKED_NOTE,
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="gpu-branches-") as tmp:
         for model in args.models:
             t0 = time.perf_counter()
@@ -206,9 +250,11 @@ def measure(data: Path, args: argparse.Namespace) -> dict:
             s, s_wall = launch(sub4, [0, 1, 2, 3], args, model)
             ens = ensemble_accuracy(sub4, 4)
             say(f"{model} sub4 x 4 processes: {s_wall:.1f} s, ensemble test acc {ens:.4f}")
-            row = {"baseline": summary(b, b_wall, train_rows(base)),
-                   "sub4": {**summary(s, s_wall, train_rows(sub4)), "ensemble_test_acc": ens},
-                   "packed": PACKED_NOTE}
+            row = {
+                "baseline": summary(b, b_wall, train_rows(base)),
+                "sub4": {**summary(s, s_wall, train_rows(sub4)), "ensemble_test_acc": ens},
+                "packed": PACKED_NOTE,
+            }
             try:
                 row["export"] = exported_accuracy(sub4, data / "baseline", 4, args.device)
                 row["export"]["matches_ensemble"] = abs(row["export"]["test_acc"] - ens) <= 0.005
@@ -231,9 +277,15 @@ def machine() -> dict:
     import pyarrow
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "pyarrow": pyarrow.__version__,
-            "numpy": numpy.__version__, "nproc": len(os.sched_getaffinity(0)), "kernel": platform.release(),
-            "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyarrow": pyarrow.__version__,
+        "numpy": numpy.__version__,
+        "nproc": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
+    }
     if torch.cuda.is_available():
         info.update(gpus=torch.cuda.device_count(), gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
     return info
@@ -243,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prepare", type=Path, help="write the splits here (needs Ray) and stop")
     ap.add_argument("--data", type=Path, help="the folder --prepare wrote")
-    ap.add_argument("--out", type=Path, default=None, help=f"results JSON (default with --data: {OUT.relative_to(REPO)})")
+    ap.add_argument(
+        "--out", type=Path, default=None, help=f"results JSON (default with --data: {OUT.relative_to(REPO)})"
+    )
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny synthetic data, CPU, cnn8, 1 epoch: seconds")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--epochs", type=int, default=3)
@@ -285,12 +339,20 @@ def markdown(res: dict) -> str:
     lines = ["| model | run | images/s | peak GPU memory | test accuracy |", "| --- | --- | ---: | ---: | ---: |"]
     for model, row in res["models"].items():
         b, s, e = row["baseline"], row["sub4"], row.get("export", {})
-        lines.append(f"| {model} | baseline (1 process) | {b['images_per_s']:,} | {b['peak_gpu_bytes'] / 2**20:,.0f} MiB | "
-                     f"{b['test_acc_each'][0]:.4f} |")
-        lines.append(f"| {model} | sub4, 4 processes | {s['images_per_s']:,} | {s['peak_gpu_bytes'] / 2**20:,.0f} MiB each (max) | "
-                     f"{s['ensemble_test_acc']:.4f} (uniform ensemble) |")
-        lines.append(f"| {model} | exported ensemble on {e.get('device', '?')} | | | "
-                     f"{e['test_acc']:.4f} |" if "test_acc" in e else f"| {model} | export | | | failed: {e.get('error')} |")
+        lines.append(
+            f"| {model} | baseline (1 process) | {b['images_per_s']:,} | {b['peak_gpu_bytes'] / 2**20:,.0f} MiB | "
+            f"{b['test_acc_each'][0]:.4f} |"
+        )
+        lines.append(
+            f"| {model} | sub4, 4 processes | {s['images_per_s']:,} | "
+            f"{s['peak_gpu_bytes'] / 2**20:,.0f} MiB each (max) | "
+            f"{s['ensemble_test_acc']:.4f} (uniform ensemble) |"
+        )
+        lines.append(
+            f"| {model} | exported ensemble on {e.get('device', '?')} | | | {e['test_acc']:.4f} |"
+            if "test_acc" in e
+            else f"| {model} | export | | | failed: {e.get('error')} |"
+        )
     lines += ["", f"{res['epochs']} epochs, batch {res['batch']}, {res['amp']}; {res['packed']}."]
     return "\n".join(lines)
 

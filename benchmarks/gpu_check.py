@@ -51,11 +51,19 @@ BUDGET_S = 300  # the whole check on one H100/H200
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", nargs="?", help="folder for gpu_check.json, or a .json path (default: $OUT, else benchmarks/results)")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny synthetic data, 1 epoch, CPU with one logical GPU: seconds")
+    p.add_argument(
+        "out", nargs="?", help="folder for gpu_check.json, or a .json path (default: $OUT, else benchmarks/results)"
+    )
+    p.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny synthetic data, 1 epoch, CPU with one logical GPU: seconds"
+    )
     p.add_argument("--epochs", type=int, help="training epochs of every network (default 5; smoke: 1)")
-    p.add_argument("--source", choices=("auto", "fashion-mnist", "synthetic"), default="auto",
-                   help="auto: Fashion-MNIST from Debian's package when installed, else synthetic of the same shape")
+    p.add_argument(
+        "--source",
+        choices=("auto", "fashion-mnist", "synthetic"),
+        default="auto",
+        help="auto: Fashion-MNIST from Debian's package when installed, else synthetic of the same shape",
+    )
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, from fc8, fc4, cnn8, resnet18")
     p.add_argument("--keep", action="store_true", help="keep the runs' storage (printed) instead of removing it")
     return p.parse_args(argv)
@@ -68,24 +76,40 @@ def output_path(arg: str | None) -> Path:
 
 def source_overrides(args: argparse.Namespace) -> dict:
     if args.cpu_smoke:
-        return {"source.name": "synthetic", "source.synthetic": {"train": 800, "test": 200, "height": 28, "width": 28, "classes": 10}}
-    if args.source == "fashion-mnist" or (args.source == "auto" and (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()):
+        return {
+            "source.name": "synthetic",
+            "source.synthetic": {"train": 800, "test": 200, "height": 28, "width": 28, "classes": 10},
+        }
+    if args.source == "fashion-mnist" or (
+        args.source == "auto" and (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
+    ):
         return {"source.name": "fashion-mnist", "source.root": str(FASHION_MNIST)}
-    return {"source.name": "synthetic", "source.synthetic": {"train": 60000, "test": 10000, "height": 28, "width": 28, "classes": 10}}
+    return {
+        "source.name": "synthetic",
+        "source.synthetic": {"train": 60000, "test": 10000, "height": 28, "width": 28, "classes": 10},
+    }
 
 
 def machine_info() -> dict:
     """The common machine record plus the GPUs."""
     import torch
 
-    info = {**_common.machine_info(), "host": platform.node(), "cuda": torch.version.cuda,
-            "gpus": torch.cuda.device_count()}
+    info = {
+        **_common.machine_info(),
+        "host": platform.node(),
+        "cuda": torch.version.cuda,
+        "gpus": torch.cuda.device_count(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_bytes=props.total_memory)
     try:
-        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=30).stdout.strip()
+        info["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return info
@@ -113,11 +137,16 @@ def copy_split(src_run: Path, dst_run: Path) -> None:
 
 def branch_row(result: dict) -> dict:
     return {
-        "k": result["k"], "test_acc": result["test_acc"], "images_per_s": result["images_per_s"],
-        "train_seconds": result["train_seconds"], "peak_gpu_memory_bytes": result["peak_memory_bytes"],
+        "k": result["k"],
+        "test_acc": result["test_acc"],
+        "images_per_s": result["images_per_s"],
+        "train_seconds": result["train_seconds"],
+        "peak_gpu_memory_bytes": result["peak_memory_bytes"],
         # on CUDA torch.cuda.max_memory_allocated; on a CPU (smoke) the training loop reports the process's max RSS
         "peak_memory_kind": "cuda_max_allocated" if result["device"].startswith("cuda") else "process_max_rss",
-        "params": result["params"], "device": result["device"], "gpu_ids": result.get("placement", {}).get("gpu_ids"),
+        "params": result["params"],
+        "device": result["device"],
+        "gpu_ids": result.get("placement", {}).get("gpu_ids"),
         "in_shape": result["in_shape"],
     }
 
@@ -125,7 +154,9 @@ def branch_row(result: dict) -> dict:
 def check_model(model: str, base_overrides: dict, run_dir: Path, split_from: Path | None) -> dict:
     from orchestrator import api, load_config
 
-    cfg = load_config(REPO / "configs" / "fashion_mnist.yaml", {**base_overrides, "model.name": model, "storage.uri": str(run_dir)})
+    cfg = load_config(
+        REPO / "configs" / "fashion_mnist.yaml", {**base_overrides, "model.name": model, "storage.uri": str(run_dir)}
+    )
     if split_from is not None:
         copy_split(split_from, run_dir)
     t0 = time.perf_counter()
@@ -161,7 +192,9 @@ def check_model(model: str, base_overrides: dict, run_dir: Path, split_from: Pat
             "slowest_branch_train_seconds": slowest,
             "train_wall_s": train_wall_s,
             "max_branch_peak_gpu_memory_bytes": peak_branch,
-            "branch_vs_baseline_peak_memory": peak_branch / baseline["peak_gpu_memory_bytes"] if baseline["peak_gpu_memory_bytes"] else None,
+            "branch_vs_baseline_peak_memory": peak_branch / baseline["peak_gpu_memory_bytes"]
+            if baseline["peak_gpu_memory_bytes"]
+            else None,
             "ensembles": {e["method"]: e["test_acc"] for e in report["ensembles"]},
             "chosen_ensemble": report["chosen_ensemble"],
             "ensemble_test_acc": next(e["test_acc"] for e in report["ensembles"] if e["chosen"]),
@@ -173,41 +206,59 @@ def check_model(model: str, base_overrides: dict, run_dir: Path, split_from: Pat
 def markdown(results: dict) -> str:
     """Per model: the baseline on the whole GPU, each quarter-GPU branch, and the sub4 ensemble."""
     mib = 2**20
-    lines = ["| model | variant | test acc | images/s | peak GPU MiB | train s | params |",
-             "|:---|:---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | variant | test acc | images/s | peak GPU MiB | train s | params |",
+        "|:---|:---|---:|---:|---:|---:|---:|",
+    ]
     for r in results["models"].values():
         b, s = r["baseline"], r["spectral_sub4"]
-        lines.append(f"| {r['model']} | baseline, 1 GPU | {b['test_acc']:.4f} | {b['images_per_s']:,.0f} | "
-                     f"{b['peak_gpu_memory_bytes'] / mib:.1f} | {b['train_seconds']:.1f} | {b['params']:,} |")
-        lines += [f"| | branch {br['k']}, {s['gpus_per_branch']:g} GPU | {br['test_acc']:.4f} | {br['images_per_s']:,.0f} | "
-                  f"{br['peak_gpu_memory_bytes'] / mib:.1f} | {br['train_seconds']:.1f} | {br['params']:,} |"
-                  for br in s["branches"]]
-        lines.append(f"| | sub4 ensemble ({s['chosen_ensemble']}) | {s['ensemble_test_acc']:.4f} | "
-                     f"{s['source_images_per_s']:,.0f} | {s['max_branch_peak_gpu_memory_bytes'] / mib:.1f} | "
-                     f"{s['slowest_branch_train_seconds']:.1f} | {K * s['params_per_branch']:,} |")
+        lines.append(
+            f"| {r['model']} | baseline, 1 GPU | {b['test_acc']:.4f} | {b['images_per_s']:,.0f} | "
+            f"{b['peak_gpu_memory_bytes'] / mib:.1f} | {b['train_seconds']:.1f} | {b['params']:,} |"
+        )
+        lines += [
+            f"| | branch {br['k']}, {s['gpus_per_branch']:g} GPU | {br['test_acc']:.4f} | {br['images_per_s']:,.0f} | "
+            f"{br['peak_gpu_memory_bytes'] / mib:.1f} | {br['train_seconds']:.1f} | {br['params']:,} |"
+            for br in s["branches"]
+        ]
+        lines.append(
+            f"| | sub4 ensemble ({s['chosen_ensemble']}) | {s['ensemble_test_acc']:.4f} | "
+            f"{s['source_images_per_s']:,.0f} | {s['max_branch_peak_gpu_memory_bytes'] / mib:.1f} | "
+            f"{s['slowest_branch_train_seconds']:.1f} | {K * s['params_per_branch']:,} |"
+        )
     return "\n".join(lines)
 
 
 def print_table(results: list[dict]) -> None:
     mib = 2**20
-    header = (f"{'model':<6} {'variant':<26} {'test acc':>8} {'images/s':>11} {'peak GPU MiB':>12} {'train s':>8} "
-              f"{'params':>10}")
+    header = (
+        f"{'model':<6} {'variant':<26} {'test acc':>8} {'images/s':>11} {'peak GPU MiB':>12} {'train s':>8} "
+        f"{'params':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         b, s = r["baseline"], r["spectral_sub4"]
-        print(f"{r['model']:<6} {'baseline, 1 GPU':<26} {b['test_acc']:>8.4f} {b['images_per_s']:>11,.0f} "
-              f"{b['peak_gpu_memory_bytes'] / mib:>12.1f} {b['train_seconds']:>8.1f} {b['params']:>10,}")
+        print(
+            f"{r['model']:<6} {'baseline, 1 GPU':<26} {b['test_acc']:>8.4f} {b['images_per_s']:>11,.0f} "
+            f"{b['peak_gpu_memory_bytes'] / mib:>12.1f} {b['train_seconds']:>8.1f} {b['params']:>10,}"
+        )
         for br in s["branches"]:
             label = f"branch {br['k']}, {s['gpus_per_branch']:g} GPU"
-            print(f"{'':<6} {label:<26} {br['test_acc']:>8.4f} {br['images_per_s']:>11,.0f} "
-                  f"{br['peak_gpu_memory_bytes'] / mib:>12.1f} {br['train_seconds']:>8.1f} {br['params']:>10,}")
+            print(
+                f"{'':<6} {label:<26} {br['test_acc']:>8.4f} {br['images_per_s']:>11,.0f} "
+                f"{br['peak_gpu_memory_bytes'] / mib:>12.1f} {br['train_seconds']:>8.1f} {br['params']:>10,}"
+            )
         label = f"sub4 ensemble ({s['chosen_ensemble']})"
-        print(f"{'':<6} {label:<26} {s['ensemble_test_acc']:>8.4f} {s['source_images_per_s']:>11,.0f} "
-              f"{s['max_branch_peak_gpu_memory_bytes'] / mib:>12.1f} {s['slowest_branch_train_seconds']:>8.1f} "
-              f"{K * s['params_per_branch']:>10,}")
-    print("ensemble images/s: source images through all 4 concurrent branches (N x epochs / slowest branch); "
-          "its peak memory: the largest branch's")
+        print(
+            f"{'':<6} {label:<26} {s['ensemble_test_acc']:>8.4f} {s['source_images_per_s']:>11,.0f} "
+            f"{s['max_branch_peak_gpu_memory_bytes'] / mib:>12.1f} {s['slowest_branch_train_seconds']:>8.1f} "
+            f"{K * s['params_per_branch']:>10,}"
+        )
+    print(
+        "ensemble images/s: source images through all 4 concurrent branches (N x epochs / slowest branch); "
+        "its peak memory: the largest branch's"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,9 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     cpus = 1 if args.cpu_smoke else max(1, (len(os.sched_getaffinity(0)) - 2) // K)  # leave 2 for driver and Ray
     overrides = {
         **source_overrides(args),
-        "split.rows": 2, "split.cols": 2, "split.transform": "dct",
-        "train.epochs": epochs, "train.amp": True, "train.batch_size": 128, "train.threads": cpus,
-        "resources.gpus_per_branch": GPUS_PER_BRANCH, "resources.cpus_per_branch": cpus, "resources.max_restarts": 0,
+        "split.rows": 2,
+        "split.cols": 2,
+        "split.transform": "dct",
+        "train.epochs": epochs,
+        "train.amp": True,
+        "train.batch_size": 128,
+        "train.threads": cpus,
+        "resources.gpus_per_branch": GPUS_PER_BRANCH,
+        "resources.cpus_per_branch": cpus,
+        "resources.max_restarts": 0,
         "ensemble.weights": "geometric",
     }
     if args.cpu_smoke:
@@ -234,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     results, previous = [], None
     try:
         for model in models:
-            log.info("%s: 4 sub4 branches x %.2f GPU, then the baseline on 1 GPU, %d epoch(s)", model, GPUS_PER_BRANCH, epochs)
+            log.info(
+                "%s: 4 sub4 branches x %.2f GPU, then the baseline on 1 GPU, %d epoch(s)",
+                model,
+                GPUS_PER_BRANCH,
+                epochs,
+            )
             run_dir = scratch / model
             results.append(check_model(model, overrides, run_dir, previous))
             previous = run_dir

@@ -55,8 +55,16 @@ def say(msg: str) -> None:
 
 
 def ensure_run(uri: str, epochs: int) -> None:
-    cfg = load_config(CONFIG, {"storage.uri": uri, "train.epochs": epochs, "ensemble.weights": "geometric",
-                               "resources.gpus_per_branch": 0, "ray.num_cpus": RAY_CPUS})
+    cfg = load_config(
+        CONFIG,
+        {
+            "storage.uri": uri,
+            "train.epochs": epochs,
+            "ensemble.weights": "geometric",
+            "resources.gpus_per_branch": 0,
+            "ray.num_cpus": RAY_CPUS,
+        },
+    )
     if RunStorage(uri).exists(layout.WEIGHTS):
         return
     say(f"training {uri} ({epochs} epoch(s))")
@@ -86,17 +94,23 @@ def write_pngs(uri: str, folder: Path) -> tuple[np.ndarray, list[str]]:
 
 def single_process(program_file: str, paths: list[str], batch_size: int, shape: tuple[int, int, int]) -> dict:
     """Decode + exported program in this process, batch by batch: images/s."""
-    torch.set_num_threads(1)  # as each predict actor (1 thread): the comparison is of the pipelines, not of BLAS threads
+    torch.set_num_threads(
+        1
+    )  # as each predict actor (1 thread): the comparison is of the pipelines, not of BLAS threads
     model = torch.export.load(program_file).module()
     t0 = time.perf_counter()
     preds = []
     for i in range(0, len(paths), batch_size):
-        x = np.stack([decode_image(p, shape[0], shape[1:]) for p in paths[i:i + batch_size]])
+        x = np.stack([decode_image(p, shape[0], shape[1:]) for p in paths[i : i + batch_size]])
         with torch.no_grad():
             preds.append(model(torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255))).argmax(1).numpy())
     seconds = time.perf_counter() - t0
-    return {"mode": "single process (exported program, 1 thread)", "images": len(paths), "seconds": seconds,
-            "images_per_s": len(paths) / seconds}
+    return {
+        "mode": "single process (exported program, 1 thread)",
+        "images": len(paths),
+        "seconds": seconds,
+        "images_per_s": len(paths) / seconds,
+    }
 
 
 def load_test(url: str, bodies: list[bytes], requests: int, concurrency: int, want: np.ndarray) -> dict:
@@ -140,9 +154,16 @@ def load_test(url: str, bodies: list[bytes], requests: int, concurrency: int, wa
             f.result()
     seconds = time.perf_counter() - t0
     lat = sorted(latencies)
-    return {"concurrency": concurrency, "requests": requests, "seconds": seconds, "requests_per_s": requests / seconds,
-            "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "errors": errors[0], "mismatches_vs_export": mismatches[0]}
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "seconds": seconds,
+        "requests_per_s": requests / seconds,
+        "p50_ms": 1000 * statistics.median(lat),
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "errors": errors[0],
+        "mismatches_vs_export": mismatches[0],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,9 +205,17 @@ def main(argv: list[str] | None = None) -> None:
         # 0.5 CPU per actor at 2 actors: Ray Data's read tasks need the rest (actors holding every CPU stall the reads)
         pcfg = PredictConfig(batch_size=args.batch_size, concurrency=actors, cpus_per_actor=1.0 if actors == 1 else 0.5)
         r = predict_images(RunStorage(uri), str(root / "png"), str(out), pcfg)
-        res["predict"].append({"mode": f"Ray Data, {actors} actor(s)", "images": r.images, "seconds": r.seconds,
-                               "images_per_s": r.images_per_s, "accuracy": r.accuracy, "labelled": r.labelled,
-                               "cpus_per_actor": pcfg.cpus_per_actor})
+        res["predict"].append(
+            {
+                "mode": f"Ray Data, {actors} actor(s)",
+                "images": r.images,
+                "seconds": r.seconds,
+                "images_per_s": r.images_per_s,
+                "accuracy": r.accuracy,
+                "labelled": r.labelled,
+                "cpus_per_actor": pcfg.cpus_per_actor,
+            }
+        )
     bodies = [Path(p).read_bytes() for p in paths]
     for batching in (True, False):
         url = start_serving(RunStorage(uri), ServeConfig(batching=batching, max_batch_size=32), port=SERVE_PORT)
@@ -204,11 +233,19 @@ def main(argv: list[str] | None = None) -> None:
 def markdown(res: dict) -> str:
     """Batch prediction (one process, then Ray Data) and the Serve endpoint's load test."""
     lines = ["| predict | images | seconds | images/s |", "|:---|---:|---:|---:|"]
-    lines += [f"| {r['mode']} | {r['images']:,} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} |" for r in res["predict"]]
-    lines += ["", "| serve: @serve.batch | concurrency | requests | requests/s | p50 (ms) | p99 (ms) | errors |",
-              "|:---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {'yes' if r['batching'] else 'no'} | {r['concurrency']} | {r['requests']:,} | "
-              f"{r['requests_per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |" for r in res["serve"]]
+    lines += [
+        f"| {r['mode']} | {r['images']:,} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} |" for r in res["predict"]
+    ]
+    lines += [
+        "",
+        "| serve: @serve.batch | concurrency | requests | requests/s | p50 (ms) | p99 (ms) | errors |",
+        "|:---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {'yes' if r['batching'] else 'no'} | {r['concurrency']} | {r['requests']:,} | "
+        f"{r['requests_per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+        for r in res["serve"]
+    ]
     lines += ["", f"Test accuracy of the run: {100 * res['test_acc']:.2f}%, {res['images']:,} images."]
     return "\n".join(lines)
 

@@ -56,8 +56,10 @@ SHAPES = {"1x14x14": (1, 28), "3x56x56": (3, 112), "3x112x112": (3, 224)}  # bra
 BATCH = 256
 CHUNK = 1 << 20  # bytes per zstd frame in (b): Parquet's default data page size
 NOISE = 0.1
-LOAD_NOTE = ("2 cores shared with other helpers' builds and tests (load average 5-18): figures are the fastest of N "
-             "interleaved rounds, ratios side by side; 2 threads on 2 busy cores mostly measure contention")
+LOAD_NOTE = (
+    "2 cores shared with other helpers' builds and tests (load average 5-18): figures are the fastest of N "
+    "interleaved rounds, ratios side by side; 2 threads on 2 busy cores mostly measure contention"
+)
 
 
 def say(msg: str) -> None:
@@ -65,8 +67,10 @@ def say(msg: str) -> None:
 
 
 def write_split(root: Path, channels: int, side: int, n: int) -> None:
-    src = SourceConfig(name="synthetic", synthetic=SyntheticConfig(train=n, test=64, channels=channels, height=side,
-                                                                   width=side, noise=NOISE))
+    src = SourceConfig(
+        name="synthetic",
+        synthetic=SyntheticConfig(train=n, test=64, channels=channels, height=side, width=side, noise=NOISE),
+    )
     # Files of ~10k images, as the default split.images_per_task writes, or fewer where that many source images
     # would not fit in ~64 MB; whole seeded chunks of the synthetic source, which generates one chunk at a time.
     per_task = SYNTHETIC_CHUNK * max(1, min(10, (64 << 20) // (SYNTHETIC_CHUNK * channels * side * side)))
@@ -89,7 +93,9 @@ def x_numpy(col: pa.ChunkedArray) -> np.ndarray:
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
     if pa.types.is_fixed_size_binary(arr.type):
-        return np.frombuffer(arr.buffers()[1], np.uint8, len(arr) * arr.type.byte_width, arr.offset * arr.type.byte_width)
+        return np.frombuffer(
+            arr.buffers()[1], np.uint8, len(arr) * arr.type.byte_width, arr.offset * arr.type.byte_width
+        )
     return arr.flatten().to_numpy(zero_copy_only=False)
 
 
@@ -116,7 +122,7 @@ def zstd_frames(paths: list[Path]) -> tuple[list[tuple[pa.Buffer, int]], int]:
             row_bytes = raw.nbytes // f.metadata.row_group(g).num_rows
             buf = memoryview(raw).cast("B")
             for s in range(0, len(buf), CHUNK):
-                piece = buf[s:s + CHUNK]
+                piece = buf[s : s + CHUNK]
                 frames.append((codec.compress(piece, asbytes=False), len(piece)))
     return frames, row_bytes
 
@@ -127,7 +133,7 @@ def zstd_pass(frames: list[tuple[pa.Buffer, int]], threads: int) -> None:
 
     def one(frame: tuple[pa.Buffer, int], dst: np.ndarray) -> None:
         buf = codec.decompress(frame[0], decompressed_size=frame[1], asbytes=False)
-        np.copyto(dst[:frame[1]], np.frombuffer(buf, np.uint8))  # the one memcpy into the batch
+        np.copyto(dst[: frame[1]], np.frombuffer(buf, np.uint8))  # the one memcpy into the batch
 
     if threads == 1:
         for fr in frames:
@@ -167,9 +173,14 @@ def measure_shape(root: Path, threads: int, repeats: int) -> dict:
     def load() -> None:
         holder[:] = [InMemorySplit(storage, manifest, "train", 0, dev)]
 
-    passes = {"zstd_memcpy": lambda: zstd_pass(frames, threads), "pyarrow": lambda: pyarrow_pass(files, threads),
-              "stream": lambda: stream_pass(as_stored), "stream_decode": lambda: stream_pass(decode),
-              "memory": load, "memory_epoch": lambda: drain(holder[0].train_batches(0, 0, 0, BATCH))}
+    passes = {
+        "zstd_memcpy": lambda: zstd_pass(frames, threads),
+        "pyarrow": lambda: pyarrow_pass(files, threads),
+        "stream": lambda: stream_pass(as_stored),
+        "stream_decode": lambda: stream_pass(decode),
+        "memory": load,
+        "memory_epoch": lambda: drain(holder[0].train_batches(0, 0, 0, BATCH)),
+    }
     wall = {name: float("inf") for name in passes}
     cpu = dict(wall)
     for _ in range(repeats):  # rounds of every pass, so each sees the same phases of the other load
@@ -177,13 +188,17 @@ def measure_shape(root: Path, threads: int, repeats: int) -> dict:
             w, c = timed(fn)
             wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
     out = {name: rows / s for name, s in cpu.items()}
-    return {"rows": rows, "row_bytes": row_bytes, "stored_mb": round(rows * row_bytes / 1e6, 1),
-            "file_mb": round(sum(p.stat().st_size for p in files) / 1e6, 1),
-            "zstd_ratio": round(sum(s for _, s in frames) / sum(f.size for f, _ in frames), 3),
-            "rows_per_cpu_s": {k: round(v) for k, v in out.items()},
-            "rows_per_s": {k: round(rows / v) for k, v in wall.items()},
-            "of_b": {k: round(v / out["zstd_memcpy"], 3) for k, v in out.items()},
-            "of_b_wall": {k: round(wall["zstd_memcpy"] / v, 3) for k, v in wall.items()}}
+    return {
+        "rows": rows,
+        "row_bytes": row_bytes,
+        "stored_mb": round(rows * row_bytes / 1e6, 1),
+        "file_mb": round(sum(p.stat().st_size for p in files) / 1e6, 1),
+        "zstd_ratio": round(sum(s for _, s in frames) / sum(f.size for f, _ in frames), 3),
+        "rows_per_cpu_s": {k: round(v) for k, v in out.items()},
+        "rows_per_s": {k: round(rows / v) for k, v in wall.items()},
+        "of_b": {k: round(v / out["zstd_memcpy"], 3) for k, v in out.items()},
+        "of_b_wall": {k: round(wall["zstd_memcpy"] / v, 3) for k, v in wall.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,14 +209,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=9, help="rounds of every pass (the fastest of each is kept)")
     ap.add_argument("--quick", action="store_true", help="a few MB, one pass: a smoke test, written nowhere")
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--before", type=Path, help="an earlier run's record (another storage version): its rows are "
-                                                "kept beside this run's, as fractions of its own (b)")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="an earlier run's record (another storage version): its rows are "
+        "kept beside this run's, as fractions of its own (b)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.mb, args.repeats = 4, 1
     begun = begin("input_pipeline", argv)
-    res: dict = {"note": LOAD_NOTE, "batch": BATCH, "noise": NOISE, "split": "2x2 dct, uint8, branch 0 train",
-                 "where": "local disk (page cache)", "runs": {}}
+    res: dict = {
+        "note": LOAD_NOTE,
+        "batch": BATCH,
+        "noise": NOISE,
+        "split": "2x2 dct, uint8, branch 0 train",
+        "where": "local disk (page cache)",
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench-input-") as tmp:
         for name in args.shapes:
             channels, side = SHAPES[name]
@@ -212,7 +237,10 @@ def main(argv: list[str] | None = None) -> None:
             for t in args.threads:
                 r = measure_shape(Path(tmp) / name, t, args.repeats)
                 res["runs"][f"{name}/{t}"] = r
-                say(f"{name} threads={t}: " + ", ".join(f"{k} {v:,} ({r['of_b'][k]:.2f})" for k, v in r["rows_per_cpu_s"].items()))
+                say(
+                    f"{name} threads={t}: "
+                    + ", ".join(f"{k} {v:,} ({r['of_b'][k]:.2f})" for k, v in r["rows_per_cpu_s"].items())
+                )
     if GOAL_KEY in res["runs"]:
         res["summary"] = goals(res["runs"][GOAL_KEY])
     res["storage_version"] = load_manifest_version()
@@ -220,8 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks._common import load
 
         old = load(args.before)
-        res["before"] = {"storage_version": old["results"].get("storage_version"), "git": old["git"],
-                         "started": old["started"], "runs": old["results"]["runs"]}
+        res["before"] = {
+            "storage_version": old["results"].get("storage_version"),
+            "git": old["git"],
+            "started": old["started"],
+            "runs": old["results"]["runs"],
+        }
     record(begun, res, None if args.quick else args.out)
     say(str(res.get("summary")))
 
@@ -231,12 +263,17 @@ GOAL_KEY = "3x56x56/1"  # the shape and thread count of issue 22's goals
 
 def goals(r: dict) -> dict:
     """Issue 22's goals on one run of ``measure_shape``, and both readers against (a)."""
-    return {"stream_of_b": r["of_b"]["stream"], "memory_of_b": r["of_b"]["memory"],
-            "stream_rows_per_cpu_s_1_thread": r["rows_per_cpu_s"]["stream"],
-            "goal_met": r["of_b"]["stream"] >= 0.7 and r["of_b"]["memory"] >= 0.9 and r["rows_per_cpu_s"]["stream"] >= 20_000,
-            "pyarrow_of_b": r["of_b"]["pyarrow"],  # (a): Parquet's own decode, what bounds both readers
-            "memory_of_a": round(r["of_b"]["memory"] / r["of_b"]["pyarrow"], 3),
-            "stream_of_a": round(r["of_b"]["stream"] / r["of_b"]["pyarrow"], 3)}
+    return {
+        "stream_of_b": r["of_b"]["stream"],
+        "memory_of_b": r["of_b"]["memory"],
+        "stream_rows_per_cpu_s_1_thread": r["rows_per_cpu_s"]["stream"],
+        "goal_met": r["of_b"]["stream"] >= 0.7
+        and r["of_b"]["memory"] >= 0.9
+        and r["rows_per_cpu_s"]["stream"] >= 20_000,
+        "pyarrow_of_b": r["of_b"]["pyarrow"],  # (a): Parquet's own decode, what bounds both readers
+        "memory_of_a": round(r["of_b"]["memory"] / r["of_b"]["pyarrow"], 3),
+        "stream_of_a": round(r["of_b"]["stream"] / r["of_b"]["pyarrow"], 3),
+    }
 
 
 def load_manifest_version() -> int:
@@ -245,28 +282,43 @@ def load_manifest_version() -> int:
     return MANIFEST_VERSION
 
 
-COLUMNS = (("stream", "stream"), ("stream_decode", "stream+decode"), ("memory", "memory load"),
-           ("memory_epoch", "memory epoch"), ("pyarrow", "(a) pyarrow"), ("zstd_memcpy", "(b) zstd+memcpy"))
+COLUMNS = (
+    ("stream", "stream"),
+    ("stream_decode", "stream+decode"),
+    ("memory", "memory load"),
+    ("memory_epoch", "memory epoch"),
+    ("pyarrow", "(a) pyarrow"),
+    ("zstd_memcpy", "(b) zstd+memcpy"),
+)
 
 
 def markdown(res: dict) -> str:
     """Rows per CPU-second per shape and thread count, each with its fraction of (b) in parentheses."""
-    lines = ["| branch shape | threads | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "| --- | ---: |" + " ---: |" * len(COLUMNS)]
+    lines = [
+        "| branch shape | threads | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "| --- | ---: |" + " ---: |" * len(COLUMNS),
+    ]
     for key, r in res["runs"].items():
         shape, threads = key.split("/")
         cells = [f"{r['rows_per_cpu_s'][k]:,} ({r['of_b'][k]:.2f})" for k, _ in COLUMNS]
         lines.append(f"| {shape} ({r['rows']:,} rows, {r['file_mb']:.0f} MB) | {threads} | " + " | ".join(cells) + " |")
-    lines += ["", f"Storage version {res.get('storage_version', '?')}; {res['split']}; batches of {res['batch']}; "
-              f"{res['where']}. (b) covers the x bytes only: at 1x14x14 the label columns (18 B a row against 196 of "
-              f"x) are much of what separates (a) from (b). {res['note']}."]
+    lines += [
+        "",
+        f"Storage version {res.get('storage_version', '?')}; {res['split']}; batches of {res['batch']}; "
+        f"{res['where']}. (b) covers the x bytes only: at 1x14x14 the label columns (18 B a row against 196 of "
+        f"x) are much of what separates (a) from (b). {res['note']}.",
+    ]
     if "before" in res:
         b = res["before"]
         commit = (b.get("git") or {}).get("commit") or "?"
-        lines += ["", f"Before: storage version {b['storage_version']} (commit {commit[:12]}, {b['started']}), "
-                      "the same benchmark, each as a fraction of its own run's (b):", "",
-                  "| branch shape | threads | " + " | ".join(label for _, label in COLUMNS) + " |",
-                  "| --- | ---: |" + " ---: |" * len(COLUMNS)]
+        lines += [
+            "",
+            f"Before: storage version {b['storage_version']} (commit {commit[:12]}, {b['started']}), "
+            "the same benchmark, each as a fraction of its own run's (b):",
+            "",
+            "| branch shape | threads | " + " | ".join(label for _, label in COLUMNS) + " |",
+            "| --- | ---: |" + " ---: |" * len(COLUMNS),
+        ]
         for key, r in b["runs"].items():
             shape, threads = key.split("/")
             cells = [f"{r['rows_per_cpu_s'][k]:,} ({r['of_b'][k]:.2f})" for k, _ in COLUMNS]
@@ -274,10 +326,12 @@ def markdown(res: dict) -> str:
     if GOAL_KEY in res["runs"]:
         lines.append("")
         s = goals(res["runs"][GOAL_KEY])
-        lines.append(f"3x56x56, 1 thread: stream {s['stream_of_b']:.2f} of (b) (goal 0.70), memory "
-                     f"{s['memory_of_b']:.2f} (goal 0.90), stream {s['stream_rows_per_cpu_s_1_thread']:,} rows per CPU-second "
-                     f"(goal 20,000); goals met: {s['goal_met']}. Against (a), pyarrow's own read of the same files "
-                     f"({s['pyarrow_of_b']:.2f} of (b)): memory {s['memory_of_a']:.2f}, stream {s['stream_of_a']:.2f}.")
+        lines.append(
+            f"3x56x56, 1 thread: stream {s['stream_of_b']:.2f} of (b) (goal 0.70), memory "
+            f"{s['memory_of_b']:.2f} (goal 0.90), stream {s['stream_rows_per_cpu_s_1_thread']:,} rows per CPU-second "
+            f"(goal 20,000); goals met: {s['goal_met']}. Against (a), pyarrow's own read of the same files "
+            f"({s['pyarrow_of_b']:.2f} of (b)): memory {s['memory_of_a']:.2f}, stream {s['stream_of_a']:.2f}."
+        )
     return "\n".join(lines)
 
 

@@ -111,22 +111,36 @@ def run_once(writer: str, source_cfg: SourceConfig, split_cfg: SplitConfig, stor
     cpu = tree_cpu_seconds(os.getpid()) - cpu0
     images = sum(r.rows for r in records) // split_cfg.k
     storage.remove("")
-    return {"seconds": round(seconds, 2), "images": images, "images_per_s": round(images / seconds, 1),
-            # CPU time of this process and its Ray processes: cpu_seconds / seconds is the parallelism achieved
-            # (what the cores gave us, whatever else ran), images_per_cpu_s the cost of an image whatever the load
-            "cpu_seconds": round(cpu, 2), "parallelism": round(cpu / seconds, 2), "images_per_cpu_s": round(images / cpu, 1),
-            "mb_written": round(sum(r.bytes for r in records) / 1e6, 1),
-            "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "seconds": round(seconds, 2),
+        "images": images,
+        "images_per_s": round(images / seconds, 1),
+        # CPU time of this process and its Ray processes: cpu_seconds / seconds is the parallelism achieved
+        # (what the cores gave us, whatever else ran), images_per_cpu_s the cost of an image whatever the load
+        "cpu_seconds": round(cpu, 2),
+        "parallelism": round(cpu / seconds, 2),
+        "images_per_cpu_s": round(images / cpu, 1),
+        "mb_written": round(sum(r.bytes for r in records) / 1e6, 1),
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def measure(writer: str, source_cfg, split_cfg, storage, repeats: int) -> dict:
     runs = [run_once(writer, source_cfg, split_cfg, storage) for _ in range(repeats)]
     best = min(runs, key=lambda r: r["seconds"])
-    row = {"writer": writer, **best, "all_seconds": [r["seconds"] for r in runs],
-           "load_before_after_each": [[r["load_before"][0], r["load_after"][0]] for r in runs]}
-    print(f"  {writer:<9} {best['images']:>7} images {best['seconds']:8.2f} s {best['images_per_s']:9.1f} images/s"
-          f" {best['images_per_cpu_s']:8.1f} images/CPU-s  parallelism {best['parallelism']:4.2f}"
-          f"   load {row['load_before_after_each']}", flush=True)
+    row = {
+        "writer": writer,
+        **best,
+        "all_seconds": [r["seconds"] for r in runs],
+        "load_before_after_each": [[r["load_before"][0], r["load_after"][0]] for r in runs],
+    }
+    print(
+        f"  {writer:<9} {best['images']:>7} images {best['seconds']:8.2f} s {best['images_per_s']:9.1f} images/s"
+        f" {best['images_per_cpu_s']:8.1f} images/CPU-s  parallelism {best['parallelism']:4.2f}"
+        f"   load {row['load_before_after_each']}",
+        flush=True,
+    )
     return row
 
 
@@ -146,32 +160,55 @@ def benchmark(n: int, repeats: int, scratch: Path) -> dict:
     for cpus in (1, 2):
         startup = start_ray(num_cpus=cpus)
         run_once("ray", warm, split_cfg, run)  # warm-up: worker processes and imports
-        rows.append({**measure(f"ray-{cpus}cpu", source_cfg, split_cfg, run, repeats), "ray_startup_s": round(startup, 2)})
+        rows.append(
+            {**measure(f"ray-{cpus}cpu", source_cfg, split_cfg, run, repeats), "ray_startup_s": round(startup, 2)}
+        )
         ray.shutdown()
     rate = {r["writer"]: r["images_per_s"] for r in rows}
-    return {"folder": {**generated, "classes": CLASSES, "side_px": list(SIDE_RANGE), "val_share": 1 / VAL_SHARE,
-                       "jpeg_quality": 90, "list_seconds": round(list_seconds, 3)},
-            "split": {"image_size": IMAGE_SIZE, "rows": 2, "cols": 2, "transform": "dct", "dtype": "uint8",
-                      "images_per_task": IMAGES_PER_TASK},
-            "rows": rows,
-            "ray_1cpu_over_single": round(rate["ray-1cpu"] / rate["single"], 3),
-            "ray_2cpu_over_single": round(rate["ray-2cpu"] / rate["single"], 3),
-            "scaling_2cpu_over_1cpu": round(rate["ray-2cpu"] / rate["ray-1cpu"], 3)}
+    return {
+        "folder": {
+            **generated,
+            "classes": CLASSES,
+            "side_px": list(SIDE_RANGE),
+            "val_share": 1 / VAL_SHARE,
+            "jpeg_quality": 90,
+            "list_seconds": round(list_seconds, 3),
+        },
+        "split": {
+            "image_size": IMAGE_SIZE,
+            "rows": 2,
+            "cols": 2,
+            "transform": "dct",
+            "dtype": "uint8",
+            "images_per_task": IMAGES_PER_TASK,
+        },
+        "rows": rows,
+        "ray_1cpu_over_single": round(rate["ray-1cpu"] / rate["single"], 3),
+        "ray_2cpu_over_single": round(rate["ray-2cpu"] / rate["single"], 3),
+        "scaling_2cpu_over_1cpu": round(rate["ray-2cpu"] / rate["ray-1cpu"], 3),
+    }
 
 
 def markdown(res: dict) -> str:
     """Each writer's best run: time, rate, CPU cost and the parallelism it got (CPU-s over seconds)."""
-    lines = ["| writer | seconds | images/s | / single | images per CPU-s | parallelism | load (1 min) before -> after |",
-             "|:---|---:|---:|---:|---:|---:|:---|"]
+    lines = [
+        "| writer | seconds | images/s | / single | images per CPU-s | parallelism | load (1 min) before -> after |",
+        "|:---|---:|---:|---:|---:|---:|:---|",
+    ]
     single = next(r for r in res["rows"] if r["writer"] == "single")["images_per_s"]
-    lines += [f"| {r['writer']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} | {r['images_per_s'] / single:.2f} | "
-              f"{r['images_per_cpu_s']:,.0f} | {r['parallelism']:.2f} | {r['load_before'][0]} -> {r['load_after'][0]} |"
-              for r in res["rows"]]
+    lines += [
+        f"| {r['writer']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} | {r['images_per_s'] / single:.2f} | "
+        f"{r['images_per_cpu_s']:,.0f} | {r['parallelism']:.2f} | {r['load_before'][0]} -> {r['load_after'][0]} |"
+        for r in res["rows"]
+    ]
     f, s = res["folder"], res["split"]
-    lines += ["", f"{f['images']:,} generated JPEGs ({f['mb']} MB, {f['classes']} classes, sides "
-                  f"{f['side_px'][0]}..{f['side_px'][1]} px), `source.image_size: {s['image_size']}`, {s['rows']}x{s['cols']} "
-                  f"{s['transform']}, {s['dtype']}, {s['images_per_task']} images per task; scaling from 1 to 2 CPUs: "
-                  f"{res['scaling_2cpu_over_1cpu']:.2f}x; listing the folder: {f['list_seconds']} s."]
+    lines += [
+        "",
+        f"{f['images']:,} generated JPEGs ({f['mb']} MB, {f['classes']} classes, sides "
+        f"{f['side_px'][0]}..{f['side_px'][1]} px), `source.image_size: {s['image_size']}`, {s['rows']}x{s['cols']} "
+        f"{s['transform']}, {s['dtype']}, {s['images_per_task']} images per task; scaling from 1 to 2 CPUs: "
+        f"{res['scaling_2cpu_over_1cpu']:.2f}x; listing the folder: {f['list_seconds']} s.",
+    ]
     return "\n".join(lines)
 
 
@@ -191,8 +228,10 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     record(begun, res, args.out)
     print(markdown(res))
-    print(f"ray 1 CPU / single {res['ray_1cpu_over_single']}, ray 2 CPU / single {res['ray_2cpu_over_single']}, "
-          f"2 CPU / 1 CPU {res['scaling_2cpu_over_1cpu']}; written to {args.out}")
+    print(
+        f"ray 1 CPU / single {res['ray_1cpu_over_single']}, ray 2 CPU / single {res['ray_2cpu_over_single']}, "
+        f"2 CPU / 1 CPU {res['scaling_2cpu_over_1cpu']}; written to {args.out}"
+    )
 
 
 if __name__ == "__main__":

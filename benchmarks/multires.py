@@ -63,8 +63,10 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def write_site(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for (x, y), (img, lbl) in ((train, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")),
-                               (test, ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))):
+    for (x, y), (img, lbl) in (
+        (train, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")),
+        (test, ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+    ):
         write_idx(folder / img, x)
         write_idx(folder / lbl, y)
 
@@ -76,7 +78,7 @@ def make_sites(root: Path, seed: int, limit: int | None) -> tuple[Path, Path, Pa
     (x, y), (xt, yt) = src.read("train", 0, src.count("train")), src.read("test", 0, src.count("test"))
     x, xt = x[:, 0], xt[:, 0]  # (N, 28, 28)
     order = np.random.default_rng(seed).permutation(len(x))
-    a, b = np.sort(order[: round(SITE_A_FRACTION * len(x))]), np.sort(order[round(SITE_A_FRACTION * len(x)):])
+    a, b = np.sort(order[: round(SITE_A_FRACTION * len(x))]), np.sort(order[round(SITE_A_FRACTION * len(x)) :])
     n, h, w = x[b].shape
     low = np.round(x[b].reshape(n, h // 2, 2, w // 2, 2).astype(np.float64).mean(axis=(2, 4))).astype(np.uint8)
     sites = root / f"sites-seed{seed}"
@@ -90,12 +92,21 @@ def run_one(root: Path, transform: str, config: str, seed: int, folders: tuple[P
     a, b, full = folders
     rows, cols = SPLITS[transform]
     overrides = {
-        "source.name": "fashion-mnist", "source.root": str(full if config == "full" else a),
+        "source.name": "fashion-mnist",
+        "source.root": str(full if config == "full" else a),
         "extra_sources": [{"name": "fashion-mnist", "root": str(b)}] if config == "A+B" else [],
-        "split.rows": rows, "split.cols": cols, "split.transform": transform, "split.seed": seed,
-        "model.name": "fc8", "train.epochs": args.epochs, "train.seed": seed, "ensemble.weights": "tuned",
-        "tune.num_samples": args.tune_samples, "tune.seed": seed,
-        "storage.uri": str(root / "runs" / f"{transform}-{config}-seed{seed}"), "ray.num_cpus": RAY_CPUS,
+        "split.rows": rows,
+        "split.cols": cols,
+        "split.transform": transform,
+        "split.seed": seed,
+        "model.name": "fc8",
+        "train.epochs": args.epochs,
+        "train.seed": seed,
+        "ensemble.weights": "tuned",
+        "tune.num_samples": args.tune_samples,
+        "tune.seed": seed,
+        "storage.uri": str(root / "runs" / f"{transform}-{config}-seed{seed}"),
+        "ray.num_cpus": RAY_CPUS,
     }
     cfg = load_config(REPO / "configs" / "fashion_mnist.yaml", overrides)
     t0 = time.perf_counter()
@@ -104,9 +115,13 @@ def run_one(root: Path, transform: str, config: str, seed: int, folders: tuple[P
     manifest = result.split.manifest
     tuned = next(e for e in report["ensembles"] if e["method"] == "tuned")
     return {
-        "transform": transform, "config": config, "seed": seed, "K": rows * cols,
+        "transform": transform,
+        "config": config,
+        "seed": seed,
+        "K": rows * cols,
         "branch_test_acc": [b["test_acc"] for b in sorted(report["branches"], key=lambda b: b["k"])],
-        "ensemble_test_acc": tuned["test_acc"], "ensemble_val_acc": tuned.get("val_acc"),
+        "ensemble_test_acc": tuned["test_acc"],
+        "ensemble_val_acc": tuned.get("val_acc"),
         "fed_by_B": manifest.sources[1].branches if len(manifest.sources) > 1 else [],
         "train_rows": [br.splits["train"].rows for br in manifest.branches],
         "seconds": round(time.perf_counter() - t0, 1),
@@ -118,13 +133,21 @@ def summarise(runs: list[dict]) -> list[dict]:
     out = []
     for transform in SPLITS:
         for seed in sorted({r["seed"] for r in runs}):
-            acc = {r["config"]: r["ensemble_test_acc"] for r in runs if r["transform"] == transform and r["seed"] == seed}
+            acc = {
+                r["config"]: r["ensemble_test_acc"] for r in runs if r["transform"] == transform and r["seed"] == seed
+            }
             if set(acc) != set(CONFIGS):
                 continue
             gap = acc["full"] - acc["A"]
-            out.append({"transform": transform, "seed": seed, **{f"acc_{c}": acc[c] for c in CONFIGS},
-                        "B_beats_A": acc["A+B"] > acc["A"],
-                        "gap_recovered": (acc["A+B"] - acc["A"]) / gap if gap else None})
+            out.append(
+                {
+                    "transform": transform,
+                    "seed": seed,
+                    **{f"acc_{c}": acc[c] for c in CONFIGS},
+                    "B_beats_A": acc["A+B"] > acc["A"],
+                    "gap_recovered": (acc["A+B"] - acc["A"]) / gap if gap else None,
+                }
+            )
     return out
 
 
@@ -132,23 +155,31 @@ def markdown(results: dict) -> str:
     """Per transform, seed and config: each branch's test accuracy (fed by site B in bold), the ensemble, and the
     share of the gap between site A alone and the full data that site B's images recover."""
     runs, summary = results["runs"], results["summary"]
-    lines = ["| Transform | Seed | Config | Branch test accuracy (%) | Ensemble (tuned) | Gap recovered |",
-             "|:---|---:|:---|:---|---:|---:|"]
+    lines = [
+        "| Transform | Seed | Config | Branch test accuracy (%) | Ensemble (tuned) | Gap recovered |",
+        "|:---|---:|:---|:---|---:|---:|",
+    ]
     for r in runs:
         s = next((s for s in summary if (s["transform"], s["seed"]) == (r["transform"], r["seed"])), None)
         fed = set(r["fed_by_B"])
-        branches = " ".join(f"{'**' if k in fed else ''}{100 * a:.1f}{'**' if k in fed else ''}"
-                            for k, a in enumerate(r["branch_test_acc"]))
+        branches = " ".join(
+            f"{'**' if k in fed else ''}{100 * a:.1f}{'**' if k in fed else ''}"
+            for k, a in enumerate(r["branch_test_acc"])
+        )
         frac = f"{s['gap_recovered']:.2f}" if s and r["config"] == "A+B" and s["gap_recovered"] is not None else ""
-        lines.append(f"| {r['transform']} {int(np.sqrt(r['K']))}x{int(np.sqrt(r['K']))} | {r['seed']} | {r['config']} | "
-                     f"{branches} | {100 * r['ensemble_test_acc']:.2f}% | {frac} |")
+        lines.append(
+            f"| {r['transform']} {int(np.sqrt(r['K']))}x{int(np.sqrt(r['K']))} | {r['seed']} | {r['config']} | "
+            f"{branches} | {100 * r['ensemble_test_acc']:.2f}% | {frac} |"
+        )
     return "\n".join(lines)
 
 
 def print_tables(results: dict) -> None:
     for s in results["summary"]:
-        print(f"{s['transform']:6s} seed {s['seed']}: A {100 * s['acc_A']:.2f}%  A+B {100 * s['acc_A+B']:.2f}%  "
-              f"full {100 * s['acc_full']:.2f}%  B beats A: {s['B_beats_A']}  gap recovered: {s['gap_recovered']}")
+        print(
+            f"{s['transform']:6s} seed {s['seed']}: A {100 * s['acc_A']:.2f}%  A+B {100 * s['acc_A+B']:.2f}%  "
+            f"full {100 * s['acc_full']:.2f}%  B beats A: {s['B_beats_A']}  gap recovered: {s['gap_recovered']}"
+        )
     print()
     print(markdown(results))
 
@@ -157,11 +188,16 @@ def merge(begun, parts: list[Path], out: Path) -> None:
     """One results file from several invocations run in parallel: their runs, and each one's command, start,
     machine and load average under ``parts``."""
     loaded = [load(p) for p in parts]
-    runs = sorted((r for part in loaded for r in part["results"]["runs"]),
-                  key=lambda r: (list(SPLITS).index(r["transform"]), r["seed"], CONFIGS.index(r["config"])))
-    results = {**{k: v for k, v in loaded[0]["results"].items() if k not in ("runs", "summary")},
-               "parts": [{k: part[k] for k in ("command", "started", "machine", "load_average")} for part in loaded],
-               "runs": runs, "summary": summarise(runs)}
+    runs = sorted(
+        (r for part in loaded for r in part["results"]["runs"]),
+        key=lambda r: (list(SPLITS).index(r["transform"]), r["seed"], CONFIGS.index(r["config"])),
+    )
+    results = {
+        **{k: v for k, v in loaded[0]["results"].items() if k not in ("runs", "summary")},
+        "parts": [{k: part[k] for k in ("command", "started", "machine", "load_average")} for part in loaded],
+        "runs": runs,
+        "summary": summarise(runs),
+    }
     record(begun, results, out)
     print_tables(results)
 
@@ -176,8 +212,13 @@ def main() -> None:
     p.add_argument("--tune-samples", type=int, default=16)
     p.add_argument("--root", type=Path, default=Path("/tmp/spectral-bench-multires"))
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--merge", type=Path, nargs="+", default=None,
-                   help="combine the results files of runs made in parallel (e.g. one per seed) into --out")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine the results files of runs made in parallel (e.g. one per seed) into --out",
+    )
     args = p.parse_args()
     begun = begin("multires")
     if args.merge:
@@ -190,8 +231,15 @@ def main() -> None:
     shutil.rmtree(args.root, ignore_errors=True)  # every number comes from this invocation
 
     start_ray(num_cpus=RAY_CPUS)
-    results = {"epochs": args.epochs, "model": "fc8", "tune_samples": args.tune_samples, "limit": limit,
-               "site_a_fraction": SITE_A_FRACTION, "runs": [], "summary": []}
+    results = {
+        "epochs": args.epochs,
+        "model": "fc8",
+        "tune_samples": args.tune_samples,
+        "limit": limit,
+        "site_a_fraction": SITE_A_FRACTION,
+        "runs": [],
+        "summary": [],
+    }
     for seed in args.seeds:
         folders = make_sites(args.root, seed, limit)
         for transform in args.transforms:
@@ -199,8 +247,11 @@ def main() -> None:
                 run = run_one(args.root, transform, config, seed, folders, args)
                 results["runs"].append(run)
                 results["summary"] = summarise(results["runs"])
-                print(f"{transform:6s} seed {seed} {config:5s} ensemble {100 * run['ensemble_test_acc']:.2f}%  "
-                      f"branches {[round(100 * a, 1) for a in run['branch_test_acc']]}  ({run['seconds']} s)", flush=True)
+                print(
+                    f"{transform:6s} seed {seed} {config:5s} ensemble {100 * run['ensemble_test_acc']:.2f}%  "
+                    f"branches {[round(100 * a, 1) for a in run['branch_test_acc']]}  ({run['seconds']} s)",
+                    flush=True,
+                )
                 record(begun, results, out)  # after every run: an interrupted benchmark keeps what it measured
     print()
     print_tables(results)

@@ -41,12 +41,25 @@ def say(msg: str) -> None:
 
 
 def config(uri: str, model: str, width: int | None, rc: int, epochs: int, limit: int | None, packed: int):
-    return load_config(CONFIG, {
-        "storage.uri": uri, "split.rows": rc, "split.cols": rc, "split.transform": "dct", "source.limit": limit,
-        "model.name": model, "model.width": width, "train.epochs": epochs, "train.threads": 1,
-        "resources.cpus_per_branch": 1, "resources.gpus_per_branch": 0, "resources.branches_per_process": packed,
-        "ensemble.weights": "uniform", "ray.num_cpus": RAY_CPUS,
-    })
+    return load_config(
+        CONFIG,
+        {
+            "storage.uri": uri,
+            "split.rows": rc,
+            "split.cols": rc,
+            "split.transform": "dct",
+            "source.limit": limit,
+            "model.name": model,
+            "model.width": width,
+            "train.epochs": epochs,
+            "train.threads": 1,
+            "resources.cpus_per_branch": 1,
+            "resources.gpus_per_branch": 0,
+            "resources.branches_per_process": packed,
+            "ensemble.weights": "uniform",
+            "ray.num_cpus": RAY_CPUS,
+        },
+    )
 
 
 def run_row(cfg, results: dict[int, dict], wall: float) -> dict:
@@ -55,11 +68,14 @@ def run_row(cfg, results: dict[int, dict], wall: float) -> dict:
     ens = storage.read_json(layout.WEIGHTS)
     packs = {tuple(r.get("packed_with") or [k]) for k, r in results.items()}
     by_pack = {p: results[p[0]]["train_seconds"] for p in packs}  # a pack's compute counts once
-    return {"train_compute_s": round(sum(by_pack.values()), 2), "train_wall_s": round(wall, 2),
-            "processes": len({r["placement"]["pid"] for r in results.values()}),
-            "branch_test_acc": [results[k]["test_acc"] for k in sorted(results)],
-            "ensemble_test_acc": ens["test_acc"],
-            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in results.values())}
+    return {
+        "train_compute_s": round(sum(by_pack.values()), 2),
+        "train_wall_s": round(wall, 2),
+        "processes": len({r["placement"]["pid"] for r in results.values()}),
+        "branch_test_acc": [results[k]["test_acc"] for k in sorted(results)],
+        "ensemble_test_acc": ens["test_acc"],
+        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in results.values()),
+    }
 
 
 def export_speed(cfg) -> dict:
@@ -78,11 +94,21 @@ def export_speed(cfg) -> dict:
         if not packed:
             from inference.model import SpectralEnsemble
 
-            model = SpectralEnsemble(rows=base.rows, cols=base.cols, matrix=base.matrix.numpy(), dtype=base.dtype,
-                                     mean=base.mean[:, 0, :, 0, 0].numpy(), std=base.std[:, 0, :, 0, 0].numpy(),
-                                     offset=base.offset.numpy(), scale=base.scale.numpy(),
-                                     branches=[_member(base, i) for i in range(len(base.ks))],
-                                     weights=base.weights.numpy(), ks=base.ks, packed=False, info=base.info)
+            model = SpectralEnsemble(
+                rows=base.rows,
+                cols=base.cols,
+                matrix=base.matrix.numpy(),
+                dtype=base.dtype,
+                mean=base.mean[:, 0, :, 0, 0].numpy(),
+                std=base.std[:, 0, :, 0, 0].numpy(),
+                offset=base.offset.numpy(),
+                scale=base.scale.numpy(),
+                branches=[_member(base, i) for i in range(len(base.ks))],
+                weights=base.weights.numpy(),
+                ks=base.ks,
+                packed=False,
+                info=base.info,
+            )
         program = export_program(model).module()
         with torch.no_grad():
             logits[name] = program(x)
@@ -124,9 +150,15 @@ def benchmark(models: list[str], epochs: int, limit: int | None, cnn8_width: int
             t0 = time.perf_counter()
             base = api.baseline(first)
             base_wall = time.perf_counter() - t0
-            res[model] = {"baseline": {"train_compute_s": round(base["train_seconds"], 2),
-                                       "train_wall_s": round(base_wall, 2), "test_acc": base["test_acc"],
-                                       "peak_memory_bytes": base["peak_memory_bytes"], "params": base["params"]}}
+            res[model] = {
+                "baseline": {
+                    "train_compute_s": round(base["train_seconds"], 2),
+                    "train_wall_s": round(base_wall, 2),
+                    "test_acc": base["test_acc"],
+                    "peak_memory_bytes": base["peak_memory_bytes"],
+                    "params": base["params"],
+                }
+            }
             say(f"{model} baseline: {base['train_seconds']:.1f} s, test acc {base['test_acc']:.4f}")
             for name, rc in SPLITS:
                 rows = {}
@@ -135,14 +167,18 @@ def benchmark(models: list[str], epochs: int, limit: int | None, cnn8_width: int
                     if mode == "unpacked" or not os.path.exists(f"{ROOT}/{model}-{name}-unpacked/data"):
                         api.split(cfg)
                     else:  # the very same sub-datasets
-                        shutil.copytree(f"{ROOT}/{model}-{name}-unpacked/data", f"{cfg.storage.uri}/data",
-                                        copy_function=os.link)
+                        shutil.copytree(
+                            f"{ROOT}/{model}-{name}-unpacked/data", f"{cfg.storage.uri}/data", copy_function=os.link
+                        )
                     t0 = time.perf_counter()
-                    outcome = train_branches(RunStorage.from_config(cfg.storage), rc * rc, cfg.model, cfg.train,
-                                             cfg.resources)
+                    outcome = train_branches(
+                        RunStorage.from_config(cfg.storage), rc * rc, cfg.model, cfg.train, cfg.resources
+                    )
                     rows[mode] = run_row(cfg, outcome.results, time.perf_counter() - t0)
-                    say(f"{model} {name} {mode}: compute {rows[mode]['train_compute_s']} s, wall "
-                        f"{rows[mode]['train_wall_s']} s, ensemble {rows[mode]['ensemble_test_acc']:.4f}")
+                    say(
+                        f"{model} {name} {mode}: compute {rows[mode]['train_compute_s']} s, wall "
+                        f"{rows[mode]['train_wall_s']} s, ensemble {rows[mode]['ensemble_test_acc']:.4f}"
+                    )
                     if model == "fc8" and name == "sub16" and mode == "packed":
                         rows["export"] = export_speed(cfg)
                         say(f"export: {rows['export']}")
@@ -150,9 +186,12 @@ def benchmark(models: list[str], epochs: int, limit: int | None, cnn8_width: int
                 for mode in ("unpacked", "packed"):
                     rows[mode]["compute_vs_baseline"] = round(rows[mode]["train_compute_s"] / b["train_compute_s"], 3)
                     rows[mode]["wall_vs_baseline"] = round(rows[mode]["train_wall_s"] / b["train_wall_s"], 3)
-                rows["packed_vs_unpacked_wall"] = round(rows["packed"]["train_wall_s"] / rows["unpacked"]["train_wall_s"], 3)
+                rows["packed_vs_unpacked_wall"] = round(
+                    rows["packed"]["train_wall_s"] / rows["unpacked"]["train_wall_s"], 3
+                )
                 rows["ensemble_acc_packed_minus_unpacked"] = round(
-                    rows["packed"]["ensemble_test_acc"] - rows["unpacked"]["ensemble_test_acc"], 4)
+                    rows["packed"]["ensemble_test_acc"] - rows["unpacked"]["ensemble_test_acc"], 4
+                )
                 res[model][name] = rows
     finally:
         ray.shutdown()
@@ -163,21 +202,47 @@ def table_rows(res: dict) -> list[list[str]]:
     rows = []
     for model, r in res["runs"].items():
         b = r["baseline"]
-        rows.append([f"{model} baseline", "-", f"{b['train_compute_s']:.1f}", "100%", f"{b['train_wall_s']:.1f}",
-                     f"{100 * b['test_acc']:.2f}%", "-", f"{b['peak_memory_bytes'] / 1e6:.0f}"])
+        rows.append(
+            [
+                f"{model} baseline",
+                "-",
+                f"{b['train_compute_s']:.1f}",
+                "100%",
+                f"{b['train_wall_s']:.1f}",
+                f"{100 * b['test_acc']:.2f}%",
+                "-",
+                f"{b['peak_memory_bytes'] / 1e6:.0f}",
+            ]
+        )
         for name, _ in SPLITS:
             for mode in ("unpacked", "packed"):
                 x = r[name][mode]
                 accs = x["branch_test_acc"]
-                rows.append([f"{model} {name}", mode, f"{x['train_compute_s']:.1f}",
-                             f"{100 * x['compute_vs_baseline']:.0f}%", f"{x['train_wall_s']:.1f}",
-                             f"{100 * x['ensemble_test_acc']:.2f}%",
-                             f"{100 * min(accs):.1f}-{100 * max(accs):.1f}%", f"{x['peak_memory_bytes'] / 1e6:.0f}"])
+                rows.append(
+                    [
+                        f"{model} {name}",
+                        mode,
+                        f"{x['train_compute_s']:.1f}",
+                        f"{100 * x['compute_vs_baseline']:.0f}%",
+                        f"{x['train_wall_s']:.1f}",
+                        f"{100 * x['ensemble_test_acc']:.2f}%",
+                        f"{100 * min(accs):.1f}-{100 * max(accs):.1f}%",
+                        f"{x['peak_memory_bytes'] / 1e6:.0f}",
+                    ]
+                )
     return rows
 
 
-HEADER = ["Network", "Branches", "Train compute (s)", "vs baseline", "Train wall (s)", "Ensemble test acc",
-          "Branch test acc", "Peak mem / process (MB)"]
+HEADER = [
+    "Network",
+    "Branches",
+    "Train compute (s)",
+    "vs baseline",
+    "Train wall (s)",
+    "Ensemble test acc",
+    "Branch test acc",
+    "Peak mem / process (MB)",
+]
 
 
 def markdown(res: dict) -> str:
@@ -185,13 +250,17 @@ def markdown(res: dict) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(res)]
     for model, r in res["runs"].items():
         for name, _ in SPLITS:
-            lines.append(f"\n{model} {name}: packed/unpacked wall {r[name]['packed_vs_unpacked_wall']:.2f}, ensemble "
-                         f"accuracy packed - unpacked {100 * r[name]['ensemble_acc_packed_minus_unpacked']:+.2f} pt.")
+            lines.append(
+                f"\n{model} {name}: packed/unpacked wall {r[name]['packed_vs_unpacked_wall']:.2f}, ensemble "
+                f"accuracy packed - unpacked {100 * r[name]['ensemble_acc_packed_minus_unpacked']:+.2f} pt."
+            )
     e = res["runs"].get("fc8", {}).get("sub16", {}).get("export")
     if e:
-        lines.append(f"\nExported fc8 sub16 program, batch {EXPORT_BATCH}, 1 thread: {e['packed_images_per_s']:,.0f} "
-                     f"images/s packed vs {e['unpacked_images_per_s']:,.0f} unpacked ({e['packed_vs_unpacked']:.2f}x; "
-                     f"logits differ by at most {e['max_abs_logit_difference']:.1e}).")
+        lines.append(
+            f"\nExported fc8 sub16 program, batch {EXPORT_BATCH}, 1 thread: {e['packed_images_per_s']:,.0f} "
+            f"images/s packed vs {e['unpacked_images_per_s']:,.0f} unpacked ({e['packed_vs_unpacked']:.2f}x; "
+            f"logits differ by at most {e['max_abs_logit_difference']:.1e})."
+        )
     lines.append(f"\n{res['source']}, {res['epochs']} epoch(s); {res['note']}")
     return "\n".join(lines)
 
@@ -206,10 +275,16 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     begun = begin("packing", argv)
     runs = benchmark(args.models.split(","), args.epochs, args.limit, args.cnn8_width)
-    res = {"source": "fashion-mnist" + (f" (first {args.limit} images per split)" if args.limit else ""),
-           "epochs": args.epochs, "cnn8_width": args.cnn8_width, "ray_cpus": RAY_CPUS, "threads_per_process": 1,
-           "note": "the machine was shared with other helpers' work while this ran (load average in the record): "
-                   "absolute times are inflated, ratios were measured side by side in one run", "runs": runs}
+    res = {
+        "source": "fashion-mnist" + (f" (first {args.limit} images per split)" if args.limit else ""),
+        "epochs": args.epochs,
+        "cnn8_width": args.cnn8_width,
+        "ray_cpus": RAY_CPUS,
+        "threads_per_process": 1,
+        "note": "the machine was shared with other helpers' work while this ran (load average in the record): "
+        "absolute times are inflated, ratios were measured side by side in one run",
+        "runs": runs,
+    }
     doc = record(begun, res, args.out)
     print(markdown(doc["results"]))
 

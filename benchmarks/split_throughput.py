@@ -63,8 +63,11 @@ from data_split.pipeline import split_dataset, write_single_process
 from data_split.sources import make_source
 
 for _k, _v in {  # fake credentials for the loopback endpoint; set before Ray starts so workers inherit them
-    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-    "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("AWS_ENDPOINT_URL", None)
@@ -180,8 +183,13 @@ def run_writer(writer: str, source_cfg: SourceConfig, split_cfg: SplitConfig, st
         write_manifest(storage, build_manifest(source, source_cfg, split_cfg, records))
     seconds = time.perf_counter() - t0
     images = sum(r.rows for r in records) // split_cfg.k
-    return {"seconds": round(seconds, 3), "images": images, "images_per_s": round(images / seconds),
-            "files": len(records), "mb_written": round(sum(r.bytes for r in records) / 1e6, 1)}
+    return {
+        "seconds": round(seconds, 3),
+        "images": images,
+        "images_per_s": round(images / seconds),
+        "files": len(records),
+        "mb_written": round(sum(r.bytes for r in records) / 1e6, 1),
+    }
 
 
 def timed(label: dict, writer: str, source_cfg, split_cfg, storage: RunStorage, repeats: int) -> dict:
@@ -219,9 +227,13 @@ def memory_probe(n_images: int, scratch: str) -> dict:
     shutil.rmtree(storage.root, ignore_errors=True)
     top = sorted(sampler.peak_breakdown.items(), key=lambda kv: -kv[1])[:8]
     return {
-        "images": n_images, "seconds": round(seconds, 2), "samples": sampler.samples,
-        "idle_pss_mb": round(idle["pss"] / 1e6), "peak_pss_mb": round(sampler.peak_pss / 1e6),
-        "peak_rss_sum_mb": round(sampler.peak_rss / 1e6), "peak_object_store_mb": round(sampler.peak_store / 1e6, 1),
+        "images": n_images,
+        "seconds": round(seconds, 2),
+        "samples": sampler.samples,
+        "idle_pss_mb": round(idle["pss"] / 1e6),
+        "peak_pss_mb": round(sampler.peak_pss / 1e6),
+        "peak_rss_sum_mb": round(sampler.peak_rss / 1e6),
+        "peak_object_store_mb": round(sampler.peak_store / 1e6, 1),
         "object_store_created_mb": round(sampler.store_created_bytes / 1e6, 1),
         "peak_pss_by_process_mb": {k: round(v / 1e6) for k, v in top},
     }
@@ -233,8 +245,10 @@ def run_probe(n_images: int, scratch: str) -> dict:
     if out.returncode:
         raise RuntimeError(f"memory probe {n_images} failed:\n{out.stderr[-3000:]}")
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  memory probe {n_images:>8}: peak PSS {row['peak_pss_mb']} MB, RSS sum {row['peak_rss_sum_mb']} MB",
-          flush=True)
+    print(
+        f"  memory probe {n_images:>8}: peak PSS {row['peak_pss_mb']} MB, RSS sum {row['peak_rss_sum_mb']} MB",
+        flush=True,
+    )
     return row
 
 
@@ -293,33 +307,54 @@ def benchmark(quick: bool, scratch: str) -> dict:
     big, small = (f"synthetic {n // 1000}k sub4" for n in synth_sizes)
     ratio_big = next(r["ratio_vs_single"] for r in rows if r["case"] == big and r["writer"] == "ray")
     ratio_small = next(r["ratio_vs_single"] for r in rows if r["case"] == small and r["writer"] == "ray")
-    res["target_ray_within_2x_of_single"] = {"case": big, "ratio": ratio_big, "small_case": small,
-                                             "small_ratio": ratio_small, "met": ratio_big <= 2.0}
+    res["target_ray_within_2x_of_single"] = {
+        "case": big,
+        "ratio": ratio_big,
+        "small_case": small,
+        "small_ratio": ratio_small,
+        "met": ratio_big <= 2.0,
+    }
 
     probes = [run_probe(n, scratch) for n in sorted(synth_sizes)]
     growth = probes[1]["peak_pss_mb"] / probes[0]["peak_pss_mb"]
     res["memory"] = probes
-    res["target_memory_flat_1_5x"] = {"images": [p["images"] for p in probes], "peak_pss_ratio": round(growth, 2),
-                                      "peak_rss_sum_ratio": round(probes[1]["peak_rss_sum_mb"] /
-                                                                  probes[0]["peak_rss_sum_mb"], 2),
-                                      "met": growth <= 1.5}
+    res["target_memory_flat_1_5x"] = {
+        "images": [p["images"] for p in probes],
+        "peak_pss_ratio": round(growth, 2),
+        "peak_rss_sum_ratio": round(probes[1]["peak_rss_sum_mb"] / probes[0]["peak_rss_sum_mb"], 2),
+        "met": growth <= 1.5,
+    }
     return res
 
 
 def markdown(res: dict) -> str:
     """The docs page's tables: throughput per case and writer, then the peak memory of the pipeline."""
-    lines = ["| case | target | writer | images | seconds | images/s | MB written | ray / single |",
-             "|:---|:---|:---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['case']} | {r['target']} | {r['writer']} | {r['images']:,} | {r['seconds']:.2f} | "
-              f"{r['images_per_s']:,} | {r['mb_written']:,} | {r['ratio_vs_single']:.2f} |" for r in res["throughput"]]
-    lines += ["", "| images | seconds | idle PSS MB | peak PSS MB | peak RSS sum MB | peak store MB |",
-              "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {p['images']:,} | {p['seconds']:.1f} | {p['idle_pss_mb']} | {p['peak_pss_mb']} | "
-              f"{p['peak_rss_sum_mb']} | {p['peak_object_store_mb']} |" for p in res["memory"]]
+    lines = [
+        "| case | target | writer | images | seconds | images/s | MB written | ray / single |",
+        "|:---|:---|:---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['case']} | {r['target']} | {r['writer']} | {r['images']:,} | {r['seconds']:.2f} | "
+        f"{r['images_per_s']:,} | {r['mb_written']:,} | {r['ratio_vs_single']:.2f} |"
+        for r in res["throughput"]
+    ]
+    lines += [
+        "",
+        "| images | seconds | idle PSS MB | peak PSS MB | peak RSS sum MB | peak store MB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p['images']:,} | {p['seconds']:.1f} | {p['idle_pss_mb']} | {p['peak_pss_mb']} | "
+        f"{p['peak_rss_sum_mb']} | {p['peak_object_store_mb']} |"
+        for p in res["memory"]
+    ]
     a, b = res["target_ray_within_2x_of_single"], res["target_memory_flat_1_5x"]
-    lines += ["", f"Ray within 2x of one process at {a['case']}: {a['ratio']} ({'met' if a['met'] else 'not met'}; "
-                  f"{a['small_case']}: {a['small_ratio']}). Peak memory flat within 1.5x from {b['images'][0]:,} to "
-                  f"{b['images'][1]:,} images: PSS ratio {b['peak_pss_ratio']} ({'met' if b['met'] else 'not met'})."]
+    lines += [
+        "",
+        f"Ray within 2x of one process at {a['case']}: {a['ratio']} ({'met' if a['met'] else 'not met'}; "
+        f"{a['small_case']}: {a['small_ratio']}). Peak memory flat within 1.5x from {b['images'][0]:,} to "
+        f"{b['images'][1]:,} images: PSS ratio {b['peak_pss_ratio']} ({'met' if b['met'] else 'not met'}).",
+    ]
     return "\n".join(lines)
 
 
@@ -332,21 +367,39 @@ def print_tables(res: dict) -> None:
     for col in ("case", "target", "writer", "images", "seconds", "images/s", "MB written", "ray/single"):
         t.add_column(col, justify="left" if col in ("case", "target", "writer") else "right")
     for r in res["throughput"]:
-        t.add_row(r["case"], r["target"], r["writer"], f"{r['images']:,}", f"{r['seconds']:.2f}",
-                  f"{r['images_per_s']:,}", f"{r['mb_written']:,}", f"{r['ratio_vs_single']:.2f}")
+        t.add_row(
+            r["case"],
+            r["target"],
+            r["writer"],
+            f"{r['images']:,}",
+            f"{r['seconds']:.2f}",
+            f"{r['images_per_s']:,}",
+            f"{r['mb_written']:,}",
+            f"{r['ratio_vs_single']:.2f}",
+        )
     console.print(t)
     m = Table(title=f"peak memory of the Ray pipeline (process tree, object store {OBJECT_STORE_BYTES >> 20} MiB)")
     for col in ("images", "seconds", "idle PSS MB", "peak PSS MB", "peak RSS sum MB", "peak store MB"):
         m.add_column(col, justify="right")
     for p in res["memory"]:
-        m.add_row(f"{p['images']:,}", f"{p['seconds']:.1f}", str(p["idle_pss_mb"]), str(p["peak_pss_mb"]),
-                  str(p["peak_rss_sum_mb"]), f"{p['peak_object_store_mb']}")
+        m.add_row(
+            f"{p['images']:,}",
+            f"{p['seconds']:.1f}",
+            str(p["idle_pss_mb"]),
+            str(p["peak_pss_mb"]),
+            str(p["peak_rss_sum_mb"]),
+            f"{p['peak_object_store_mb']}",
+        )
     console.print(m)
     a, b = res["target_ray_within_2x_of_single"], res["target_memory_flat_1_5x"]
-    console.print(f"Ray within 2x of single process at {a['case']}: ratio {a['ratio']} -> "
-                  f"{'MET' if a['met'] else 'NOT MET'} ({a['small_case']}: {a['small_ratio']})")
-    console.print(f"Peak memory flat (<= 1.5x) from {b['images'][0]:,} to {b['images'][1]:,} images: "
-                  f"PSS ratio {b['peak_pss_ratio']} -> {'MET' if b['met'] else 'NOT MET'}")
+    console.print(
+        f"Ray within 2x of single process at {a['case']}: ratio {a['ratio']} -> "
+        f"{'MET' if a['met'] else 'NOT MET'} ({a['small_case']}: {a['small_ratio']})"
+    )
+    console.print(
+        f"Peak memory flat (<= 1.5x) from {b['images'][0]:,} to {b['images'][1]:,} images: "
+        f"PSS ratio {b['peak_pss_ratio']} -> {'MET' if b['met'] else 'NOT MET'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -366,8 +419,13 @@ def main(argv: list[str] | None = None) -> None:
         res = benchmark(args.quick, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    res = {"quick": args.quick, "ray_cpus": RAY_CPUS, "object_store_bytes": OBJECT_STORE_BYTES,
-           "images_per_task": SplitConfig().images_per_task, **res}
+    res = {
+        "quick": args.quick,
+        "ray_cpus": RAY_CPUS,
+        "object_store_bytes": OBJECT_STORE_BYTES,
+        "images_per_task": SplitConfig().images_per_task,
+        **res,
+    }
     print_tables(res)
     record(begun, res, out)
     if out:

@@ -79,10 +79,16 @@ def part_storage(tmp: Path, source_cfg: SourceConfig) -> dict:
         for dtype in DTYPES:
             _, m, secs = write_split(tmp / f"{name}-{dtype}", source_cfg, SplitConfig(rows=r, cols=c, dtype=dtype))
             per_branch = [b.splits["train"].bytes for b in m.branches]
-            row[dtype] = {"train_bytes": sum(per_branch), "per_branch_bytes": per_branch,
-                          "ratio": sum(per_branch) / raw, "split_seconds": secs}
-            say(f"{name} {dtype}: {sum(per_branch) / 1e6:.1f} MB vs raw {raw / 1e6:.1f} MB = "
-                f"{sum(per_branch) / raw:.3f}")
+            row[dtype] = {
+                "train_bytes": sum(per_branch),
+                "per_branch_bytes": per_branch,
+                "ratio": sum(per_branch) / raw,
+                "split_seconds": secs,
+            }
+            say(
+                f"{name} {dtype}: {sum(per_branch) / 1e6:.1f} MB vs raw {raw / 1e6:.1f} MB = "
+                f"{sum(per_branch) / raw:.3f}"
+            )
             shutil.rmtree(tmp / f"{name}-{dtype}")
         out[name] = row
     return out
@@ -99,24 +105,34 @@ def part_accuracy(tmp: Path, source_cfg: SourceConfig, seeds: list[int], epochs:
                 shutil.copytree(data_root / layout.DATA, run / layout.DATA)
                 rs = RunStorage(str(run))
                 t0 = time.perf_counter()
-                results = [train_branch(rs, k, ModelConfig(name="fc8"), TrainConfig(epochs=epochs, seed=seed), device="cpu")
-                           for k in range(r * c)]
+                results = [
+                    train_branch(rs, k, ModelConfig(name="fc8"), TrainConfig(epochs=epochs, seed=seed), device="cpu")
+                    for k in range(r * c)
+                ]
                 ens = {w: evaluate_ensemble(rs, r * c, w).test["acc"] for w in ("geometric", "uniform")}
                 out[f"{name}/{dtype}/seed={seed}"] = {
-                    "ensemble_test_acc": ens, "mean_branch_test_acc": float(np.mean([x["test_acc"] for x in results])),
+                    "ensemble_test_acc": ens,
+                    "mean_branch_test_acc": float(np.mean([x["test_acc"] for x in results])),
                     "train_seconds": time.perf_counter() - t0,
                 }
-                say(f"{name} {dtype} seed {seed}: geometric {ens['geometric']:.4f} uniform {ens['uniform']:.4f} "
-                    f"({time.perf_counter() - t0:.0f} s)")
+                say(
+                    f"{name} {dtype} seed {seed}: geometric {ens['geometric']:.4f} uniform {ens['uniform']:.4f} "
+                    f"({time.perf_counter() - t0:.0f} s)"
+                )
                 shutil.rmtree(run)
             shutil.rmtree(data_root)
     summary = {}
     for name in SPLITS:
         for rule in ("geometric", "uniform"):
-            diffs = [out[f"{name}/uint8/seed={s}"]["ensemble_test_acc"][rule] - out[f"{name}/float32/seed={s}"]["ensemble_test_acc"][rule]
-                     for s in seeds]
-            summary[f"{name}/{rule}"] = {"mean_diff_points": 100 * float(np.mean(diffs)),
-                                         "goal_met": abs(100 * float(np.mean(diffs))) <= 0.15}
+            diffs = [
+                out[f"{name}/uint8/seed={s}"]["ensemble_test_acc"][rule]
+                - out[f"{name}/float32/seed={s}"]["ensemble_test_acc"][rule]
+                for s in seeds
+            ]
+            summary[f"{name}/{rule}"] = {
+                "mean_diff_points": 100 * float(np.mean(diffs)),
+                "goal_met": abs(100 * float(np.mean(diffs))) <= 0.15,
+            }
     return {"runs": out, "uint8_minus_float32": summary}
 
 
@@ -135,15 +151,22 @@ def main(argv: list[str] | None = None) -> None:
     res = load(OUT)["results"] if OUT.exists() else {}  # one part can be re-run without losing the other
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         if args.part in ("storage", "all"):
-            res["storage"] = {**part_storage(Path(tmp), source_cfg), "goal": "uint8 ratio <= 1.10",
-                              "command": ".venv/bin/python -m benchmarks.storage --part storage",
-                              "load_avg": load_average()}
+            res["storage"] = {
+                **part_storage(Path(tmp), source_cfg),
+                "goal": "uint8 ratio <= 1.10",
+                "command": ".venv/bin/python -m benchmarks.storage --part storage",
+                "load_avg": load_average(),
+            }
         if args.part in ("accuracy", "all"):
-            res["accuracy"] = {**part_accuracy(Path(tmp), source_cfg, args.seeds, args.epochs),
-                               "goal": "mean |uint8 - float32| ensemble test accuracy <= 0.15 points",
-                               "epochs": args.epochs, "seeds": args.seeds, "model": "fc8",
-                               "command": ".venv/bin/python -m benchmarks.storage --part accuracy",
-                               "load_avg": load_average()}
+            res["accuracy"] = {
+                **part_accuracy(Path(tmp), source_cfg, args.seeds, args.epochs),
+                "goal": "mean |uint8 - float32| ensemble test accuracy <= 0.15 points",
+                "epochs": args.epochs,
+                "seeds": args.seeds,
+                "model": "fc8",
+                "command": ".venv/bin/python -m benchmarks.storage --part accuracy",
+                "load_avg": load_average(),
+            }
     record(begun, res, OUT)
     say(f"wrote {OUT}")
 
@@ -155,7 +178,10 @@ def markdown(res: dict) -> str:
         st = res["storage"]
         splits = [name for name in st if isinstance(st[name], dict)]
         dtypes = [d for d in st[splits[0]] if isinstance(st[splits[0]][d], dict)]
-        lines += ["| split | raw train images | " + " | ".join(dtypes) + " |", "| --- | ---: |" + " ---: |" * len(dtypes)]
+        lines += [
+            "| split | raw train images | " + " | ".join(dtypes) + " |",
+            "| --- | ---: |" + " ---: |" * len(dtypes),
+        ]
         for name in splits:
             cells = [f"{st[name][d]['train_bytes'] / 1e6:.1f} MB, {st[name][d]['ratio']:.3f}" for d in dtypes]
             lines.append(f"| {name} | {st[name]['raw_train_bytes'] / 1e6:.1f} MB | " + " | ".join(cells) + " |")
@@ -165,11 +191,16 @@ def markdown(res: dict) -> str:
         lines += ["| run | rule | seed | ensemble test accuracy |", "| --- | --- | ---: | ---: |"]
         for key, run in acc["runs"].items():
             name, dtype, seed = key.split("/")
-            lines += [f"| {name} {dtype} | {rule} | {seed.removeprefix('seed=')} | {100 * a:.2f}% |"
-                      for rule, a in run["ensemble_test_acc"].items()]
-        lines += ["", "Mean uint8 - float32 (points): " + "; ".join(
-            f"{key} {s['mean_diff_points']:+.2f}" for key, s in acc["uint8_minus_float32"].items())
-            + f". Goal: {acc['goal']}. Command: `{acc['command']}`."]
+            lines += [
+                f"| {name} {dtype} | {rule} | {seed.removeprefix('seed=')} | {100 * a:.2f}% |"
+                for rule, a in run["ensemble_test_acc"].items()
+            ]
+        lines += [
+            "",
+            "Mean uint8 - float32 (points): "
+            + "; ".join(f"{key} {s['mean_diff_points']:+.2f}" for key, s in acc["uint8_minus_float32"].items())
+            + f". Goal: {acc['goal']}. Command: `{acc['command']}`.",
+        ]
     return "\n".join(lines)
 
 

@@ -90,8 +90,9 @@ def measure(attempts: int, retries: int, repeats: int, outage_s: float) -> dict:
         placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         placeholder.bind(("127.0.0.1", port))
         done: dict = {}
-        reader = threading.Thread(target=lambda done=done, storage=storage: done.update(data=storage.read_bytes("x"),
-                                                                                      t=time.perf_counter()))
+        reader = threading.Thread(
+            target=lambda done=done, storage=storage: done.update(data=storage.read_bytes("x"), t=time.perf_counter())
+        )
         reader.start()
         time.sleep(outage_s)  # the outage itself: a duration
         placeholder.close()
@@ -102,10 +103,14 @@ def measure(attempts: int, retries: int, repeats: int, outage_s: float) -> dict:
         server.stop()
         assert done["data"] == b"payload"
         recovered.append(done["t"] - up)
-    return {"botocore_attempts": attempts, "s3fs_retries": retries,
-            "refused_s": round(statistics.median(refused[1:]), 3), "refused_all_s": [round(t, 3) for t in refused[1:]],
-            "gave_up_after_s": [round(t, 2) for t in gave_up],
-            "recovered_after_s": [round(t, 2) for t in recovered]}
+    return {
+        "botocore_attempts": attempts,
+        "s3fs_retries": retries,
+        "refused_s": round(statistics.median(refused[1:]), 3),
+        "refused_all_s": [round(t, 3) for t in refused[1:]],
+        "gave_up_after_s": [round(t, 2) for t in gave_up],
+        "recovered_after_s": [round(t, 2) for t in recovered],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,18 +130,25 @@ def main(argv: list[str] | None = None) -> None:
     rows = [measure(a, r, repeats, args.outage) for a, r in SETTINGS]
     print(f"{'attempts':>8} {'retries':>7} {'refused s':>9} {'gave up after s (budget 2)':>28} recovered after s")
     for row in rows:
-        print(f"{row['botocore_attempts']:>8} {row['s3fs_retries']:>7} {row['refused_s']:>9.2f} "
-              f"{str(row['gave_up_after_s']):>28} {row['recovered_after_s']}")
+        print(
+            f"{row['botocore_attempts']:>8} {row['s3fs_retries']:>7} {row['refused_s']:>9.2f} "
+            f"{str(row['gave_up_after_s']):>28} {row['recovered_after_s']}"
+        )
     record(begun, {"outage_s": args.outage, "rows": rows}, OUT)
 
 
 def markdown(results: dict) -> str:
     """One row per setting of the client's own retries (botocore attempts x s3fs retries), medians."""
-    lines = ["| botocore attempts | s3fs retries | one attempt, refused port (s) | gave up, 2 s budget (s) | "
-             f"returned after a {results['outage_s']:g} s outage ended (s) |", "|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| botocore attempts | s3fs retries | one attempt, refused port (s) | gave up, 2 s budget (s) | "
+        f"returned after a {results['outage_s']:g} s outage ended (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for r in results["rows"]:
-        lines.append(f"| {r['botocore_attempts']} | {r['s3fs_retries']} | {r['refused_s']:.2f} | "
-                     f"{statistics.median(r['gave_up_after_s']):.2f} | {statistics.median(r['recovered_after_s']):.2f} |")
+        lines.append(
+            f"| {r['botocore_attempts']} | {r['s3fs_retries']} | {r['refused_s']:.2f} | "
+            f"{statistics.median(r['gave_up_after_s']):.2f} | {statistics.median(r['recovered_after_s']):.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -78,12 +78,22 @@ def measure(uri: str, endpoint: str | None, mode: str, width: int | None = None)
         env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     RunStorage(uri, endpoint_url=endpoint).remove("branches")  # a fresh branch: no resume, no conflict
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, uri, endpoint or "", mode, str(width or 0)], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, uri, endpoint or "", mode, str(width or 0)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     r = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    return {"peak_rss_bytes": r["peak_rss_bytes"], "training_rss_bytes": r["peak_rss_bytes"] - r["rss_after_imports_bytes"],
-            "images_per_s": r["images_per_s"], "data_mode": r["data_mode"],
-            "test_acc": r["test_acc"], "wall_seconds": time.perf_counter() - t0}
+    return {
+        "peak_rss_bytes": r["peak_rss_bytes"],
+        "training_rss_bytes": r["peak_rss_bytes"] - r["rss_after_imports_bytes"],
+        "images_per_s": r["images_per_s"],
+        "data_mode": r["data_mode"],
+        "test_acc": r["test_acc"],
+        "wall_seconds": time.perf_counter() - t0,
+    }
 
 
 def speed(res: dict, where: str, n: int, uri: str, endpoint: str | None, repeats: int) -> None:
@@ -97,8 +107,11 @@ def speed(res: dict, where: str, n: int, uri: str, endpoint: str | None, repeats
             tries[mode].append(r)
             say(f"{where} {n} {mode}: {r['images_per_s']:.0f} img/s (load {os.getloadavg()[0]:.1f})")
     for mode, rs in tries.items():
-        res["runs"][f"{where}/{n}/{mode}"] = {**rs[0], "images_per_s": statistics.median(r["images_per_s"] for r in rs),
-                                              "images_per_s_tries": [r["images_per_s"] for r in rs]}
+        res["runs"][f"{where}/{n}/{mode}"] = {
+            **rs[0],
+            "images_per_s": statistics.median(r["images_per_s"] for r in rs),
+            "images_per_s_tries": [r["images_per_s"] for r in rs],
+        }
 
 
 def upload(local: Path, endpoint: str) -> str:
@@ -159,11 +172,15 @@ def main(argv: list[str] | None = None) -> None:
         for mode in ("stream", "memory"):
             a, b = runs[f"rss/{small}/{mode}"], runs[f"rss/{big}/{mode}"]
             summary[f"rss_growth_{mode}"] = b["peak_rss_bytes"] / a["peak_rss_bytes"]  # the whole process
-            summary[f"training_rss_growth_{mode}"] = b["training_rss_bytes"] / a["training_rss_bytes"]  # what training adds
+            summary[f"training_rss_growth_{mode}"] = (
+                b["training_rss_bytes"] / a["training_rss_bytes"]
+            )  # what training adds
         summary["rss_goal_met"] = summary["rss_growth_stream"] <= 1.25
     for where in ("local", "s3"):
         if f"{where}/{small}/stream" in runs:
-            summary[f"speed_ratio_{where}"] = runs[f"{where}/{small}/stream"]["images_per_s"] / runs[f"{where}/{small}/memory"]["images_per_s"]
+            summary[f"speed_ratio_{where}"] = (
+                runs[f"{where}/{small}/stream"]["images_per_s"] / runs[f"{where}/{small}/memory"]["images_per_s"]
+            )
             summary[f"speed_goal_met_{where}"] = summary[f"speed_ratio_{where}"] >= 0.85
     res["summary"] = summary
     record(begun, res, OUT)
@@ -175,8 +192,11 @@ def markdown(res: dict) -> str:
     runs = res["runs"]
     sizes = sorted({int(key.split("/")[1]) for key in runs if key.startswith("rss/")})
     lines = ["| images | stream peak RSS | memory peak RSS |", "| ---: | ---: | ---: |"]
-    lines += [f"| {n:,} | {runs[f'rss/{n}/stream']['peak_rss_bytes'] / 2**20:,.0f} MiB | "
-              f"{runs[f'rss/{n}/memory']['peak_rss_bytes'] / 2**20:,.0f} MiB |" for n in sizes]
+    lines += [
+        f"| {n:,} | {runs[f'rss/{n}/stream']['peak_rss_bytes'] / 2**20:,.0f} MiB | "
+        f"{runs[f'rss/{n}/memory']['peak_rss_bytes'] / 2**20:,.0f} MiB |"
+        for n in sizes
+    ]
     lines += ["", "| where | images | stream | memory | ratio |", "| --- | ---: | ---: | ---: | ---: |"]
     for key in runs:
         where, n, mode = key.split("/")
@@ -185,9 +205,12 @@ def markdown(res: dict) -> str:
             lines.append(f"| {where} | {int(n):,} | {a:,.0f} img/s | {b:,.0f} img/s | {a / b:.2f} |")
     s = res["summary"]
     if "rss_growth_stream" in s:
-        lines += ["", f"Peak RSS growth from {sizes[0]:,} to {sizes[-1]:,} images: stream {s['rss_growth_stream']:.3f}x, "
-                      f"memory {s['rss_growth_memory']:.2f}x (what training adds: {s['training_rss_growth_memory']:.1f}x). "
-                      f"Models: {res['model']}."]
+        lines += [
+            "",
+            f"Peak RSS growth from {sizes[0]:,} to {sizes[-1]:,} images: stream {s['rss_growth_stream']:.3f}x, "
+            f"memory {s['rss_growth_memory']:.2f}x (what training adds: {s['training_rss_growth_memory']:.1f}x). "
+            f"Models: {res['model']}.",
+        ]
     return "\n".join(lines)
 
 

@@ -87,8 +87,13 @@ def measure_resnet34_step() -> dict:
         opt.step()
         if i:  # the first step allocates and is not counted
             times.append(time.perf_counter() - t0)
-    return {"params": params, "step_s": sorted(times)[len(times) // 2], "steps_timed": times, "threads": 1,
-            "batch": PROJ_BATCH_PER_WORKER}
+    return {
+        "params": params,
+        "step_s": sorted(times)[len(times) // 2],
+        "steps_timed": times,
+        "threads": 1,
+        "batch": PROJ_BATCH_PER_WORKER,
+    }
 
 
 def projection(step_s: float, params: int) -> list[dict]:
@@ -98,10 +103,18 @@ def projection(step_s: float, params: int) -> list[dict]:
         sent = 2 * (n - 1) / n * params * 4  # bytes each worker sends per step, ring all-reduce
         for gbit in PROJ_GBITS:
             comm = steps * sent * 8 / (gbit * 1e9)
-            rows.append({"workers": n, "gbit_s": gbit, "steps_per_epoch": steps, "bytes_per_worker_per_step": sent,
-                         "ddp_comm_s_per_epoch": comm, "branches_comm_s_per_epoch": 0.0,
-                         "compute_s_per_epoch_measured_cpu": steps * step_s,
-                         "comm_share_if_not_overlapped": comm / (comm + steps * step_s)})
+            rows.append(
+                {
+                    "workers": n,
+                    "gbit_s": gbit,
+                    "steps_per_epoch": steps,
+                    "bytes_per_worker_per_step": sent,
+                    "ddp_comm_s_per_epoch": comm,
+                    "branches_comm_s_per_epoch": 0.0,
+                    "compute_s_per_epoch_measured_cpu": steps * step_s,
+                    "comm_share_if_not_overlapped": comm / (comm + steps * step_s),
+                }
+            )
     return rows
 
 
@@ -109,13 +122,33 @@ def engine_rows(report: dict, walls: dict) -> list[dict]:
     rows = []
     for e in report["comparison"]["engines"]:
         name = "spectral" if e["engine"].startswith("spectral") else e["engine"]
-        row = {key: e.get(key) for key in ("engine", "workers", "bytes_per_worker", "process_group", "test_acc",
-                                           "val_acc", "wall_s", "time_to_target_s", "curve")}
+        row = {
+            key: e.get(key)
+            for key in (
+                "engine",
+                "workers",
+                "bytes_per_worker",
+                "process_group",
+                "test_acc",
+                "val_acc",
+                "wall_s",
+                "time_to_target_s",
+                "curve",
+            )
+        }
         row["api_call_s"] = walls[name]
         if name == "ddp":
             ddp = report["baseline_ddp"]
-            for key in ("steps", "parameters", "allreduce_bytes_by_worker", "allreduce_seconds_by_worker",
-                        "train_seconds_by_worker", "allreduce_fraction_by_worker", "backend", "seconds"):
+            for key in (
+                "steps",
+                "parameters",
+                "allreduce_bytes_by_worker",
+                "allreduce_seconds_by_worker",
+                "train_seconds_by_worker",
+                "allreduce_fraction_by_worker",
+                "backend",
+                "seconds",
+            ):
                 row[key] = ddp[key]
         rows.append(row)
     return rows
@@ -124,28 +157,45 @@ def engine_rows(report: dict, walls: dict) -> list[dict]:
 def markdown(results: dict) -> str:
     """The engines measured side by side, then the labelled ResNet-34 projection (not a measurement)."""
     target = results["target_val_acc"]
-    lines = ["| Engine | Workers | Bytes sent per worker | Wall time (s) | Test acc | "
-             f"Time to {100 * target:.2f}% val acc (s) |",
-             "|:---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Engine | Workers | Bytes sent per worker | Wall time (s) | Test acc | "
+        f"Time to {100 * target:.2f}% val acc (s) |",
+        "|:---|---:|---:|---:|---:|---:|",
+    ]
     for r in results["engines"]:
         t = r["time_to_target_s"]
-        lines.append(f"| {r['engine']} | {r['workers']} | {r['bytes_per_worker']:,} | {r['wall_s']:.1f} | "
-                     f"{100 * r['test_acc']:.2f}% | {t if isinstance(t, str) else f'{t:.1f}'} |")
+        lines.append(
+            f"| {r['engine']} | {r['workers']} | {r['bytes_per_worker']:,} | {r['wall_s']:.1f} | "
+            f"{100 * r['test_acc']:.2f}% | {t if isinstance(t, str) else f'{t:.1f}'} |"
+        )
     ddp = next(r for r in results["engines"] if r["engine"] == "ddp")
-    lines += ["", "DDP time in all-reduce per worker: " + ", ".join(
-        f"{s:.1f} s of {t:.1f} s ({100 * f:.0f}%)" for s, t, f in zip(
-            ddp["allreduce_seconds_by_worker"], ddp["train_seconds_by_worker"], ddp["allreduce_fraction_by_worker"]))]
+    lines += [
+        "",
+        "DDP time in all-reduce per worker: "
+        + ", ".join(
+            f"{s:.1f} s of {t:.1f} s ({100 * f:.0f}%)"
+            for s, t, f in zip(
+                ddp["allreduce_seconds_by_worker"], ddp["train_seconds_by_worker"], ddp["allreduce_fraction_by_worker"]
+            )
+        ),
+    ]
     r34 = results["resnet34"]
-    lines += ["", f"**Projection, not a measurement**: ResNet-34 ({r34['params']:,} params, fp32), ring all-reduce, "
-                  f"one ImageNet epoch, batch {PROJ_BATCH_PER_WORKER} per worker; compute from a measured CPU step of "
-                  f"{r34['step_s']:.2f} s.", "",
-              "| Workers N | Link | Steps/epoch | Sent per worker per step | DDP comm per epoch | K branches | Comm "
-              "share (no overlap, CPU compute) |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {p['workers']} | {p['gbit_s']} Gbit/s | {p['steps_per_epoch']:,} | "
-              f"{p['bytes_per_worker_per_step'] / 1e6:.1f} MB | "
-              f"{p['ddp_comm_s_per_epoch']:,.0f} s | 0 s | {100 * p['comm_share_if_not_overlapped']:.1f}% |"
-              for p in results["projection"]]
+    lines += [
+        "",
+        f"**Projection, not a measurement**: ResNet-34 ({r34['params']:,} params, fp32), ring all-reduce, "
+        f"one ImageNet epoch, batch {PROJ_BATCH_PER_WORKER} per worker; compute from a measured CPU step of "
+        f"{r34['step_s']:.2f} s.",
+        "",
+        "| Workers N | Link | Steps/epoch | Sent per worker per step | DDP comm per epoch | K branches | Comm "
+        "share (no overlap, CPU compute) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p['workers']} | {p['gbit_s']} Gbit/s | {p['steps_per_epoch']:,} | "
+        f"{p['bytes_per_worker_per_step'] / 1e6:.1f} MB | "
+        f"{p['ddp_comm_s_per_epoch']:,.0f} s | 0 s | {100 * p['comm_share_if_not_overlapped']:.1f}% |"
+        for p in results["projection"]
+    ]
     lines += ["", "Assumptions: " + "; ".join(results["projection_assumptions"]) + "."]
     return "\n".join(lines)
 
@@ -161,16 +211,32 @@ def main() -> None:
     root = args.root or (QUICK_ROOT if args.quick else DEFAULT_ROOT)
     uri = os.path.join(root, "fmnist-fc8-sub4")
     shutil.rmtree(uri, ignore_errors=True)
-    cfg = load_config(CONFIG, {
-        "storage.uri": uri, "source.limit": QUICK_LIMIT if args.quick else None, "model.name": "fc8",
-        "train.epochs": epochs, "train.batch_size": 128, "train.threads": 1, "train.epoch_logits": True,
-        "resources.cpus_per_branch": 1, "resources.gpus_per_branch": 0, "ensemble.weights": "tuned",
-        "baseline.workers": 2, "baseline.cpus_per_worker": 1, "ray.num_cpus": RAY_CPUS,
-    })
+    cfg = load_config(
+        CONFIG,
+        {
+            "storage.uri": uri,
+            "source.limit": QUICK_LIMIT if args.quick else None,
+            "model.name": "fc8",
+            "train.epochs": epochs,
+            "train.batch_size": 128,
+            "train.threads": 1,
+            "train.epoch_logits": True,
+            "resources.cpus_per_branch": 1,
+            "resources.gpus_per_branch": 0,
+            "ensemble.weights": "tuned",
+            "baseline.workers": 2,
+            "baseline.cpus_per_worker": 1,
+            "ray.num_cpus": RAY_CPUS,
+        },
+    )
     begun = begin("vs_ddp")
     say(f"splits under {uri} (load {begun.load_before})")
     api.split(cfg)
-    split_dataset(cfg.source, dataclasses.replace(cfg.split, rows=1, cols=1, transform="identity"), RunStorage.from_config(cfg.storage).child(layout.BASELINE))
+    split_dataset(
+        cfg.source,
+        dataclasses.replace(cfg.split, rows=1, cols=1, transform="identity"),
+        RunStorage.from_config(cfg.storage).child(layout.BASELINE),
+    )
     walls = {}
     say("single baseline")
     _, walls["single"] = timed(api.baseline, cfg.replace(**{"baseline.engine": "single"}))
@@ -185,8 +251,12 @@ def main() -> None:
     assert r34["params"] == RESNET34_PARAMS, r34["params"]
     results = {
         "epochs": epochs,
-        "quick": args.quick, "run": uri, "target_val_acc": report["comparison"]["target_val_acc"],
-        "engines": engine_rows(report, walls), "resnet34": r34, "projection": projection(r34["step_s"], r34["params"]),
+        "quick": args.quick,
+        "run": uri,
+        "target_val_acc": report["comparison"]["target_val_acc"],
+        "engines": engine_rows(report, walls),
+        "resnet34": r34,
+        "projection": projection(r34["step_s"], r34["params"]),
         "projection_assumptions": [
             "labelled projection, not a measurement: ring all-reduce sends 2(N-1)/N x 21.8 M x 4 bytes per worker "
             "per step",

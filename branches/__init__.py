@@ -14,11 +14,18 @@ from typing import TYPE_CHECKING
 from data_split.lazy import lazy_exports
 
 _EXPORTS = {
-    "MODELS": "branches.config", "OPTIMIZERS": "branches.config", "SCHEDULES": "branches.config",
-    "ModelConfig": "branches.config", "TrainConfig": "branches.config",
-    "build_model": "branches.models", "count_parameters": "branches.models",
-    "BranchConflictError": "branches.finished", "finished_result": "branches.finished",
-    "NonFiniteError": "branches.train", "lr_factor": "branches.train", "train_branch": "branches.train",
+    "MODELS": "branches.config",
+    "OPTIMIZERS": "branches.config",
+    "SCHEDULES": "branches.config",
+    "ModelConfig": "branches.config",
+    "TrainConfig": "branches.config",
+    "build_model": "branches.models",
+    "count_parameters": "branches.models",
+    "BranchConflictError": "branches.finished",
+    "finished_result": "branches.finished",
+    "NonFiniteError": "branches.train",
+    "lr_factor": "branches.train",
+    "train_branch": "branches.train",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -12,8 +12,8 @@ are emitted as batches. Every draw comes from one numpy generator seeded by
 that fixed order, so an epoch's batches are a function of (seed, branch,
 epoch) whatever the timing: a resumed run replays the same steps. Memory:
 about ``shuffle_buffer`` + ``PREFETCH_ROW_GROUPS`` row groups of stored
-values, whatever the split's size. Batches move to the device as stored (on CUDA through pinned memory, non_blocking) and
-are decoded there (``_data.Decoder``).
+values, whatever the split's size. Batches move to the device as stored (on CUDA through pinned memory,
+non_blocking) and are decoded there (``_data.Decoder``).
 
 Outages: every read (a footer, a row group) is retried within ``storage.retry_budget_s`` on a freshly
 opened file (``RunStorage.read_with``); past the budget the ``StorageError`` is raised by the reader
@@ -78,8 +78,16 @@ def epoch_rng(seed: int, k: int, epoch: int) -> np.random.Generator:
 class StreamingSplit:
     """One split of branch ``k``, read from storage row group by row group."""
 
-    def __init__(self, storage: RunStorage, manifest: Manifest, split: str, k: int, device: torch.device,
-                 *, shuffle_buffer: int = 8192) -> None:
+    def __init__(
+        self,
+        storage: RunStorage,
+        manifest: Manifest,
+        split: str,
+        k: int,
+        device: torch.device,
+        *,
+        shuffle_buffer: int = 8192,
+    ) -> None:
         try:
             entry = manifest.branches[k].splits[split]
         except (IndexError, KeyError):
@@ -135,6 +143,7 @@ class StreamingSplit:
         Runs on the single prefetch thread only, so ``_open`` needs no lock. A failed read drops the file,
         and the retry opens it afresh (a connection broken mid-read leaves a file object in an unknown state).
         """
+
         def attempt() -> tuple:
             f, parquet = self._open.pop(rel, (None, None))
             try:
@@ -166,7 +175,9 @@ class StreamingSplit:
         units = [(rel, g) for rel in self.files for g in range(self._row_groups(rel))]
         return [units[i] for i in rng.permutation(len(units))], rng
 
-    def train_batches(self, seed: int, k: int, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, seed: int, k: int, epoch: int, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's ``(x, y)`` batches on the device: a function of (seed, k, epoch)."""
         plan, rng = self.epoch_plan(seed, k, epoch)
         gen = augment_generator(seed, k, epoch)
@@ -186,7 +197,9 @@ class StreamingSplit:
             xs, ys = self._mix(held_x, held_y, rng)
             yield from self._batches(xs, ys, batch_size, gen, last=True)
 
-    def _mix(self, xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _mix(
+        self, xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The held rows in a random order: ``concatenate(xs)[order]``, copied once (``scatter``)."""
         y = np.concatenate(ys)
         order = rng.permutation(len(y))
@@ -203,16 +216,22 @@ class StreamingSplit:
     # -- evaluation ---------------------------------------------------------------------------------------
     def _eval_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._labels is None:
-            parts = [self.storage.read_with(rel, lambda f: pq.read_table(f, columns=["idx", "src", "y"]))
-                     for rel in self.files]
+            parts = [
+                self.storage.read_with(rel, lambda f: pq.read_table(f, columns=["idx", "src", "y"]))
+                for rel in self.files
+            ]
 
             def cat(name: str, dt) -> np.ndarray:
-                return np.concatenate([p.column(name).to_numpy() for p in parts]).astype(dt) if parts else np.zeros(0, dt)
+                return (
+                    np.concatenate([p.column(name).to_numpy() for p in parts]).astype(dt) if parts else np.zeros(0, dt)
+                )
 
             self._labels = (cat("idx", np.int64), cat("src", np.int16), cat("y", np.int64))
             if len(self._labels[0]) != self.rows:
-                raise ManifestError(f"{self.storage.url(self.files[0] if self.files else layout.DATA)}: files hold "
-                                    f"{len(self._labels[0])} rows, the manifest says {self.rows}")
+                raise ManifestError(
+                    f"{self.storage.url(self.files[0] if self.files else layout.DATA)}: files hold "
+                    f"{len(self._labels[0])} rows, the manifest says {self.rows}"
+                )
         return self._labels
 
     @property
@@ -238,6 +257,6 @@ class StreamingSplit:
         for _, _, _, x in self._prefetched(units):
             for s in range(0, len(x), EVAL_BATCH_SIZE):
                 empty = False
-                yield self.decode(to_device(x[s:s + EVAL_BATCH_SIZE], self.device))
+                yield self.decode(to_device(x[s : s + EVAL_BATCH_SIZE], self.device))
         if empty:
             yield self.decode(torch.zeros((0, *self.shape), dtype=getattr(torch, self.dtype), device=self.device))

@@ -42,8 +42,13 @@ def capture_rng() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -54,7 +59,9 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -104,8 +111,13 @@ def find_resume_point(storage: RunStorage, k: int, max_epoch: int) -> Found:
         except StorageError:
             raise  # storage unreachable is not a corrupt file: falling back would discard good epochs
         except Exception as err:  # truncated zip, garbage pickle, wrong content: all mean "not usable"
-            log.warning("branch %d: checkpoint %s is unreadable (%s: %s); falling back to an older one",
-                        k, storage.url(rel), type(err).__name__, err)
+            log.warning(
+                "branch %d: checkpoint %s is unreadable (%s: %s); falling back to an older one",
+                k,
+                storage.url(rel),
+                type(err).__name__,
+                err,
+            )
             skipped.append(e)
             continue
         return Found(epoch=e, checkpoint=ckpt, skipped=tuple(sorted(skipped)))

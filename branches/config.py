@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 from data_split.fields import Section, option
 
-MODELS = ("fc8", "fc4", "cnn8", "resnet18", "resnet34")  # model.name; branches.models builds each (torch is not imported here)
+MODELS = (
+    "fc8",
+    "fc4",
+    "cnn8",
+    "resnet18",
+    "resnet34",
+)  # model.name; branches.models builds each (torch is not imported here)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DATA_MODES = ("auto", "memory", "stream")
@@ -17,47 +23,67 @@ ON_NONFINITE = ("fail", "skip_branch")
 class ModelConfig(Section):
     SECTION = "model"
 
-    name: str = option("fc8", 'the network of every branch', choices=MODELS)
-    width: int | None = option(None, '`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)', ge=1)
+    name: str = option("fc8", "the network of every branch", choices=MODELS)
+    width: int | None = option(
+        None, "`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)", ge=1
+    )
 
 
 @dataclass(kw_only=True, frozen=True)
 class TrainConfig(Section):
     SECTION = "train"
 
-    epochs: int = option(3, 'training epochs of every branch (more epochs extend a finished run)', ge=1)
-    batch_size: int = option(128, 'training batch size', ge=1)
-    optimizer: str = option("adam", 'the optimizer', choices=OPTIMIZERS)
-    lr: float = option(1e-3, 'learning rate at epoch 1', gt=0)
-    weight_decay: float = option(0.0, 'weight decay of the optimizer')
-    momentum: float = option(0.9, '`sgd` only: momentum')
-    schedule: str = option("cosine", 'learning-rate schedule, stepped once per epoch: `none`, `cosine` (to 0 at the last epoch), `step`', choices=SCHEDULES)
-    step_size: int = option(10, '`step` schedule: epochs between decays')
-    gamma: float = option(0.1, '`step` schedule: decay factor')
-    label_smoothing: float = option(0.0, 'label smoothing of the cross-entropy loss', ge=0, lt=1)
-    amp: bool = option(True, 'bfloat16 autocast on CUDA; ignored on CPU')
-    seed: int = option(0, 'seed of initialisation and batch order; branch k uses seed + k')
-    threads: int = option(1, 'torch CPU threads per branch (match `resources.cpus_per_branch`)', ge=1)
+    epochs: int = option(3, "training epochs of every branch (more epochs extend a finished run)", ge=1)
+    batch_size: int = option(128, "training batch size", ge=1)
+    optimizer: str = option("adam", "the optimizer", choices=OPTIMIZERS)
+    lr: float = option(1e-3, "learning rate at epoch 1", gt=0)
+    weight_decay: float = option(0.0, "weight decay of the optimizer")
+    momentum: float = option(0.9, "`sgd` only: momentum")
+    schedule: str = option(
+        "cosine",
+        "learning-rate schedule, stepped once per epoch: `none`, `cosine` (to 0 at the last epoch), `step`",
+        choices=SCHEDULES,
+    )
+    step_size: int = option(10, "`step` schedule: epochs between decays")
+    gamma: float = option(0.1, "`step` schedule: decay factor")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", ge=0, lt=1)
+    amp: bool = option(True, "bfloat16 autocast on CUDA; ignored on CPU")
+    seed: int = option(0, "seed of initialisation and batch order; branch k uses seed + k")
+    threads: int = option(1, "torch CPU threads per branch (match `resources.cpus_per_branch`)", ge=1)
     # A ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping one per epoch of a 100-epoch
     # run is 25 GB per branch. Older ones are removed after each save;
     # 2 or more lets a corrupt newest checkpoint fall back to the one before it.
-    keep_checkpoints: int = option(3, 'newest epoch checkpoints kept per branch; 0 = keep all', ge=0)
+    keep_checkpoints: int = option(3, "newest epoch checkpoints kept per branch; 0 = keep all", ge=0)
     # The ensemble's time to accuracy (its validation accuracy after every epoch) needs every branch's
     # validation logits of that epoch (branches/<k>/epochs/logits_val_<e>.npy; 240 KB per epoch for
     # Fashion-MNIST, 200 MB for ImageNet's 50k x 1000), so it is opt-in.
-    epoch_logits: bool = option(False, "also write each epoch's validation logits (for the ensemble's time to accuracy)")
+    epoch_logits: bool = option(
+        False, "also write each epoch's validation logits (for the ensemble's time to accuracy)"
+    )
     # "auto" streams when the branch's stored values (train + val + test, decompressed) exceed memory_limit_mb.
-    data: str = option("auto", "where a branch's data lives while it trains: memory (whole split on the device), "
-                       "stream (Parquet row groups through a shuffle buffer) or auto (stream above memory_limit_mb)",
-                       choices=DATA_MODES)
-    memory_limit_mb: int = option(4096, "train.data=auto streams a branch whose decompressed values exceed this (MB)", ge=0)
-    shuffle_buffer: int = option(8192, "stream: rows mixed at a time (more = closer to a full shuffle, more memory)", ge=1)
+    data: str = option(
+        "auto",
+        "where a branch's data lives while it trains: memory (whole split on the device), "
+        "stream (Parquet row groups through a shuffle buffer) or auto (stream above memory_limit_mb)",
+        choices=DATA_MODES,
+    )
+    memory_limit_mb: int = option(
+        4096, "train.data=auto streams a branch whose decompressed values exceed this (MB)", ge=0
+    )
+    shuffle_buffer: int = option(
+        8192, "stream: rows mixed at a time (more = closer to a full shuffle, more memory)", ge=1
+    )
     # Exact spectral augmentation: "crop" is the CIFAR crop at the branch's resolution; a flip the split's
     # transform does not make exact is an error.
-    augment: list[str] = option(help="exact spectral augmentations of the training batches: crop, hflip, vflip, "
-                                     "rot180, transpose, rot90, rot270",
-                                factory=list)
+    augment: list[str] = option(
+        help="exact spectral augmentations of the training batches: crop, hflip, vflip, "
+        "rot180, transpose, rot90, rot270",
+        factory=list,
+    )
     augment_pad: int = option(2, "crop: largest random shift in sub-pixels (zero-padded)", ge=0)
-    on_nonfinite: str = option("fail", "a branch whose loss or logits go NaN/inf: `fail` the run, or `skip_branch` "
-                               "(the ensemble, report and export use the other branches; the report names it)",
-                               choices=ON_NONFINITE)
+    on_nonfinite: str = option(
+        "fail",
+        "a branch whose loss or logits go NaN/inf: `fail` the run, or `skip_branch` "
+        "(the ensemble, report and export use the other branches; the report names it)",
+        choices=ON_NONFINITE,
+    )

@@ -52,10 +52,13 @@ class Decoder:
         self.offset, self.scale = as_t(offset), as_t(scale)
         b = manifest.branches[k]
         self.mean = torch.as_tensor(b.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
-        self.std = torch.as_tensor(np.maximum(np.asarray(b.std, np.float32), MIN_STD), device=device).reshape(1, -1, 1, 1)
+        self.std = torch.as_tensor(np.maximum(np.asarray(b.std, np.float32), MIN_STD), device=device).reshape(
+            1, -1, 1, 1
+        )
 
-    def __call__(self, stored: torch.Tensor, augment: Augmenter | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, stored: torch.Tensor, augment: Augmenter | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """(B, C, h, w) stored dtype on the device -> (B, C, h, w) float32 normalised (augmented first, if asked)."""
         values = decode(stored, self.dtype, self.offset, self.scale)
         if augment is not None:
@@ -111,7 +114,9 @@ class InMemorySplit:
     def __len__(self) -> int:
         return len(self.idx)
 
-    def train_batches(self, seed: int, k: int, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, seed: int, k: int, epoch: int, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's ``(x, y)`` batches, in the order fixed by (seed, k, epoch)."""
         gen = augment_generator(seed, k, epoch)
         for rows in batch_indices(len(self), batch_size, epoch_generator(seed, k, epoch)):

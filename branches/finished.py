@@ -16,7 +16,13 @@ from data_split.layout import load_manifest
 from data_split.manifest import Manifest
 from data_split.storage import RunStorage
 
-RESUMABLE_CHANGES = ("epochs", "threads", "keep_checkpoints", "epoch_logits", "on_nonfinite")  # train fields that may differ from a stored run's
+RESUMABLE_CHANGES = (
+    "epochs",
+    "threads",
+    "keep_checkpoints",
+    "epoch_logits",
+    "on_nonfinite",
+)  # train fields that may differ from a stored run's
 
 
 class BranchConflictError(SpectralError, RuntimeError):
@@ -25,12 +31,19 @@ class BranchConflictError(SpectralError, RuntimeError):
 
 def stored_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: Manifest) -> dict:
     """What a stored branch must match to be resumed or reused; the split's hash catches a re-split with other data."""
-    return {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg), "split_config_hash": manifest.config_hash}
+    return {
+        "model_config": asdict(model_cfg),
+        "train_config": asdict(train_cfg),
+        "split_config_hash": manifest.config_hash,
+    }
 
 
 def _differences(old: dict, new: dict, prefix: str) -> list[str]:
-    return [f"{prefix}.{key}: {old.get(key)!r} != {new.get(key)!r}"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return [
+        f"{prefix}.{key}: {old.get(key)!r} != {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
 
 
 def check_same_run(storage: RunStorage, k: int, stored: dict, configs: dict) -> None:
@@ -39,6 +52,7 @@ def check_same_run(storage: RunStorage, k: int, stored: dict, configs: dict) -> 
     Only ``RESUMABLE_CHANGES`` may differ: more epochs extend a run, fewer
     shorten it; anything else would silently mix two experiments.
     """
+
     def comparable(train: dict) -> dict:
         return {key: v for key, v in train.items() if key not in RESUMABLE_CHANGES}
 
@@ -49,11 +63,13 @@ def check_same_run(storage: RunStorage, k: int, stored: dict, configs: dict) -> 
     if diffs:
         raise BranchConflictError(
             f"{storage.url(layout.branch_dir(k))} holds branch {k} trained with a different configuration "
-            f"({'; '.join(diffs)}); use another --storage URI or remove {layout.branch_dir(k)}")
+            f"({'; '.join(diffs)}); use another --storage URI or remove {layout.branch_dir(k)}"
+        )
 
 
-def finished_result(storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                    manifest: Manifest | None = None) -> dict | None:
+def finished_result(
+    storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: Manifest | None = None
+) -> dict | None:
     """Branch ``k``'s result.json when it already finished exactly this training, else None.
 
     Under ``train.on_nonfinite: skip_branch``, a branch that diverged within these epochs is settled

@@ -31,8 +31,20 @@ from torch.func import functional_call, stack_module_state, vmap
 from data_split.errors import SpectralError
 
 # Modules whose forward vmap batches with exactly per-branch semantics (checked recursively on a model)
-PACKABLE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
-            nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Sequential, nn.Dropout)
+PACKABLE = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Sequential,
+    nn.Dropout,
+)
 
 
 class PackError(SpectralError, ValueError):
@@ -48,12 +60,16 @@ def check_packable(model: nn.Module, name: str = "model") -> None:
     """
     for path, m in model.named_modules():
         if not list(m.children()) and not isinstance(m, PACKABLE):
-            raise PackError(f"{name}: module {path or '<root>'} ({type(m).__name__}) is not known to pack exactly "
-                            f"(known: {', '.join(t.__name__ for t in PACKABLE)}); "
-                            "set resources.branches_per_process: 1")
+            raise PackError(
+                f"{name}: module {path or '<root>'} ({type(m).__name__}) is not known to pack exactly "
+                f"(known: {', '.join(t.__name__ for t in PACKABLE)}); "
+                "set resources.branches_per_process: 1"
+            )
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (not m.track_running_stats or m.momentum is None):
-            raise PackError(f"{name}: BatchNorm {path} without running statistics or with momentum None does not "
-                            "pack; set resources.branches_per_process: 1")
+            raise PackError(
+                f"{name}: BatchNorm {path} without running statistics or with momentum None does not "
+                "pack; set resources.branches_per_process: 1"
+            )
 
 
 class PackedNetwork(nn.Module):
@@ -132,25 +148,31 @@ def split_optimizer_state(state: dict, p: int) -> dict:
     Per-parameter tensors (Adam's moments, SGD's momentum buffer: ``(P, ...)``) are sliced; the step counter
     is shared.
     """
+
     def one(key: str, v):
         if not torch.is_tensor(v):
             return v
         return v.clone() if key in SHARED_OPTIMIZER_STATE else v[p].clone()
 
-    return {"state": {i: {key: one(key, v) for key, v in st.items()} for i, st in state["state"].items()},
-            "param_groups": copy.deepcopy(state["param_groups"])}
+    return {
+        "state": {i: {key: one(key, v) for key, v in st.items()} for i, st in state["state"].items()},
+        "param_groups": copy.deepcopy(state["param_groups"]),
+    }
 
 
 def stack_optimizer_states(states: Sequence[dict]) -> dict:
     """The packed optimizer's ``state_dict`` from P unpacked ones (all at the same step)."""
+
     def stacked(i, key: str, v):
         if not torch.is_tensor(v) or key in SHARED_OPTIMIZER_STATE:
             return v
         return torch.stack([s["state"][i][key] for s in states])
 
     first = states[0]
-    return {"state": {i: {key: stacked(i, key, v) for key, v in st.items()} for i, st in first["state"].items()},
-            "param_groups": copy.deepcopy(first["param_groups"])}
+    return {
+        "state": {i: {key: stacked(i, key, v) for key, v in st.items()} for i, st in first["state"].items()},
+        "param_groups": copy.deepcopy(first["param_groups"]),
+    }
 
 
 # -- inference: the same pack as grouped layers (torch.export specialises vmap's batch size; these stay dynamic) --
@@ -166,8 +188,11 @@ class _GroupedLinear(_Grouped):
     def __init__(self, ms: Sequence[nn.Linear]) -> None:
         super().__init__(len(ms))
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in ms]), requires_grad=False)  # (P, O, I)
-        self.bias = None if ms[0].bias is None else nn.Parameter(torch.stack([m.bias.detach() for m in ms]),
-                                                                 requires_grad=False)  # (P, O)
+        self.bias = (
+            None
+            if ms[0].bias is None
+            else nn.Parameter(torch.stack([m.bias.detach() for m in ms]), requires_grad=False)
+        )  # (P, O)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (P*N, I) -> (P*N, O): a batched matmul
         y = torch.matmul(x.reshape(self.size, -1, x.shape[-1]), self.weight.transpose(1, 2))  # (P, N, O)
@@ -183,8 +208,12 @@ class _GroupedConv2d(_Grouped):
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise PackError(f"Conv2d with padding {m.padding!r} / padding_mode {m.padding_mode!r} does not pack")
         self.stride, self.padding, self.dilation, self.groups = m.stride, m.padding, m.dilation, m.groups
-        self.weight = nn.Parameter(torch.cat([q.weight.detach() for q in ms]), requires_grad=False)  # (P*O, I/g, kh, kw)
-        self.bias = None if m.bias is None else nn.Parameter(torch.cat([q.bias.detach() for q in ms]), requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.cat([q.weight.detach() for q in ms]), requires_grad=False
+        )  # (P*O, I/g, kh, kw)
+        self.bias = (
+            None if m.bias is None else nn.Parameter(torch.cat([q.bias.detach() for q in ms]), requires_grad=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (P*N, C, h, w) -> (P*N, O, h', w'): one grouped conv
         c, h, w = x.shape[1:]
@@ -197,8 +226,12 @@ class _GroupedConv2d(_Grouped):
 class _GroupedBatchNormEval(_Grouped):
     def __init__(self, ms: Sequence[nn.modules.batchnorm._BatchNorm]) -> None:
         super().__init__(len(ms))
-        scale = torch.stack([(m.weight if m.affine else torch.ones_like(m.running_var)).detach()
-                             / torch.sqrt(m.running_var + m.eps) for m in ms])  # (P, C)
+        scale = torch.stack(
+            [
+                (m.weight if m.affine else torch.ones_like(m.running_var)).detach() / torch.sqrt(m.running_var + m.eps)
+                for m in ms
+            ]
+        )  # (P, C)
         shift = torch.stack([(m.bias.detach() if m.affine else 0) - m.running_mean * s for m, s in zip(ms, scale)])
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)

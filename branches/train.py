@@ -75,13 +75,22 @@ class NonFiniteError(SpectralError, RuntimeError):
     ``k``, ``epoch`` and ``step`` (1-based; None for logits checked after an epoch) say where, when known.
     """
 
-    def __init__(self, message: str, *, k: int | None = None, epoch: int | None = None, step: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, k: int | None = None, epoch: int | None = None, step: int | None = None
+    ) -> None:
         super().__init__(message)
         self.k, self.epoch, self.step = k, epoch, step  # pickled with the message (BaseException keeps __dict__)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *, amp: bool) -> float:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    *,
+    amp: bool,
+) -> float:
     """One pass over ``batches`` of (x (B, C, h, w), y (B,)) on ``device``; the mean training loss.
 
     Raises ``NonFiniteError`` naming the (1-based) step at the first NaN/inf loss, before that step updates
@@ -185,17 +194,24 @@ def train_branch(
     manifest = load_manifest(storage)
     n_branches = manifest.K
     if not 0 <= k < n_branches:
-        raise ConfigError(f"branch k={k} is out of range: the split at {storage.url(layout.DATA)} has K={n_branches} "
-                         f"branches (k = 0..{n_branches - 1})")
+        raise ConfigError(
+            f"branch k={k} is out of range: the split at {storage.url(layout.DATA)} has K={n_branches} "
+            f"branches (k = 0..{n_branches - 1})"
+        )
     sp = manifest.split
     check_augment(list(train_cfg.augment), np.asarray(sp.matrix), sp.r, sp.c, sp.transform, sp.shape)
     if (done := finished_result(storage, k, model_cfg, train_cfg, manifest)) is not None:
-        log.info("branch %d: %s already finished %d epochs; not training again", k, storage.url(layout.branch_dir(k)),
-                 done["epochs"])
+        log.info(
+            "branch %d: %s already finished %d epochs; not training again",
+            k,
+            storage.url(layout.branch_dir(k)),
+            done["epochs"],
+        )
         return done
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    job = BranchJob(storage=storage, k=k, model_cfg=model_cfg, train_cfg=train_cfg, manifest=manifest, device=dev,
-                    started=started)
+    job = BranchJob(
+        storage=storage, k=k, model_cfg=model_cfg, train_cfg=train_cfg, manifest=manifest, device=dev, started=started
+    )
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)
@@ -211,15 +227,30 @@ def train_branch(
 
 def _record_divergence(job: BranchJob, error: NonFiniteError) -> dict:
     """``train.on_nonfinite: skip_branch``: write ``diverged.json`` (in place of result.json) and return it."""
-    record = {"k": job.k, "diverged": True, "epoch": error.epoch, "step": error.step, "error": str(error),
-              "epochs": job.train_cfg.epochs, "started": job.started, **job.configs}
+    record = {
+        "k": job.k,
+        "diverged": True,
+        "epoch": error.epoch,
+        "step": error.step,
+        "error": str(error),
+        "epochs": job.train_cfg.epochs,
+        "started": job.started,
+        **job.configs,
+    }
     job.storage.write_json(layout.diverged(job.k), record)
     log.warning("branch %d skipped (train.on_nonfinite: skip_branch): %s", job.k, error)
     return record
 
 
 def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
-    storage, k, model_cfg, train_cfg, dev, manifest = job.storage, job.k, job.model_cfg, job.train_cfg, job.device, job.manifest
+    storage, k, model_cfg, train_cfg, dev, manifest = (
+        job.storage,
+        job.k,
+        job.model_cfg,
+        job.train_cfg,
+        job.device,
+        job.manifest,
+    )
     in_shape, classes, configs, amp = job.in_shape, job.classes, job.configs, job.amp
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -240,14 +271,21 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
             group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
         ckpt_io.restore_rng(ck["rng"])
         history = list(ck["history"])[: found.epoch]
-        log.info("branch %d: resuming after epoch %d from %s", k, found.epoch,
-                 storage.url(layout.checkpoint(k, found.epoch)))
+        log.info(
+            "branch %d: resuming after epoch %d from %s", k, found.epoch, storage.url(layout.checkpoint(k, found.epoch))
+        )
     for e in found.skipped:  # corrupt, or from a longer run whose later epochs are being redone
         storage.remove(layout.checkpoint(k, e))
     _rewrite_metrics(storage, layout.metrics(k), history)
 
     mode = choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb)
-    log.info("branch %d: data mode %s (train.data=%s, memory_limit_mb=%d)", k, mode, train_cfg.data, train_cfg.memory_limit_mb)
+    log.info(
+        "branch %d: data mode %s (train.data=%s, memory_limit_mb=%d)",
+        k,
+        mode,
+        train_cfg.data,
+        train_cfg.memory_limit_mb,
+    )
     train = _open_split(storage, manifest, "train", k, dev, train_cfg, mode)
     if len(train) == 0:
         raise ConfigError(f"branch {k} of {storage.url(layout.DATA)} has no training rows")
@@ -263,28 +301,56 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         try:  # a diverged branch stops here: nothing of this epoch (checkpoint, metrics, logits) is written
             train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp)
             train_s = time.perf_counter() - t0
-            val_logits = check_finite(predict(model, val.eval_batches(), dev, amp=amp), "validation logits")  # (N_val, classes)
+            val_logits = check_finite(
+                predict(model, val.eval_batches(), dev, amp=amp), "validation logits"
+            )  # (N_val, classes)
         except NonFiniteError as e:
-            raise NonFiniteError(f"branch {k} diverged at epoch {epoch}: {e} (lr {lr:g}: lower train.lr)", k=k,
-                                 epoch=epoch, step=e.step) from None
+            raise NonFiniteError(
+                f"branch {k} diverged at epoch {epoch}: {e} (lr {lr:g}: lower train.lr)", k=k, epoch=epoch, step=e.step
+            ) from None
         val_loss, val_acc = loss_and_accuracy(val_logits, val.y)
         if train_cfg.epoch_logits:  # rows in ascending (src, idx), as logits_val.npy (streamed val is in file order)
             in_order = val_logits.cpu().numpy()[np.lexsort((val.idx, val.src))]
             storage.write_bytes(layout.epoch_logits(k, epoch), _npy(in_order.astype(np.float32)))
         scheduler.step()
-        metrics = {"epoch": epoch, "loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-                   "images_per_s": len(train) / train_s, "seconds": time.perf_counter() - t0, "lr": lr,
-                   "time": time.time()}
+        metrics = {
+            "epoch": epoch,
+            "loss": train_loss,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "images_per_s": len(train) / train_s,
+            "seconds": time.perf_counter() - t0,
+            "lr": lr,
+            "time": time.time(),
+        }
         history.append(metrics)
-        ckpt_io.save_checkpoint(storage, k, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": ckpt_io.capture_rng(), "history": history,
-            "in_shape": list(in_shape), "classes": classes, **configs,
-        })
+        ckpt_io.save_checkpoint(
+            storage,
+            k,
+            {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": ckpt_io.capture_rng(),
+                "history": history,
+                "in_shape": list(in_shape),
+                "classes": classes,
+                **configs,
+            },
+        )
         storage.append_line(layout.metrics(k), json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
         ckpt_io.prune_checkpoints(storage, k, keep=train_cfg.keep_checkpoints)
-        log.info("branch %d epoch %d/%d: loss %.4f val_acc %s (%.0f img/s, %.2f s)", k, epoch, train_cfg.epochs,
-                 train_loss, "n/a" if val_acc is None else f"{val_acc:.4f}", metrics["images_per_s"], metrics["seconds"])
+        log.info(
+            "branch %d epoch %d/%d: loss %.4f val_acc %s (%.0f img/s, %.2f s)",
+            k,
+            epoch,
+            train_cfg.epochs,
+            train_loss,
+            "n/a" if val_acc is None else f"{val_acc:.4f}",
+            metrics["images_per_s"],
+            metrics["seconds"],
+        )
         if on_epoch is not None:
             on_epoch({**metrics, "k": k})
         _faults.after_epoch(storage.uri, k, epoch)  # test-only: a no-op outside the tests
@@ -312,8 +378,9 @@ def _open_split(storage, manifest, split, k, dev, train_cfg, mode):
     return InMemorySplit(storage, manifest, split, k, dev)
 
 
-def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_from: int, mode: str,
-            extra: dict | None = None) -> dict:
+def _finish(
+    job: BranchJob, model: nn.Module, history: list[dict], val, resumed_from: int, mode: str, extra: dict | None = None
+) -> dict:
     """Write logits and rows of val/test, then result.json (last: it marks the branch finished) with ``extra``."""
     storage, k, train_cfg, dev, amp, classes = job.storage, job.k, job.train_cfg, job.device, job.amp, job.classes
     in_shape, configs, manifest, started = job.in_shape, job.configs, job.manifest, job.started
@@ -325,8 +392,9 @@ def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_
             logits = predict(model, data.eval_batches(), dev, amp=amp)[torch.from_numpy(order).to(dev)]  # (N, classes)
             outputs[split] = (order, check_finite(logits, f"{split} logits"))
         except NonFiniteError as e:
-            raise NonFiniteError(f"branch {k} diverged after its last epoch ({len(history)}): {e}", k=k,
-                                 epoch=len(history)) from None
+            raise NonFiniteError(
+                f"branch {k} diverged after its last epoch ({len(history)}): {e}", k=k, epoch=len(history)
+            ) from None
     for split, data in (("val", val), ("test", test)):
         order, logits = outputs[split]
         idx, y = data.idx[order], data.y_np[order]
@@ -340,14 +408,27 @@ def _finish(job: BranchJob, model: nn.Module, history: list[dict], val, resumed_
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     params = count_parameters(model)
     result = {
-        "k": k, "model": configs["model_config"]["name"], "epochs": train_cfg.epochs, "params": params,
-        "model_bytes": 4 * params, "train_loss": history[-1]["loss"],
-        "val_acc": summary["val"][0], "val_nll": summary["val"][1],
-        "test_acc": summary["test"][0], "test_nll": summary["test"][1],
+        "k": k,
+        "model": configs["model_config"]["name"],
+        "epochs": train_cfg.epochs,
+        "params": params,
+        "model_bytes": 4 * params,
+        "train_loss": history[-1]["loss"],
+        "val_acc": summary["val"][0],
+        "val_nll": summary["val"][1],
+        "test_acc": summary["test"][0],
+        "test_nll": summary["test"][1],
         "train_seconds": sum(m["seconds"] for m in history),
         "images_per_s": sum(m["images_per_s"] for m in history) / len(history),
-        "peak_memory_bytes": int(peak), "device": str(dev), "data_mode": mode, "in_shape": list(in_shape),
-        "classes": classes, "resumed_from_epoch": resumed_from, "started": started, **configs, **(extra or {}),
+        "peak_memory_bytes": int(peak),
+        "device": str(dev),
+        "data_mode": mode,
+        "in_shape": list(in_shape),
+        "classes": classes,
+        "resumed_from_epoch": resumed_from,
+        "started": started,
+        **configs,
+        **(extra or {}),
     }
     storage.write_json(layout.result(k), result)
     log.info("branch %d finished: val_acc %s test_acc %s, %d params", k, result["val_acc"], result["test_acc"], params)

@@ -67,9 +67,16 @@ class _Member:
         self.ckpt: dict | None = None  # the checkpoint resumed from
 
 
-def train_pack(storages: Sequence[RunStorage], ks: Sequence[int], model_cfg: ModelConfig, train_cfg: TrainConfig, *,
-               device: str | None = None, on_epoch: Callable[[dict], None] | None = None,
-               started: float | None = None) -> dict[int, dict]:
+def train_pack(
+    storages: Sequence[RunStorage],
+    ks: Sequence[int],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    device: str | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    started: float | None = None,
+) -> dict[int, dict]:
     """Train branches ``ks`` packed; ``storages[i]`` is branch ``ks[i]``'s view of the run. Returns k -> result.json
     (or diverged.json)."""
     started = time.time() if started is None else started
@@ -85,8 +92,19 @@ def train_pack(storages: Sequence[RunStorage], ks: Sequence[int], model_cfg: Mod
         if (done := finished_result(storage, k, model_cfg, train_cfg, manifest)) is not None:
             results[k] = done
             continue
-        members.append(_Member(BranchJob(storage=storage, k=k, model_cfg=model_cfg, train_cfg=train_cfg,
-                                         manifest=manifest, device=dev, started=started)))
+        members.append(
+            _Member(
+                BranchJob(
+                    storage=storage,
+                    k=k,
+                    model_cfg=model_cfg,
+                    train_cfg=train_cfg,
+                    manifest=manifest,
+                    device=dev,
+                    started=started,
+                )
+            )
+        )
     if not members:
         return results
     threads_before = torch.get_num_threads()
@@ -147,8 +165,12 @@ class _Pack:
         keep = [i for i in range(len(self.members)) if i not in errors]
         if keep:
             opt_state = self.opt.state_dict()
-            rest = _Pack([self.members[i] for i in keep], [self.net.branch_state(i) for i in keep],
-                         [split_optimizer_state(opt_state, i) for i in keep], self.sched.state_dict())
+            rest = _Pack(
+                [self.members[i] for i in keep],
+                [self.net.branch_state(i) for i in keep],
+                [split_optimizer_state(opt_state, i) for i in keep],
+                self.sched.state_dict(),
+            )
             self.net, self.opt, self.sched = rest.net, rest.opt, rest.sched
         self.members = [self.members[i] for i in keep]
 
@@ -163,8 +185,12 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
     if start:
         for m in members:
             check_same_run(m.job.storage, m.k, m.ckpt, m.job.configs)
-        pk = _Pack(members, [m.ckpt["model"] for m in members], [m.ckpt["optimizer"] for m in members],
-                   members[0].ckpt["scheduler"])
+        pk = _Pack(
+            members,
+            [m.ckpt["model"] for m in members],
+            [m.ckpt["optimizer"] for m in members],
+            members[0].ckpt["scheduler"],
+        )
         ckpt_io.restore_rng(members[0].ckpt["rng"])
         log.info("pack %s: resuming after epoch %d", pk.ks, start)
     else:
@@ -174,16 +200,20 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
         _rewrite_metrics(m.job.storage, layout.metrics(m.k), m.history)
         mode = choose_mode(cfg.data, manifest, m.k, cfg.memory_limit_mb)
         if mode != "memory":
-            raise ConfigError(f"branch {m.k}: train.data resolves to {mode!r}, which does not pack; "
-                              "set resources.branches_per_process: 1 (or train.data: memory)")
+            raise ConfigError(
+                f"branch {m.k}: train.data resolves to {mode!r}, which does not pack; "
+                "set resources.branches_per_process: 1 (or train.data: memory)"
+            )
         m.train = _open_split(m.job.storage, manifest, "train", m.k, dev, cfg, mode)
         if cfg.augment:
             m.train.augment = Augmenter(list(cfg.augment), manifest, m.k, cfg.augment_pad)
         m.val = _open_split(m.job.storage, manifest, "val", m.k, dev, cfg, mode)
     rows = {m.k: len(m.train) for m in members}
     if len(set(rows.values())) != 1 or 0 in rows.values():
-        raise ConfigError(f"branches {sorted(rows)} have training rows {rows}: a pack needs equal, non-zero counts "
-                          "(the launcher packs only such branches)")
+        raise ConfigError(
+            f"branches {sorted(rows)} have training rows {rows}: a pack needs equal, non-zero counts "
+            "(the launcher packs only such branches)"
+        )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
 
     for epoch in range(start + 1, cfg.epochs + 1):
@@ -203,18 +233,43 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
             if cfg.epoch_logits:
                 in_order = val_logits[i].cpu().numpy()[np.lexsort((m.val.idx, m.val.src))]
                 storage.write_bytes(layout.epoch_logits(k, epoch), _npy(in_order.astype(np.float32)))
-            metrics = {"epoch": epoch, "loss": losses[i], "val_loss": val_loss, "val_acc": val_acc,
-                       "images_per_s": len(m.train) / train_s, "seconds": seconds, "lr": lr, "time": time.time()}
+            metrics = {
+                "epoch": epoch,
+                "loss": losses[i],
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "images_per_s": len(m.train) / train_s,
+                "seconds": seconds,
+                "lr": lr,
+                "time": time.time(),
+            }
             m.history.append(metrics)
-            ckpt_io.save_checkpoint(storage, k, {
-                "epoch": epoch, "model": pk.net.branch_state(i), "optimizer": split_optimizer_state(opt_state, i),
-                "scheduler": sched_state, "rng": ckpt_io.capture_rng(), "history": m.history,
-                "in_shape": list(m.job.in_shape), "classes": m.job.classes, **m.job.configs,
-            })
+            ckpt_io.save_checkpoint(
+                storage,
+                k,
+                {
+                    "epoch": epoch,
+                    "model": pk.net.branch_state(i),
+                    "optimizer": split_optimizer_state(opt_state, i),
+                    "scheduler": sched_state,
+                    "rng": ckpt_io.capture_rng(),
+                    "history": m.history,
+                    "in_shape": list(m.job.in_shape),
+                    "classes": m.job.classes,
+                    **m.job.configs,
+                },
+            )
             storage.append_line(layout.metrics(k), json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
             ckpt_io.prune_checkpoints(storage, k, keep=cfg.keep_checkpoints)
-            log.info("branch %d epoch %d/%d (pack %s): loss %.4f val_acc %s", k, epoch, cfg.epochs, pk.ks,
-                     losses[i], "n/a" if val_acc is None else f"{val_acc:.4f}")
+            log.info(
+                "branch %d epoch %d/%d (pack %s): loss %.4f val_acc %s",
+                k,
+                epoch,
+                cfg.epochs,
+                pk.ks,
+                losses[i],
+                "n/a" if val_acc is None else f"{val_acc:.4f}",
+            )
             if on_epoch is not None:
                 on_epoch({**metrics, "k": k})
         for m in pk.members:
@@ -265,9 +320,19 @@ def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict) 
                 with torch.no_grad():
                     for b, before in zip(pk.net.buffers(), saved):
                         b.copy_(before)
-            pk.drop({i: NonFiniteError(f"branch {pk.members[i].k} diverged at epoch {epoch}: non-finite training loss "
-                                       f"({values[i]}) at step {step} (lr {lr:g}: lower train.lr)",
-                                       k=pk.members[i].k, epoch=epoch, step=step) for i in bad}, results)
+            pk.drop(
+                {
+                    i: NonFiniteError(
+                        f"branch {pk.members[i].k} diverged at epoch {epoch}: non-finite training loss "
+                        f"({values[i]}) at step {step} (lr {lr:g}: lower train.lr)",
+                        k=pk.members[i].k,
+                        epoch=epoch,
+                        step=step,
+                    )
+                    for i in bad
+                },
+                results,
+            )
             if not pk.members:
                 return []
             keep = [i for i in range(len(values)) if i not in bad]  # the step again, without them
@@ -288,9 +353,18 @@ def _val_logits(pk: _Pack, epoch: int, lr: float, results: dict) -> list[torch.T
     logits = packed_predict(pk.net, [m.val for m in pk.members], pk.dev, amp=pk.members[0].job.amp)
     bad = [i for i, z in enumerate(logits) if z.numel() and not torch.isfinite(z).all()]
     if bad:
-        pk.drop({i: NonFiniteError(f"branch {pk.members[i].k} diverged at epoch {epoch}: non-finite validation "
-                                   f"logits (lr {lr:g}: lower train.lr)", k=pk.members[i].k, epoch=epoch)
-                 for i in bad}, results)
+        pk.drop(
+            {
+                i: NonFiniteError(
+                    f"branch {pk.members[i].k} diverged at epoch {epoch}: non-finite validation "
+                    f"logits (lr {lr:g}: lower train.lr)",
+                    k=pk.members[i].k,
+                    epoch=epoch,
+                )
+                for i in bad
+            },
+            results,
+        )
         logits = [z for i, z in enumerate(logits) if i not in bad]
     return logits
 

@@ -62,7 +62,7 @@ def phase_permutation(name: str, r: int, c: int) -> np.ndarray:
     """``P`` (K, K): augmented phase ``new`` is ``f`` of phase ``old`` where ``P[new, old] = 1`` (quarter turns:
     r == c)."""
     m = 2  # a (2r, 2c) image of phase labels is enough to see where each phase goes
-    labels = (np.arange(r)[:, None] * c + np.arange(c)[None, :])
+    labels = np.arange(r)[:, None] * c + np.arange(c)[None, :]
     img = np.tile(labels, (m, m))  # pixel (i, j) holds its phase (i % r) * c + (j % c)
     moved = image_op(name, img)
     p = np.zeros((r * c, r * c))
@@ -91,12 +91,14 @@ def exact_augmentations(matrix: np.ndarray, r: int, c: int, branch_shape: tuple[
     """The augmentations that are exact for this split: ``crop`` always, symmetries where ``T P T^T`` is a sign
     matrix (quarter turns also need square sub-images, when ``branch_shape`` (C, h, w) says they are not)."""
     square = branch_shape is None or branch_shape[-1] == branch_shape[-2]
-    return ["crop"] + [f for f in SYMMETRIES
-                       if (square or f not in QUARTER_TURNS) and branch_signs(f, matrix, r, c) is not None]
+    return ["crop"] + [
+        f for f in SYMMETRIES if (square or f not in QUARTER_TURNS) and branch_signs(f, matrix, r, c) is not None
+    ]
 
 
-def check_augment(names: list[str], matrix: np.ndarray, r: int, c: int, transform: str,
-                  branch_shape: tuple[int, ...] | None = None) -> None:
+def check_augment(
+    names: list[str], matrix: np.ndarray, r: int, c: int, transform: str, branch_shape: tuple[int, ...] | None = None
+) -> None:
     """Raise ``ValueError`` naming each augmentation that is not exact, and listing those that are."""
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
@@ -107,8 +109,10 @@ def check_augment(names: list[str], matrix: np.ndarray, r: int, c: int, transfor
         why = "T P T^T is not a diagonal of +-1"
         if any(n in QUARTER_TURNS for n in bad):
             why += "; quarter turns need r == c and square sub-images"
-        raise ConfigError(f"train.augment: {', '.join(bad)} is not exact for the {r}x{c} {transform} split "
-                         f"({why}); exact here: {', '.join(exact)}")
+        raise ConfigError(
+            f"train.augment: {', '.join(bad)} is not exact for the {r}x{c} {transform} split "
+            f"({why}); exact here: {', '.join(exact)}"
+        )
 
 
 def translate(x: Any, dy: int, dx: int) -> Any:

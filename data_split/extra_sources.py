@@ -47,10 +47,17 @@ class ExtraPlan:
 
     def describe(self) -> SourceEntry:
         """Its entry in the manifest's ``sources`` (without the nodes that read it: the split's tasks know those)."""
-        return SourceEntry(src=self.src, name=self.source.name, root=self.cfg.root, limit=self.cfg.limit,
-                           resolution=[self.source.height, self.source.width], factors=[self.fr, self.fc],
-                           counts={"train": self.source.count("train")}, branches=self.fed,
-                           resources=dict(self.cfg.resources))
+        return SourceEntry(
+            src=self.src,
+            name=self.source.name,
+            root=self.cfg.root,
+            limit=self.cfg.limit,
+            resolution=[self.source.height, self.source.width],
+            factors=[self.fr, self.fc],
+            counts={"train": self.source.count("train")},
+            branches=self.fed,
+            resources=dict(self.cfg.resources),
+        )
 
 
 def describe_extra(src: int, cfg: ExtraSourceConfig) -> str:
@@ -58,8 +65,13 @@ def describe_extra(src: int, cfg: ExtraSourceConfig) -> str:
     return f"extra_sources[{src - 1}] ({cfg.name}{' at ' + cfg.root if cfg.root else ''})"
 
 
-def plan_extra_sources(main: ImageSource, extra: list[ExtraSourceConfig], split_cfg: SplitConfig,
-                       matrix: np.ndarray, storage: RunStorage | None = None) -> list[ExtraPlan]:
+def plan_extra_sources(
+    main: ImageSource,
+    extra: list[ExtraSourceConfig],
+    split_cfg: SplitConfig,
+    matrix: np.ndarray,
+    storage: RunStorage | None = None,
+) -> list[ExtraPlan]:
     """Open and check every extra source (``ValueError`` naming the source when it cannot be used);
     ``storage`` (the run's) lends an image folder on ``s3://`` its endpoint and credentials."""
     plans = []
@@ -69,8 +81,15 @@ def plan_extra_sources(main: ImageSource, extra: list[ExtraSourceConfig], split_
         for attr in ("channels", "classes"):
             if getattr(source, attr) != getattr(main, attr):
                 raise ConfigError(f"{what} has {getattr(source, attr)} {attr}, the main source {getattr(main, attr)}")
-        fr, fc, fed = plan_extra_source(matrix, split_cfg.rows, split_cfg.cols, (main.height, main.width),
-                                        (source.height, source.width), what, split_cfg.transform)
+        fr, fc, fed = plan_extra_source(
+            matrix,
+            split_cfg.rows,
+            split_cfg.cols,
+            (main.height, main.width),
+            (source.height, source.width),
+            what,
+            split_cfg.transform,
+        )
         plans.append(ExtraPlan(src=j, cfg=cfg, source=source, fr=fr, fc=fc, fed=fed))
     return plans
 
@@ -80,8 +99,13 @@ def check_resources(plans: list[ExtraPlan], cluster: dict[str, float]) -> None:
     for plan in plans:
         missing = {name: amount for name, amount in plan.cfg.resources.items() if cluster.get(name, 0) < amount}
         if missing:
-            offered = sorted(k for k in cluster if k not in ("CPU", "GPU", "memory", "object_store_memory")
-                             and not k.startswith("node:") and not k.startswith("accelerator_type:"))
+            offered = sorted(
+                k
+                for k in cluster
+                if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                and not k.startswith("node:")
+                and not k.startswith("accelerator_type:")
+            )
             raise ConfigError(
                 f"{plan.what} must be read on nodes with resources {missing}, but the cluster offers "
                 f"{ {k: cluster.get(k, 0) for k in missing} } of them (custom resources of the cluster: "
@@ -100,8 +124,13 @@ def load_extra_range(plan: ExtraPlan, start: int, stop: int, seed: int) -> dict:
     """Raw low-resolution train images of one range, all for training, in a seeded random row order."""
     x, y = plan.source.read("train", start, stop)
     order = row_order(stop - start, [seed, 100 + plan.src, start])
-    return {"idx": np.arange(start, stop, dtype=np.int64)[order], "src": np.full(stop - start, plan.src, np.int16),
-            "y": y[order], "split": np.full(stop - start, "train"), "x": x[order]}
+    return {
+        "idx": np.arange(start, stop, dtype=np.int64)[order],
+        "src": np.full(stop - start, plan.src, np.int16),
+        "y": y[order],
+        "split": np.full(stop - start, "train"),
+        "x": x[order],
+    }
 
 
 def transform_lowres_batch(batch: dict, r: int, c: int, fr: int, fc: int, matrix: np.ndarray) -> dict:
@@ -116,6 +145,13 @@ def sources_by_branches(manifest: Manifest) -> list[dict]:
     out = []
     for source in manifest.sources:
         rows = [(b.splits["train"].rows_by_source or {}).get(str(source.src)) for b in manifest.branches]
-        out.append({"src": source.src, "name": source.name, "resolution": source.resolution,
-                    "nodes": source.nodes or [], "train_rows": rows})
+        out.append(
+            {
+                "src": source.src,
+                "name": source.name,
+                "resolution": source.resolution,
+                "nodes": source.nodes or [],
+                "train_rows": rows,
+            }
+        )
     return out

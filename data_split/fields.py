@@ -31,9 +31,18 @@ Key = Callable[[str], str]  # a field's name -> its dotted key, as a rule's erro
 _COMPARE = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
-           secret: bool = False, choices: typing.Iterable | None = None, ge: float | None = None,
-           gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    secret: bool = False,
+    choices: typing.Iterable | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
     """A dataclass field with ``default`` (or ``factory`` for mutable values), its help text and constraints.
 
     ``choices``: the values allowed; ``ge``/``gt``/``le``/``lt``: bounds of a number (None, where the
@@ -165,6 +174,8 @@ def build(cls: type, data: Mapping, at: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(str(name) for name in set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(f'{at}.{u}' if at else u for u in unknown)}; "
-                          f"known: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(f'{at}.{u}' if at else u for u in unknown)}; "
+            f"known: {', '.join(sorted(names))}"
+        )
     return cls(**data, at=at)

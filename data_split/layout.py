@@ -123,7 +123,9 @@ def sweep_trial(trial_id: str) -> str:
 def load_manifest(storage: RunStorage, *, fields: tuple[str, ...] = REQUIRED_MANIFEST_FIELDS) -> Manifest:
     """``data/manifest.json``, checked: present, ``fields`` there (default: all required), this code's version."""
     if not storage.exists(MANIFEST):
-        raise ManifestError(f"{storage.url(MANIFEST)} does not exist: run `spectral split` first (or the split is incomplete)")
+        raise ManifestError(
+            f"{storage.url(MANIFEST)} does not exist: run `spectral split` first (or the split is incomplete)"
+        )
     obj = storage.read_json(MANIFEST)
     missing = [f for f in ("version", *fields) if f not in obj]
     if missing:
@@ -136,8 +138,10 @@ def load_manifest(storage: RunStorage, *, fields: tuple[str, ...] = REQUIRED_MAN
             "(branches trained on the old split must be retrained)"
         )
     if obj["version"] not in READABLE_VERSIONS:
-        raise ManifestError(f"{storage.url(MANIFEST)} has version {obj['version']}, this code reads "
-                            f"{' and '.join(map(str, READABLE_VERSIONS))}")
+        raise ManifestError(
+            f"{storage.url(MANIFEST)} has version {obj['version']}, this code reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}"
+        )
     try:
         return Manifest.from_json(obj)
     except ManifestError as e:

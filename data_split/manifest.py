@@ -87,7 +87,9 @@ class SourceInfo(Record):
     classes: int | None = None
     class_names: list[str] | None = None
     counts: dict[str, int] | None = None  # images used per source split (train includes val)
-    details: dict[str, Any] = field(default_factory=dict, metadata={OTHER_KEYS: True})  # the source's own: imagefolder's image_size, folders
+    details: dict[str, Any] = field(
+        default_factory=dict, metadata={OTHER_KEYS: True}
+    )  # the source's own: imagefolder's image_size, folders
     skipped: list[Skipped] | None = None
     root: str | None = _nullable()
     limit: int | None = _nullable()
@@ -206,8 +208,11 @@ def _read(tp: Any, value: Any, where: str) -> Any:
     rest = next((f.name for f in declared.values() if f.metadata.get(OTHER_KEYS)), None)
     if rest:
         kwargs[rest] = {k: v for k, v in value.items() if k not in declared}
-    missing = [_key(where, f.name) for f in declared.values()
-               if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        _key(where, f.name)
+        for f in declared.values()
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ManifestError(f"lacks field(s) {', '.join(missing)}")
     return tp(**kwargs)

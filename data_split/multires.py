@@ -68,8 +68,13 @@ def lowres_components(x_low: Any, r: int, c: int, fr: int, fc: int, matrix: np.n
 def reduction_factors(full: tuple[int, int], low: tuple[int, int], r: int, c: int, what: str) -> tuple[int, int]:
     """``(fr, fc)`` with ``low == (H/fr, W/fc)``, ``fr | r``, ``fc | c``; else a ``ValueError`` naming ``what``."""
     h, w = full
-    allowed = [(fr, fc) for fr in range(1, r + 1) if r % fr == 0 and h % fr == 0
-               for fc in range(1, c + 1) if c % fc == 0 and w % fc == 0]
+    allowed = [
+        (fr, fc)
+        for fr in range(1, r + 1)
+        if r % fr == 0 and h % fr == 0
+        for fc in range(1, c + 1)
+        if c % fc == 0 and w % fc == 0
+    ]
     for fr, fc in allowed:
         if (h // fr, w // fc) == tuple(low):
             return fr, fc
@@ -80,8 +85,9 @@ def reduction_factors(full: tuple[int, int], low: tuple[int, int], r: int, c: in
     )
 
 
-def plan_extra_source(matrix: np.ndarray, r: int, c: int, full: tuple[int, int], low: tuple[int, int],
-                      what: str, transform: str) -> tuple[int, int, list[int]]:
+def plan_extra_source(
+    matrix: np.ndarray, r: int, c: int, full: tuple[int, int], low: tuple[int, int], what: str, transform: str
+) -> tuple[int, int, list[int]]:
     """``(fr, fc, fed branches)`` of an extra source; ``ValueError`` for a wrong resolution or for feeding nothing."""
     fr, fc = reduction_factors(full, low, r, c, what)
     fed = fed_branches(matrix, r, c, fr, fc)

@@ -71,9 +71,14 @@ def table_bytes(columns: dict[str, np.ndarray]) -> bytes:
     row_bytes = max((v[0].nbytes for v in columns.values() if v.ndim > 1 and len(v)), default=1)
     dictionary = [name for name, v in columns.items() if name != "idx" and v.ndim == 1]
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
-                   use_dictionary=dictionary,
-                   column_encoding={"idx": "DELTA_BINARY_PACKED"} if "idx" in columns else None)
+    pq.write_table(
+        table,
+        buf,
+        compression="zstd",
+        row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
+        use_dictionary=dictionary,
+        column_encoding={"idx": "DELTA_BINARY_PACKED"} if "idx" in columns else None,
+    )
     return buf.getvalue()
 
 

@@ -88,8 +88,13 @@ def load_range(source: ImageSource, split_cfg: SplitConfig, source_split: str, s
     else:
         target = np.full(stop - start, "test")
     order = row_order(stop - start, [split_cfg.seed, ("train", "test").index(source_split), start])
-    return {"idx": np.arange(start, stop, dtype=np.int64)[order], "src": np.full(stop - start, MAIN_SRC, np.int16),
-            "y": y[order], "split": target[order], "x": x[order]}
+    return {
+        "idx": np.arange(start, stop, dtype=np.int64)[order],
+        "src": np.full(stop - start, MAIN_SRC, np.int16),
+        "y": y[order],
+        "split": target[order],
+        "x": x[order],
+    }
 
 
 def read_range(source: ImageSource, split_cfg: SplitConfig, item: dict) -> dict:
@@ -108,8 +113,9 @@ def transform_batch(batch: dict, r: int, c: int, matrix: np.ndarray) -> dict:
     return {**batch, "s": np.ascontiguousarray(s)}
 
 
-def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict],
-                branches: Sequence[int] | None = None) -> list[PartRecord | Skipped]:
+def write_parts(
+    storage: RunStorage, batch: dict, dtype: str, codecs: list[dict], branches: Sequence[int] | None = None
+) -> list[PartRecord | Skipped]:
     """Write every (split, branch) of one transformed range; return one record per file.
 
     ``codecs[k]``: branch k's uint8 ``offset``/``scale`` (ignored for float dtypes). The per-channel sums
@@ -123,15 +129,22 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
     src_id = int(batch["src"][0])
     part = f"part-{'' if src_id == MAIN_SRC else f'src{src_id}-'}{int(batch['idx'].min()):09d}.parquet"
     if "bad_error" in batch and (bad := batch["bad_error"] != "").any():
-        records = [Skipped(path=str(p), error=str(e), split=str(s))
-                   for s, p, e in zip(batch["split"][bad], batch["bad_path"][bad], batch["bad_error"][bad])]
+        records = [
+            Skipped(path=str(p), error=str(e), split=str(s))
+            for s, p, e in zip(batch["split"][bad], batch["bad_path"][bad], batch["bad_error"][bad])
+        ]
         batch = {name: v[~bad] for name, v in batch.items()}
     node = str(batch["node"][0]) if "node" in batch else None
     for split in SPLITS:
         rows = batch["split"] == split
         if not rows.any():
             continue
-        idx, src, y, s = batch["idx"][rows], batch["src"][rows], batch["y"][rows], batch["s"][rows]  # s: (n, K, C, h, w)
+        idx, src, y, s = (
+            batch["idx"][rows],
+            batch["src"][rows],
+            batch["y"][rows],
+            batch["s"][rows],
+        )  # s: (n, K, C, h, w)
         raw = raw_bytes(batch["x"][rows])
         for i in range(s.shape[1]):
             k = i if branches is None else branches[i]
@@ -141,16 +154,32 @@ def write_parts(storage: RunStorage, batch: dict, dtype: str, codecs: list[dict]
             rel = layout.shard(split, k, part)
             storage.write_bytes(rel, data)
             xk = decode(stored, dtype, codecs[k]["offset"], codecs[k]["scale"]).astype(np.float64)
-            records.append(PartRecord(
-                split=split, branch=k, src=src_id, node=node, file=rel, rows=int(rows.sum()), bytes=len(data),
-                raw_bytes=raw if i == 0 else 0, seconds=time.perf_counter() - t0,
-                sum=xk.sum(axis=(0, 2, 3)).tolist(), sumsq=np.square(xk).sum(axis=(0, 2, 3)).tolist()))
+            records.append(
+                PartRecord(
+                    split=split,
+                    branch=k,
+                    src=src_id,
+                    node=node,
+                    file=rel,
+                    rows=int(rows.sum()),
+                    bytes=len(data),
+                    raw_bytes=raw if i == 0 else 0,
+                    seconds=time.perf_counter() - t0,
+                    sum=xk.sum(axis=(0, 2, 3)).tolist(),
+                    sumsq=np.square(xk).sum(axis=(0, 2, 3)).tolist(),
+                )
+            )
     return records
 
 
 # -- the manifest ------------------------------------------------------------------------------------------
-def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: SplitConfig,
-                   records: list[PartRecord | Skipped], extras: Sequence[ExtraPlan] = ()) -> Manifest:
+def build_manifest(
+    source: ImageSource,
+    source_cfg: SourceConfig,
+    split_cfg: SplitConfig,
+    records: list[PartRecord | Skipped],
+    extras: Sequence[ExtraPlan] = (),
+) -> Manifest:
     """Sum the file records into the manifest; raise if any image is missing from any branch.
 
     Images the source skipped (``source.skip_bad``; ``Skipped`` records) are rows nowhere: the counts
@@ -161,8 +190,11 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
     lost = {split: sum(r.split == split for r in skipped) for split in SPLITS}
     k, n_train = split_cfg.k, source.count("train")
     n_val = round(split_cfg.val_fraction * n_train)
-    counts = {"train": n_train - n_val - lost["train"], "val": n_val - lost["val"],
-              "test": source.count("test") - lost["test"]}
+    counts = {
+        "train": n_train - n_val - lost["train"],
+        "val": n_val - lost["val"],
+        "test": source.count("test") - lost["test"],
+    }
     # expected[split][branch][src]: the main source everywhere, each extra source's train in the branches it feeds
     expected = {split: [{str(MAIN_SRC): counts[split]} for _ in range(k)] for split in SPLITS}
     for plan in extras:
@@ -179,22 +211,45 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
             rs = [r for r in mine if r.split == split]
             by_source = {src: sum(r.rows for r in rs if str(r.src) == src) for src in expected[split][b]}
             if by_source != expected[split][b] or sum(by_source.values()) != sum(r.rows for r in rs):
-                raise RuntimeError(f"branch {b} split {split}: wrote rows by source {by_source}, expected {expected[split][b]}")
-            splits[split] = SplitFiles(rows=sum(by_source.values()), rows_by_source=by_source,
-                                       bytes=sum(r.bytes for r in rs), files=[r.file for r in rs])
+                raise RuntimeError(
+                    f"branch {b} split {split}: wrote rows by source {by_source}, expected {expected[split][b]}"
+                )
+            splits[split] = SplitFiles(
+                rows=sum(by_source.values()),
+                rows_by_source=by_source,
+                bytes=sum(r.bytes for r in rs),
+                files=[r.file for r in rs],
+            )
         train = [r for r in mine if r.split == "train"]
         n_pix = max(splits["train"].rows * h * w, 1)
         mean = np.sum([r.sum for r in train], axis=0) / n_pix if train else np.zeros(c)
         mean_sq = np.sum([r.sumsq for r in train], axis=0) / n_pix if train else np.zeros(c)
         codec = codecs[b] if split_cfg.dtype == "uint8" else {}
-        branches.append(BranchInfo(k=b, mean=mean.tolist(), std=np.sqrt(np.maximum(mean_sq - mean**2, 0.0)).tolist(),
-                                   offset=codec.get("offset"), scale=codec.get("scale"), splits=splits))
+        branches.append(
+            BranchInfo(
+                k=b,
+                mean=mean.tolist(),
+                std=np.sqrt(np.maximum(mean_sq - mean**2, 0.0)).tolist(),
+                offset=codec.get("offset"),
+                scale=codec.get("scale"),
+                splits=splits,
+            )
+        )
     nodes = {src: sorted({r.node for r in parts if r.src == src and r.node}) for src in range(len(extras) + 1)}
     used = {"train": counts["train"] + counts["val"], "test": counts["test"]}  # images used per source split
     described = SourceInfo.from_json(source.describe() | {"counts": used})  # a source's own keys go to details
-    main = SourceEntry(src=MAIN_SRC, name=described.name, root=source_cfg.root, limit=source_cfg.limit,
-                       resolution=described.resolution, factors=[1, 1], counts=used, branches=list(range(k)),
-                       resources={}, nodes=nodes[MAIN_SRC])
+    main = SourceEntry(
+        src=MAIN_SRC,
+        name=described.name,
+        root=source_cfg.root,
+        limit=source_cfg.limit,
+        resolution=described.resolution,
+        factors=[1, 1],
+        counts=used,
+        branches=list(range(k)),
+        resources={},
+        nodes=nodes[MAIN_SRC],
+    )
     return Manifest(
         version=MANIFEST_VERSION,
         config_hash=config_hash(source_cfg, split_cfg, [p.cfg for p in extras]),
@@ -202,8 +257,15 @@ def build_manifest(source: ImageSource, source_cfg: SourceConfig, split_cfg: Spl
         source=dataclasses.replace(described, skipped=skipped or None, root=source_cfg.root, limit=source_cfg.limit),
         # every source in src order: resolution, counts, the branches it feeds, the nodes whose tasks read it
         sources=[main, *(dataclasses.replace(p.describe(), nodes=nodes[p.src]) for p in extras)],
-        split=SplitInfo(r=split_cfg.rows, c=split_cfg.cols, K=k, transform=split_cfg.transform, dtype=split_cfg.dtype,
-                        matrix=matrix.tolist(), branch_shape=[c, h, w]),
+        split=SplitInfo(
+            r=split_cfg.rows,
+            c=split_cfg.cols,
+            K=k,
+            transform=split_cfg.transform,
+            dtype=split_cfg.dtype,
+            matrix=matrix.tolist(),
+            branch_shape=[c, h, w],
+        ),
         val_fraction=split_cfg.val_fraction,
         seed=split_cfg.seed,
         counts=counts,

@@ -78,9 +78,17 @@ def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict], branches: Se
     return SpectralParquetSink()
 
 
-def _run_ray_pipeline(ranges: list[dict], read: Callable[[dict], dict], transform: Callable[..., dict],
-                      transform_kwargs: dict, storage: RunStorage, dtype: str, codecs: list[dict],
-                      branches: Sequence[int] | None, resources: dict[str, float]) -> list[PartRecord | Skipped]:
+def _run_ray_pipeline(
+    ranges: list[dict],
+    read: Callable[[dict], dict],
+    transform: Callable[..., dict],
+    transform_kwargs: dict,
+    storage: RunStorage,
+    dtype: str,
+    codecs: list[dict],
+    branches: Sequence[int] | None,
+    resources: dict[str, float],
+) -> list[PartRecord | Skipped]:
     """ranges -> read -> transform -> write, every operator held to nodes with ``resources`` (so Ray fuses
     them into one task per range there: raw images never leave those nodes). Records name the reading node."""
     import ray
@@ -119,34 +127,49 @@ def original_task_errors() -> Iterator[None]:
         ctx.raise_original_map_exception = raise_original
 
 
-def _write_with_ray(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage,
-                    extras: Sequence[ExtraPlan] = ()) -> list[PartRecord | Skipped]:
+def _write_with_ray(
+    source: ImageSource, split_cfg: SplitConfig, storage: RunStorage, extras: Sequence[ExtraPlan] = ()
+) -> list[PartRecord | Skipped]:
     """All sources' sub-datasets: the main source's, then each extra source's on its own nodes."""
     matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     r, c, dtype, codecs = split_cfg.rows, split_cfg.cols, split_cfg.dtype, affine_params(matrix, source.channels)
     records = _run_ray_pipeline(
         plan_ranges(source, split_cfg.images_per_task),
         lambda item: read_range(source, split_cfg, item),
-        transform_batch, {"r": r, "c": c, "matrix": matrix}, storage, dtype, codecs, None, {},
+        transform_batch,
+        {"r": r, "c": c, "matrix": matrix},
+        storage,
+        dtype,
+        codecs,
+        None,
+        {},
     )
     for plan in extras:
         records += _run_ray_pipeline(
             plan_extra_ranges(plan, split_cfg.images_per_task),
             lambda item, plan=plan: load_extra_range(plan, int(item["start"]), int(item["stop"]), split_cfg.seed),
-            transform_lowres_batch, {"r": r, "c": c, "fr": plan.fr, "fc": plan.fc, "matrix": matrix},
-            storage, dtype, codecs, plan.fed, plan.cfg.resources,
+            transform_lowres_batch,
+            {"r": r, "c": c, "fr": plan.fr, "fc": plan.fc, "matrix": matrix},
+            storage,
+            dtype,
+            codecs,
+            plan.fed,
+            plan.cfg.resources,
         )
     return records
 
 
-def write_single_process(source: ImageSource, split_cfg: SplitConfig, storage: RunStorage) -> list[PartRecord | Skipped]:
+def write_single_process(
+    source: ImageSource, split_cfg: SplitConfig, storage: RunStorage
+) -> list[PartRecord | Skipped]:
     """The same files without Ray: the reference the benchmark compares against."""
     matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     codecs, records = affine_params(matrix, source.channels), []
     for item in plan_ranges(source, split_cfg.images_per_task):
         batch = read_range(source, split_cfg, item)
-        records += write_parts(storage, transform_batch(batch, split_cfg.rows, split_cfg.cols, matrix),
-                               split_cfg.dtype, codecs)
+        records += write_parts(
+            storage, transform_batch(batch, split_cfg.rows, split_cfg.cols, matrix), split_cfg.dtype, codecs
+        )
     return records
 
 
@@ -159,7 +182,11 @@ class SplitResult:
 
 
 def split_dataset(
-    source_cfg: SourceConfig, split_cfg: SplitConfig, storage: RunStorage, *, overwrite: bool = False,
+    source_cfg: SourceConfig,
+    split_cfg: SplitConfig,
+    storage: RunStorage,
+    *,
+    overwrite: bool = False,
     extra_sources: Sequence[ExtraSourceConfig] = (),
 ) -> SplitResult:
     """Write the K spectral sub-datasets of ``source_cfg`` (and ``extra_sources``) under ``storage`` (idempotent)."""
@@ -170,8 +197,13 @@ def split_dataset(
             f"source {source.name!r} images are (H, W) = ({h}, {w}), not divisible by "
             f"split (rows, cols) = ({split_cfg.rows}, {split_cfg.cols})"
         )
-    extras = plan_extra_sources(source, list(extra_sources), split_cfg,
-                                split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols), storage)
+    extras = plan_extra_sources(
+        source,
+        list(extra_sources),
+        split_cfg,
+        split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols),
+        storage,
+    )
     if any(p.cfg.resources for p in extras):
         import ray
 
@@ -192,7 +224,9 @@ def split_dataset(
         log.warning("overwriting sub-datasets at %s", storage.url(layout.DATA))
         storage.remove(layout.DATA)
     elif storage.ls(layout.DATA):
-        log.warning("%s has no manifest (an interrupted split): removing it and starting over", storage.url(layout.DATA))
+        log.warning(
+            "%s has no manifest (an interrupted split): removing it and starting over", storage.url(layout.DATA)
+        )
         storage.remove(layout.DATA)
 
     t0 = time.perf_counter()
@@ -206,7 +240,15 @@ def split_dataset(
     manifest = build_manifest(source, source_cfg, split_cfg, records, extras)
     layout.write_manifest(storage, manifest)  # last: its presence marks the split complete
     if skipped := manifest.source.skipped:
-        log.warning("skipped %d unreadable image(s) (source.skip_bad), e.g. %s; listed in %s under source.skipped",
-                    len(skipped), skipped[0].path, storage.url(MANIFEST))
-    return SplitResult(manifest=manifest, up_to_date=False, seconds=time.perf_counter() - t0,
-                       records=[r for r in records if isinstance(r, PartRecord)])
+        log.warning(
+            "skipped %d unreadable image(s) (source.skip_bad), e.g. %s; listed in %s under source.skipped",
+            len(skipped),
+            skipped[0].path,
+            storage.url(MANIFEST),
+        )
+    return SplitResult(
+        manifest=manifest,
+        up_to_date=False,
+        seconds=time.perf_counter() - t0,
+        records=[r for r in records if isinstance(r, PartRecord)],
+    )

@@ -42,7 +42,9 @@ class BranchData:
         return decode(self.x, self.dtype, self.offset, self.scale)
 
 
-def tensor_chunks(col: pa.ChunkedArray, field: pa.Field, shape: tuple[int, ...], dtype: str, where: str) -> list[np.ndarray]:
+def tensor_chunks(
+    col: pa.ChunkedArray, field: pa.Field, shape: tuple[int, ...], dtype: str, where: str
+) -> list[np.ndarray]:
     """A tensor column as one (n_i, *shape) array of ``dtype`` per chunk: views of Arrow's buffers where it can.
 
     Storage version 3 (``fixed_size_binary``, ``data_split.parquet.tensor_field``): a zero-copy, read-only view
@@ -54,11 +56,15 @@ def tensor_chunks(col: pa.ChunkedArray, field: pa.Field, shape: tuple[int, ...],
         meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
         stored = (json.loads(meta.get(TENSOR_SHAPE_KEY, "null")), meta.get(TENSOR_DTYPE_KEY))
         if stored != (list(shape), want.name):
-            raise ManifestError(f"{where}: column x holds {stored[1]} {stored[0]} per row (field metadata), the manifest "
-                                f"says {want.name} {list(shape)}")
+            raise ManifestError(
+                f"{where}: column x holds {stored[1]} {stored[0]} per row (field metadata), the manifest "
+                f"says {want.name} {list(shape)}"
+            )
         width = int(np.prod(shape)) * want.itemsize
         if field.type.byte_width != width:
-            raise ManifestError(f"{where}: column x has {field.type.byte_width} bytes per row, {want.name} {list(shape)} needs {width}")
+            raise ManifestError(
+                f"{where}: column x has {field.type.byte_width} bytes per row, {want.name} {list(shape)} needs {width}"
+            )
         out = []
         for arr in col.chunks:
             if arr.null_count:
@@ -67,7 +73,11 @@ def tensor_chunks(col: pa.ChunkedArray, field: pa.Field, shape: tuple[int, ...],
             if not len(arr) or data is None:
                 out.append(np.zeros((0, *shape), want))
                 continue
-            out.append(np.frombuffer(data, want, len(arr) * width // want.itemsize, arr.offset * width).reshape(len(arr), *shape))
+            out.append(
+                np.frombuffer(data, want, len(arr) * width // want.itemsize, arr.offset * width).reshape(
+                    len(arr), *shape
+                )
+            )
         return out
     out = []
     for arr in col.chunks:
@@ -75,7 +85,9 @@ def tensor_chunks(col: pa.ChunkedArray, field: pa.Field, shape: tuple[int, ...],
             arr = arr.storage
         values = arr.flatten().to_numpy(zero_copy_only=False)
         if values.size != len(arr) * int(np.prod(shape)):
-            raise ManifestError(f"{where}: column x holds {values.size} values for {len(arr)} rows, expected shape {shape} per row")
+            raise ManifestError(
+                f"{where}: column x holds {values.size} values for {len(arr)} rows, expected shape {shape} per row"
+            )
         if values.dtype != want:
             raise ManifestError(f"{where}: column x holds {values.dtype}, the manifest's split.dtype is {dtype}")
         out.append(values.reshape(len(arr), *shape))
@@ -89,7 +101,7 @@ def scatter(chunks: list[np.ndarray], order: np.ndarray, shape: tuple[int, ...],
     where[order] = np.arange(len(order))  # where[i]: the output row of input row i
     at = 0
     for c in chunks:
-        out[where[at:at + len(c)]] = c
+        out[where[at : at + len(c)]] = c
         at += len(c)
     return out
 
@@ -125,20 +137,24 @@ def read_branch(storage: RunStorage, manifest: Manifest, split: str, k: int) -> 
         for g in range(f.num_row_groups):
             t = f.read_row_group(g, columns=["x"])
             for c in tensor_chunks(t.column("x"), t.schema.field("x"), shape, dtype, storage.url(rel)):
-                x[where[at:at + len(c)]] = c
+                x[where[at : at + len(c)]] = c
                 at += len(c)
     return BranchData(idx=idx[order], src=src[order], y=y[order], x=x, dtype=dtype, offset=offset, scale=scale)
 
 
-def label_arrays(table: pa.Table, where: str, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_arrays(
+    table: pa.Table, where: str, names: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(idx int64, src int16, y int64)`` of one file's table (or row group); every column checked present
     (in ``names``: the file's columns, where ``table`` holds only some)."""
     for name in ("idx", "src", "y", "x"):
         if name not in (table.column_names if names is None else names):
             raise ManifestError(f"{where}: missing column {name!r}")
-    return (table.column("idx").to_numpy().astype(np.int64, copy=False),
-            table.column("src").to_numpy().astype(np.int16, copy=False),
-            table.column("y").to_numpy().astype(np.int64, copy=False))
+    return (
+        table.column("idx").to_numpy().astype(np.int64, copy=False),
+        table.column("src").to_numpy().astype(np.int16, copy=False),
+        table.column("y").to_numpy().astype(np.int64, copy=False),
+    )
 
 
 def table_arrays(table: pa.Table, shape: tuple[int, ...], dtype: str, where: str):

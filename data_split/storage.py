@@ -67,10 +67,26 @@ DEFAULT_RETRY_BUDGET_S = 120.0  # how long one call keeps retrying through an ou
 RETRY_FIRST_DELAY_S = 0.25  # backoff: 0.25, 0.5, 1, 2, 4, 5, 5, ... s (times a random 0.5-1 jitter)
 RETRY_MAX_DELAY_S = 5.0
 _NOT_TRANSIENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
-                     errno.EHOSTUNREACH, errno.ENETUNREACH}
-_TRANSIENT_WORDS = ("Could not connect", "Connection was closed", "timed out", "Read timeout", "SlowDown",
-                    "Service Unavailable", "ServiceUnavailable", "InternalError", "Please reduce your request rate")
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
+_TRANSIENT_WORDS = (
+    "Could not connect",
+    "Connection was closed",
+    "timed out",
+    "Read timeout",
+    "SlowDown",
+    "Service Unavailable",
+    "ServiceUnavailable",
+    "InternalError",
+    "Please reduce your request rate",
+)
 
 
 class StorageError(SpectralError, RuntimeError):
@@ -180,11 +196,19 @@ class RunStorage:
                 delay = min(RETRY_MAX_DELAY_S, RETRY_FIRST_DELAY_S * 2**attempt) * random.uniform(0.5, 1.0)
                 attempt += 1
                 if elapsed + delay > self.retry_budget_s or (stop is not None and stop.is_set()):
-                    raise StorageError(f"cannot {what} on {self.describe_endpoint()}: still failing after {attempt} "
-                                       f"attempt(s) over {elapsed:.1f} s (storage.retry_budget_s = "
-                                       f"{self.retry_budget_s:g}): {e!r}") from e
-                log.warning("%s on %s failed (%s); retry %d in %.1f s", what, self.describe_endpoint(),
-                            type(e).__name__, attempt, delay)
+                    raise StorageError(
+                        f"cannot {what} on {self.describe_endpoint()}: still failing after {attempt} "
+                        f"attempt(s) over {elapsed:.1f} s (storage.retry_budget_s = "
+                        f"{self.retry_budget_s:g}): {e!r}"
+                    ) from e
+                log.warning(
+                    "%s on %s failed (%s); retry %d in %.1f s",
+                    what,
+                    self.describe_endpoint(),
+                    type(e).__name__,
+                    attempt,
+                    delay,
+                )
                 if stop is not None:
                     stop.wait(delay)
                 else:
@@ -282,6 +306,7 @@ class RunStorage:
     def read_with(self, rel: str, read: Callable[[Any], T], *, stop: threading.Event | None = None) -> T:
         """``read(f)`` on ``rel`` opened for ranged reads (a Parquet footer, a row group); the open and the
         reads are retried together, on a fresh file, through transient failures."""
+
         def attempt() -> T:
             with self.open_read(rel) as f:
                 return read(f)
@@ -291,8 +316,10 @@ class RunStorage:
     def read_paths(self, paths: list[str]) -> list[bytes | Exception]:
         """The bytes of each absolute ``fs`` path (fetched concurrently on object stores), or the error that
         reading it met; transient failures are retried one by one within the budget, then ``StorageError``."""
-        got = self.retrying(f"read {len(paths)} file(s) under {self.url()}",
-                            lambda: self.fs.cat_ranges(paths, None, None, on_error="return"))
+        got = self.retrying(
+            f"read {len(paths)} file(s) under {self.url()}",
+            lambda: self.fs.cat_ranges(paths, None, None, on_error="return"),
+        )
         out: list[bytes | Exception] = []
         for path, data in zip(paths, got):
             if isinstance(data, Exception) and is_transient(data):
@@ -342,6 +369,7 @@ class RunStorage:
 
     def rename(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst`` (a rename on a local disk; copy then delete on object stores), retried."""
+
         def attempt() -> None:
             try:
                 self.fs.mv(self.path(src), self.path(dst))

@@ -139,7 +139,13 @@ def spectral_components(x: Any, r: int, c: int, transform: str | np.ndarray = "d
     _check_divisible(tuple(x.shape), r, c)
     k = r * c
     # A torch matrix stays torch: inference's exported module holds T as a buffer (torch.export traces this).
-    t = split_matrix(transform, r, c) if isinstance(transform, str) else transform if _is_torch(transform) else np.asarray(transform)
+    t = (
+        split_matrix(transform, r, c)
+        if isinstance(transform, str)
+        else transform
+        if _is_torch(transform)
+        else np.asarray(transform)
+    )
     if tuple(t.shape) != (k, k):
         raise ValueError(f"transform matrix has shape {tuple(t.shape)}, expected ({k}, {k}) for r={r}, c={c}")
     n, ch, h, w = x.shape

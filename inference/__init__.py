@@ -18,12 +18,21 @@ from __future__ import annotations
 from data_split.lazy import lazy_exports
 
 _EXPORTS = {
-    "PredictConfig": "inference.config", "ServeConfig": "inference.config",
-    "CHOSEN": "inference.model", "EnsembleLoadError": "inference.model", "RunInfo": "inference.model",
-    "SpectralEnsemble": "inference.model", "load_ensemble": "inference.model",
-    "export_ensemble": "inference.export", "export_program": "inference.export",
-    "PredictError": "inference.predict", "PredictResult": "inference.predict", "predict_images": "inference.predict",
-    "build_app": "inference.serve", "start_serving": "inference.serve", "stop_serving": "inference.serve",
+    "PredictConfig": "inference.config",
+    "ServeConfig": "inference.config",
+    "CHOSEN": "inference.model",
+    "EnsembleLoadError": "inference.model",
+    "RunInfo": "inference.model",
+    "SpectralEnsemble": "inference.model",
+    "load_ensemble": "inference.model",
+    "export_ensemble": "inference.export",
+    "export_program": "inference.export",
+    "PredictError": "inference.predict",
+    "PredictResult": "inference.predict",
+    "predict_images": "inference.predict",
+    "build_app": "inference.serve",
+    "start_serving": "inference.serve",
+    "stop_serving": "inference.serve",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -41,16 +41,21 @@ def prepare(out: RunStorage, *, overwrite: bool) -> RunStorage:
     """Check ``out`` and clear leftovers of an interrupted run; return the folder this attempt writes its parts in."""
     names = out.ls("")
     if layout.OUTPUT_SUCCESS in names and not overwrite:
-        raise OutputError(f"output {out.url()} is complete (it has {layout.OUTPUT_SUCCESS}); pass --overwrite to "
-                          "replace it, or choose another --output")
+        raise OutputError(
+            f"output {out.url()} is complete (it has {layout.OUTPUT_SUCCESS}); pass --overwrite to "
+            "replace it, or choose another --output"
+        )
     ours = (layout.OUTPUT_SUCCESS, layout.OUTPUT_MANIFEST, layout.OUTPUT_TEMPORARY)
     foreign = [n for n in names if n not in ours and not layout.OUTPUT_PART.match(n)]
     if foreign:
-        raise OutputError(f"output {out.url()} holds files that no predict wrote ({', '.join(foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}); choose another --output")
+        raise OutputError(
+            f"output {out.url()} holds files that no predict wrote ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose another --output"
+        )
     if layout.OUTPUT_TEMPORARY in names:
-        log.warning("output %s: removing the parts of an interrupted run (%s)", out.url(),
-                    out.url(layout.OUTPUT_TEMPORARY))
+        log.warning(
+            "output %s: removing the parts of an interrupted run (%s)", out.url(), out.url(layout.OUTPUT_TEMPORARY)
+        )
         out.remove(layout.OUTPUT_TEMPORARY)
     return out.child(f"{layout.OUTPUT_TEMPORARY}/{uuid.uuid4().hex}")
 
@@ -71,7 +76,6 @@ def commit(out: RunStorage, attempt: RunStorage, *, rows: int, columns: list[str
         out.rename(f"{attempt_rel}/{name}", part)
         parts.append({"file": part, "bytes": out.size(part)})
     out.remove(layout.OUTPUT_TEMPORARY)
-    out.write_json(layout.OUTPUT_MANIFEST, {"rows": rows, "columns": columns, "parts": parts,
-                                            "committed": time.time()})
+    out.write_json(layout.OUTPUT_MANIFEST, {"rows": rows, "columns": columns, "parts": parts, "committed": time.time()})
     out.write_text(layout.OUTPUT_SUCCESS, json.dumps({"rows": rows, "parts": len(parts)}) + "\n")
     return [p["file"] for p in parts]

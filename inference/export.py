@@ -52,8 +52,12 @@ def export_ensemble(storage: RunStorage, output: str, *, weights: str | Sequence
     torch.export.save(program, buf)
     folder, name = posixpath.split(output.rstrip("/"))
     target = storage.at(folder or ".")  # atomic writes to a path or an object store, with the run's settings
-    card = {**model.info.card(), "format": "torch.export", "torch": torch.__version__,
-            "load": "torch.export.load(FILE).module()(pixels) -> logits"}
+    card = {
+        **model.info.card(),
+        "format": "torch.export",
+        "torch": torch.__version__,
+        "load": "torch.export.load(FILE).module()(pixels) -> logits",
+    }
     target.write_bytes(name, buf.getvalue())
     target.write_json(name + ".json", card)
     log.info("exported %s (%d bytes) and %s", target.url(name), len(buf.getvalue()), target.url(name + ".json"))

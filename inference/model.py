@@ -81,23 +81,46 @@ class RunInfo:
         return self.image_size if self.image_size is not None else (self.height, self.width)
 
     def card(self) -> dict:
-        return {"run": self.uri, "source": self.source, "input_shape": ["N", self.channels, self.height, self.width],
-                "input": "float32 pixels in [0, 1]",
-                # how an image becomes the input: torchvision's Resize(image_size) + CenterCrop(image_size)
-                "image_size": list(self.decode_size) if isinstance(self.decode_size, tuple) else self.decode_size,
-                "classes": self.class_names, "K": self.k,
-                "split": [self.rows, self.cols], "transform": self.transform, "storage_dtype": self.dtype,
-                "model": self.model, "weights_method": self.method, "weights": self.weights, "test_acc": self.test_acc,
-                "branches": self.branches if self.branches is not None else list(range(self.k))}
+        return {
+            "run": self.uri,
+            "source": self.source,
+            "input_shape": ["N", self.channels, self.height, self.width],
+            "input": "float32 pixels in [0, 1]",
+            # how an image becomes the input: torchvision's Resize(image_size) + CenterCrop(image_size)
+            "image_size": list(self.decode_size) if isinstance(self.decode_size, tuple) else self.decode_size,
+            "classes": self.class_names,
+            "K": self.k,
+            "split": [self.rows, self.cols],
+            "transform": self.transform,
+            "storage_dtype": self.dtype,
+            "model": self.model,
+            "weights_method": self.method,
+            "weights": self.weights,
+            "test_acc": self.test_acc,
+            "branches": self.branches if self.branches is not None else list(range(self.k)),
+        }
 
 
 class SpectralEnsemble(nn.Module):
     """Raw pixels ``(N, C, H, W)`` in [0, 1] -> logits ``(N, classes)`` of a weighted ensemble of K branches."""
 
-    def __init__(self, *, rows: int, cols: int, matrix: np.ndarray, dtype: str, mean: np.ndarray, std: np.ndarray,
-                 branches: Sequence[nn.Module], weights: Sequence[float], offset: np.ndarray | None = None,
-                 scale: np.ndarray | None = None, info: RunInfo | None = None, ks: Sequence[int] | None = None,
-                 packed: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        rows: int,
+        cols: int,
+        matrix: np.ndarray,
+        dtype: str,
+        mean: np.ndarray,
+        std: np.ndarray,
+        branches: Sequence[nn.Module],
+        weights: Sequence[float],
+        offset: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        info: RunInfo | None = None,
+        ks: Sequence[int] | None = None,
+        packed: bool = True,
+    ) -> None:
         """``mean``/``std`` (and for uint8 storage ``offset``/``scale``): ``(K, C)`` from the manifest's branches.
 
         ``ks``: which spectral component each of ``branches`` (and ``weights``) takes; default all K in order.
@@ -109,8 +132,10 @@ class SpectralEnsemble(nn.Module):
         k = rows * cols
         self.ks = list(range(k)) if ks is None else [int(i) for i in ks]
         if len(branches) != len(self.ks) or len(weights) != len(self.ks) or not set(self.ks) <= set(range(k)):
-            raise ValueError(f"expected {len(self.ks)} branches and weights for components {self.ks} of a {rows}x{cols} "
-                             f"split, got {len(branches)} and {len(weights)}")
+            raise ValueError(
+                f"expected {len(self.ks)} branches and weights for components {self.ks} of a {rows}x{cols} "
+                f"split, got {len(branches)} and {len(weights)}"
+            )
         if dtype not in DTYPES:
             raise ValueError(f"storage dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if dtype == "uint8" and (offset is None or scale is None):
@@ -169,8 +194,9 @@ def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], c
     """Branch ``k``'s network from the checkpoint of its final epoch (the one its logits came from)."""
     result = layout.read_result(storage, k)
     if result is None:
-        raise EnsembleLoadError(f"branch {k} has not finished: {storage.url(layout.result(k))} is missing "
-                                "(train the run first)")
+        raise EnsembleLoadError(
+            f"branch {k} has not finished: {storage.url(layout.result(k))} is missing (train the run first)"
+        )
     ckpt_rel = layout.checkpoint(k, int(result["epochs"]))
     try:
         ckpt = load_checkpoint(storage, ckpt_rel)
@@ -184,7 +210,9 @@ def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], c
     return model.eval(), cfg.name
 
 
-def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tuple[str, list[float], float | None, list[int]]:
+def _weights(
+    storage: RunStorage, k: int, weights: str | Sequence[float]
+) -> tuple[str, list[float], float | None, list[int]]:
     """(method, (K,) weights, test accuracy or None, branches in the sum) for ``weights``: "chosen", a method, or K
     numbers."""
     if not isinstance(weights, str):
@@ -194,10 +222,15 @@ def _weights(storage: RunStorage, k: int, weights: str | Sequence[float]) -> tup
         return "given", w, None, list(range(k))
     rel = layout.WEIGHTS if weights == CHOSEN else layout.ensemble_record(weights)
     if not storage.exists(rel):
-        have = sorted(n[:-5] for n in storage.ls(layout.ENSEMBLE)
-                      if n.endswith(".json") and f"{layout.ENSEMBLE}/{n}" != layout.WEIGHTS)
-        raise EnsembleLoadError(f"{storage.url(rel)} does not exist (run `spectral evaluate` first); "
-                                f"methods of this run: {', '.join(have) or 'none'}")
+        have = sorted(
+            n[:-5]
+            for n in storage.ls(layout.ENSEMBLE)
+            if n.endswith(".json") and f"{layout.ENSEMBLE}/{n}" != layout.WEIGHTS
+        )
+        raise EnsembleLoadError(
+            f"{storage.url(rel)} does not exist (run `spectral evaluate` first); "
+            f"methods of this run: {', '.join(have) or 'none'}"
+        )
     record = storage.read_json(rel)
     w = [float(v) for v in record["weights"]]
     if len(w) != k:
@@ -221,24 +254,46 @@ def load_ensemble(storage: RunStorage, weights: str | Sequence[float] = CHOSEN) 
     nets = {b: _final_branch(storage, b, in_shape, classes) for b in range(k) if not storage.exists(layout.diverged(b))}
     method, w, test_acc, ks = _weights(storage, k, weights)
     if missing := [b for b in ks if b not in nets]:
-        raise EnsembleLoadError(f"branches {missing} diverged (branches/<k>/diverged.json) and have no final model; "
-                                f"weights {method!r} use them")
+        raise EnsembleLoadError(
+            f"branches {missing} diverged (branches/<k>/diverged.json) and have no final model; "
+            f"weights {method!r} use them"
+        )
     nets = [nets[b] for b in ks]
     height, width = (int(v) for v in source.resolution)
     info = RunInfo(
-        uri=storage.uri, channels=int(source.channels), height=height, width=width,
-        class_names=[str(c) for c in source.class_names or range(classes)], source=source.name,
-        rows=int(split.r), cols=int(split.c), transform=split.transform, dtype=split.dtype,
-        model=nets[0][1], method=method, weights=w, test_acc=test_acc, branches=ks,
+        uri=storage.uri,
+        channels=int(source.channels),
+        height=height,
+        width=width,
+        class_names=[str(c) for c in source.class_names or range(classes)],
+        source=source.name,
+        rows=int(split.r),
+        cols=int(split.c),
+        transform=split.transform,
+        dtype=split.dtype,
+        model=nets[0][1],
+        method=method,
+        weights=w,
+        test_acc=test_acc,
+        branches=ks,
         image_size=source.image_size if isinstance(source.image_size, int) else None,
     )
     codecs = [branch_codec(manifest, b) for b in range(k)]  # (dtype, offset (C,) or None, scale (C,) or None)
     model = SpectralEnsemble(
-        rows=info.rows, cols=info.cols, matrix=np.asarray(split.matrix), dtype=info.dtype,
-        mean=np.asarray([b.mean for b in manifest.branches]), std=np.asarray([b.std for b in manifest.branches]),
+        rows=info.rows,
+        cols=info.cols,
+        matrix=np.asarray(split.matrix),
+        dtype=info.dtype,
+        mean=np.asarray([b.mean for b in manifest.branches]),
+        std=np.asarray([b.std for b in manifest.branches]),
         offset=np.asarray([c[1] for c in codecs]) if info.dtype == "uint8" else None,
         scale=np.asarray([c[2] for c in codecs]) if info.dtype == "uint8" else None,
-        branches=[net for net, _ in nets], weights=[w[b] for b in ks], info=info, ks=ks,
+        branches=[net for net, _ in nets],
+        weights=[w[b] for b in ks],
+        info=info,
+        ks=ks,
     )
-    log.info("loaded %s: K=%d %s branches, %s weights %s", storage.url(), k, info.model, method, np.round(w, 4).tolist())
+    log.info(
+        "loaded %s: K=%d %s branches, %s weights %s", storage.url(), k, info.model, method, np.round(w, 4).tolist()
+    )
     return model

@@ -83,8 +83,9 @@ class Classifier:
     ``run``: the run's storage; ``images``: the input's (same store settings), both as the driver built them.
     """
 
-    def __init__(self, run: RunStorage, images: RunStorage, weights: str | Sequence[float], use_gpu: bool,
-                 threads: int) -> None:
+    def __init__(
+        self, run: RunStorage, images: RunStorage, weights: str | Sequence[float], use_gpu: bool, threads: int
+    ) -> None:
         torch.set_num_threads(threads)
         self.images = images
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -108,18 +109,27 @@ class Classifier:
         with torch.no_grad():
             prob = torch.softmax(self.model(pixels), dim=1).cpu().numpy()  # (n, classes)
         pred = prob.argmax(1).astype(np.int64)
-        return pa.table({
-            "path": pa.array([str(p) for p in batch["path"]], pa.string()),
-            "pred": pa.array(pred, pa.int64()),
-            "class_name": pa.array([info.class_names[p] for p in pred], pa.string()),
-            "prob": pa.array(list(prob.astype(np.float32)), pa.list_(pa.float32())),
-            "error": pa.array(errors, pa.string()),
-        })
+        return pa.table(
+            {
+                "path": pa.array([str(p) for p in batch["path"]], pa.string()),
+                "pred": pa.array(pred, pa.int64()),
+                "class_name": pa.array([info.class_names[p] for p in pred], pa.string()),
+                "prob": pa.array(list(prob.astype(np.float32)), pa.list_(pa.float32())),
+                "error": pa.array(errors, pa.string()),
+            }
+        )
 
 
-def predict_images(storage: RunStorage, input_uri: str, output_uri: str, cfg: PredictConfig = PredictConfig(), *,
-                   weights: str | Sequence[float] = CHOSEN, skip_bad: bool = False,
-                   overwrite: bool = False) -> PredictResult:
+def predict_images(
+    storage: RunStorage,
+    input_uri: str,
+    output_uri: str,
+    cfg: PredictConfig = PredictConfig(),
+    *,
+    weights: str | Sequence[float] = CHOSEN,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+) -> PredictResult:
     """Classify every image under ``input_uri`` with the run at ``storage``; commit Parquet under ``output_uri``.
 
     Input and output are read and written with the run's store settings (endpoint, credentials, retry budget).
@@ -134,7 +144,9 @@ def predict_images(storage: RunStorage, input_uri: str, output_uri: str, cfg: Pr
     except FileNotFoundError:
         raise PredictError(f"input {input_uri} does not exist") from None
     if not paths:
-        raise PredictError(f"no PNG/JPEG images under {input_uri} (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+        raise PredictError(
+            f"no PNG/JPEG images under {input_uri} (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)"
+        )
     model = load_ensemble(storage, weights)  # fail here, once, if the run is unusable
     info, prefix = model.info, "" if src.protocol == "file" else f"{src.protocol}://"
     gpus = cfg.gpus_per_actor
@@ -142,20 +154,38 @@ def predict_images(storage: RunStorage, input_uri: str, output_uri: str, cfg: Pr
         gpus = 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     cpus = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else None
     if cpus is not None and cfg.concurrency * cfg.cpus_per_actor >= cpus:
-        raise PredictError(f"predict.concurrency x predict.cpus_per_actor = {cfg.concurrency} x {cfg.cpus_per_actor:g} "
-                           f"leaves none of the cluster's {cpus:g} CPUs to read the images; lower either")
-    log.info("predict: %d images under %s, %d actor(s) x batch %d, %g CPU and %g GPU per actor", len(paths),
-             input_uri, cfg.concurrency, cfg.batch_size, cfg.cpus_per_actor, gpus)
+        raise PredictError(
+            f"predict.concurrency x predict.cpus_per_actor = {cfg.concurrency} x {cfg.cpus_per_actor:g} "
+            f"leaves none of the cluster's {cpus:g} CPUs to read the images; lower either"
+        )
+    log.info(
+        "predict: %d images under %s, %d actor(s) x batch %d, %g CPU and %g GPU per actor",
+        len(paths),
+        input_uri,
+        cfg.concurrency,
+        cfg.batch_size,
+        cfg.cpus_per_actor,
+        gpus,
+    )
 
     # The actors read the files themselves: Ray Data's file reader makes a task per few files and a row per file,
     # which for small images costs more than decoding them (benchmarks/inference.py). One block per actor batch.
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=-(-len(paths) // cfg.batch_size))
     with original_task_errors():  # a StorageError of an actor reaches the caller as itself
         scored = ds.map_batches(
-            Classifier, fn_constructor_kwargs={"run": storage, "images": src, "weights": weights, "use_gpu": gpus > 0,
-                                               "threads": max(1, round(cfg.cpus_per_actor))},
-            batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-            num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
+            Classifier,
+            fn_constructor_kwargs={
+                "run": storage,
+                "images": src,
+                "weights": weights,
+                "use_gpu": gpus > 0,
+                "threads": max(1, round(cfg.cpus_per_actor)),
+            },
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=gpus,
         ).materialize()
     summary = scored.select_columns(["path", "pred", "error"]).to_pandas()
     bad = summary[summary["error"].notna()]
@@ -163,15 +193,18 @@ def predict_images(storage: RunStorage, input_uri: str, output_uri: str, cfg: Pr
     if len(bad) and not skip_bad:
         named = "; ".join(bad["error"].head(MAX_NAMED_BAD))
         more = f" (and {len(bad) - MAX_NAMED_BAD} more)" if len(bad) > MAX_NAMED_BAD else ""
-        raise PredictError(f"{len(bad)} unreadable image(s), nothing written: {named}{more}; "
-                           "pass --skip-bad to leave them out")
+        raise PredictError(
+            f"{len(bad)} unreadable image(s), nothing written: {named}{more}; pass --skip-bad to leave them out"
+        )
     if len(bad) == len(summary):
         raise PredictError(f"none of the {len(summary)} images under {input_uri} could be read; nothing written")
     good = summary[summary["error"].isna()]
 
     def output_rows(table: pa.Table) -> pa.Table:  # the readable images, paths as URIs, no error column
         table = table.filter(pc.is_null(table.column("error"))).drop_columns(["error"])
-        return table.set_column(0, "path", pa.array([prefix + p for p in table.column("path").to_pylist()], pa.string()))
+        return table.set_column(
+            0, "path", pa.array([prefix + p for p in table.column("path").to_pylist()], pa.string())
+        )
 
     scored.map_batches(output_rows, batch_format="pyarrow").write_parquet(attempt.root, filesystem=attempt.fs)
     parts = _output.commit(out, attempt, rows=len(good), columns=["path", "pred", "class_name", "prob"])
@@ -181,9 +214,20 @@ def predict_images(storage: RunStorage, input_uri: str, output_uri: str, cfg: Pr
     folder = good["path"].map(lambda p: posixpath.basename(posixpath.dirname(p)))
     known = folder.isin(list(labels))
     accuracy = float((good["pred"][known] == folder[known].map(labels)).mean()) if known.any() else None
-    result = PredictResult(output=out.url(), images=len(good), seconds=seconds, labelled=int(known.sum()),
-                           accuracy=accuracy, skipped=skipped)
-    log.info("predict: %d images in %.2f s (%.0f images/s), %d part(s) committed%s", result.images, seconds,
-             result.images_per_s, len(parts), "" if accuracy is None else f", accuracy {accuracy:.4f} over "
-             f"{result.labelled} labelled")
+    result = PredictResult(
+        output=out.url(),
+        images=len(good),
+        seconds=seconds,
+        labelled=int(known.sum()),
+        accuracy=accuracy,
+        skipped=skipped,
+    )
+    log.info(
+        "predict: %d images in %.2f s (%.0f images/s), %d part(s) committed%s",
+        result.images,
+        seconds,
+        result.images_per_s,
+        len(parts),
+        "" if accuracy is None else f", accuracy {accuracy:.4f} over {result.labelled} labelled",
+    )
     return result

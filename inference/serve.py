@@ -56,23 +56,49 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
 PREDICT_BODY = {  # what /docs shows of POST /predict (the handler reads the body itself: three encodings)
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "string", "format": "binary", "description": "a PNG/JPEG image (repeat for several)"}}}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "a PNG/JPEG image (repeat for several)",
+                    }
+                },
+            }
+        },
         **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
-        "application/json": {"schema": {"type": "array", "items": {"type": "string", "format": "byte"},
-                                        "description": "base64-encoded PNG/JPEG images"}},
+        "application/json": {
+            "schema": {
+                "type": "array",
+                "items": {"type": "string", "format": "byte"},
+                "description": "base64-encoded PNG/JPEG images",
+            }
+        },
     },
 }
-ANSWER = {"type": "object", "properties": {"class": {"type": "integer"}, "class_name": {"type": "string"},
-                                           "probabilities": {"type": "array", "items": {"type": "number"}}}}
+ANSWER = {
+    "type": "object",
+    "properties": {
+        "class": {"type": "integer"},
+        "class_name": {"type": "string"},
+        "probabilities": {"type": "array", "items": {"type": "number"}},
+    },
+}
 PREDICT_RESPONSES = {
-    "200": {"description": "the class of each image (a list for a JSON array or several files)",
-            "content": {"application/json": {"schema": {"oneOf": [ANSWER, {"type": "array", "items": ANSWER}]}}}},
-    "400": {"description": "bad input, named"}, "413": {"description": "body or image count over the limit"},
+    "200": {
+        "description": "the class of each image (a list for a JSON array or several files)",
+        "content": {"application/json": {"schema": {"oneOf": [ANSWER, {"type": "array", "items": ANSWER}]}}},
+    },
+    "400": {"description": "bad input, named"},
+    "413": {"description": "body or image count over the limit"},
 }
 
-api = FastAPI(title="spectral tensor network ensemble",
-              description="A run's K-branch spectral ensemble on Ray Serve (docs/inference.md).")
+api = FastAPI(
+    title="spectral tensor network ensemble",
+    description="A run's K-branch spectral ensemble on Ray Serve (docs/inference.md).",
+)
 
 
 class BadInput(SpectralError, ValueError):
@@ -85,7 +111,9 @@ class TooLarge(SpectralError, ValueError):
 
 def multipart_files(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     """(name, bytes) of every file part of a multipart/form-data body, in order."""
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
     if not message.is_multipart():
         raise BadInput("multipart body without parts (is the boundary right?)")
     files = []
@@ -117,9 +145,16 @@ async def read_limited(request: Request, limit: int) -> bytes:
 class EnsembleServer:
     """One replica: the ensemble, the FastAPI routes, and an optional dynamic batcher."""
 
-    def __init__(self, storage: RunStorage, weights: str | Sequence[float], batching: bool,
-                 max_batch_size: int, batch_wait_timeout_s: float, max_images: int = 64,
-                 max_request_bytes: int = 16 * 2**20) -> None:
+    def __init__(
+        self,
+        storage: RunStorage,
+        weights: str | Sequence[float],
+        batching: bool,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        max_images: int = 64,
+        max_request_bytes: int = 16 * 2**20,
+    ) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_ensemble(storage, weights).to(self.device)
         self.info = self.model.info
@@ -156,8 +191,9 @@ class EnsembleServer:
     def images_of(self, body: bytes, content_type: str) -> tuple[list[np.ndarray], bool]:
         """The request's images, and whether the answer is a list (a JSON array, several files)."""
         if not body:
-            raise BadInput("empty request body: send an image (multipart upload or its bytes), or a JSON array of "
-                           "base64 images")
+            raise BadInput(
+                "empty request body: send an image (multipart upload or its bytes), or a JSON array of base64 images"
+            )
         if content_type.startswith("multipart/form-data"):
             files = multipart_files(body, content_type)
             self._count(len(files))
@@ -188,8 +224,11 @@ class EnsembleServer:
     async def card(self) -> dict:
         return self.info.card()
 
-    @api.post("/predict", summary="classify images: a multipart upload, an image's bytes, or base64 JSON",
-              openapi_extra={"requestBody": PREDICT_BODY, "responses": PREDICT_RESPONSES})
+    @api.post(
+        "/predict",
+        summary="classify images: a multipart upload, an image's bytes, or base64 JSON",
+        openapi_extra={"requestBody": PREDICT_BODY, "responses": PREDICT_RESPONSES},
+    )
     async def predict(self, request: Request) -> JSONResponse:
         try:
             body = await read_limited(request, self.max_request_bytes)
@@ -202,8 +241,9 @@ class EnsembleServer:
         return JSONResponse(answers if many else answers[0])
 
 
-def build_app(storage: RunStorage, cfg: ServeConfig = ServeConfig(), *, weights: str | Sequence[float] = CHOSEN,
-              gpus: float = 0.0):
+def build_app(
+    storage: RunStorage, cfg: ServeConfig = ServeConfig(), *, weights: str | Sequence[float] = CHOSEN, gpus: float = 0.0
+):
     """The Serve application for the run at ``storage`` (``gpus``: per replica, used when ``cfg`` leaves it open).
 
     The storage object travels to the replicas pickled in the deployment's arguments, credentials included.
@@ -213,8 +253,15 @@ def build_app(storage: RunStorage, cfg: ServeConfig = ServeConfig(), *, weights:
         num_replicas=cfg.replicas,
         max_ongoing_requests=max(MIN_ONGOING_REQUESTS, 2 * cfg.max_batch_size),
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": gpus},
-    ).bind(storage, weights, cfg.batching, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.max_images_per_request,
-           cfg.max_request_bytes)
+    ).bind(
+        storage,
+        weights,
+        cfg.batching,
+        cfg.max_batch_size,
+        cfg.batch_wait_timeout_s,
+        cfg.max_images_per_request,
+        cfg.max_request_bytes,
+    )
 
 
 def _arg(value: Any) -> Any:
@@ -233,17 +280,26 @@ def app_builder(args: dict[str, Any]):
     """
     args = dict(args)
     if not args.get("storage"):
-        raise ConfigError("app_builder needs args.storage: the run's URI (serve run inference.serve:app_builder "
-                          "storage=runs/fm)")
-    storage_cfg = StorageConfig(uri=str(args.pop("storage")), **{key: _arg(args.pop(key)) for key in
-                                                                 ("endpoint_url", "retry_budget_s") if key in args})
+        raise ConfigError(
+            "app_builder needs args.storage: the run's URI (serve run inference.serve:app_builder storage=runs/fm)"
+        )
+    storage_cfg = StorageConfig(
+        uri=str(args.pop("storage")),
+        **{key: _arg(args.pop(key)) for key in ("endpoint_url", "retry_budget_s") if key in args},
+    )
     weights = _arg(args.pop("weights", CHOSEN))
     cfg = build(ServeConfig, {key: _arg(v) for key, v in args.items()}, "serve")  # an unknown key: named
     return build_app(RunStorage.from_config(storage_cfg), cfg, weights=weights, gpus=0.0)
 
 
-def start_serving(storage: RunStorage, cfg: ServeConfig = ServeConfig(), *, host: str = "127.0.0.1",
-                  port: int = 8000, weights: str | Sequence[float] = CHOSEN) -> str:
+def start_serving(
+    storage: RunStorage,
+    cfg: ServeConfig = ServeConfig(),
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    weights: str | Sequence[float] = CHOSEN,
+) -> str:
     """Deploy the run at ``storage`` on the connected Ray cluster as the application ``APP_NAME``; return the
     base URL. ``stop_serving()`` deletes that application (and only it: others on the cluster keep serving)."""
     import ray
@@ -253,8 +309,9 @@ def start_serving(storage: RunStorage, cfg: ServeConfig = ServeConfig(), *, host
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(storage, cfg, weights=weights, gpus=gpus), name=APP_NAME, route_prefix="/")
     url = f"http://{host}:{port}"
-    log.info("serving %s at %s (%d replica(s), batching %s)", storage.uri, url, cfg.replicas,
-             "on" if cfg.batching else "off")
+    log.info(
+        "serving %s at %s (%d replica(s), batching %s)", storage.uri, url, cfg.replicas, "on" if cfg.batching else "off"
+    )
     return url
 
 

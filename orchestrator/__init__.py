@@ -12,9 +12,14 @@ from typing import TYPE_CHECKING
 from data_split.lazy import lazy_exports
 
 _EXPORTS = {
-    "RunResult": "orchestrator.api", "baseline": "orchestrator.api", "evaluate": "orchestrator.api",
-    "run": "orchestrator.api", "split": "orchestrator.api", "train": "orchestrator.api",
-    "SpectralConfig": "orchestrator.config", "load_config": "orchestrator.config",
+    "RunResult": "orchestrator.api",
+    "baseline": "orchestrator.api",
+    "evaluate": "orchestrator.api",
+    "run": "orchestrator.api",
+    "split": "orchestrator.api",
+    "train": "orchestrator.api",
+    "SpectralConfig": "orchestrator.config",
+    "load_config": "orchestrator.config",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -17,13 +17,29 @@ import os
 import re
 
 OUR_LOGGERS = ("spectral", "data_split", "branches", "orchestrator", "tune", "inference")
-LIBRARY_LOGGERS = ("botocore", "boto3", "aiobotocore", "s3fs", "fsspec", "urllib3", "aiohttp", "filelock",
-                   "asyncio", "PIL", "matplotlib", "numba", "optuna")  # their DEBUG only with -vv
+LIBRARY_LOGGERS = (
+    "botocore",
+    "boto3",
+    "aiobotocore",
+    "s3fs",
+    "fsspec",
+    "urllib3",
+    "aiohttp",
+    "filelock",
+    "asyncio",
+    "PIL",
+    "matplotlib",
+    "numba",
+    "optuna",
+)  # their DEBUG only with -vv
 RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve")  # Ray Data and Tune set their own levels
 # Shown with -v only: Ray Data's traceback of a failed task (the error reaches the CLI, which prints it as one
 # line) and the token-auth notice that every local ray.init prints (auth stays on).
-RAY_NOISE_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions",
-                     "ray._private.authentication.authentication_token_setup")
+RAY_NOISE_LOGGERS = (
+    "ray.data._internal.execution.streaming_executor_state",
+    "ray.data.exceptions",
+    "ray._private.authentication.authentication_token_setup",
+)
 TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # "0": Tune's legacy reporter, silent at verbose=0
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 SIGNED_CREDENTIAL = re.compile(r"(Credential=)[^/\s,]+/")  # botocore's Authorization header and presigned URLs

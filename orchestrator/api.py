@@ -72,7 +72,9 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
         log.warning("ensemble without diverged branch(es) %s", skip)
     chosen = None
     for rule in COMPUTED_RULES:
-        res = evaluate_ensemble(storage, k, rule, p=cfg.ensemble.p, skip=skip)  # weights from the branches' train losses
+        res = evaluate_ensemble(
+            storage, k, rule, p=cfg.ensemble.p, skip=skip
+        )  # weights from the branches' train losses
         write_weights(storage, res, chosen=False)
         if rule == cfg.ensemble.weights:
             chosen = res
@@ -148,5 +150,7 @@ def run(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: ProgressFn
     training = train(cfg, on_progress=on_progress)
     report = evaluate(cfg)
     storage = RunStorage.from_config(cfg.storage)
-    paths = {name: storage.url(layout.report(f)) for name, f in (("report_json", "report.json"), ("report_md", "report.md"))}
+    paths = {
+        name: storage.url(layout.report(f)) for name, f in (("report_json", "report.json"), ("report_md", "report.md"))
+    }
     return RunResult(uri=cfg.storage.uri, split=split_result, training=training, report=report, paths=paths)

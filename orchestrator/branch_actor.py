@@ -59,8 +59,9 @@ def isolation_record(storage: RecordingStorage, k: int) -> dict:
 
     process_group = dist.is_available() and dist.is_initialized()
     own = f"{layout.branch_dir(k)}/"
-    outside = {rel: n for rel, n in storage.writes.items()
-               if rel.startswith(f"{layout.BRANCHES}/") and not rel.startswith(own)}
+    outside = {
+        rel: n for rel, n in storage.writes.items() if rel.startswith(f"{layout.BRANCHES}/") and not rel.startswith(own)
+    }
     return {
         "process_group": process_group,
         "files_read": sorted(set(storage.reads)),
@@ -86,8 +87,15 @@ class ProgressBoard:
 class BranchActor:
     """Created through ``ray.remote(...)`` by the launcher with per-branch resources."""
 
-    def __init__(self, storage: RunStorage, k: int, model_cfg: ModelConfig, train_cfg: TrainConfig, board: str,
-                 started: float | None = None) -> None:
+    def __init__(
+        self,
+        storage: RunStorage,
+        k: int,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        board: str,
+        started: float | None = None,
+    ) -> None:
         # The board comes by name, not as a handle: a handle argument lives in the object store, and
         # a restart after it is gone would fail (ray-project/ray#53727).
         self.storage = RecordingStorage.like(storage)
@@ -113,8 +121,9 @@ class BranchActor:
 
         self.board.update.remote(self.k, {"state": "training"})
         started_at = time.time()  # wall clock: comparable across the processes of one machine
-        result = train_branch(self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch,
-                              started=self.started)
+        result = train_branch(
+            self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch, started=self.started
+        )
         isolation = isolation_record(self.storage, self.k)
         placement = {**self.placement(), "started_at": started_at, "finished_at": time.time()}
         # Beside result.json, for checks from outside the job's driver (which alone gets the return value).
@@ -130,8 +139,15 @@ class PackActor(BranchActor):
     the progress board and ``placement.json`` are per branch too.
     """
 
-    def __init__(self, storage: RunStorage, ks: list[int], model_cfg: ModelConfig, train_cfg: TrainConfig, board: str,
-                 started: float | None = None) -> None:
+    def __init__(
+        self,
+        storage: RunStorage,
+        ks: list[int],
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        board: str,
+        started: float | None = None,
+    ) -> None:
         self.storages = {k: RecordingStorage.like(storage) for k in ks}
         self.ks, self.k, self.model_cfg, self.train_cfg, self.started = list(ks), ks[0], model_cfg, train_cfg, started
         self.board = ray.get_actor(board)
@@ -147,15 +163,26 @@ class PackActor(BranchActor):
         for k in self.ks:
             self.board.update.remote(k, {"state": "training"})
         started_at = time.time()
-        results = train_pack([self.storages[k] for k in self.ks], self.ks, self.model_cfg, self.train_cfg,
-                             on_epoch=on_epoch, started=self.started)
+        results = train_pack(
+            [self.storages[k] for k in self.ks],
+            self.ks,
+            self.model_cfg,
+            self.train_cfg,
+            on_epoch=on_epoch,
+            started=self.started,
+        )
         out = {}
         for k, result in results.items():
             if result.get("diverged"):
                 out[k] = result
                 continue
             isolation = isolation_record(self.storages[k], k)
-            placement = {**self.placement(), "started_at": started_at, "finished_at": time.time(), "packed_with": self.ks}
+            placement = {
+                **self.placement(),
+                "started_at": started_at,
+                "finished_at": time.time(),
+                "packed_with": self.ks,
+            }
             self.storages[k].write_json(layout.placement(k), {"placement": placement, "isolation": isolation})
             self.board.update.remote(k, {"state": "done", "val_acc": result.get("val_acc")})
             out[k] = {**result, "placement": placement, "isolation": isolation}

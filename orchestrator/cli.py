@@ -176,23 +176,37 @@ def cmd_export(cfg: SpectralConfig, args) -> None:
 
     card = export_ensemble(RunStorage.from_config(cfg.storage), args.output, weights=args.weights)
     acc = "n/a" if card["test_acc"] is None else f"{card['test_acc']:.4f}"
-    out.print(f"exported {args.output} (+ {args.output}.json): input {card['input_shape']}, "
-                  f"{len(card['classes'])} classes, {card['weights_method']} weights, test accuracy {acc}")
+    out.print(
+        f"exported {args.output} (+ {args.output}.json): input {card['input_shape']}, "
+        f"{len(card['classes'])} classes, {card['weights_method']} weights, test accuracy {acc}"
+    )
 
 
 def cmd_predict(cfg: SpectralConfig, args) -> None:
     from inference import predict_images
 
-    overrides = {f"predict.{key}": v for key, v in (("batch_size", args.batch_size), ("concurrency", args.concurrency))
-                 if v is not None}
+    overrides = {
+        f"predict.{key}": v
+        for key, v in (("batch_size", args.batch_size), ("concurrency", args.concurrency))
+        if v is not None
+    }
     cfg = cfg.replace(**overrides) if overrides else cfg
     init_ray(cfg.ray, quiet=True)
-    result = predict_images(RunStorage.from_config(cfg.storage), args.input, args.output, cfg.predict,
-                            weights=args.weights, skip_bad=args.skip_bad, overwrite=args.overwrite)
+    result = predict_images(
+        RunStorage.from_config(cfg.storage),
+        args.input,
+        args.output,
+        cfg.predict,
+        weights=args.weights,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+    )
     for path in result.skipped:
         out.print(f"[yellow]skipped unreadable image:[/yellow] {path}")
-    out.print(f"classified {result.images:,} images in {result.seconds:.2f} s: {result.images_per_s:,.0f} images/s "
-              f"({cfg.predict.concurrency} actor(s), batch {cfg.predict.batch_size})")
+    out.print(
+        f"classified {result.images:,} images in {result.seconds:.2f} s: {result.images_per_s:,.0f} images/s "
+        f"({cfg.predict.concurrency} actor(s), batch {cfg.predict.batch_size})"
+    )
     if result.accuracy is not None:
         out.print(f"accuracy {result.accuracy:.4f} over {result.labelled:,} images in folders named after classes")
     out.print(f"predictions: {result.output}")
@@ -208,16 +222,17 @@ def cmd_serve(cfg: SpectralConfig, args) -> None:
     from inference import start_serving, stop_serving
 
     init_ray(cfg.ray)
-    url = start_serving(RunStorage.from_config(cfg.storage), cfg.serve, host=args.host, port=args.port,
-                        weights=args.weights)
-    out.print(f"serving {cfg.storage.uri} at {url}: POST {url}/predict (an image: multipart upload, raw bytes or "
-              f"base64 JSON), GET {url}/docs (OpenAPI), GET {url}/healthz, GET {url}/ (model card); Ctrl-C stops")
+    url = start_serving(
+        RunStorage.from_config(cfg.storage), cfg.serve, host=args.host, port=args.port, weights=args.weights
+    )
+    out.print(
+        f"serving {cfg.storage.uri} at {url}: POST {url}/predict (an image: multipart upload, raw bytes or "
+        f"base64 JSON), GET {url}/docs (OpenAPI), GET {url}/healthz, GET {url}/ (model card); Ctrl-C stops"
+    )
     try:
         wait_for_interrupt()
     finally:
         stop_serving()  # our application only: others on a shared cluster keep serving
-
-
 
 
 def cmd_config(args) -> None:
@@ -226,14 +241,23 @@ def cmd_config(args) -> None:
     elif args.show or not (args.config or args.set or args.storage):
         out.print(config_table().rich(overflow="fold"))
     else:  # the resolved configuration, as a run keeps it (secrets removed)
-        sys.stdout.write(config_yaml(resolve_config(args), header="spectral config: the resolved configuration "
-                                                                  "(secrets removed)"))
+        sys.stdout.write(
+            config_yaml(resolve_config(args), header="spectral config: the resolved configuration (secrets removed)")
+        )
 
 
 COMMANDS = {
-    "split": cmd_split, "run": cmd_run, "resume": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate,
-    "baseline": cmd_baseline, "tune-weights": cmd_tune_weights, "sweep": cmd_sweep,
-    "export": cmd_export, "predict": cmd_predict, "serve": cmd_serve,
+    "split": cmd_split,
+    "run": cmd_run,
+    "resume": cmd_run,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "baseline": cmd_baseline,
+    "tune-weights": cmd_tune_weights,
+    "sweep": cmd_sweep,
+    "export": cmd_export,
+    "predict": cmd_predict,
+    "serve": cmd_serve,
 }
 assert set(COMMANDS) == set(RUN_COMMANDS) | set(INFERENCE_COMMANDS)
 
@@ -247,15 +271,18 @@ def resolve_config(args) -> SpectralConfig:
         overrides["storage.uri"] = args.storage
     config = getattr(args, "config", None)
     stored = args.command == "resume" or (
-        config is None and args.storage and args.command in CONTINUING and has_stored_config(args.storage, overrides))
+        config is None and args.storage and args.command in CONTINUING and has_stored_config(args.storage, overrides)
+    )
     if stored:
         log.info("continuing with %s", stored_config_uri(args.storage))
         cfg = resume_config(args.storage, overrides, allow_split_change=getattr(args, "overwrite", False))
     else:
         cfg = load_config(config, overrides)
         if args.command in INFERENCE_COMMANDS and not args.storage and cfg.storage.uri == StorageConfig().uri:
-            raise ConfigError(f"{args.command} needs the trained run: --storage URI (or storage.uri in --config or "
-                              f"--set); the default {cfg.storage.uri} is never assumed")
+            raise ConfigError(
+                f"{args.command} needs the trained run: --storage URI (or storage.uri in --config or "
+                f"--set); the default {cfg.storage.uri} is never assumed"
+            )
     add_secrets(*(cfg.storage.credentials or ()))
     return cfg
 

@@ -2,8 +2,8 @@
 
 ``orchestrator.cli`` runs what this parses. Conventions (docs/cli.md, "Behaviour"): ``-v``/``-vv`` before or
 after the subcommand; ``--storage`` required where no default makes sense (``status``, ``resume``; for
-``export``, ``predict``, ``serve`` a ``storage.uri`` of ``--config``/``--set`` does too); ``--overwrite`` only where something can be overwritten; each subcommand's
-``--help`` ends with examples.
+``export``, ``predict``, ``serve`` a ``storage.uri`` of ``--config``/``--set`` does too); ``--overwrite`` only
+where something can be overwritten; each subcommand's ``--help`` ends with examples.
 """
 
 from __future__ import annotations
@@ -38,37 +38,59 @@ STORAGE_COMMANDS = {
 OVERWRITING = ("split", "run", "sweep")  # the commands that can replace what is stored
 
 EXAMPLES = {
-    "split": ["spectral split --config configs/fashion_mnist.yaml --storage runs/fm",
-              "spectral split --storage runs/fm --set split.rows=4 --set split.cols=4 --overwrite"],
-    "run": ["spectral run --config configs/fashion_mnist.yaml --storage runs/fm",
-            "spectral run --storage s3://bucket/fm --set train.epochs=20 -v",
-            "spectral run --storage runs/fm          (an existing run: continues with its config.yaml)"],
-    "resume": ["spectral resume --storage runs/fm",
-               "spectral resume --storage s3://bucket/fm --set train.epochs=30   (more epochs; a split key is refused)"],
+    "split": [
+        "spectral split --config configs/fashion_mnist.yaml --storage runs/fm",
+        "spectral split --storage runs/fm --set split.rows=4 --set split.cols=4 --overwrite",
+    ],
+    "run": [
+        "spectral run --config configs/fashion_mnist.yaml --storage runs/fm",
+        "spectral run --storage s3://bucket/fm --set train.epochs=20 -v",
+        "spectral run --storage runs/fm          (an existing run: continues with its config.yaml)",
+    ],
+    "resume": [
+        "spectral resume --storage runs/fm",
+        "spectral resume --storage s3://bucket/fm --set train.epochs=30   (more epochs; a split key is refused)",
+    ],
     "train": ["spectral train --storage runs/fm --set resources.gpus_per_branch=0.5"],
     "evaluate": ["spectral evaluate --storage runs/fm --set ensemble.weights=geometric"],
     "baseline": ["spectral baseline --storage runs/fm --set baseline.engine=ddp --set baseline.workers=2"],
     "tune-weights": ["spectral tune-weights --storage runs/fm --set tune.num_samples=50"],
     "sweep": ["spectral sweep --config configs/sweep.yaml --storage runs/sweep"],
-    "export": ["spectral export --storage runs/fm --output fm.pt2",
-               "spectral export --storage runs/fm --output fm-uniform.pt2 --weights uniform"],
-    "predict": ["spectral predict --storage runs/fm --input photos/ --output preds/",
-                "spectral predict --storage s3://bucket/fm --input s3://bucket/in --output s3://bucket/out --skip-bad"],
-    "serve": ["spectral serve --storage runs/fm --port 8000",
-              "curl -F file=@shoe.png http://127.0.0.1:8000/predict     (open http://127.0.0.1:8000/docs)"],
-    "status": ["spectral status --storage runs/fm", "spectral status --storage s3://bucket/fm --watch",
-               "spectral status --storage runs/fm --json | jq .branches"],
-    "config": ["spectral config --show", "spectral config --config configs/fashion_mnist.yaml --set train.epochs=3",
-               "spectral config --markdown > table.md"],
+    "export": [
+        "spectral export --storage runs/fm --output fm.pt2",
+        "spectral export --storage runs/fm --output fm-uniform.pt2 --weights uniform",
+    ],
+    "predict": [
+        "spectral predict --storage runs/fm --input photos/ --output preds/",
+        "spectral predict --storage s3://bucket/fm --input s3://bucket/in --output s3://bucket/out --skip-bad",
+    ],
+    "serve": [
+        "spectral serve --storage runs/fm --port 8000",
+        "curl -F file=@shoe.png http://127.0.0.1:8000/predict     (open http://127.0.0.1:8000/docs)",
+    ],
+    "status": [
+        "spectral status --storage runs/fm",
+        "spectral status --storage s3://bucket/fm --watch",
+        "spectral status --storage runs/fm --json | jq .branches",
+    ],
+    "config": [
+        "spectral config --show",
+        "spectral config --config configs/fashion_mnist.yaml --set train.epochs=3",
+        "spectral config --markdown > table.md",
+    ],
 }
 
-VERBOSE_HELP = ("-v: our debug logging, tracebacks of every error, and Ray's own INFO output (Ray Data progress, "
-                "Tune's experiment box); -vv: also the libraries' debug lines (botocore, s3fs, urllib3). "
-                "Before or after the command; credentials are masked at any verbosity")
-CONFIG_HELP = ("YAML config, a path or any fsspec URI such as s3://.../best_config.yaml (read with the endpoint "
-               "and keys of --set storage.* or the environment); defaults apply to keys it leaves out; without it: "
-               "the run's own config.yaml where --storage holds a run, else the embedded default "
-               "(configs/fashion_mnist.yaml)")
+VERBOSE_HELP = (
+    "-v: our debug logging, tracebacks of every error, and Ray's own INFO output (Ray Data progress, "
+    "Tune's experiment box); -vv: also the libraries' debug lines (botocore, s3fs, urllib3). "
+    "Before or after the command; credentials are masked at any verbosity"
+)
+CONFIG_HELP = (
+    "YAML config, a path or any fsspec URI such as s3://.../best_config.yaml (read with the endpoint "
+    "and keys of --set storage.* or the environment); defaults apply to keys it leaves out; without it: "
+    "the run's own config.yaml where --storage holds a run, else the embedded default "
+    "(configs/fashion_mnist.yaml)"
+)
 STORAGE_HELP = "the run's URI: a path, file://..., s3://bucket/prefix (sets storage.uri)"
 
 
@@ -84,8 +106,13 @@ def _epilog(name: str) -> str:
 
 
 def _add_common(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_text, description=help_text, epilog=_epilog(name),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=_epilog(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_after", help=VERBOSE_HELP)
     return p
 
@@ -98,15 +125,21 @@ def _add_config_args(p: argparse.ArgumentParser, *, config: bool = True, storage
 
 
 def _add_inference_args(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=CHOSEN, choices=WEIGHT_CHOICES,
-                   help="ensemble weights: chosen (the run's ensemble/weights.json) or a method the run evaluated "
-                        "(%(choices)s)")
+    p.add_argument(
+        "--weights",
+        default=CHOSEN,
+        choices=WEIGHT_CHOICES,
+        help="ensemble weights: chosen (the run's ensemble/weights.json) or a method the run evaluated (%(choices)s)",
+    )
     if name == "export":
         p.add_argument("--output", required=True, help="the program's file (any fsspec URI); FILE.json beside it")
     elif name == "predict":
         p.add_argument("--input", required=True, help="folder or prefix of PNG/JPEG images, searched recursively")
-        p.add_argument("--output", required=True, help="folder or prefix for the Parquet files, committed with "
-                                                        "_SUCCESS and _manifest.json once complete")
+        p.add_argument(
+            "--output",
+            required=True,
+            help="folder or prefix for the Parquet files, committed with _SUCCESS and _manifest.json once complete",
+        )
         p.add_argument("--batch-size", type=int, help="images per actor call (sets predict.batch_size)")
         p.add_argument("--concurrency", type=int, help="actors, each holding the ensemble (sets predict.concurrency)")
         p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
@@ -132,13 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
         _add_inference_args(name, p)
     p = _add_common(sub, "status", STORAGE_COMMANDS["status"])
     p.add_argument("--storage", required=True, help=STORAGE_HELP)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="storage.* keys to reach it (endpoint_url, credentials)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="storage.* keys to reach it (endpoint_url, credentials)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout, for scripts")
-    p.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
-                   help="refresh every SECONDS (default 2) until Ctrl-C")
-    p = _add_common(sub, "config", "print every config key, its default and its meaning; with --config or --set: "
-                                   "the resolved configuration as commented YAML")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
+    p = _add_common(
+        sub,
+        "config",
+        "print every config key, its default and its meaning; with --config or --set: "
+        "the resolved configuration as commented YAML",
+    )
     _add_config_args(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--show", action="store_true", help="every key as a table (the default without --config/--set)")

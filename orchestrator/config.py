@@ -40,19 +40,34 @@ SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")  # never wr
 class ResourcesConfig(Section):
     SECTION = "resources"
 
-    gpus_per_branch: float | None = option(None, 'GPUs per branch actor; unset: 1 when the cluster has GPUs, else 0 (CPU); a fraction packs branches on one GPU', ge=0)
-    cpus_per_branch: float = option(1.0, 'CPUs per branch actor', gt=0)
-    max_restarts: int = option(3, 'times Ray restarts a branch whose process died; it resumes from its newest checkpoint', ge=0)
-    branches_per_process: int = option(1, 'P: consecutive branches with equal training rows train as one batched network in one actor (a pack; docs/how-it-works.md)', ge=1)
+    gpus_per_branch: float | None = option(
+        None,
+        "GPUs per branch actor; unset: 1 when the cluster has GPUs, else 0 (CPU); a fraction packs branches on one GPU",
+        ge=0,
+    )
+    cpus_per_branch: float = option(1.0, "CPUs per branch actor", gt=0)
+    max_restarts: int = option(
+        3, "times Ray restarts a branch whose process died; it resumes from its newest checkpoint", ge=0
+    )
+    branches_per_process: int = option(
+        1,
+        "P: consecutive branches with equal training rows train as one batched network in one actor "
+        "(a pack; docs/how-it-works.md)",
+        ge=1,
+    )
 
 
 @dataclass(kw_only=True, frozen=True)
 class EnsembleConfig(Section):
     SECTION = "ensemble"
 
-    weights: str = option("tuned", 'ensemble weights: `uniform`, `geometric` (rank by training loss, w = p '
-                                   '(1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)', choices=WEIGHT_RULES)
-    p: float = option(GEOMETRIC_P, '`geometric` rule: p', gt=0, lt=1)
+    weights: str = option(
+        "tuned",
+        "ensemble weights: `uniform`, `geometric` (rank by training loss, w = p "
+        "(1-p)^rank) or `tuned` (searched by Ray Tune on the validation split)",
+        choices=WEIGHT_RULES,
+    )
+    p: float = option(GEOMETRIC_P, "`geometric` rule: p", gt=0, lt=1)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -61,39 +76,54 @@ class BaselineConfig(Section):
 
     SECTION = "baseline"
 
-    engine: str = option("single", "`single` (one actor, trained like a branch) or `ddp` (Ray Train DDP)", choices=BASELINE_ENGINES)
-    workers: int = option(2, "`ddp`: Ray Train workers; `train.batch_size` is the global batch, split evenly over them", ge=1)
-    cpus_per_worker: float = option(1.0, "`ddp`: CPUs per worker (each trains with `train.threads` torch threads)", gt=0)
-    max_failures: int = option(3, "`ddp`: worker-group restarts after a dead worker; each resumes from the newest checkpoint", ge=0)
+    engine: str = option(
+        "single", "`single` (one actor, trained like a branch) or `ddp` (Ray Train DDP)", choices=BASELINE_ENGINES
+    )
+    workers: int = option(
+        2, "`ddp`: Ray Train workers; `train.batch_size` is the global batch, split evenly over them", ge=1
+    )
+    cpus_per_worker: float = option(
+        1.0, "`ddp`: CPUs per worker (each trains with `train.threads` torch threads)", gt=0
+    )
+    max_failures: int = option(
+        3, "`ddp`: worker-group restarts after a dead worker; each resumes from the newest checkpoint", ge=0
+    )
 
 
 @dataclass(kw_only=True, frozen=True)
 class RayConfig(Section):
     SECTION = "ray"
 
-    address: str | None = option(None, 'unset: start Ray locally; `auto` or `ray://host:10001` to join a cluster')
-    num_cpus: int | None = option(None, 'local Ray only: CPUs to offer (unset: all)', ge=1)
+    address: str | None = option(None, "unset: start Ray locally; `auto` or `ray://host:10001` to join a cluster")
+    num_cpus: int | None = option(None, "local Ray only: CPUs to offer (unset: all)", ge=1)
 
 
 @dataclass(kw_only=True, frozen=True)
 class SpectralConfig(Section):
-    source: SourceConfig = option(factory=SourceConfig, help='where the images come from')
-    extra_sources: list[ExtraSourceConfig] = option(factory=list, help='lower-resolution sources (`src` = 1, 2, '
-                                                                       '...), each with the keys of `source` plus '
-                                                                       '`resources`; only their train split is used, '
-                                                                       'for the branches they determine')
-    split: SplitConfig = option(factory=SplitConfig, help='how every image is split into K spectral sub-images')
-    storage: StorageConfig = option(factory=StorageConfig, help='where the run lives')
-    model: ModelConfig = option(factory=ModelConfig, help='the network of each branch')
-    train: TrainConfig = option(factory=TrainConfig, help='how each branch trains')
-    resources: ResourcesConfig = option(factory=ResourcesConfig, help='what each branch actor asks of Ray')
+    source: SourceConfig = option(factory=SourceConfig, help="where the images come from")
+    extra_sources: list[ExtraSourceConfig] = option(
+        factory=list,
+        help="lower-resolution sources (`src` = 1, 2, "
+        "...), each with the keys of `source` plus "
+        "`resources`; only their train split is used, "
+        "for the branches they determine",
+    )
+    split: SplitConfig = option(factory=SplitConfig, help="how every image is split into K spectral sub-images")
+    storage: StorageConfig = option(factory=StorageConfig, help="where the run lives")
+    model: ModelConfig = option(factory=ModelConfig, help="the network of each branch")
+    train: TrainConfig = option(factory=TrainConfig, help="how each branch trains")
+    resources: ResourcesConfig = option(factory=ResourcesConfig, help="what each branch actor asks of Ray")
     ensemble: EnsembleConfig = option(factory=EnsembleConfig, help="how the branches' logits are weighted")
-    baseline: BaselineConfig = option(factory=BaselineConfig, help='`spectral baseline`: one actor, or Ray Train DDP')
-    ray: RayConfig = option(factory=RayConfig, help='which Ray to use')
-    tune: TuneConfig = option(factory=TuneConfig, help='the Ray Tune search of the ensemble weights (`ensemble.weights: tuned`)')
-    sweep: SweepConfig = option(factory=SweepConfig, help='`spectral sweep`: a Ray Tune search over branch-training hyperparameters')
-    predict: PredictConfig = option(factory=PredictConfig, help='`spectral predict`: Ray Data batch inference')
-    serve: ServeConfig = option(factory=ServeConfig, help='`spectral serve`: the Ray Serve endpoint')
+    baseline: BaselineConfig = option(factory=BaselineConfig, help="`spectral baseline`: one actor, or Ray Train DDP")
+    ray: RayConfig = option(factory=RayConfig, help="which Ray to use")
+    tune: TuneConfig = option(
+        factory=TuneConfig, help="the Ray Tune search of the ensemble weights (`ensemble.weights: tuned`)"
+    )
+    sweep: SweepConfig = option(
+        factory=SweepConfig, help="`spectral sweep`: a Ray Tune search over branch-training hyperparameters"
+    )
+    predict: PredictConfig = option(factory=PredictConfig, help="`spectral predict`: Ray Data batch inference")
+    serve: ServeConfig = option(factory=ServeConfig, help="`spectral serve`: the Ray Serve endpoint")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,8 +158,10 @@ def config_reference(cls: type = None, prefix: str = "") -> list[tuple[str, str,
 def config_markdown() -> str:
     """docs/cli.md's configuration table (between its ``config-table`` markers)."""
     lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{key}` | {default if default == 'unset' else f'`{default}`'} | {allowed} | {meaning} |"
-              for key, default, allowed, meaning in config_reference()]
+    lines += [
+        f"| `{key}` | {default if default == 'unset' else f'`{default}`'} | {allowed} | {meaning} |"
+        for key, default, allowed, meaning in config_reference()
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -174,19 +174,36 @@ def _worker_loop(config: dict) -> None:
         dist.all_gather_object(gathered, stats)  # a few hundred bytes: every worker's numbers to rank 0
         scheduler.step()
         mean_loss = sum(g["loss"] * g["rows"] for g in gathered) / sum(g["rows"] for g in gathered)
-        entry = {"epoch": epoch, "steps": len(batches), "loss": mean_loss,
-                 "workers": [{k: g[k] for k in ("bytes", "buckets", "allreduce_s", "train_s")} for g in gathered]}
+        entry = {
+            "epoch": epoch,
+            "steps": len(batches),
+            "loss": mean_loss,
+            "workers": [{k: g[k] for k in ("bytes", "buckets", "allreduce_s", "train_s")} for g in gathered],
+        }
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 val_loss, val_acc = loss_and_accuracy(predict(ddp.module, val.eval_batches(), dev, amp=amp), val.y)
                 entry.update(val_loss=val_loss, val_acc=val_acc, time=time.time())
                 history.append(entry)
-                torch.save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "history": history}, os.path.join(d, CHECKPOINT_FILE))
+                torch.save(
+                    {
+                        "model": ddp.module.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "history": history,
+                    },
+                    os.path.join(d, CHECKPOINT_FILE),
+                )
                 log.info("ddp epoch %d/%d: loss %.4f val_acc %s", epoch, train_cfg.epochs, entry["loss"], val_acc)
-            final = _final(storage, manifest, ddp, dev, amp, history, resumed_from) if rank == 0 and epoch == train_cfg.epochs else None
-            ray.train.report({"epoch": epoch, "final": final},
-                             checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+            final = (
+                _final(storage, manifest, ddp, dev, amp, history, resumed_from)
+                if rank == 0 and epoch == train_cfg.epochs
+                else None
+            )
+            ray.train.report(
+                {"epoch": epoch, "final": final},
+                checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None,
+            )
         _faults.after_epoch(storage.uri, rank, epoch, before_exit=_committed)  # test-only: a no-op outside the tests
 
 
@@ -202,14 +219,22 @@ def _final(storage, manifest, ddp, dev, amp, history, resumed_from) -> dict:
     test = InMemorySplit(storage, manifest, "test", 0, dev)
     test_loss, test_acc = loss_and_accuracy(predict(ddp.module, test.eval_batches(), dev, amp=amp), test.y)
     world = len(history[-1]["workers"])
-    per = [{key: sum(h["workers"][r][key] for h in history) for key in ("bytes", "buckets", "allreduce_s", "train_s")}
-           for r in range(world)]
+    per = [
+        {key: sum(h["workers"][r][key] for h in history) for key in ("bytes", "buckets", "allreduce_s", "train_s")}
+        for r in range(world)
+    ]
     import torch.distributed as dist
 
     return {
-        "backend": dist.get_backend(), "device": str(dev), "steps": sum(h["steps"] for h in history),
-        "parameters": count_parameters(ddp.module), "test_acc": test_acc, "test_nll": test_loss,
-        "val_acc": history[-1]["val_acc"], "val_nll": history[-1]["val_loss"], "train_loss": history[-1]["loss"],
+        "backend": dist.get_backend(),
+        "device": str(dev),
+        "steps": sum(h["steps"] for h in history),
+        "parameters": count_parameters(ddp.module),
+        "test_acc": test_acc,
+        "test_nll": test_loss,
+        "val_acc": history[-1]["val_acc"],
+        "val_nll": history[-1]["val_loss"],
+        "train_loss": history[-1]["loss"],
         "allreduce_bytes_per_worker": per[0]["bytes"],
         "allreduce_bytes_by_worker": [p["bytes"] for p in per],
         "allreduce_buckets_by_worker": [p["buckets"] for p in per],
@@ -223,8 +248,12 @@ def _final(storage, manifest, ddp, dev, amp, history, resumed_from) -> dict:
 
 # -- the driver -------------------------------------------------------------------------------------------------
 def _stored_config(cfg, manifest: Manifest) -> dict:
-    return {"model_config": asdict(cfg.model), "train_config": asdict(cfg.train), "workers": cfg.baseline.workers,
-            "split_config_hash": manifest.config_hash}
+    return {
+        "model_config": asdict(cfg.model),
+        "train_config": asdict(cfg.train),
+        "workers": cfg.baseline.workers,
+        "split_config_hash": manifest.config_hash,
+    }
 
 
 def fit(trainer):
@@ -268,15 +297,27 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage) -> dict:
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"model": asdict(cfg.model), "train": asdict(cfg.train), "data": absolute(data)},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.baseline.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=TRAIN_EXPERIMENT, storage_path=storage_path, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=cfg.baseline.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None)),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.baseline.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=TRAIN_EXPERIMENT,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=cfg.baseline.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
+        ),
     )
-    log.info("ddp baseline: %d worker(s) (%s), global batch %d (%g per worker), checkpoints under %s", workers,
-             "GPU, nccl" if use_gpu else "CPU, gloo", cfg.train.batch_size, cfg.train.batch_size / workers,
-             out.url(TRAIN_EXPERIMENT))
+    log.info(
+        "ddp baseline: %d worker(s) (%s), global batch %d (%g per worker), checkpoints under %s",
+        workers,
+        "GPU, nccl" if use_gpu else "CPU, gloo",
+        cfg.train.batch_size,
+        cfg.train.batch_size / workers,
+        out.url(TRAIN_EXPERIMENT),
+    )
     with credentials_broker(out):  # Ray Train's controller and workers reach the store with the config's keys
         result = fit(trainer)
     seconds = time.time() - started
@@ -285,12 +326,26 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage) -> dict:
         raise DDPFailedError(f"ddp baseline failed: {result.error or 'no final result reported'}")
     history = final.pop("epochs_history")
     record = {
-        "engine": "ddp", "workers": workers, **final, "seconds": seconds, "started": started,
-        "global_batch_size": cfg.train.batch_size, "epochs": cfg.train.epochs, "model": cfg.model.name,
-        "val_curve": [{"epoch": h["epoch"], "val_acc": h["val_acc"], "elapsed_s": h["time"] - started} for h in history],
-        "epochs_history": history, "config": stored,
+        "engine": "ddp",
+        "workers": workers,
+        **final,
+        "seconds": seconds,
+        "started": started,
+        "global_batch_size": cfg.train.batch_size,
+        "epochs": cfg.train.epochs,
+        "model": cfg.model.name,
+        "val_curve": [
+            {"epoch": h["epoch"], "val_acc": h["val_acc"], "elapsed_s": h["time"] - started} for h in history
+        ],
+        "epochs_history": history,
+        "config": stored,
     }
     out.write_json(RESULT_FILE, record)
-    log.info("ddp baseline: test acc %.4f, %d steps, %.1f MB all-reduced per worker, %.1f s", record["test_acc"],
-             record["steps"], record["allreduce_bytes_per_worker"] / 1e6, seconds)
+    log.info(
+        "ddp baseline: test acc %.4f, %d steps, %.1f MB all-reduced per worker, %.1f s",
+        record["test_acc"],
+        record["steps"],
+        record["allreduce_bytes_per_worker"] / 1e6,
+        seconds,
+    )
     return record

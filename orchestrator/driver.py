@@ -36,14 +36,18 @@ def cluster_side(fn):
         init_ray(cfg.ray)
         if kwargs.pop("on_progress", None) is not None:
             log.info("%s through Ray Client: progress is not streamed back", fn.__name__)
-        head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None)
+        head = next(
+            (n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None
+        )
         options = {"num_cpus": 0, "max_retries": 0}
         if head:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
         task = ray.remote(wrapper).options(**options)  # by reference: the module's decorated function
         try:
             return ray.get(task.remote(cfg.replace(**{"ray.address": None}), *args, **kwargs))
-        except ray.exceptions.RayTaskError as e:  # the caller gets our own error (BranchFailedError, ...), not Ray's wrapper
+        except (
+            ray.exceptions.RayTaskError
+        ) as e:  # the caller gets our own error (BranchFailedError, ...), not Ray's wrapper
             if isinstance(e.cause, SpectralError):
                 raise e.cause from None
             raise

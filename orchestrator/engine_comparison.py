@@ -51,19 +51,36 @@ def single_engine(baseline: dict | None) -> dict | None:
     """The single baseline (report's ``baseline`` entry: result.json plus metrics)."""
     if not baseline or baseline.get("started") is None:
         return None
-    curve = [{"epoch": m["epoch"], "val_acc": m.get("val_acc"), "elapsed_s": m["time"] - baseline["started"]}
-             for m in baseline["metrics"] if "time" in m]
-    return {"engine": "single", "workers": 1, "bytes_per_worker": 0, "process_group": False,
-            "test_acc": baseline.get("test_acc"), "val_acc": baseline.get("val_acc"), "curve": curve}
+    curve = [
+        {"epoch": m["epoch"], "val_acc": m.get("val_acc"), "elapsed_s": m["time"] - baseline["started"]}
+        for m in baseline["metrics"]
+        if "time" in m
+    ]
+    return {
+        "engine": "single",
+        "workers": 1,
+        "bytes_per_worker": 0,
+        "process_group": False,
+        "test_acc": baseline.get("test_acc"),
+        "val_acc": baseline.get("val_acc"),
+        "curve": curve,
+    }
 
 
 def ddp_engine(result: dict | None) -> dict | None:
     if not result:
         return None
-    return {"engine": "ddp", "workers": result["workers"], "bytes_per_worker": result["allreduce_bytes_per_worker"],
-            "process_group": True, "backend": result.get("backend"), "test_acc": result["test_acc"],
-            "val_acc": result.get("val_acc"), "curve": result["val_curve"],
-            "allreduce_fraction_by_worker": result.get("allreduce_fraction_by_worker")}
+    return {
+        "engine": "ddp",
+        "workers": result["workers"],
+        "bytes_per_worker": result["allreduce_bytes_per_worker"],
+        "process_group": True,
+        "backend": result.get("backend"),
+        "test_acc": result["test_acc"],
+        "val_acc": result.get("val_acc"),
+        "curve": result["val_curve"],
+        "allreduce_fraction_by_worker": result.get("allreduce_fraction_by_worker"),
+    }
 
 
 def spectral_engine(storage: RunStorage, branches: list[dict], chosen: dict | None) -> dict | None:
@@ -90,16 +107,30 @@ def spectral_engine(storage: RunStorage, branches: list[dict], chosen: dict | No
         isolation = storage.read_json(rel).get("isolation", {}) if storage.exists(rel) else {}
         sent += int(isolation.get("bytes_sent_to_other_branches", 0))
         groups = groups or bool(isolation.get("process_group"))
-    return {"engine": f"spectral ({chosen.get('method')})", "workers": len(branches), "bytes_per_worker": sent,
-            "process_group": groups, "test_acc": chosen.get("test_acc"), "val_acc": chosen.get("val_acc"),
-            "curve": curve, "per_epoch_accuracy": have_logits}
+    return {
+        "engine": f"spectral ({chosen.get('method')})",
+        "workers": len(branches),
+        "bytes_per_worker": sent,
+        "process_group": groups,
+        "test_acc": chosen.get("test_acc"),
+        "val_acc": chosen.get("val_acc"),
+        "curve": curve,
+        "per_epoch_accuracy": have_logits,
+    }
 
 
 def compare_engines(storage: RunStorage, report: dict[str, Any], ddp_result: dict | None) -> dict[str, Any]:
     """``{"target_val_acc", "engines": [...]}``: every engine present, with wall time and time to the target."""
     chosen = next((e for e in report["ensembles"] if e["chosen"]), None)
-    engines = [e for e in (single_engine(report.get("baseline")), ddp_engine(ddp_result),
-                           spectral_engine(storage, report["branches"], chosen)) if e is not None]
+    engines = [
+        e
+        for e in (
+            single_engine(report.get("baseline")),
+            ddp_engine(ddp_result),
+            spectral_engine(storage, report["branches"], chosen),
+        )
+        if e is not None
+    ]
     target = (report.get("baseline") or {}).get("val_acc")
     for e in engines:
         e["wall_s"] = e["curve"][-1]["elapsed_s"] if e["curve"] else None

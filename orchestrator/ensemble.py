@@ -120,8 +120,10 @@ def load_branch_outputs(storage: RunStorage, K: int, split: str, skip: Sequence[
             raise EnsembleInputError(f"branch {k}: {storage.url(lrel)} has shape {logits.shape}, expected (N, classes)")
         if not np.isfinite(logits).all():  # branches never write these; refuse what another writer left
             bad = int((~np.isfinite(logits)).any(axis=1).sum())
-            raise EnsembleInputError(f"branch {k}: {storage.url(lrel)} holds NaN/inf in {bad} of {len(logits)} rows "
-                                     f"(a diverged branch?): not ensembling it")
+            raise EnsembleInputError(
+                f"branch {k}: {storage.url(lrel)} holds NaN/inf in {bad} of {len(logits)} rows "
+                f"(a diverged branch?): not ensembling it"
+            )
         if rows.ndim != 2 or rows.shape[1] != 2 or rows.shape[0] != logits.shape[0]:
             raise EnsembleInputError(
                 f"branch {k}: {storage.url(rrel)} has shape {rows.shape}, expected ({logits.shape[0]}, 2) "
@@ -129,8 +131,10 @@ def load_branch_outputs(storage: RunStorage, K: int, split: str, skip: Sequence[
             )
         if k != kept[0]:
             if logits.shape != all_logits[0].shape:
-                raise EnsembleInputError(f"branch {k}: shape mismatch: {storage.url(lrel)} is {logits.shape}, "
-                                         f"branch {kept[0]}'s is {all_logits[0].shape}")
+                raise EnsembleInputError(
+                    f"branch {k}: shape mismatch: {storage.url(lrel)} is {logits.shape}, "
+                    f"branch {kept[0]}'s is {all_logits[0].shape}"
+                )
             for col, what in ((0, "idx"), (1, "label")):
                 bad = np.flatnonzero(rows[:, col] != ref_rows[:, col])
                 if bad.size:
@@ -169,8 +173,9 @@ def read_train_losses(storage: RunStorage, K: int, skip: Sequence[int] = ()) -> 
 
 
 # -- evaluation and records ---------------------------------------------------------------------------
-def evaluate_weights(method: str, weights: np.ndarray, val: BranchOutputs, test: BranchOutputs,
-                     extra: dict[str, Any] | None = None) -> EnsembleResult:
+def evaluate_weights(
+    method: str, weights: np.ndarray, val: BranchOutputs, test: BranchOutputs, extra: dict[str, Any] | None = None
+) -> EnsembleResult:
     """Score given weights on already-loaded val and test outputs (no I/O)."""
     if not METHOD_RE.match(method):
         raise ValueError(f"ensemble method name {method!r} must match {METHOD_RE.pattern} (it names a file)")
@@ -192,8 +197,15 @@ def evaluate_weights(method: str, weights: np.ndarray, val: BranchOutputs, test:
     )
 
 
-def evaluate_ensemble(storage: RunStorage, K: int, method: str, weights: np.ndarray | None = None,
-                      *, p: float = GEOMETRIC_P, skip: Sequence[int] = ()) -> EnsembleResult:
+def evaluate_ensemble(
+    storage: RunStorage,
+    K: int,
+    method: str,
+    weights: np.ndarray | None = None,
+    *,
+    p: float = GEOMETRIC_P,
+    skip: Sequence[int] = (),
+) -> EnsembleResult:
     """Score an ensemble of the branches but ``skip`` on val and test (``weights``: one per kept branch).
 
     ``weights=None`` computes them with ``weight_rule(method, ...)``.
@@ -203,12 +215,22 @@ def evaluate_ensemble(storage: RunStorage, K: int, method: str, weights: np.ndar
         losses = read_train_losses(storage, K, skip)
         weights = weight_rule(method, losses, p)
         extra = {"train_losses": losses.tolist()} | ({"p": p} if method == "geometric" else {})
-        log.info("%s weights from final train losses %s: %s", method, np.round(losses, 4).tolist(),
-                 np.round(weights, 4).tolist())
+        log.info(
+            "%s weights from final train losses %s: %s",
+            method,
+            np.round(losses, 4).tolist(),
+            np.round(weights, 4).tolist(),
+        )
     val, test = load_branch_outputs(storage, K, "val", skip), load_branch_outputs(storage, K, "test", skip)
     result = evaluate_weights(method, weights, val, test, extra)
-    log.info("ensemble %s: val acc %.4f nll %.4f, test acc %.4f nll %.4f", method, result.val["acc"],
-             result.val["nll"], result.test["acc"], result.test["nll"])
+    log.info(
+        "ensemble %s: val acc %.4f nll %.4f, test acc %.4f nll %.4f",
+        method,
+        result.val["acc"],
+        result.val["nll"],
+        result.test["acc"],
+        result.test["nll"],
+    )
     return result
 
 

@@ -62,10 +62,18 @@ class TrainingOutcome:
         """Split what the branches returned into finished results and divergence records."""
         diverged = {k: r for k, r in settled.items() if r.get("diverged")}
         for k, record in sorted(diverged.items()):
-            log.warning("branch %d skipped: diverged at epoch %s, step %s (train.on_nonfinite: skip_branch)", k,
-                        record["epoch"], record["step"])
-        return cls({k: r for k, r in settled.items() if k not in diverged}, [k for k in before if k not in diverged],
-                   plan, diverged)
+            log.warning(
+                "branch %d skipped: diverged at epoch %s, step %s (train.on_nonfinite: skip_branch)",
+                k,
+                record["epoch"],
+                record["step"],
+            )
+        return cls(
+            {k: r for k, r in settled.items() if k not in diverged},
+            [k for k in before if k not in diverged],
+            plan,
+            diverged,
+        )
 
 
 def _last_line(error: BaseException) -> str:
@@ -121,8 +129,10 @@ def train_branches(
     )
     # one actor per branch, or per pack (keyed by its first branch; its train() returns k -> result)
     groups = {k: [k] for k in todo} if packs is None else {p[0]: p for p in packs}
-    actors = {k: actor_cls.remote(storage, k if packs is None else groups[k], model_cfg, train_cfg, board_name, started)
-              for k in groups}
+    actors = {
+        k: actor_cls.remote(storage, k if packs is None else groups[k], model_cfg, train_cfg, board_name, started)
+        for k in groups
+    }
     pending = {actors[k].train.remote(): k for k in groups}
     failures: dict[int, str] = {}
     placed: set[int] = set()
@@ -144,7 +154,14 @@ def train_branches(
                 if k not in placed and "node_id" in status:
                     placed.add(k)
                     gpus = ",".join(status["gpu_ids"]) or "none"
-                    log.info("branch %d on node %s (%s, pid %s), GPU %s", k, status["ip"], status["node_id"][:8], status["pid"], gpus)
+                    log.info(
+                        "branch %d on node %s (%s, pid %s), GPU %s",
+                        k,
+                        status["ip"],
+                        status["node_id"][:8],
+                        status["pid"],
+                        gpus,
+                    )
             if on_progress:
                 on_progress(snapshot)
     finally:

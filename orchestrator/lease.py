@@ -61,8 +61,9 @@ class Decision(enum.Enum):
     TAKE_OVER = "take over"  # its holder is dead (stale heartbeat, or its pid is gone from this host)
 
 
-def decide(current: dict | None, *, token: str, now: float, timeout_s: float, host: str,
-           pid_alive: Callable[[int], bool]) -> Decision:
+def decide(
+    current: dict | None, *, token: str, now: float, timeout_s: float, host: str, pid_alive: Callable[[int], bool]
+) -> Decision:
     """What a driver (``token`` on ``host``) does with the lease ``current`` (None: there is none)."""
     if current is None or current.get("token") == token:
         return Decision.TAKE
@@ -92,8 +93,10 @@ def pid_alive(pid: int) -> bool:
 
 def describe(lease: dict, now: float | None = None) -> str:
     age = (now or time.time()) - float(lease.get("heartbeat", 0))
-    return (f"{lease.get('command', '?')!r} (host {lease.get('host')}, pid {lease.get('pid')}, since "
-            f"{_iso(lease.get('started', 0))}, last heartbeat {age:.0f} s ago)")
+    return (
+        f"{lease.get('command', '?')!r} (host {lease.get('host')}, pid {lease.get('pid')}, since "
+        f"{_iso(lease.get('started', 0))}, last heartbeat {age:.0f} s ago)"
+    )
 
 
 def _iso(t: float) -> str:
@@ -122,7 +125,8 @@ class _Store:
             if self.s3:
                 self.storage.fs.invalidate_cache()
                 version = self.storage.retrying(  # first: a newer body fails the CAS
-                    f"look up {self.storage.url(rel)}", lambda: self.storage.fs.info(self.storage.path(rel))["ETag"])
+                    f"look up {self.storage.url(rel)}", lambda: self.storage.fs.info(self.storage.path(rel))["ETag"]
+                )
             return json.loads(self.storage.read_bytes(rel)), version
         except FileNotFoundError:
             return None, None
@@ -143,7 +147,9 @@ class _Store:
         except OSError as e:
             if "pre-condition" in str(e) or "Precondition" in str(e):
                 raise _Conflict(str(e)) from e
-            raise StorageError(f"cannot write {self.storage.url(LEASE_FILE)} on {self.storage.describe_endpoint()}: {e}") from e
+            raise StorageError(
+                f"cannot write {self.storage.url(LEASE_FILE)} on {self.storage.describe_endpoint()}: {e}"
+            ) from e
 
     def delete(self, version: str | None) -> None:
         if not self.s3:
@@ -171,8 +177,14 @@ class Lease:
     def __init__(self, storage: RunStorage, command: str, timeout_s: float) -> None:
         self.store, self.timeout_s = _Store(storage), timeout_s
         now = time.time()
-        self.body = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
-                     "command": command, "token": uuid.uuid4().hex}
+        self.body = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": now,
+            "heartbeat": now,
+            "command": command,
+            "token": uuid.uuid4().hex,
+        }
         self.version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,12 +198,20 @@ class Lease:
             with self.store.locked():
                 current, version = self.store.read()
                 now = time.time()
-                decision = decide(current, token=self.body["token"], now=now, timeout_s=self.timeout_s,
-                                  host=self.body["host"], pid_alive=pid_alive)
+                decision = decide(
+                    current,
+                    token=self.body["token"],
+                    now=now,
+                    timeout_s=self.timeout_s,
+                    host=self.body["host"],
+                    pid_alive=pid_alive,
+                )
                 if decision is Decision.REFUSE:
-                    raise LeaseHeldError(f"{self.store.storage.url()} is in use by another driver: {describe(current, now)}; "
-                                         f"wait for it to finish (its lease {self.url} is taken over once its "
-                                         f"heartbeat is {self.timeout_s:.0f} s old)")
+                    raise LeaseHeldError(
+                        f"{self.store.storage.url()} is in use by another driver: {describe(current, now)}; "
+                        f"wait for it to finish (its lease {self.url} is taken over once its "
+                        f"heartbeat is {self.timeout_s:.0f} s old)"
+                    )
                 try:
                     self.body["started"] = self.body["heartbeat"] = now
                     self.version = self.store.write(self.body, version, exists=current is not None)
@@ -210,8 +230,11 @@ class Lease:
                 with self.store.locked():
                     current, version = self.store.read()
                     if current is None or current.get("token") != self.body["token"]:
-                        log.error("lost the lease of %s to %s; stopped renewing it", self.url,
-                                  describe(current) if current else "nobody (it was removed)")
+                        log.error(
+                            "lost the lease of %s to %s; stopped renewing it",
+                            self.url,
+                            describe(current) if current else "nobody (it was removed)",
+                        )
                         return
                     self.body["heartbeat"] = time.time()
                     self.version = self.store.write(self.body, version, exists=True)
@@ -241,11 +264,20 @@ def command_line(argv: list[str] | None = None) -> str:
     """What the lease names as its holder: the CLI's command line (secrets masked), or the Python program."""
     argv = sys.argv if argv is None else argv
     args = [re.sub(SECRET_ARG, r"\1=***", a) for a in argv[1:]]
-    return " ".join(["spectral" if argv[0].endswith(("spectral", "cli.py", "orchestrator/__main__.py")) else os.path.basename(argv[0] or "python"), *args])
+    return " ".join(
+        [
+            "spectral"
+            if argv[0].endswith(("spectral", "cli.py", "orchestrator/__main__.py"))
+            else os.path.basename(argv[0] or "python"),
+            *args,
+        ]
+    )
 
 
 @contextlib.contextmanager
-def hold_lease(storage: RunStorage, command: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Lease]:
+def hold_lease(
+    storage: RunStorage, command: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Iterator[Lease]:
     """Hold ``<run>/lease.json`` for the block; re-entrant within a process (a step calling steps)."""
     key = storage.url()
     with _held_lock:

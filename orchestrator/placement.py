@@ -58,8 +58,14 @@ def plan_packs(ks: list[int], size: int, train_rows: dict[int, int], packable: d
     packs: list[list[int]] = []
     for k in ks:
         last = packs[-1] if packs else None
-        if (last is not None and len(last) < size and packable[k] and packable[last[0]]
-                and last[-1] == k - 1 and train_rows[k] == train_rows[last[0]]):
+        if (
+            last is not None
+            and len(last) < size
+            and packable[k]
+            and packable[last[0]]
+            and last[-1] == k - 1
+            and train_rows[k] == train_rows[last[0]]
+        ):
             last.append(k)
         else:
             packs.append([k])
@@ -80,8 +86,9 @@ def default_gpus(cfg: ResourcesConfig, nodes: list[NodeResources]) -> float:
     return 1.0 if sum(n.gpus for n in nodes) > 0 else 0.0
 
 
-def plan_placement(branches: int, cfg: ResourcesConfig, nodes: list[NodeResources],
-                   packs: list[list[int]] | None = None) -> PlacementPlan:
+def plan_placement(
+    branches: int, cfg: ResourcesConfig, nodes: list[NodeResources], packs: list[list[int]] | None = None
+) -> PlacementPlan:
     """``branches`` actors (``packs``: one per pack, ``branches`` ignored) on ``nodes``."""
     if packs is not None:
         branches = len(packs)
@@ -93,13 +100,23 @@ def plan_placement(branches: int, cfg: ResourcesConfig, nodes: list[NodeResource
     concurrent = min(branches, sum(per_node))
     if concurrent == 0:
         largest = max(nodes, key=lambda n: (n.gpus, n.cpus), default=None)
-        have = f"the largest node has {largest.gpus:g} GPU, {largest.cpus:g} CPU" if largest else "the cluster has no nodes"
+        have = (
+            f"the largest node has {largest.gpus:g} GPU, {largest.cpus:g} CPU"
+            if largest
+            else "the cluster has no nodes"
+        )
         raise PlacementError(
             f"a branch asks for {gpus:g} GPU and {cpus:g} CPU (resources.gpus_per_branch, resources.cpus_per_branch) "
             f"but {have}: it could never start"
         )
-    return PlacementPlan(branches, gpus, cpus, concurrent, math.ceil(branches / concurrent),
-                         None if packs is None else tuple(tuple(p) for p in packs))
+    return PlacementPlan(
+        branches,
+        gpus,
+        cpus,
+        concurrent,
+        math.ceil(branches / concurrent),
+        None if packs is None else tuple(tuple(p) for p in packs),
+    )
 
 
 def cluster_nodes() -> list[NodeResources]:

@@ -110,13 +110,17 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": storage.url(),
         "source": source,
-        "sources": [{"src": s.src, "name": s.name, "resolution": s.resolution, "branches": s.branches, "nodes": s.nodes}
-                    for s in (manifest.sources if manifest is not None else [])],
+        "sources": [
+            {"src": s.src, "name": s.name, "resolution": s.resolution, "branches": s.branches, "nodes": s.nodes}
+            for s in (manifest.sources if manifest is not None else [])
+        ],
         "split": {key: split.get(key) for key in ("r", "c", "K", "transform")} | {"K": K},
         "model": model,
         "branches": branches,
         "missing_branches": missing,
-        "skipped_branches": [{key: d.get(key) for key in ("k", "epoch", "step", "error")} for _, d in sorted(diverged.items())],
+        "skipped_branches": [
+            {key: d.get(key) for key in ("k", "epoch", "step", "error")} for _, d in sorted(diverged.items())
+        ],
         "ensembles": ensembles,
         "chosen_ensemble": next((e["method"] for e in ensembles if e["chosen"]), None),
         "baseline": baseline,
@@ -135,7 +139,12 @@ def build_report(storage: RunStorage) -> dict[str, Any]:
     storage.write_text(layout.report("report.md"), report_markdown(report))
     storage.write_bytes(layout.report("accuracy.png"), plot_accuracy(report))
     storage.write_bytes(layout.report("training_curves.png"), plot_training_curves(report))
-    log.info("report of %s: %d branch(es), %d ensemble(s), baseline %s -> %s", storage.url(),
-             len(report["branches"]), len(report["ensembles"]), "yes" if report["baseline"] else "no",
-             storage.url(layout.REPORT))
+    log.info(
+        "report of %s: %d branch(es), %d ensemble(s), baseline %s -> %s",
+        storage.url(),
+        len(report["branches"]),
+        len(report["ensembles"]),
+        "yes" if report["baseline"] else "no",
+        storage.url(layout.REPORT),
+    )
     return report

@@ -27,8 +27,14 @@ def plot_accuracy(report: dict) -> bytes:
     bars = []  # (label, accuracy, colour)
     if report.get("baseline") and report["baseline"].get("test_acc") is not None:
         bars.append(("baseline", report["baseline"]["test_acc"], "0.4"))
-    bars += [(f"branch {b['k']}", b["test_acc"], "tab:blue") for b in report["branches"] if b.get("test_acc") is not None]
-    bars += [(f"ensemble ({e['method']})", e["test_acc"], "tab:orange") for e in report["ensembles"] if e.get("test_acc") is not None]
+    bars += [
+        (f"branch {b['k']}", b["test_acc"], "tab:blue") for b in report["branches"] if b.get("test_acc") is not None
+    ]
+    bars += [
+        (f"ensemble ({e['method']})", e["test_acc"], "tab:orange")
+        for e in report["ensembles"]
+        if e.get("test_acc") is not None
+    ]
     fig = Figure(figsize=(max(4.0, 0.7 * len(bars) + 1.5), 3.5))
     ax = fig.add_subplot()
     if bars:
@@ -59,13 +65,21 @@ def plot_training_curves(report: dict) -> bytes:
             continue
         epochs = [m["epoch"] for m in metrics]
         ax_loss.plot(epochs, [m.get("loss", float("nan")) for m in metrics], label=label, **style)
-        ax_acc.plot(epochs, [100 * m["val_acc"] if m.get("val_acc") is not None else float("nan")
-                                    for m in metrics],
-                    label=label, **style)
+        ax_acc.plot(
+            epochs,
+            [100 * m["val_acc"] if m.get("val_acc") is not None else float("nan") for m in metrics],
+            label=label,
+            **style,
+        )
     for i, e in enumerate(report["ensembles"]):  # colours after the branches' (axhline does not advance the cycle)
         if e.get("val_acc") is not None:
-            ax_acc.axhline(100 * e["val_acc"], linestyle=":", linewidth=1.5, color=f"C{(len(runs) + i) % 10}",
-                           label=f"ensemble ({e['method']})")
+            ax_acc.axhline(
+                100 * e["val_acc"],
+                linestyle=":",
+                linewidth=1.5,
+                color=f"C{(len(runs) + i) % 10}",
+                label=f"ensemble ({e['method']})",
+            )
     ax_loss.set(xlabel="epoch", ylabel="mean training loss", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
     for ax in (ax_loss, ax_acc):

@@ -62,8 +62,10 @@ def config_yaml(cfg: SpectralConfig, *, header: str | None = None) -> str:
 def keep_config(cfg: SpectralConfig, storage: RunStorage | None = None) -> None:
     """Write ``<run>/config.yaml`` (atomically, like every output): what the run ran with last."""
     storage = storage or RunStorage.from_config(cfg.storage)
-    header = ("The configuration this run ran with last (secrets removed), written by spectral; "
-              "`spectral resume --storage <run>` continues with it.")
+    header = (
+        "The configuration this run ran with last (secrets removed), written by spectral; "
+        "`spectral resume --storage <run>` continues with it."
+    )
     storage.write_bytes(layout.RUN_CONFIG, config_yaml(cfg, header=header).encode())
 
 
@@ -83,7 +85,9 @@ def _get(data: dict, dotted: str) -> Any:
 def split_conflicts(stored: SpectralConfig, wanted: SpectralConfig, keys: typing.Iterable[str]) -> list[str]:
     """The dotted ``keys`` (the command line's ``--set``) of a split section whose value differs between the two."""
     old, new = stored.public_dict(), wanted.public_dict()
-    return [key for key in keys if key.split(".")[0].split("[")[0] in SPLIT_SECTIONS and _get(old, key) != _get(new, key)]
+    return [
+        key for key in keys if key.split(".")[0].split("[")[0] in SPLIT_SECTIONS and _get(old, key) != _get(new, key)
+    ]
 
 
 def resume_config(storage_uri: str, overrides: dict[str, Any], *, allow_split_change: bool = False) -> SpectralConfig:
@@ -95,16 +99,22 @@ def resume_config(storage_uri: str, overrides: dict[str, Any], *, allow_split_ch
         stored = load_config(uri, {**reach, "storage.uri": storage_uri})
     except ConfigError as e:
         if "does not exist" in str(e):
-            raise ConfigError(f"{uri} does not exist: nothing to resume at {storage_uri} (start it with "
-                              f"`spectral run --config FILE --storage {storage_uri}`)") from None
+            raise ConfigError(
+                f"{uri} does not exist: nothing to resume at {storage_uri} (start it with "
+                f"`spectral run --config FILE --storage {storage_uri}`)"
+            ) from None
         raise
     wanted = load_config(uri, {**overrides, "storage.uri": storage_uri})
     conflicts = [] if allow_split_change else split_conflicts(stored, wanted, overrides)
     if conflicts:
         old = stored.public_dict()
-        named = ", ".join(f"--set {key}={_value(overrides[key])} (stored: {_value(_get(old, key))})" for key in conflicts)
-        raise ConfigError(f"{named} conflicts with the split stored at {storage_uri} ({uri}); a different split is a "
-                          "new run: use another --storage, or --overwrite")
+        named = ", ".join(
+            f"--set {key}={_value(overrides[key])} (stored: {_value(_get(old, key))})" for key in conflicts
+        )
+        raise ConfigError(
+            f"{named} conflicts with the split stored at {storage_uri} ({uri}); a different split is a "
+            "new run: use another --storage, or --overwrite"
+        )
     return wanted
 
 

@@ -34,6 +34,8 @@ SPLITS = ("train", "val", "test")
 
 class NoRunError(SpectralError, FileNotFoundError):
     """Nothing of a run (no config.yaml, manifest or lease) is at the URI; the message names it."""
+
+
 BASELINE_RESULT = f"{layout.BASELINE}/{layout.result(0)}"
 
 
@@ -57,9 +59,15 @@ def lease_status(storage: RunStorage, timeout_s: float, now: float) -> dict | No
     if lease is None:
         return None
     age = now - float(lease.get("heartbeat", 0))
-    return {"holder": lease.get("command"), "host": lease.get("host"), "pid": lease.get("pid"),
-            "started": lease.get("started"), "heartbeat_age_s": round(age, 1), "timeout_s": timeout_s,
-            "live": age <= timeout_s}
+    return {
+        "holder": lease.get("command"),
+        "host": lease.get("host"),
+        "pid": lease.get("pid"),
+        "started": lease.get("started"),
+        "heartbeat_age_s": round(age, 1),
+        "timeout_s": timeout_s,
+        "live": age <= timeout_s,
+    }
 
 
 def split_status(manifest: dict | None) -> dict | None:
@@ -75,10 +83,19 @@ def split_status(manifest: dict | None) -> dict | None:
             if b.get("k") == 0:
                 rows[s] = rows.get(s, 0) + entry.get("rows", 0)
     raw = sum((manifest.get("raw_bytes") or {}).values())
-    return {"K": split.get("K"), "rows": split.get("r"), "cols": split.get("c"), "transform": split.get("transform"),
-            "dtype": split.get("dtype"), "version": manifest.get("version"), "rows_per_split": rows,
-            "bytes": stored, "raw_bytes": raw or None, "ratio": round(stored / raw, 4) if raw else None,
-            "source": (manifest.get("source") or {}).get("name")}
+    return {
+        "K": split.get("K"),
+        "rows": split.get("r"),
+        "cols": split.get("c"),
+        "transform": split.get("transform"),
+        "dtype": split.get("dtype"),
+        "version": manifest.get("version"),
+        "rows_per_split": rows,
+        "bytes": stored,
+        "raw_bytes": raw or None,
+        "ratio": round(stored / raw, 4) if raw else None,
+        "source": (manifest.get("source") or {}).get("name"),
+    }
 
 
 def branch_status(storage: RunStorage, k: int, epochs: int | None, lease_live: bool) -> dict:
@@ -95,10 +112,17 @@ def branch_status(storage: RunStorage, k: int, epochs: int | None, lease_live: b
         state = "training" if lease_live else "stopped"
     else:
         state = "training" if lease_live and storage.exists(layout.checkpoints_dir(k)) else "pending"
-    out = {"k": k, "state": state, "epoch": len(metrics), "epochs": (result or {}).get("epochs") or epochs,
-           "loss": last.get("loss"), "val_acc": (result or {}).get("val_acc", last.get("val_acc")),
-           "images_per_s": last.get("images_per_s"), "last_update": last.get("time"),
-           "node": placement.get("ip") or placement.get("host")}
+    out = {
+        "k": k,
+        "state": state,
+        "epoch": len(metrics),
+        "epochs": (result or {}).get("epochs") or epochs,
+        "loss": last.get("loss"),
+        "val_acc": (result or {}).get("val_acc", last.get("val_acc")),
+        "images_per_s": last.get("images_per_s"),
+        "last_update": last.get("time"),
+        "node": placement.get("ip") or placement.get("host"),
+    }
     if result is not None:
         out["test_acc"] = result.get("test_acc")
     if diverged is not None:
@@ -113,8 +137,14 @@ def ensemble_status(storage: RunStorage) -> list[dict]:
         if not name.endswith(".json") or name == "weights.json":
             continue
         record = _read_json(storage, layout.ensemble_record(name.removesuffix(".json"))) or {}
-        rows.append({"method": record.get("method", name.removesuffix(".json")), "val_acc": record.get("val_acc"),
-                     "test_acc": record.get("test_acc"), "chosen": record.get("method") == chosen})
+        rows.append(
+            {
+                "method": record.get("method", name.removesuffix(".json")),
+                "val_acc": record.get("val_acc"),
+                "test_acc": record.get("test_acc"),
+                "chosen": record.get("method") == chosen,
+            }
+        )
     return rows
 
 
@@ -122,12 +152,25 @@ def baseline_status(storage: RunStorage) -> list[dict]:
     rows = []
     single = _read_json(storage, BASELINE_RESULT)
     if single is not None:
-        rows.append({"engine": "single", "model": single.get("model"), "test_acc": single.get("test_acc"),
-                     "seconds": single.get("train_seconds")})
+        rows.append(
+            {
+                "engine": "single",
+                "model": single.get("model"),
+                "test_acc": single.get("test_acc"),
+                "seconds": single.get("train_seconds"),
+            }
+        )
     ddp = _read_json(storage, layout.BASELINE_DDP_RESULT)
     if ddp is not None:
-        rows.append({"engine": "ddp", "model": ddp.get("model"), "test_acc": ddp.get("test_acc"),
-                     "seconds": ddp.get("seconds"), "workers": ddp.get("workers")})
+        rows.append(
+            {
+                "engine": "ddp",
+                "model": ddp.get("model"),
+                "test_acc": ddp.get("test_acc"),
+                "seconds": ddp.get("seconds"),
+                "workers": ddp.get("workers"),
+            }
+        )
     return rows
 
 
@@ -142,15 +185,21 @@ def run_status(storage: RunStorage, now: float | None = None) -> dict:
     split = split_status(manifest)
     K = (split or {}).get("K") or 0
     if config == {} and lease is None and manifest is None and not storage.exists(layout.BRANCHES):
-        raise NoRunError(f"no run at {storage.url()}: neither {layout.RUN_CONFIG}, {layout.MANIFEST} nor {layout.LEASE} "
-                         "is there (is --storage the run's URI?)")
+        raise NoRunError(
+            f"no run at {storage.url()}: neither {layout.RUN_CONFIG}, {layout.MANIFEST} nor {layout.LEASE} "
+            "is there (is --storage the run's URI?)"
+        )
     live = bool(lease and lease["live"])
     report = layout.report("report.md")
     return {
-        "uri": storage.url(), "time": now, "config": storage.url(layout.RUN_CONFIG) if config else None,
-        "lease": lease, "split": split,
+        "uri": storage.url(),
+        "time": now,
+        "config": storage.url(layout.RUN_CONFIG) if config else None,
+        "lease": lease,
+        "split": split,
         "branches": [branch_status(storage, k, epochs, live) for k in range(K)],
-        "ensembles": ensemble_status(storage), "baselines": baseline_status(storage),
+        "ensembles": ensemble_status(storage),
+        "baselines": baseline_status(storage),
         "report": storage.url(report) if storage.exists(report) else None,
     }
 
@@ -171,18 +220,22 @@ def status_lines(status: dict) -> list[str]:
     if lease is None:
         lines.append("lease: free (no driver is working on this run)")
     else:
-        lines.append(f"lease: {'live' if lease['live'] else 'STALE'}, held by {lease['holder']!r} (host {lease['host']}, "
-                     f"pid {lease['pid']}), last heartbeat {lease['heartbeat_age_s']:.0f} s ago"
-                     + ("" if lease["live"] else f" (> {lease['timeout_s']:.0f} s: the next driver takes it over)"))
+        lines.append(
+            f"lease: {'live' if lease['live'] else 'STALE'}, held by {lease['holder']!r} (host {lease['host']}, "
+            f"pid {lease['pid']}), last heartbeat {lease['heartbeat_age_s']:.0f} s ago"
+            + ("" if lease["live"] else f" (> {lease['timeout_s']:.0f} s: the next driver takes it over)")
+        )
     split = status["split"]
     if split is None:
         lines.append("split: not written yet")
     else:
         rows = ", ".join(f"{n:,} {s}" for s, n in split["rows_per_split"].items())
         ratio = f" ({split['ratio']:.3f} of raw)" if split["ratio"] is not None else ""
-        lines.append(f"split: K={split['K']} ({split['rows']}x{split['cols']} {split['transform']}, "
-                     f"{split['dtype'] or 'float32'}), {split['source']}: {rows} rows per branch; "
-                     f"{data_bytes(split['bytes'])} stored{ratio}")
+        lines.append(
+            f"split: K={split['K']} ({split['rows']}x{split['cols']} {split['transform']}, "
+            f"{split['dtype'] or 'float32'}), {split['source']}: {rows} rows per branch; "
+            f"{data_bytes(split['bytes'])} stored{ratio}"
+        )
     if status["report"]:
         lines.append(f"report: {status['report']}")
     return lines
@@ -190,16 +243,32 @@ def status_lines(status: dict) -> list[str]:
 
 def branches_table(status: dict) -> TextTable:
     now = status["time"]
-    rows = [[str(b["k"]), b["state"], f"{b['epoch']}/{b['epochs'] or '?'}", _num(b["loss"], ".4f"),
-             _num(b["val_acc"], ".4f"), _num(b["images_per_s"], ",.0f"), _ago(b["last_update"], now), b["node"] or "-"]
-            for b in status["branches"]]
-    return TextTable(["branch", "state", "epoch", "loss", "val acc", "images/s", "last update", "node"], rows,
-                     "rlrrrrrl", title="branches")
+    rows = [
+        [
+            str(b["k"]),
+            b["state"],
+            f"{b['epoch']}/{b['epochs'] or '?'}",
+            _num(b["loss"], ".4f"),
+            _num(b["val_acc"], ".4f"),
+            _num(b["images_per_s"], ",.0f"),
+            _ago(b["last_update"], now),
+            b["node"] or "-",
+        ]
+        for b in status["branches"]
+    ]
+    return TextTable(
+        ["branch", "state", "epoch", "loss", "val acc", "images/s", "last update", "node"],
+        rows,
+        "rlrrrrrl",
+        title="branches",
+    )
 
 
 def results_table(status: dict) -> TextTable | None:
-    rows = [[f"{e['method']}{' (chosen)' if e['chosen'] else ''}", _num(e["val_acc"], ".4f"), _num(e["test_acc"], ".4f")]
-            for e in status["ensembles"]]
+    rows = [
+        [f"{e['method']}{' (chosen)' if e['chosen'] else ''}", _num(e["val_acc"], ".4f"), _num(e["test_acc"], ".4f")]
+        for e in status["ensembles"]
+    ]
     rows += [[f"baseline ({b['engine']})", "-", _num(b["test_acc"], ".4f")] for b in status["baselines"]]
     return TextTable(["ensemble", "val acc", "test acc"], rows, title="results") if rows else None
 

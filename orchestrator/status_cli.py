@@ -27,8 +27,9 @@ def status_storage(args) -> RunStorage:
     if unknown:
         raise ConfigError(f"status takes only --set storage.{{{','.join(CONFIG_READ_KEYS)}}}, got {', '.join(unknown)}")
     try:
-        return RunStorage.from_config(StorageConfig(uri=args.storage, **{k.removeprefix("storage."): v
-                                                                           for k, v in overrides.items()}))
+        return RunStorage.from_config(
+            StorageConfig(uri=args.storage, **{k.removeprefix("storage."): v for k, v in overrides.items()})
+        )
     except ValueError as e:
         raise ConfigError(str(e)) from e
 

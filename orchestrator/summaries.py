@@ -38,39 +38,77 @@ def split_table(result) -> TextTable:
     rows = []
     for (s, k), a in sorted(agg.items(), key=lambda kv: (SPLITS.index(kv[0][0]), kv[0][1])):
         secs = a["seconds"]
-        rows.append([s, str(k), f"{a['rows']:,}", data_bytes(a["bytes"]), ratio(a["bytes"], raw.get(s, 0)),
-                     f"{secs:.2f}" if secs else "-", f"{a['rows'] / secs:,.0f}" if secs > 0 else "-"])
+        rows.append(
+            [
+                s,
+                str(k),
+                f"{a['rows']:,}",
+                data_bytes(a["bytes"]),
+                ratio(a["bytes"], raw.get(s, 0)),
+                f"{secs:.2f}" if secs else "-",
+                f"{a['rows'] / secs:,.0f}" if secs > 0 else "-",
+            ]
+        )
     images = sum(result.manifest.counts.values())
     total_bytes = sum(a["bytes"] for a in agg.values())
-    rows.append(["all", f"K={result.manifest.K}", f"{images:,} images", data_bytes(total_bytes),
-                 ratio(total_bytes, sum(raw.values())), f"{result.seconds:.2f}" if not result.up_to_date else "-",
-                 f"{images / result.seconds:,.0f}" if not result.up_to_date else "-"])
+    rows.append(
+        [
+            "all",
+            f"K={result.manifest.K}",
+            f"{images:,} images",
+            data_bytes(total_bytes),
+            ratio(total_bytes, sum(raw.values())),
+            f"{result.seconds:.2f}" if not result.up_to_date else "-",
+            f"{images / result.seconds:,.0f}" if not result.up_to_date else "-",
+        ]
+    )
     return TextTable(
-        ["split", "branch", "rows", "bytes", "/ raw", "seconds", "images/s"], rows, sections=[len(rows) - 1],
+        ["split", "branch", "rows", "bytes", "/ raw", "seconds", "images/s"],
+        rows,
+        sections=[len(rows) - 1],
         title="spectral split" + (" (up to date: nothing written)" if result.up_to_date else ""),
-        caption=(f"stored as {result.manifest.split.dtype or 'float32'}; '/ raw': bytes over the same images as raw "
-                 "uint8 in one zstd Parquet column; per branch: seconds spent serialising and writing its files; "
-                 "'all': pipeline wall time"))
+        caption=(
+            f"stored as {result.manifest.split.dtype or 'float32'}; '/ raw': bytes over the same images as raw "
+            "uint8 in one zstd Parquet column; per branch: seconds spent serialising and writing its files; "
+            "'all': pipeline wall time"
+        ),
+    )
 
 
 def sources_table(manifest: Manifest) -> TextTable:
     """Sources by branches: the train rows each source gives each branch ('-': it cannot feed that branch)."""
-    rows = [[str(row["src"]), f"{row['name']} {row['resolution'][0]}x{row['resolution'][1]}",
-             *(f"{n:,}" if n is not None else "-" for n in row["train_rows"]),
-             ", ".join(n[:8] for n in row["nodes"]) or "-"]
-            for row in sources_by_branches(manifest)]
-    return TextTable(["src", "source", *map(str, range(manifest.K)), "read on"], rows,
-                     "rl" + "r" * manifest.K + "l", title="train rows by source and branch")
+    rows = [
+        [
+            str(row["src"]),
+            f"{row['name']} {row['resolution'][0]}x{row['resolution'][1]}",
+            *(f"{n:,}" if n is not None else "-" for n in row["train_rows"]),
+            ", ".join(n[:8] for n in row["nodes"]) or "-",
+        ]
+        for row in sources_by_branches(manifest)
+    ]
+    return TextTable(
+        ["src", "source", *map(str, range(manifest.K)), "read on"],
+        rows,
+        "rl" + "r" * manifest.K + "l",
+        title="train rows by source and branch",
+    )
 
 
 def progress_table(snapshot: dict[int, dict], epochs: int) -> TextTable:
     """One row per branch while training: state, epoch, loss, validation accuracy, speed, where it runs."""
-    rows = [[str(k), s.get("state", "?"), f"{s.get('epoch', 0)}/{epochs}",
-             f"{s['loss']:.4f}" if "loss" in s else "-",
-             f"{s['val_acc']:.4f}" if s.get("val_acc") is not None else "-",
-             f"{s['images_per_s']:,.0f}" if "images_per_s" in s else "-", s.get("ip", "-"),
-             ",".join(s.get("gpu_ids", [])) or "-"]
-            for k, s in sorted(snapshot.items())]
+    rows = [
+        [
+            str(k),
+            s.get("state", "?"),
+            f"{s.get('epoch', 0)}/{epochs}",
+            f"{s['loss']:.4f}" if "loss" in s else "-",
+            f"{s['val_acc']:.4f}" if s.get("val_acc") is not None else "-",
+            f"{s['images_per_s']:,.0f}" if "images_per_s" in s else "-",
+            s.get("ip", "-"),
+            ",".join(s.get("gpu_ids", [])) or "-",
+        ]
+        for k, s in sorted(snapshot.items())
+    ]
     header = ["branch", "state", "epoch", "loss", "val acc", "images/s", "node", "GPU"]
     return TextTable(header, rows, "r" * len(header), title="branches")
 
@@ -115,7 +153,10 @@ class ProgressLines:
             states = defaultdict(list)
             for k, s in sorted(snapshot.items()):
                 states[s.get("state", "?")].append(f"{k}@{s.get('epoch', 0)}/{self.epochs}")
-            summary = "; ".join(f"{len(ks)} {state} ({', '.join(ks)})" for state, ks in states.items()) or "no branch started yet"
+            summary = (
+                "; ".join(f"{len(ks)} {state} ({', '.join(ks)})" for state, ks in states.items())
+                or "no branch started yet"
+            )
             out.append(f"still working after {now - self.start:.0f} s: {summary}")
         return out
 
@@ -127,33 +168,46 @@ def training_lines(outcome) -> list[str]:
         line += f", skipped {len(outcome.diverged)} diverged (train.on_nonfinite: skip_branch)"
     if outcome.plan is not None and outcome.plan.packs is not None:  # resources.branches_per_process > 1
         line += f"; {len(outcome.plan.packs)} pack(s), one process each: " + " ".join(
-            "[" + ",".join(str(k) for k in pack) + "]" for pack in outcome.plan.packs)
-    return [line] + [f"[yellow]skipped branch {k}[/yellow]: diverged at epoch {record['epoch']}, step "
-                     f"{record['step'] if record['step'] is not None else '-'}: {record['error']}"
-                     for k, record in sorted(outcome.diverged.items())]
+            "[" + ",".join(str(k) for k in pack) + "]" for pack in outcome.plan.packs
+        )
+    return [line] + [
+        f"[yellow]skipped branch {k}[/yellow]: diverged at epoch {record['epoch']}, step "
+        f"{record['step'] if record['step'] is not None else '-'}: {record['error']}"
+        for k, record in sorted(outcome.diverged.items())
+    ]
 
 
 def baseline_line(result: dict) -> str:
     """The baseline's test accuracy, size and cost; for DDP its all-reduce traffic and time share."""
     if result.get("engine") == "ddp":
         fractions = ", ".join(f"{100 * f:.0f}%" for f in result["allreduce_fraction_by_worker"])
-        return (f"baseline {result['model']} (Ray Train DDP, {result['workers']} workers, {result['backend']}): test "
-                f"accuracy {result['test_acc']:.4f}, {result['parameters']:,} parameters, {result['seconds']:.1f} s, "
-                f"{result['steps']} steps, all-reduce {data_bytes(result['allreduce_bytes_per_worker'])} per worker "
-                f"(time in all-reduce per worker: {fractions} of training)")
-    return (f"baseline {result['model']}: test accuracy {result['test_acc']:.4f}, {result['params']:,} parameters, "
-            f"{result['train_seconds']:.1f} s, peak memory {data_bytes(result['peak_memory_bytes'])}")
+        return (
+            f"baseline {result['model']} (Ray Train DDP, {result['workers']} workers, {result['backend']}): test "
+            f"accuracy {result['test_acc']:.4f}, {result['parameters']:,} parameters, {result['seconds']:.1f} s, "
+            f"{result['steps']} steps, all-reduce {data_bytes(result['allreduce_bytes_per_worker'])} per worker "
+            f"(time in all-reduce per worker: {fractions} of training)"
+        )
+    return (
+        f"baseline {result['model']}: test accuracy {result['test_acc']:.4f}, {result['params']:,} parameters, "
+        f"{result['train_seconds']:.1f} s, peak memory {data_bytes(result['peak_memory_bytes'])}"
+    )
 
 
 def tune_line(tuned: dict) -> str:
     """The Tune search's cost and how close it came to the exact fit."""
-    return (f"Tune: {tuned['trials']} trials x {tuned['candidates_per_trial']} candidates, {tuned['trials_per_s']:.2f} "
-            f"trials/s; vs the exact fit: val NLL {tuned['val_nll_gap_pct']:+.2f}%, val acc "
-            f"{tuned['val_acc_gap_points']:+.2f} points ({'within' if tuned['within_tolerance'] else 'OUTSIDE'} "
-            "tolerance)")
+    return (
+        f"Tune: {tuned['trials']} trials x {tuned['candidates_per_trial']} candidates, {tuned['trials_per_s']:.2f} "
+        f"trials/s; vs the exact fit: val NLL {tuned['val_nll_gap_pct']:+.2f}%, val acc "
+        f"{tuned['val_acc_gap_points']:+.2f} points ({'within' if tuned['within_tolerance'] else 'OUTSIDE'} "
+        "tolerance)"
+    )
 
 
 def config_table() -> TextTable:
     """Every config key, its default, its allowed values and its meaning (``spectral config --show``)."""
-    return TextTable(["key", "default", "allowed", "meaning"], [list(row) for row in config_reference()], "llll",
-                     title="configuration (YAML, nested; --set KEY=VALUE overrides a dotted key)")
+    return TextTable(
+        ["key", "default", "allowed", "meaning"],
+        [list(row) for row in config_reference()],
+        "llll",
+        title="configuration (YAML, nested; --set KEY=VALUE overrides a dotted key)",
+    )

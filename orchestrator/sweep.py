@@ -31,6 +31,7 @@ from tune.sweep import SweepError, make_tuner, rank_rows, trial_row
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SweepResult:
     """What ``spectral sweep`` prints and writes."""
@@ -84,8 +85,12 @@ def _max_epochs(cfg: SpectralConfig, dims: list[Dimension]) -> int:
 
 def sweep_spec(cfg: SpectralConfig, manifest: Manifest) -> dict:
     """What identifies a sweep: resuming is only allowed for the very same one."""
-    spec = {"sweep": cfg.to_dict()["sweep"], "model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"],
-            "split_config_hash": manifest.config_hash}
+    spec = {
+        "sweep": cfg.to_dict()["sweep"],
+        "model": cfg.to_dict()["model"],
+        "train": cfg.to_dict()["train"],
+        "split_config_hash": manifest.config_hash,
+    }
     spec["fingerprint"] = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return spec
 
@@ -100,8 +105,10 @@ def trial_resources(cfg: SpectralConfig) -> dict[str, float]:
 def check_sweep(cfg: SpectralConfig) -> None:
     """The space is not empty and each of its bounds and choices gives a valid config (before any split)."""
     if not cfg.sweep.dimensions:
-        raise SweepError("sweep.space is empty: nothing to search. Give at least one key, e.g. "
-                         "sweep: {space: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}}")
+        raise SweepError(
+            "sweep.space is empty: nothing to search. Give at least one key, e.g. "
+            "sweep: {space: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}}"
+        )
     check_space_values(cfg, cfg.sweep.dimensions)
 
 
@@ -125,11 +132,21 @@ def run_sweep(cfg: SpectralConfig, *, overwrite: bool = False) -> SweepResult:
     if overwrite:
         storage.remove(SWEEP)
     if storage.exists(SWEEP_SPEC) and storage.read_json(SWEEP_SPEC).get("fingerprint") != spec["fingerprint"]:
-        raise SweepError(f"{storage.url(SWEEP)} holds a different sweep (other space, trials or training "
-                         "config); pass --overwrite to replace it, or use another --storage")
+        raise SweepError(
+            f"{storage.url(SWEEP)} holds a different sweep (other space, trials or training "
+            "config); pass --overwrite to replace it, or use another --storage"
+        )
     base = {"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]}
-    tuner, restored = make_tuner(cfg.sweep, dims, storage, spec, base=base, resources=trial_resources(cfg),
-                                 max_epochs=_max_epochs(cfg, dims), first_point=_current_point(cfg, dims))
+    tuner, restored = make_tuner(
+        cfg.sweep,
+        dims,
+        storage,
+        spec,
+        base=base,
+        resources=trial_resources(cfg),
+        max_epochs=_max_epochs(cfg, dims),
+        first_point=_current_point(cfg, dims),
+    )
     t0 = time.perf_counter()
     with credentials_broker(storage):  # the trials reach the run's store with the config's keys
         grid = tuner.fit()
@@ -141,26 +158,51 @@ def _summarise(cfg: SpectralConfig, dims: list[Dimension], storage: RunStorage, 
     mode = cfg.sweep.resolved_mode
     rows, best = rank_rows([trial_row(r, dims, cfg.train.epochs) for r in grid], cfg.sweep.metric, mode)
     best_cfg = from_dict(apply_overrides(cfg.to_dict(), best["overrides"]))
-    header = (f"# Best configuration of the sweep at {storage.url(SWEEP)}: trial {best['trial']}, "
-              f"{cfg.sweep.metric} {best[cfg.sweep.metric]:.4f} after {best['epochs_run']} epochs.\n"
-              f"# Overrides: {json.dumps(best['overrides'])}\n"
-              "# storage.uri is the sweep's run (its shards are reused); pass --storage for a fresh run if\n"
-              "# branches/ there were trained with another configuration.\n")
+    header = (
+        f"# Best configuration of the sweep at {storage.url(SWEEP)}: trial {best['trial']}, "
+        f"{cfg.sweep.metric} {best[cfg.sweep.metric]:.4f} after {best['epochs_run']} epochs.\n"
+        f"# Overrides: {json.dumps(best['overrides'])}\n"
+        "# storage.uri is the sweep's run (its shards are reused); pass --storage for a fresh run if\n"
+        "# branches/ there were trained with another configuration.\n"
+    )
     public = best_cfg.public_dict()  # no secrets: a run of it takes the keys from its own --set or environment
     text = header + yaml.safe_dump(public, sort_keys=False)
     if from_dict(yaml.safe_load(text)) != from_dict(public):  # what we write must load back as this very config
         raise SweepError("the best configuration does not round-trip through YAML")
     result = SweepResult(
-        rows=rows, best=best, best_config=best_cfg, best_config_path=storage.url(BEST_CONFIG),
-        table_path=storage.url(SWEEP_TABLE), experiment=storage.url(SWEEP, EXPERIMENT_NAME), restored=restored,
-        metric=cfg.sweep.metric, mode=mode, keys=[d.key for d in dims],
+        rows=rows,
+        best=best,
+        best_config=best_cfg,
+        best_config_path=storage.url(BEST_CONFIG),
+        table_path=storage.url(SWEEP_TABLE),
+        experiment=storage.url(SWEEP, EXPERIMENT_NAME),
+        restored=restored,
+        metric=cfg.sweep.metric,
+        mode=mode,
+        keys=[d.key for d in dims],
     )
     storage.write_text(BEST_CONFIG, text)
     storage.write_text(SWEEP_TABLE, sweep_markdown(result, cfg))
-    storage.write_json(SWEEP_RESULTS, {"metric": result.metric, "mode": mode, "restored": restored,
-                                      "best": best, "trials": rows, "experiment": result.experiment,
-                                      "best_config": result.best_config_path})
-    log.info("sweep: best trial %s (%s %.4f): %s; %d of %d trials stopped early; best config %s", best["trial"],
-             result.metric, best[result.metric], best["overrides"], result.stopped_early, len(rows),
-             result.best_config_path)
+    storage.write_json(
+        SWEEP_RESULTS,
+        {
+            "metric": result.metric,
+            "mode": mode,
+            "restored": restored,
+            "best": best,
+            "trials": rows,
+            "experiment": result.experiment,
+            "best_config": result.best_config_path,
+        },
+    )
+    log.info(
+        "sweep: best trial %s (%s %.4f): %s; %d of %d trials stopped early; best config %s",
+        best["trial"],
+        result.metric,
+        best[result.metric],
+        best["overrides"],
+        result.stopped_early,
+        len(rows),
+        result.best_config_path,
+    )
     return result

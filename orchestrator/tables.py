@@ -33,7 +33,9 @@ class TextTable:
         """The table for a rich console; ``overflow="fold"`` wraps long cells instead of cutting them."""
         table = Table(title=self.title or None, caption=self.caption or None)
         for col, a in zip(self.header, self.aligns()):
-            table.add_column(col, justify="left" if a == "l" else "right", **({"overflow": overflow} if overflow else {}))
+            table.add_column(
+                col, justify="left" if a == "l" else "right", **({"overflow": overflow} if overflow else {})
+            )
         for i, row in enumerate(self.rows):
             if i in self.sections:
                 table.add_section()

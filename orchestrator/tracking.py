@@ -57,8 +57,9 @@ def _scalar_value(tag: str, value: float) -> bytes:
     return _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", value))
 
 
-def event(wall_time: float, step: int = 0, *, scalars: dict[str, float] | None = None,
-          file_version: str | None = None) -> bytes:
+def event(
+    wall_time: float, step: int = 0, *, scalars: dict[str, float] | None = None, file_version: str | None = None
+) -> bytes:
     """One ``Event{wall_time (1, double), step (2, int64), file_version (3), summary (5){value (1)...}}``."""
     out = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
     if file_version is not None:
@@ -116,8 +117,9 @@ def write_branch_events(storage: RunStorage, k: int) -> int:
     metrics = layout.read_metrics(storage, k)
     if not metrics:
         return 0
-    rows = [(int(m["epoch"]), float(m.get("time") or 0.0), _finite({t: m.get(t) for t in BRANCH_TAGS}))
-            for m in metrics]
+    rows = [
+        (int(m["epoch"]), float(m.get("time") or 0.0), _finite({t: m.get(t) for t in BRANCH_TAGS})) for m in metrics
+    ]
     storage.write_bytes(layout.branch_events(k), events_file(rows, rows[0][1]))
     return len(rows)
 

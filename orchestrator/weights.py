@@ -40,8 +40,11 @@ def compare_to_exact(tuned: EnsembleResult, exact: EnsembleResult) -> dict:
     """How far the search landed from the exact fit on validation, and whether within tolerance."""
     nll_pct = 100.0 * (tuned.val["nll"] - exact.val["nll"]) / exact.val["nll"]
     acc_points = 100.0 * (tuned.val["acc"] - exact.val["acc"])
-    return {"val_nll_gap_pct": nll_pct, "val_acc_gap_points": acc_points,
-            "within_tolerance": bool(nll_pct <= NLL_TOLERANCE_PCT and abs(acc_points) <= ACC_TOLERANCE_POINTS)}
+    return {
+        "val_nll_gap_pct": nll_pct,
+        "val_acc_gap_points": acc_points,
+        "within_tolerance": bool(nll_pct <= NLL_TOLERANCE_PCT and abs(acc_points) <= ACC_TOLERANCE_POINTS),
+    }
 
 
 def rule_seeds(storage: RunStorage, K: int, p: float, skip: Sequence[int] = ()) -> dict[str, np.ndarray]:
@@ -61,10 +64,14 @@ def tune_ensemble_weights(cfg: SpectralConfig, storage: RunStorage, skip: Sequen
     branches left out (diverged).
     """
     K = load_manifest(storage).K
-    val, test = load_branch_outputs(storage, K, "val", skip), load_branch_outputs(storage, K, "test", skip)  # fail before Ray
+    val, test = (
+        load_branch_outputs(storage, K, "val", skip),
+        load_branch_outputs(storage, K, "test", skip),
+    )  # fail before Ray
     if len(val.y) == 0:
-        raise EnsembleInputError(f"{storage.url()} has no validation rows to tune the weights on "
-                                 "(split.val_fraction is 0?)")
+        raise EnsembleInputError(
+            f"{storage.url()} has no validation rows to tune the weights on (split.val_fraction is 0?)"
+        )
     fit: ExactFit = fit_exact_weights(val.logits, val.y)
     exact = evaluate_weights("exact", fit.weights, val, test, fit.to_extra())
     write_weights(storage, exact, chosen=False)
@@ -73,15 +80,23 @@ def tune_ensemble_weights(cfg: SpectralConfig, storage: RunStorage, skip: Sequen
     search = search_weights(val.logits, val.y, cfg.tune, storage, seeds=rule_seeds(storage, K, cfg.ensemble.p, skip))
     extra = {
         "search": "ray-tune optuna-tpe (multivariate), simplex u -> -log(1-u) normalised",
-        "num_samples": cfg.tune.num_samples, "candidates_per_trial": cfg.tune.candidates_per_trial,
-        "trials": search.trials, "errored_trials": search.errored, "tune_seconds": search.seconds,
-        "trials_per_s": search.trials_per_s, "experiment": search.experiment,
+        "num_samples": cfg.tune.num_samples,
+        "candidates_per_trial": cfg.tune.candidates_per_trial,
+        "trials": search.trials,
+        "errored_trials": search.errored,
+        "tune_seconds": search.seconds,
+        "trials_per_s": search.trials_per_s,
+        "experiment": search.experiment,
     }
     tuned = evaluate_weights("tuned", search.weights, val, test, extra)
     closeness = compare_to_exact(tuned, exact)
     tuned.extra.update({"exact_val_nll": exact.val["nll"], "exact_val_acc": exact.val["acc"], **closeness})
     (log.info if closeness["within_tolerance"] else log.warning)(
         "tuned vs exact fit on validation: NLL %+.2f%% (tolerance %.1f%%), accuracy %+.2f points (tolerance %.1f)%s",
-        closeness["val_nll_gap_pct"], NLL_TOLERANCE_PCT, closeness["val_acc_gap_points"], ACC_TOLERANCE_POINTS,
-        "" if closeness["within_tolerance"] else ": raise tune.num_samples or tune.candidates_per_trial")
+        closeness["val_nll_gap_pct"],
+        NLL_TOLERANCE_PCT,
+        closeness["val_acc_gap_points"],
+        ACC_TOLERANCE_POINTS,
+        "" if closeness["within_tolerance"] else ": raise tune.num_samples or tune.candidates_per_trial",
+    )
     return tuned

@@ -64,9 +64,14 @@ def main() -> None:
     x, y = source.read("test", args.index, args.index + 1)
     names = KNOWN_CLASS_NAMES.get(args.source)
     label = names[int(y[0])] if names else f"class {int(y[0])}"
-    figure(x[0], args.rows, args.cols, args.transform,
-           f"{args.source} test image {args.index} ({label}): K={args.rows * args.cols} sub-images, "
-           f"each a branch's input", args.out)
+    figure(
+        x[0],
+        args.rows,
+        args.cols,
+        args.transform,
+        f"{args.source} test image {args.index} ({label}): K={args.rows * args.cols} sub-images, each a branch's input",
+        args.out,
+    )
     print(f"wrote {args.out}")
 
 

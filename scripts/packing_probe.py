@@ -47,8 +47,15 @@ def grouped(models: list[nn.Sequential]) -> nn.Sequential:
         if isinstance(m, nn.Linear):
             out.append(PackedLinear(list(layers)))
         elif isinstance(m, nn.Conv2d):
-            c = nn.Conv2d(m.in_channels * len(layers), m.out_channels * len(layers), m.kernel_size, m.stride,
-                          m.padding, groups=len(layers), bias=False)
+            c = nn.Conv2d(
+                m.in_channels * len(layers),
+                m.out_channels * len(layers),
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                groups=len(layers),
+                bias=False,
+            )
             c.weight.data.copy_(torch.cat([q.weight.detach() for q in layers]))
             out.append(c)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):

@@ -34,7 +34,6 @@ os.environ["SPECTRAL_TEST_FAULTS_DIR"] = tempfile.mkdtemp(prefix="spectral-fault
 atexit.register(shutil.rmtree, os.environ["SPECTRAL_TEST_FAULTS_DIR"], ignore_errors=True)
 
 
-
 def pytest_configure(config):
     import suite_profile
 
@@ -235,8 +234,10 @@ def trained_tiny_run(ray_session, tmp_path_factory):
     from data_split import RunStorage, split_dataset
     from orchestrator import api
 
-    cfg = tiny_config(str(tmp_path_factory.mktemp("trained") / "run"),
-                      **{"train.epochs": 1, "ensemble.weights": "geometric", "source.limit": 200})
+    cfg = tiny_config(
+        str(tmp_path_factory.mktemp("trained") / "run"),
+        **{"train.epochs": 1, "ensemble.weights": "geometric", "source.limit": 200},
+    )
     storage = RunStorage(cfg.storage.uri)
     split_dataset(cfg.source, cfg.split, storage)
     for k in range(cfg.split.k):  # in this process: four tiny branches train faster than four actors start
@@ -254,6 +255,8 @@ def finished_job(ray_session, tmp_path_factory):
     """
     from orchestrator import api
 
-    cfg = tiny_config(str(tmp_path_factory.mktemp("job") / "run"),
-                      **{"ensemble.weights": "tuned", "tune.num_samples": 4, "tune.candidates_per_trial": 16})
+    cfg = tiny_config(
+        str(tmp_path_factory.mktemp("job") / "run"),
+        **{"ensemble.weights": "tuned", "tune.num_samples": 4, "tune.candidates_per_trial": 16},
+    )
     return cfg, api.run(cfg)

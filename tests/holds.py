@@ -37,8 +37,12 @@ class Fault:
     def wait_reached(self, count: int = 1, timeout_s: float = REACHED_TIMEOUT_S, alive=None) -> list[dict]:
         """The markers of the first ``count`` loops that got there; fails after ``timeout_s`` or once ``alive()``
         is False."""
-        return wait_until(lambda: len(found := self.markers()) >= count and found, timeout_s=timeout_s,
-                          what=f"{count} branch(es) reached the {self.ACTION} request", alive=alive)
+        return wait_until(
+            lambda: len(found := self.markers()) >= count and found,
+            timeout_s=timeout_s,
+            what=f"{count} branch(es) reached the {self.ACTION} request",
+            alive=alive,
+        )
 
     def release(self) -> None:
         self.request.unlink(missing_ok=True)

@@ -33,8 +33,7 @@ SESSION_ENV = "SPECTRAL_TEST_SESSION"
 OWNER_ENV = "SPECTRAL_TEST_OWNER"
 GRACE_S = 15.0  # a process still exiting after its test: a CLI's local Ray takes a few seconds on 2 cores
 # Idle workers, and the actors a Ray cluster keeps once Ray Data ran on it (detached singletons of Ray Data's).
-SHARED_ACTORS = ("ray::IDLE", "ray::_StatsActor", "ray::_AutoscalingCoordinatorActor",
-                 "ray::ActorLocationTracker")
+SHARED_ACTORS = ("ray::IDLE", "ray::_StatsActor", "ray::_AutoscalingCoordinatorActor", "ray::ActorLocationTracker")
 
 
 def mark_session() -> None:

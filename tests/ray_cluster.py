@@ -43,8 +43,14 @@ def ray_env(**extra: str) -> dict:
 
 def node_ports() -> list[str]:
     """Per-node ports that default to fixed numbers (two nodes on one machine, or another test's node, would clash)."""
-    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    )
     return [f"--{name}={free_port()}" for name in names]
 
 
@@ -80,8 +86,9 @@ def stop_ray_processes(temp_dirs: list[str], timeout_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def ray_start(build: Callable[[], tuple[list[str], Any]], temp_dir: str, env: dict, *,
-              attempts: int = START_ATTEMPTS) -> Any:
+def ray_start(
+    build: Callable[[], tuple[list[str], Any]], temp_dir: str, env: dict, *, attempts: int = START_ATTEMPTS
+) -> Any:
     """Run the `ray start` command ``build()`` returns as ``(cmd, ports)``; return ``ports``.
 
     ``free_port`` checks a port when it picks it; another process can still bind it before Ray does.
@@ -97,10 +104,15 @@ def ray_start(build: Callable[[], tuple[list[str], Any]], temp_dir: str, env: di
         said = proc.stdout + proc.stderr + _node_logs(temp_dir)
         stop_ray_processes([temp_dir])
         clash = PORT_CLASH.search(said)
-        assert clash and attempt < attempts, (f"{' '.join(cmd)} failed (attempt {attempt} of {attempts})\n"
-                                              f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        log.warning("ray start: a port was taken (%r); retrying with new ports (%d of %d)", clash.group(0),
-                    attempt + 1, attempts)
+        assert clash and attempt < attempts, (
+            f"{' '.join(cmd)} failed (attempt {attempt} of {attempts})\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+        log.warning(
+            "ray start: a port was taken (%r); retrying with new ports (%d of %d)",
+            clash.group(0),
+            attempt + 1,
+            attempts,
+        )
 
 
 def _node_logs(temp_dir: str) -> str:
@@ -150,29 +162,57 @@ def start_two_node_cluster(env: dict | None = None) -> Iterator[TwoNodeCluster]:
     site); ``env`` goes to both ``ray start`` commands (so to every Ray process)."""
     # Short temp dirs: Ray's unix sockets live under them (a path limit of ~107 bytes).
     temp_dirs = [tempfile.mkdtemp(prefix="stn-head-", dir="/tmp"), tempfile.mkdtemp(prefix="stn-node-", dir="/tmp")]
-    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000",
-              "--disable-usage-stats"]
+    common = [
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--node-ip-address=127.0.0.1",
+        "--object-store-memory=150000000",
+        "--disable-usage-stats",
+    ]
 
     def head():
         port, dashboard, client = free_port(), free_port(), free_port()
-        return [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", '--resources={"head": 1}',
-                f"--temp-dir={temp_dirs[0]}", *common, *node_ports()], (port, dashboard, client)
+        return [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
+            '--resources={"head": 1}',
+            f"--temp-dir={temp_dirs[0]}",
+            *common,
+            *node_ports(),
+        ], (port, dashboard, client)
 
     def second():
-        return [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", '--resources={"second": 1, "site_b": 1}',
-                f"--temp-dir={temp_dirs[1]}", *common, *node_ports()], None
+        return [
+            str(BIN / "ray"),
+            "start",
+            f"--address=127.0.0.1:{port}",
+            '--resources={"second": 1, "site_b": 1}',
+            f"--temp-dir={temp_dirs[1]}",
+            *common,
+            *node_ports(),
+        ], None
 
     try:
         # The Ray Client proxy gives a new client's server 30 s to start; a loaded 2-core machine needs more.
         env = ray_env(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180", **(env or {}))
         port, dashboard, client = ray_start(head, temp_dirs[0], env)
         ray_start(second, temp_dirs[1], env)
-        cluster = TwoNodeCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}",
-                                 temp_dirs)
+        cluster = TwoNodeCluster(
+            f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"ray://127.0.0.1:{client}", temp_dirs
+        )
         # `ray start` of the second node returns before the GCS lists it alive
-        wait_until(lambda: len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) >= 2, timeout_s=60,
-                   what="the second node joined", detail=cluster.nodes, poll_s=0.2)
+        wait_until(
+            lambda: len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) >= 2,
+            timeout_s=60,
+            what="the second node joined",
+            detail=cluster.nodes,
+            poll_s=0.2,
+        )
         yield cluster
     finally:
         stop_ray_processes(temp_dirs)
@@ -194,8 +234,11 @@ def kill_node(*temp_dirs: str) -> set[int]:
     """
     owners = {node_owner(d) for d in temp_dirs}
     procs = ray_processes()
-    mine = {pid for pid, (_, cmd) in procs.items()
-            if pid != os.getpid() and (any(d in cmd for d in temp_dirs) or process_owner(pid) in owners)}
+    mine = {
+        pid
+        for pid, (_, cmd) in procs.items()
+        if pid != os.getpid() and (any(d in cmd for d in temp_dirs) or process_owner(pid) in owners)
+    }
     while more := {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine:
         mine |= more
     for pid in mine:

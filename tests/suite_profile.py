@@ -53,23 +53,29 @@ class SuiteProfile:
     def pytest_runtest_logfinish(self, nodeid, location):
         busy1, total1 = machine_ticks()
         t0, (busy0, total0) = self._started.pop(nodeid)
-        extra = {pid: name for pid, name in process_names().items()
-                 if pid not in self.baseline and pid != os.getppid()}
-        self.rows.append({
-            "test": nodeid,
-            "wall_s": round(time.monotonic() - t0, 3),
-            "cpu_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),  # of all cores: 1.0 = all busy
-            "alive_after": sorted(set(extra.values())),
-        })
+        extra = {pid: name for pid, name in process_names().items() if pid not in self.baseline and pid != os.getppid()}
+        self.rows.append(
+            {
+                "test": nodeid,
+                "wall_s": round(time.monotonic() - t0, 3),
+                "cpu_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),  # of all cores: 1.0 = all busy
+                "alive_after": sorted(set(extra.values())),
+            }
+        )
 
     def pytest_sessionfinish(self, session):
-        Path(self.path).write_text(json.dumps({
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started)),
-            "wall_s": round(time.time() - self.started, 1),
-            "cpus": os.cpu_count(),
-            "load_average_end": os.getloadavg(),
-            "tests": self.rows,
-        }, indent=1))
+        Path(self.path).write_text(
+            json.dumps(
+                {
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started)),
+                    "wall_s": round(time.time() - self.started, 1),
+                    "cpus": os.cpu_count(),
+                    "load_average_end": os.getloadavg(),
+                    "tests": self.rows,
+                },
+                indent=1,
+            )
+        )
 
 
 def register(config) -> None:
@@ -82,8 +88,10 @@ def table(path: str, top: int = 40) -> str:
     rows = sorted(data["tests"], key=lambda r: -r["wall_s"])
     total = sum(r["wall_s"] for r in data["tests"])
     busy = sum(r["wall_s"] * r["cpu_busy"] for r in data["tests"]) / max(total, 1e-9)
-    lines = [f"{len(rows)} tests, {total:.0f} s of tests ({data['wall_s']:.0f} s wall), CPU busy {busy:.0%}",
-             f"{'wall s':>8} {'cpu':>5} {'alive after':>11}  test"]
+    lines = [
+        f"{len(rows)} tests, {total:.0f} s of tests ({data['wall_s']:.0f} s wall), CPU busy {busy:.0%}",
+        f"{'wall s':>8} {'cpu':>5} {'alive after':>11}  test",
+    ]
     for r in rows[:top]:
         lines.append(f"{r['wall_s']:8.1f} {r['cpu_busy']:5.0%} {len(r['alive_after']):11d}  {r['test']}")
     return "\n".join(lines)

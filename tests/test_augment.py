@@ -77,7 +77,9 @@ def test_flips_are_exact_for_some_transforms_and_not_others():
 
 def test_inexact_augmentation_is_refused_with_the_exact_ones_listed():
     t = transform_matrix("identity", 4)
-    with pytest.raises(ValueError, match=r"train\.augment: hflip is not exact for the 2x2 identity split.*exact here: crop$"):
+    with pytest.raises(
+        ValueError, match=r"train\.augment: hflip is not exact for the 2x2 identity split.*exact here: crop$"
+    ):
         check_augment(["crop", "hflip"], t, 2, 2, "identity")
     with pytest.raises(ValueError, match=r"unknown \['spin'\]"):
         check_augment(["spin"], t, 2, 2, "identity")

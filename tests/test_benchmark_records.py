@@ -27,10 +27,16 @@ def test_record_writes_the_schema(tmp_path, monkeypatch):
 
 
 def test_an_older_record_is_read_in_the_schema_with_its_numbers_unchanged(tmp_path):
-    old = {"command": "python -m benchmarks.vs_ddp", "date": "2026-11-28T16:20:35Z", "benchmark": "vs_ddp",
-           "machine": {"cpu": "AMD EPYC", "loadavg_1m_before": 1.04, "loadavg_1m_after": 1.9},
-           "load_before": [37.31, 54.49, 63.5], "load_after": [17.44, 41.27, 56.38], "wall_s": 12.5,
-           "engines": [{"engine": "ddp", "bytes_per_worker": 36519086640}]}
+    old = {
+        "command": "python -m benchmarks.vs_ddp",
+        "date": "2026-11-28T16:20:35Z",
+        "benchmark": "vs_ddp",
+        "machine": {"cpu": "AMD EPYC", "loadavg_1m_before": 1.04, "loadavg_1m_after": 1.9},
+        "load_before": [37.31, 54.49, 63.5],
+        "load_after": [17.44, 41.27, 56.38],
+        "wall_s": 12.5,
+        "engines": [{"engine": "ddp", "bytes_per_worker": 36519086640}],
+    }
     (tmp_path / "vs_ddp.json").write_text(json.dumps(old))
     doc = _common.load(tmp_path / "vs_ddp.json")
     assert tuple(doc) == _common.RECORD_KEYS and doc["git"] is None and doc["seconds"] == 12.5
@@ -52,7 +58,10 @@ def test_the_benchmarks_page_and_the_readme_table_are_the_generated_ones():
     sys.path.insert(0, str(REPO / "scripts"))
     import benchmarks_page
 
-    assert (REPO / "docs" / "benchmarks.md").read_text() == benchmarks_page.page(), \
+    assert (REPO / "docs" / "benchmarks.md").read_text() == benchmarks_page.page(), (
         "docs/benchmarks.md is stale: run scripts/benchmarks_page.py"
+    )
     readme = (REPO / "README.md").read_text()
-    assert benchmarks_page.readme_with_table(readme) == readme, "README's results table is stale: run scripts/benchmarks_page.py"
+    assert benchmarks_page.readme_with_table(readme) == readme, (
+        "README's results table is stale: run scripts/benchmarks_page.py"
+    )

@@ -16,10 +16,17 @@ from orchestrator.cli import main
 @pytest.fixture
 def config_file(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "source": {"name": "synthetic", "synthetic": {"train": 300, "test": 100, "height": 8, "width": 8, "classes": 4}},
-        "split": {"rows": 2, "cols": 2, "images_per_task": 150},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "source": {
+                    "name": "synthetic",
+                    "synthetic": {"train": 300, "test": 100, "height": 8, "width": 8, "classes": 4},
+                },
+                "split": {"rows": 2, "cols": 2, "images_per_task": 150},
+            }
+        )
+    )
     return str(path)
 
 
@@ -28,7 +35,9 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
     uri = str(tmp_path / "run")
     assert main(["split", "--config", config_file, "--storage", uri]) == 0
     out, err = capfd.readouterr()
-    assert "Dataset" not in out + err  # quiet by default: none of Ray Data's INFO lines ("Starting execution of Dataset")
+    assert (
+        "Dataset" not in out + err
+    )  # quiet by default: none of Ray Data's INFO lines ("Starting execution of Dataset")
     for header in ("split", "branch", "rows", "bytes", "seconds", "images/s"):
         assert header in out
     assert "400 images" in out  # the total row: 300 train (incl. val) + 100 test
@@ -52,16 +61,21 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
     assert "SplitConflictError" in err and "--overwrite" in err and "error:" not in out  # errors: stderr only
     assert load_manifest(RunStorage(uri)).split.transform == "dct"
 
-    assert main(["split", "--config", config_file, "--storage", uri, "--set", "split.transform=haar", "--overwrite"]) == 0
+    assert (
+        main(["split", "--config", config_file, "--storage", uri, "--set", "split.transform=haar", "--overwrite"]) == 0
+    )
     assert load_manifest(RunStorage(uri)).split.transform == "haar"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "split.rowz=2"], "split.rowz"),
-    (["--set", "split.rows=two"], "split.rows"),
-    (["--set", "split.transform=wavelet"], "wavelet"),
-    (["--set", "noequals"], "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "split.rowz=2"], "split.rowz"),
+        (["--set", "split.rows=two"], "split.rows"),
+        (["--set", "split.transform=wavelet"], "wavelet"),
+        (["--set", "noequals"], "KEY=VALUE"),
+    ],
+)
 def test_bad_configuration_is_one_clear_error_line(config_file, tmp_path, capsys, args, message):
     assert main(["split", "--config", config_file, "--storage", str(tmp_path / "run"), *args]) == 1
     out, err = capsys.readouterr()
@@ -77,8 +91,18 @@ def error_lines(out: str) -> list[str]:
 def test_train_evaluate_and_baseline_commands(ray_session, config_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     uri = str(tmp_path / "run")
-    common = ["--config", config_file, "--storage", uri, "--set", "model.name=fc4", "--set", "train.epochs=1",
-              "--set", "split.rows=1"]  # K = 2: fewer branches, the same commands
+    common = [
+        "--config",
+        config_file,
+        "--storage",
+        uri,
+        "--set",
+        "model.name=fc4",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "split.rows=1",
+    ]  # K = 2: fewer branches, the same commands
     storage = RunStorage(uri)
 
     # train before split: exit code 1 and one line naming what is missing, no traceback
@@ -111,13 +135,28 @@ def test_train_evaluate_and_baseline_commands(ray_session, config_file, tmp_path
 
 
 @pytest.mark.slow
-def test_a_diverged_run_exits_1_with_one_error_line_naming_each_branch(ray_session, config_file, tmp_path, capsys,
-                                                                      monkeypatch):
+def test_a_diverged_run_exits_1_with_one_error_line_naming_each_branch(
+    ray_session, config_file, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("COLUMNS", "200")
     uri = str(tmp_path / "run")
     # The run: SGD at lr 10000. Every branch's loss becomes NaN within a few steps.
-    common = ["--config", config_file, "--storage", uri, "--set", "model.name=fc4", "--set", "train.epochs=2",
-              "--set", "split.rows=1", "--set", "train.optimizer=sgd", "--set", "train.lr=10000"]
+    common = [
+        "--config",
+        config_file,
+        "--storage",
+        uri,
+        "--set",
+        "model.name=fc4",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "split.rows=1",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.lr=10000",
+    ]
     assert main(["run", *common]) == 1
     out = capsys.readouterr().err
     assert len(error_lines(out)) == 1, out
@@ -145,21 +184,36 @@ def poison_first_row(storage: RunStorage, k: int) -> None:
 
     manifest = load_manifest(storage)
     rel = manifest.branches[k].splits["train"].files[0]
-    idx, src, y, x = table_arrays(pq.read_table(io.BytesIO(storage.read_bytes(rel))), manifest.split.shape, "float32", rel)
+    idx, src, y, x = table_arrays(
+        pq.read_table(io.BytesIO(storage.read_bytes(rel))), manifest.split.shape, "float32", rel
+    )
     x = x.copy()
     x.flat[0] = np.nan
     storage.write_bytes(rel, shard_bytes(idx, src, y, x))  # the same file, one value NaN
 
 
 @pytest.mark.slow
-def test_skip_branch_finishes_the_run_without_the_diverged_branch(ray_session, config_file, tmp_path, capsys,
-                                                                 monkeypatch):
+def test_skip_branch_finishes_the_run_without_the_diverged_branch(
+    ray_session, config_file, tmp_path, capsys, monkeypatch
+):
     from inference import load_ensemble
 
     monkeypatch.setenv("COLUMNS", "200")
     uri = str(tmp_path / "run")
-    common = ["--config", config_file, "--storage", uri, "--set", "model.name=fc4", "--set", "train.epochs=2",
-              "--set", "split.rows=1", "--set", "split.dtype=float32"]  # K = 2
+    common = [
+        "--config",
+        config_file,
+        "--storage",
+        uri,
+        "--set",
+        "model.name=fc4",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "split.rows=1",
+        "--set",
+        "split.dtype=float32",
+    ]  # K = 2
     assert main(["split", *common]) == 0
     storage = RunStorage(uri)
     poison_first_row(storage, 1)
@@ -191,11 +245,15 @@ def test_a_config_error_is_on_stderr_before_ray_is_imported(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from orchestrator.cli import main; code = main(['run', '--config', 'nope.yaml']); "
-            "print('ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr); sys.exit(code)")
+    code = (
+        "import sys; from orchestrator.cli import main; code = main(['run', '--config', 'nope.yaml']); "
+        "print('ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr); sys.exit(code)"
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""
@@ -209,8 +267,12 @@ def test_verbose_goes_before_or_after_the_command_and_version_prints(capsys):
     from orchestrator.cli_args import build_parser, version
 
     parser = build_parser()
-    for argv, total in ((["-v", "run"], 1), (["run", "-v"], 1), (["-v", "run", "-vv"], 3), (["export", "--storage",
-                                                                                             "x", "--output", "y", "-v"], 1)):
+    for argv, total in (
+        (["-v", "run"], 1),
+        (["run", "-v"], 1),
+        (["-v", "run", "-vv"], 3),
+        (["export", "--storage", "x", "--output", "y", "-v"], 1),
+    ):
         args = parser.parse_args(argv)
         assert args.verbose + args.verbose_after == total, argv
     with pytest.raises(SystemExit) as stop:
@@ -227,7 +289,13 @@ def test_storage_is_required_where_no_default_makes_sense(command, capsys):
             main([command])
         assert stop.value.code == 2
     else:  # a run's URI may also come from --config/--set storage.uri; the default is never assumed
-        extra = ["--output", "x", "--input", "y"] if command == "predict" else ["--output", "x"] if command == "export" else []
+        extra = (
+            ["--output", "x", "--input", "y"]
+            if command == "predict"
+            else ["--output", "x"]
+            if command == "export"
+            else []
+        )
         assert main([command, *extra]) == 1
     out, err = capsys.readouterr()
     assert "--storage" in err and out == ""
@@ -258,8 +326,22 @@ def test_every_subcommand_help_ends_with_examples(capsys):
 def test_config_prints_the_resolved_configuration_as_yaml_that_loads_back(config_file, capsys):
     from orchestrator.config import load_config
 
-    assert main(["config", "--config", config_file, "--set", "train.epochs=3",
-                 "--set", "storage.secret_access_key=hush-hush-secret", "--set", "storage.access_key_id=AKIDEXAMPLE"]) == 0
+    assert (
+        main(
+            [
+                "config",
+                "--config",
+                config_file,
+                "--set",
+                "train.epochs=3",
+                "--set",
+                "storage.secret_access_key=hush-hush-secret",
+                "--set",
+                "storage.access_key_id=AKIDEXAMPLE",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert "hush-hush-secret" not in out + err and "AKIDEXAMPLE" not in out + err
     assert "\n  # training epochs of every branch" in out  # every key under its meaning

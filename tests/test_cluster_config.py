@@ -102,11 +102,17 @@ def test_every_section_says_what_it_is(path):
 @pytest.mark.parametrize(
     "breakage",
     [
-        pytest.param(lambda c: c["available_node_types"]["gpu_worker"].pop("node_config"), id="node type without node_config"),
+        pytest.param(
+            lambda c: c["available_node_types"]["gpu_worker"].pop("node_config"), id="node type without node_config"
+        ),
         pytest.param(lambda c: c.update(head_node_type="gpu"), id="head_node_type not among the types"),
-        pytest.param(lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9), id="min_workers above max_workers"),
+        pytest.param(
+            lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9), id="min_workers above max_workers"
+        ),
         pytest.param(lambda c: c["auth"].update(ssh_port=2222), id="unknown auth key"),
-        pytest.param(lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5), id="fractional node GPU"),
+        pytest.param(
+            lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5), id="fractional node GPU"
+        ),
     ],
 )
 def test_a_broken_config_fails_validation(breakage):

@@ -20,7 +20,12 @@ def test_every_config_key_has_help_text():
     rows = config_reference()
     assert len(rows) > 50 and len({key for key, *_ in rows}) == len(rows)
     assert [key for key, *_, meaning in rows if len(meaning) < 8] == []
-    assert ("train.epochs", "3", "int >= 1", "training epochs of every branch (more epochs extend a finished run)") in rows
+    assert (
+        "train.epochs",
+        "3",
+        "int >= 1",
+        "training epochs of every branch (more epochs extend a finished run)",
+    ) in rows
 
 
 def test_the_documented_config_table_is_the_generated_one():

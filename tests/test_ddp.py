@@ -84,12 +84,18 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     """
     import uuid
 
-    cfg = tiny_config(f"s3://test-bucket/ddp-{uuid.uuid4().hex[:8]}", **{
-        "baseline.engine": "ddp", "baseline.workers": 2, "train.epochs": 2, "train.batch_size": 32,
-        "storage.endpoint_url": s3_endpoint})
+    cfg = tiny_config(
+        f"s3://test-bucket/ddp-{uuid.uuid4().hex[:8]}",
+        **{
+            "baseline.engine": "ddp",
+            "baseline.workers": 2,
+            "train.epochs": 2,
+            "train.batch_size": 32,
+            "storage.endpoint_url": s3_endpoint,
+        },
+    )
     data = RunStorage.from_config(cfg.storage).child(layout.BASELINE)
-    api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity",
-                             "storage.uri": data.uri}))
+    api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity", "storage.uri": data.uri}))
     out = RunStorage.from_config(cfg.storage).child(layout.BASELINE_DDP)
     with Exit(data.uri, epoch=1, branch=1):  # worker 1 exits once epoch 1's checkpoint is committed
         result = train_ddp(cfg, data, out)
@@ -108,9 +114,10 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     assert all(0 < f < 1 for f in result["allreduce_fraction_by_worker"])
     assert 0 <= result["test_acc"] <= 1 and result["seconds"] > 0
     curve = result["val_curve"]
-    assert [c["epoch"] for c in curve] == [1, 2] and 0 < curve[0]["elapsed_s"] < curve[1]["elapsed_s"] <= result["seconds"]
+    assert [c["epoch"] for c in curve] == [1, 2] and 0 < curve[0]["elapsed_s"] < curve[1]["elapsed_s"] <= result[
+        "seconds"
+    ]
     # checkpoints went through Ray Train to the run's storage
     assert any(name.startswith("checkpoint") for name in out.ls("ray_train"))
     # a finished result is not trained again
     assert train_ddp(cfg, data, out) == result
-

@@ -24,7 +24,11 @@ def npy(a: np.ndarray) -> bytes:
 
 
 def test_time_to_accuracy_is_the_first_epoch_at_or_above_the_target():
-    curve = [{"elapsed_s": 10.0, "val_acc": 0.5}, {"elapsed_s": 20.0, "val_acc": 0.9}, {"elapsed_s": 30.0, "val_acc": 0.8}]
+    curve = [
+        {"elapsed_s": 10.0, "val_acc": 0.5},
+        {"elapsed_s": 20.0, "val_acc": 0.9},
+        {"elapsed_s": 30.0, "val_acc": 0.8},
+    ]
     assert time_to_accuracy(curve, 0.85) == 20.0
     assert time_to_accuracy(curve, 0.9) == 20.0
     assert time_to_accuracy(curve, 0.95) == NOT_REACHED
@@ -32,8 +36,15 @@ def test_time_to_accuracy_is_the_first_epoch_at_or_above_the_target():
     assert time_to_accuracy([{"elapsed_s": 5.0, "val_acc": None}], 0.1) == NOT_REACHED
 
 
-def write_branch(storage: RunStorage, k: int, correct_by_epoch: list[int], started: float, epoch_end: list[float],
-                 *, epoch_logits: bool = True) -> None:
+def write_branch(
+    storage: RunStorage,
+    k: int,
+    correct_by_epoch: list[int],
+    started: float,
+    epoch_end: list[float],
+    *,
+    epoch_logits: bool = True,
+) -> None:
     """A finished branch whose epoch-e validation logits get the first correct_by_epoch[e-1] rows right."""
     y = np.arange(N) % CLASSES
     for e, correct in enumerate(correct_by_epoch, 1):
@@ -41,35 +52,72 @@ def write_branch(storage: RunStorage, k: int, correct_by_epoch: list[int], start
         logits[np.arange(N), np.where(np.arange(N) < correct, y, 1 - y)] = 1.0
         if epoch_logits:
             storage.write_bytes(f"branches/{k}/epochs/logits_val_{e}.npy", npy(logits))
-        storage.append_line(f"branches/{k}/metrics.jsonl", json.dumps(
-            {"epoch": e, "loss": 1.0, "val_acc": correct / N, "time": epoch_end[e - 1]}))
+        storage.append_line(
+            f"branches/{k}/metrics.jsonl",
+            json.dumps({"epoch": e, "loss": 1.0, "val_acc": correct / N, "time": epoch_end[e - 1]}),
+        )
     for split in ("val", "test"):
         storage.write_bytes(f"branches/{k}/logits_{split}.npy", npy(logits))
         storage.write_bytes(f"branches/{k}/rows_{split}.npy", npy(np.stack([np.arange(N), y], axis=1)))
-    storage.write_json(f"branches/{k}/placement.json", {"isolation": {"process_group": False, "bytes_sent_to_other_branches": 0}})
-    storage.write_json(f"branches/{k}/result.json", {
-        "k": k, "model": "fc8", "epochs": len(correct_by_epoch), "params": 10, "model_bytes": 40, "train_loss": 1.0,
-        "val_acc": correct_by_epoch[-1] / N, "test_acc": correct_by_epoch[-1] / N, "train_seconds": 1.0,
-        "started": started})
+    storage.write_json(
+        f"branches/{k}/placement.json", {"isolation": {"process_group": False, "bytes_sent_to_other_branches": 0}}
+    )
+    storage.write_json(
+        f"branches/{k}/result.json",
+        {
+            "k": k,
+            "model": "fc8",
+            "epochs": len(correct_by_epoch),
+            "params": 10,
+            "model_bytes": 40,
+            "train_loss": 1.0,
+            "val_acc": correct_by_epoch[-1] / N,
+            "test_acc": correct_by_epoch[-1] / N,
+            "train_seconds": 1.0,
+            "started": started,
+        },
+    )
 
 
 @pytest.fixture
 def run(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
-    storage.write_json("data/manifest.json", {"version": MANIFEST_VERSION, "source": {"name": "synthetic", "classes": CLASSES},
-                                              "split": {"r": 1, "c": 2, "K": 2, "transform": "dct"}})
+    storage.write_json(
+        "data/manifest.json",
+        {
+            "version": MANIFEST_VERSION,
+            "source": {"name": "synthetic", "classes": CLASSES},
+            "split": {"r": 1, "c": 2, "K": 2, "transform": "dct"},
+        },
+    )
     # two branches in two waves: branch 1 starts when branch 0 is done, so the ensemble's epoch e waits for it
     write_branch(storage, 0, [12, 16], T0 + 1, [T0 + 5, T0 + 9])
     write_branch(storage, 1, [12, 16], T0 + 9, [T0 + 13, T0 + 17])
     write_weights(storage, evaluate_ensemble(storage, 2, "uniform"))
     base = RunStorage(storage.uri + "/baseline")
-    base.write_json("data/manifest.json", {"source": {"name": "synthetic", "classes": CLASSES},
-                                           "split": {"r": 1, "c": 1, "K": 1, "transform": "identity"}})
+    base.write_json(
+        "data/manifest.json",
+        {
+            "source": {"name": "synthetic", "classes": CLASSES},
+            "split": {"r": 1, "c": 1, "K": 1, "transform": "identity"},
+        },
+    )
     write_branch(base, 0, [13, 15], T0, [T0 + 20, T0 + 40], epoch_logits=False)  # final val acc 0.75: the target
-    storage.write_json("baseline-ddp/result.json", {
-        "engine": "ddp", "workers": 2, "allreduce_bytes_per_worker": 4_000_000, "test_acc": 0.7, "val_acc": 0.7,
-        "backend": "gloo", "val_curve": [{"epoch": 1, "val_acc": 0.6, "elapsed_s": 30.0},
-                                         {"epoch": 2, "val_acc": 0.7, "elapsed_s": 55.0}]})
+    storage.write_json(
+        "baseline-ddp/result.json",
+        {
+            "engine": "ddp",
+            "workers": 2,
+            "allreduce_bytes_per_worker": 4_000_000,
+            "test_acc": 0.7,
+            "val_acc": 0.7,
+            "backend": "gloo",
+            "val_curve": [
+                {"epoch": 1, "val_acc": 0.6, "elapsed_s": 30.0},
+                {"epoch": 2, "val_acc": 0.7, "elapsed_s": 55.0},
+            ],
+        },
+    )
     return storage
 
 

@@ -28,8 +28,9 @@ def npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_fake_branches(storage: RunStorage, k_total: int = K, signal=(2.0, 1.0, 0.5), seed: int = 0,
-                        train_losses=(0.3, 0.1, 0.2)) -> dict:
+def write_fake_branches(
+    storage: RunStorage, k_total: int = K, signal=(2.0, 1.0, 0.5), seed: int = 0, train_losses=(0.3, 0.1, 0.2)
+) -> dict:
     """Noisy logits with a per-branch signal on the true class; returns {split: (logits (K,N,C), y, idx)}."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -80,12 +81,15 @@ def test_geometric_ties_break_by_branch_index_and_nan_ranks_last():
     np.testing.assert_allclose(w, np.array([0.125, 0.25, 0.5]) / 0.875)
 
 
-@pytest.mark.parametrize("rule, losses, p, match", [
-    ("tuned", [0.1, 0.2], 0.3, "Ray Tune"),
-    ("best", [0.1, 0.2], 0.3, "unknown weight rule"),
-    ("geometric", [0.1, 0.2], 1.0, "p must be in"),
-    ("uniform", [], 0.3, "non-empty"),
-])
+@pytest.mark.parametrize(
+    "rule, losses, p, match",
+    [
+        ("tuned", [0.1, 0.2], 0.3, "Ray Tune"),
+        ("best", [0.1, 0.2], 0.3, "unknown weight rule"),
+        ("geometric", [0.1, 0.2], 1.0, "p must be in"),
+        ("uniform", [], 0.3, "non-empty"),
+    ],
+)
 def test_weight_rule_rejects_bad_input(rule, losses, p, match):
     with pytest.raises(ValueError, match=match):
         weight_rule(rule, losses, p)
@@ -142,7 +146,9 @@ def test_idx_mismatch_is_an_error(run):
     swapped = idx.copy()
     swapped[[3, 4]] = swapped[[4, 3]]
     storage.write_bytes("branches/1/rows_val.npy", npy(np.stack([swapped, y], axis=1)))
-    with pytest.raises(EnsembleInputError, match=r"branch 1: idx mismatch .*rows_val\.npy: 2 rows differ, first at row 3"):
+    with pytest.raises(
+        EnsembleInputError, match=r"branch 1: idx mismatch .*rows_val\.npy: 2 rows differ, first at row 3"
+    ):
         load_branch_outputs(storage, K, "val")
 
 
@@ -189,7 +195,9 @@ def test_evaluate_geometric_scores_and_writes_records(run):
     record = storage.read_json("ensemble/weights.json")
     assert record["method"] == "geometric" and record["p"] == 0.3
     assert record["weights"] == pytest.approx(w.tolist())
-    assert record["test_acc"] == pytest.approx(result.test["acc"]) and record["val_nll"] == pytest.approx(result.val["nll"])
+    assert record["test_acc"] == pytest.approx(result.test["acc"]) and record["val_nll"] == pytest.approx(
+        result.val["nll"]
+    )
     assert storage.read_json("ensemble/geometric.json") == record
 
     uniform = evaluate_ensemble(storage, K, "uniform")

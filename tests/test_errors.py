@@ -31,10 +31,26 @@ def all_error_classes() -> list[type]:
 def test_every_error_class_derives_from_the_one_base_and_pickles():
     classes = all_error_classes()
     names = {c.__name__ for c in classes}
-    assert {"ConfigError", "SourceError", "StorageError", "ManifestError", "SplitConflictError",
-            "BranchConflictError", "BranchFailedError", "EnsembleInputError", "PlacementError", "ReportError",
-            "SweepError", "WeightSearchError", "EnsembleLoadError", "PredictError", "BadInput", "LeaseHeldError",
-            "DDPFailedError", "NonFiniteError"} <= names
+    assert {
+        "ConfigError",
+        "SourceError",
+        "StorageError",
+        "ManifestError",
+        "SplitConflictError",
+        "BranchConflictError",
+        "BranchFailedError",
+        "EnsembleInputError",
+        "PlacementError",
+        "ReportError",
+        "SweepError",
+        "WeightSearchError",
+        "EnsembleLoadError",
+        "PredictError",
+        "BadInput",
+        "LeaseHeldError",
+        "DDPFailedError",
+        "NonFiniteError",
+    } <= names
     for cls in classes:
         error = cls({1: "FileNotFoundError: shard", 3: "boom"}) if cls is BranchFailedError else cls("what to fix")
         back = pickle.loads(pickle.dumps(error))

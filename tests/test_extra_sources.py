@@ -41,11 +41,18 @@ def box_average_u8(x: np.ndarray, fr: int, fc: int) -> np.ndarray:
 def sites(tmp_path_factory):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("sites")
-    a = {"train": (rng.integers(0, 256, (N_A, 8, 8), dtype=np.uint8), rng.integers(0, 10, N_A).astype(np.uint8)),
-         "test": (rng.integers(0, 256, (N_A_TEST, 8, 8), dtype=np.uint8), rng.integers(0, 10, N_A_TEST).astype(np.uint8))}
+    a = {
+        "train": (rng.integers(0, 256, (N_A, 8, 8), dtype=np.uint8), rng.integers(0, 10, N_A).astype(np.uint8)),
+        "test": (
+            rng.integers(0, 256, (N_A_TEST, 8, 8), dtype=np.uint8),
+            rng.integers(0, 10, N_A_TEST).astype(np.uint8),
+        ),
+    }
     b_full = rng.integers(0, 256, (N_B, 8, 8), dtype=np.uint8)
-    b = {"train": (box_average_u8(b_full, 2, 2), rng.integers(0, 10, N_B).astype(np.uint8)),
-         "test": (np.zeros((0, 4, 4), np.uint8), np.zeros(0, np.uint8))}  # site B's test split is never used
+    b = {
+        "train": (box_average_u8(b_full, 2, 2), rng.integers(0, 10, N_B).astype(np.uint8)),
+        "test": (np.zeros((0, 4, 4), np.uint8), np.zeros(0, np.uint8)),
+    }  # site B's test split is never used
     write_mnist_files(root / "a", a, gz=False)
     write_mnist_files(root / "b", b, gz=False)
     return root, a, b, b_full
@@ -106,7 +113,10 @@ def test_wrong_resolution_is_an_error_naming_the_source(ray_session, sites, tmp_
     root = sites[0]
     source, split, extra = _cfgs(root, transform="dct", rows=2, cols=1)  # 4x4 is not (8/fr, 8/fc) with fr | 2, fc | 1
     storage = RunStorage(str(tmp_path / "run"))
-    with pytest.raises(ValueError, match=r"extra_sources\[0\] \(mnist at .*/b\) has resolution 4x4.*8x8 \(fr=1, fc=1\), 4x8 \(fr=2, fc=1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"extra_sources\[0\] \(mnist at .*/b\) has resolution 4x4.*8x8 \(fr=1, fc=1\), 4x8 \(fr=2, fc=1\)",
+    ):
         split_dataset(source, split, storage, extra_sources=extra)
     assert not (tmp_path / "run").exists()
 
@@ -153,22 +163,28 @@ def test_cli_run_prints_sources_by_branches_and_reports_per_branch(ray_session, 
     monkeypatch.setenv("COLUMNS", "200")
     root = sites[0]
     config = tmp_path / "multires.yaml"
-    config.write_text(yaml.safe_dump({
-        "source": {"name": "mnist", "root": str(root / "a")},
-        "extra_sources": [{"name": "mnist", "root": str(root / "b")}],
-        "split": {"rows": 2, "cols": 2, "transform": "dct", "val_fraction": 0.25, "images_per_task": 100},
-        "model": {"name": "fc4"}, "train": {"epochs": 1, "batch_size": 32}, "ensemble": {"weights": "uniform"},
-        "ray": {"num_cpus": 2},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"name": "mnist", "root": str(root / "a")},
+                "extra_sources": [{"name": "mnist", "root": str(root / "b")}],
+                "split": {"rows": 2, "cols": 2, "transform": "dct", "val_fraction": 0.25, "images_per_task": 100},
+                "model": {"name": "fc4"},
+                "train": {"epochs": 1, "batch_size": 32},
+                "ensemble": {"weights": "uniform"},
+                "ray": {"num_cpus": 2},
+            }
+        )
+    )
     uri = str(tmp_path / "run")
     assert main(["run", "--config", str(config), "--storage", uri]) == 0
     out = capsys.readouterr().out
     n_train = N_A - round(0.25 * N_A)
-    table = out[out.index("train rows by source and branch"):]
+    table = out[out.index("train rows by source and branch") :]
     cells = lambda name: re.search(rf"{name} *│(.*)│", table)[1].replace(" ", "").split("│")  # noqa: E731
     assert cells("mnist 8x8")[:4] == [str(n_train)] * 4
     assert cells("mnist 4x4")[:4] == [str(N_B), "-", "-", "-"]
     report = (tmp_path / "run" / "report" / "report.md").read_text()
-    section = report[report.index("## Branches by source"):]
+    section = report[report.index("## Branches by source") :]
     assert f"| 0 | 0: mnist 8x8 ({n_train}); 1: mnist 4x4 ({N_B}) | {n_train + N_B} |" in section
     assert f"| 1 | 0: mnist 8x8 ({n_train}) | {n_train} |" in section

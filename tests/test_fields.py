@@ -26,17 +26,20 @@ class Demo(Section):
     limit: int | None = option(None, "a limit", ge=0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"count": 0}, "{key}.count must be >= 1, got 0"),  # ge
-    ({"rate": 0}, "{key}.rate must be in (0, 1], got 0.0"),  # gt (an int where a float is declared: converted)
-    ({"rate": 1.5}, "{key}.rate must be in (0, 1], got 1.5"),  # le
-    ({"share": 1.0}, "{key}.share must be in [0, 1), got 1.0"),  # lt
-    ({"limit": -1}, "{key}.limit must be >= 0, got -1"),  # bounds of an optional number
-    ({"mode": "c"}, "{key}.mode must be one of a, b, got 'c'"),  # choices
-    ({"count": "3"}, "config key {key}.count: expected int, got '3'"),  # the type, from the annotation
-    ({"count": True}, "config key {key}.count: expected int, got True"),  # YAML's true is not a number
-    ({"mode": None}, "config key {key}.mode: expected str, got None"),  # None only where the type allows it
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"count": 0}, "{key}.count must be >= 1, got 0"),  # ge
+        ({"rate": 0}, "{key}.rate must be in (0, 1], got 0.0"),  # gt (an int where a float is declared: converted)
+        ({"rate": 1.5}, "{key}.rate must be in (0, 1], got 1.5"),  # le
+        ({"share": 1.0}, "{key}.share must be in [0, 1), got 1.0"),  # lt
+        ({"limit": -1}, "{key}.limit must be >= 0, got -1"),  # bounds of an optional number
+        ({"mode": "c"}, "{key}.mode must be one of a, b, got 'c'"),  # choices
+        ({"count": "3"}, "config key {key}.count: expected int, got '3'"),  # the type, from the annotation
+        ({"count": True}, "config key {key}.count: expected int, got True"),  # YAML's true is not a number
+        ({"mode": None}, "config key {key}.mode: expected str, got None"),  # None only where the type allows it
+    ],
+)
 def test_each_kind_of_constraint_fails_naming_the_dotted_key(kwargs, message):
     with pytest.raises(ConfigError) as direct:
         Demo(**kwargs)  # constructed directly: named by its SECTION
@@ -58,32 +61,45 @@ def test_valid_values_pass_and_are_converted_as_declared():
         dataclasses.replace(t, epochs=0)
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"train.epochs": 0}, r"train\.epochs must be >= 1, got 0"),
-    ({"resources.cpus_per_branch": 0}, r"resources\.cpus_per_branch must be > 0, got 0\.0"),
-    ({"ensemble.p": 1}, r"ensemble\.p must be in \(0, 1\), got 1\.0"),
-    ({"split.dtype": "int4"}, r"split\.dtype must be one of uint8, float16, float32, got 'int4'"),
-    ({"sweep.mode": "best"}, r"sweep\.mode must be one of max, min, got 'best'"),
-    ({"source.synthetic.classes": 1}, r"source\.synthetic\.classes must be >= 2, got 1"),  # a nested section
-    ({"train.augment": "crop"}, r"config key train\.augment: expected a list, got 'crop'"),
-    ({"extra_sources": [{"name": "mnist"}, {"name": "mnist", "channels": 2}]},
-     r"extra_sources\[1\]\.channels must be one of 1, 3, got 2"),
-    ({"extra_sources": [{"name": "mnist"}, {"synthetic": {"width": 0}}]},
-     r"extra_sources\[1\]\.synthetic\.width must be >= 1, got 0"),  # a section nested in a list item
-    ({"extra_sources": [{"name": "imagefolder", "root": "/x", "skip_bad": True}]},
-     r"extra_sources\[0\]\.skip_bad is not supported"),  # a rule of the extra source's own
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train.epochs": 0}, r"train\.epochs must be >= 1, got 0"),
+        ({"resources.cpus_per_branch": 0}, r"resources\.cpus_per_branch must be > 0, got 0\.0"),
+        ({"ensemble.p": 1}, r"ensemble\.p must be in \(0, 1\), got 1\.0"),
+        ({"split.dtype": "int4"}, r"split\.dtype must be one of uint8, float16, float32, got 'int4'"),
+        ({"sweep.mode": "best"}, r"sweep\.mode must be one of max, min, got 'best'"),
+        ({"source.synthetic.classes": 1}, r"source\.synthetic\.classes must be >= 2, got 1"),  # a nested section
+        ({"train.augment": "crop"}, r"config key train\.augment: expected a list, got 'crop'"),
+        (
+            {"extra_sources": [{"name": "mnist"}, {"name": "mnist", "channels": 2}]},
+            r"extra_sources\[1\]\.channels must be one of 1, 3, got 2",
+        ),
+        (
+            {"extra_sources": [{"name": "mnist"}, {"synthetic": {"width": 0}}]},
+            r"extra_sources\[1\]\.synthetic\.width must be >= 1, got 0",
+        ),  # a section nested in a list item
+        (
+            {"extra_sources": [{"name": "imagefolder", "root": "/x", "skip_bad": True}]},
+            r"extra_sources\[0\]\.skip_bad is not supported",
+        ),  # a rule of the extra source's own
+    ],
+)
 def test_the_loader_names_the_dotted_key_of_every_section(override, message):
     with pytest.raises(ConfigError, match=rf"^config: {message}"):
         load_config(None, override)
 
 
 def test_cross_field_rules_name_the_key_they_check():
-    with pytest.raises(ConfigError, match=r"^split\.transform 'haar' needs K = rows\*cols to be a power of two, got K=3$"):
+    with pytest.raises(
+        ConfigError, match=r"^split\.transform 'haar' needs K = rows\*cols to be a power of two, got K=3$"
+    ):
         SplitConfig(rows=3, cols=1, transform="haar")
     with pytest.raises(ConfigError, match=r"^source 'imagefolder' needs source\.root "):
         SourceConfig(name="imagefolder")
-    with pytest.raises(ConfigError, match=r"^config: storage\.access_key_id and storage\.secret_access_key go together"):
+    with pytest.raises(
+        ConfigError, match=r"^config: storage\.access_key_id and storage\.secret_access_key go together"
+    ):
         load_config(None, {"storage.access_key_id": "AKIA"})
 
 

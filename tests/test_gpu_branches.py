@@ -26,16 +26,31 @@ print("ok")
 
 
 def test_the_gpu_path_never_imports_ray():
-    proc = subprocess.run([sys.executable, "-c", BLOCKED], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 def test_cpu_smoke_measures_every_row(tmp_path):
     out = tmp_path / "gpu_branches.json"
-    code = f"import sys; sys.modules['ray'] = None; from benchmarks.gpu_branches import main; main(['--cpu-smoke', '--out', {str(out)!r}])"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    code = (
+        "import sys; sys.modules['ray'] = None; from benchmarks.gpu_branches import main; "
+        f"main(['--cpu-smoke', '--out', {str(out)!r}])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "gpu_branches" and "--cpu-smoke" in doc["command"] and "torch" in doc["machine"]

@@ -20,8 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_smoke_writes_every_number(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path)}  # the JSON goes to $OUT/gpu_check.json
-    proc = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--models", "cnn8"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--models", "cnn8"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((tmp_path / "gpu_check.json").read_text())
     results = record["results"]  # benchmarks/_common.record's schema: the run's metadata around the numbers

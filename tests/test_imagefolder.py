@@ -38,9 +38,11 @@ def _folder(root: Path, held_out: str = "val", n: int = 3, size=(12, 10)) -> dic
     """root/{train,held_out}/{cat,dog}/: PNGs and upper-case .JPG files of one size; returns {split: [path]}."""
     rng, out = np.random.default_rng(0), {}
     for split in ("train", held_out):
-        out[split] = [_save(root / split / cls / f"{i}.{'JPG' if i % 2 else 'png'}", _img(rng, *size),
-                            "JPEG" if i % 2 else "PNG")
-                      for cls in ("cat", "dog") for i in range(n)]
+        out[split] = [
+            _save(root / split / cls / f"{i}.{'JPG' if i % 2 else 'png'}", _img(rng, *size), "JPEG" if i % 2 else "PNG")
+            for cls in ("cat", "dog")
+            for i in range(n)
+        ]
     return out
 
 
@@ -64,7 +66,8 @@ def test_listing_layout_and_labels(tmp_path):
     assert source.class_names == ["cat", "dog"] and source.folders == {"train": "train", "test": "val"}
     assert (source.count("train"), source.count("test")) == (7, 6)
     assert [source.uri_of("train", i) for i in range(7)] == sorted(map(str, files["train"][:3])) + sorted(
-        [*map(str, files["train"][3:]), str(tmp_path / "train" / "dog" / "nested" / "deep.jpeg")])
+        [*map(str, files["train"][3:]), str(tmp_path / "train" / "dog" / "nested" / "deep.jpeg")]
+    )
     _, y = source.read("train", 0, 7)
     np.testing.assert_array_equal(y, [0, 0, 0, 1, 1, 1, 1])
     assert source.describe()["counts"] == {"train": 7, "test": 6}
@@ -102,8 +105,11 @@ def test_common_size_is_used_and_different_sizes_are_an_error(tmp_path):
     source = make_source(SourceConfig(name="imagefolder", root=str(tmp_path), channels=1))
     assert (source.height, source.width, source.channels) == (12, 10, 1)
     odd = _save(tmp_path / "val" / "dog" / "z.png", _img(np.random.default_rng(0), 14, 10))
-    with pytest.raises(SourceError, match=rf"images differ in size \(.*/train/cat/0.png is 10x12, {odd} is 10x14.*"
-                                          r"source\.image_size is unset: set it"):
+    with pytest.raises(
+        SourceError,
+        match=rf"images differ in size \(.*/train/cat/0.png is 10x12, {odd} is 10x14.*"
+        r"source\.image_size is unset: set it",
+    ):
         make_source(SourceConfig(name="imagefolder", root=str(tmp_path)))
     assert make_source(SourceConfig(name="imagefolder", root=str(tmp_path), image_size=8)).height == 8
 
@@ -136,7 +142,9 @@ def test_s3_folder_uses_the_run_storage_endpoint(s3_endpoint, tmp_path, monkeypa
     files = _folder(tmp_path / "local", n=2)
     prefix, client = f"imgs-{uuid.uuid4().hex[:8]}", boto3.client("s3", endpoint_url=s3_endpoint)
     for p in (p for ps in files.values() for p in ps):
-        client.put_object(Bucket="test-bucket", Key=f"{prefix}/{p.relative_to(tmp_path / 'local')}", Body=p.read_bytes())
+        client.put_object(
+            Bucket="test-bucket", Key=f"{prefix}/{p.relative_to(tmp_path / 'local')}", Body=p.read_bytes()
+        )
     run = RunStorage("s3://test-bucket/run", endpoint_url=s3_endpoint)
     source = make_source(SourceConfig(name="imagefolder", root=f"s3://test-bucket/{prefix}", image_size=6), run)
     assert source.class_names == ["cat", "dog"] and (source.count("train"), source.count("test")) == (4, 4)
@@ -159,9 +167,16 @@ def test_split_through_ray_with_skip_bad(ray_session, tmp_path, caplog, capfd):
                 _save(src / split / cls / f"{i}.jpg", _img(rng, 8 + i, 11 + 2 * i, gray=i % 3 == 0), "JPEG")
     bad = [_truncated_jpeg(src / "train" / "b" / "x.jpg", rng), src / "test" / "c" / "y.png"]
     bad[1].write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    cfg = tiny_config(str(tmp_path / "run"), **{"source.name": "imagefolder", "source.root": str(src),
-                                                 "source.image_size": 8, "source.skip_bad": True,
-                                                 "split.images_per_task": 7})
+    cfg = tiny_config(
+        str(tmp_path / "run"),
+        **{
+            "source.name": "imagefolder",
+            "source.root": str(src),
+            "source.image_size": 8,
+            "source.skip_bad": True,
+            "split.images_per_task": 7,
+        },
+    )
     storage = RunStorage(cfg.storage.uri)
     strict = tmp_path / "strict.yaml"
     strict.write_text(yaml.safe_dump(cfg.replace(**{"source.skip_bad": False}).to_dict()))

@@ -33,8 +33,18 @@ def test_forward_is_split_then_storage_then_normalise_then_weighted_branches(dty
     offset, scale = (np.asarray([c[f] for c in codec], np.float32) for f in ("offset", "scale"))
     branches = [nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 3, 5)) for _ in range(4)]
     w = [0.1, 0.2, 0.3, 0.4]
-    model = SpectralEnsemble(rows=2, cols=2, matrix=t, dtype=dtype, mean=mean, std=std, branches=branches, weights=w,
-                             offset=offset, scale=scale)
+    model = SpectralEnsemble(
+        rows=2,
+        cols=2,
+        matrix=t,
+        dtype=dtype,
+        mean=mean,
+        std=std,
+        branches=branches,
+        weights=w,
+        offset=offset,
+        scale=scale,
+    )
     x = torch.rand(6, 3, 4, 6)  # (N, C, H, W)
     s = spectral_components(x.numpy(), 2, 2, t.astype(np.float32))  # (N, K, C, 2, 3), numpy: the split's own path
     expected = 0
@@ -170,8 +180,14 @@ def test_export_loads_without_the_project_for_any_batch(trained_tiny_run, tmp_pa
     x, _ = raw_test_split(cfg)
     np.save(tmp_path / "x.npy", x.numpy())
     (tmp_path / "loader.py").write_text(LOADER)
-    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "loader.py"), str(out), str(tmp_path / "x.npy")],
-                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-I", str(tmp_path / "loader.py"), str(out), str(tmp_path / "x.npy")],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["leaked"] == []

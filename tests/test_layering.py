@@ -65,7 +65,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(name: str) -> list[str] | None:
         if name in path:
-            return path[path.index(name):] + [name]
+            return path[path.index(name) :] + [name]
         if name in done:
             return None
         path.append(name)
@@ -104,8 +104,12 @@ def test_the_cycle_check_sees_lazy_and_type_only_imports(tmp_path):
     (pkg / "a.py").write_text("from data_split import b\n")  # b is a module: an edge to it, not to the package
     (pkg / "b.py").write_text("def f():\n    from data_split.c import g\n")
     (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from data_split.a import x\n")
-    assert import_graph(tmp_path) == {"data_split": set(), "data_split.a": {"data_split.b"},
-                                      "data_split.b": {"data_split.c"}, "data_split.c": {"data_split.a"}}
+    assert import_graph(tmp_path) == {
+        "data_split": set(),
+        "data_split.a": {"data_split.b"},
+        "data_split.b": {"data_split.c"},
+        "data_split.c": {"data_split.a"},
+    }
     assert find_cycle(import_graph(tmp_path)) == ["data_split.a", "data_split.b", "data_split.c", "data_split.a"]
     (pkg / "c.py").write_text("import numpy\n")
     assert find_cycle(import_graph(tmp_path)) is None
@@ -115,9 +119,14 @@ PRIVATE_ACROSS_PACKAGES = {"branches._faults"}  # test-only fault injection, cal
 
 
 def test_underscore_modules_are_imported_only_by_their_own_package():
-    crossing = sorted(f"{name} imports {target}" for name, targets in import_graph().items() for target in targets
-                      if target not in PRIVATE_ACROSS_PACKAGES and target.split(".")[0] != name.split(".")[0]
-                      and any(part.startswith("_") for part in target.split(".")[1:]))
+    crossing = sorted(
+        f"{name} imports {target}"
+        for name, targets in import_graph().items()
+        for target in targets
+        if target not in PRIVATE_ACROSS_PACKAGES
+        and target.split(".")[0] != name.split(".")[0]
+        and any(part.startswith("_") for part in target.split(".")[1:])
+    )
     assert crossing == [], "a module used by another package is public: drop its underscore"
 
 

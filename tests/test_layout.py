@@ -13,8 +13,10 @@ from data_split.storage import RunStorage
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("data_split", "branches", "tune", "inference", "orchestrator")
 # string literals that spell a path of docs/storage.md (docstrings and comments aside)
-RUN_PATH_RE = re.compile(r"""["'](?:data/|branches/|ensemble/|report/|tune/|baseline/|baseline-ddp)|metrics\.jsonl["']|"""
-                         r"""result\.json["']|manifest\.json["']|lease\.json["']|placement\.json["']|logits_\{""")
+RUN_PATH_RE = re.compile(
+    r"""["'](?:data/|branches/|ensemble/|report/|tune/|baseline/|baseline-ddp)|metrics\.jsonl["']|"""
+    r"""result\.json["']|manifest\.json["']|lease\.json["']|placement\.json["']|logits_\{"""
+)
 
 
 def code_lines(path: Path) -> list[tuple[int, str]]:
@@ -33,10 +35,15 @@ def code_lines(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_module_but_the_layout_spells_a_run_path():
-    offenders = [f"{p.relative_to(REPO)}:{n}: {line.strip()}"
-                 for package in PACKAGES if (REPO / package).is_dir()
-                 for p in sorted((REPO / package).rglob("*.py")) if p != REPO / "data_split" / "layout.py"
-                 for n, line in code_lines(p) if RUN_PATH_RE.search(line)]
+    offenders = [
+        f"{p.relative_to(REPO)}:{n}: {line.strip()}"
+        for package in PACKAGES
+        if (REPO / package).is_dir()
+        for p in sorted((REPO / package).rglob("*.py"))
+        if p != REPO / "data_split" / "layout.py"
+        for n, line in code_lines(p)
+        if RUN_PATH_RE.search(line)
+    ]
     assert not offenders, "run paths spelled outside data_split/layout.py:\n" + "\n".join(offenders)
 
 

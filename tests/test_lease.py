@@ -30,8 +30,15 @@ HOST = socket.gethostname()
 
 
 def _lease(**kw) -> dict:
-    return {"host": "other-host", "pid": 4242, "started": 100.0, "heartbeat": 100.0, "command": "spectral run",
-            "token": "theirs", **kw}
+    return {
+        "host": "other-host",
+        "pid": 4242,
+        "started": 100.0,
+        "heartbeat": 100.0,
+        "command": "spectral run",
+        "token": "theirs",
+        **kw,
+    }
 
 
 def _decide(current, now=110.0, alive=True):
@@ -63,8 +70,11 @@ def storage(request, tmp_path):
 def test_second_driver_is_refused_naming_the_holder(storage):
     with hold_lease(storage, "spectral run --config a.yaml", timeout_s=30) as held:
         stored = storage.read_json(LEASE_FILE)
-        assert {k: stored[k] for k in ("host", "pid", "command")} == {"host": HOST, "pid": os.getpid(),
-                                                                      "command": "spectral run --config a.yaml"}
+        assert {k: stored[k] for k in ("host", "pid", "command")} == {
+            "host": HOST,
+            "pid": os.getpid(),
+            "command": "spectral run --config a.yaml",
+        }
         with hold_lease(storage, "nested step"):  # the same driver calling another step: re-entrant
             assert storage.read_json(LEASE_FILE)["token"] == held.body["token"]
         second = Lease(storage, "spectral split --overwrite", timeout_s=30)
@@ -96,12 +106,17 @@ def test_lease_of_a_killed_driver_on_this_host_is_taken_over_at_once(tmp_path):
 def test_heartbeat_advances_while_held(storage):
     with hold_lease(storage, "spectral run", timeout_s=0.4):
         first = storage.read_json(LEASE_FILE)["heartbeat"]
-        renewed = wait_until(lambda: (lease := storage.read_json(LEASE_FILE))["heartbeat"] != first and lease,
-                             timeout_s=30, what="the heartbeat renewed")
+        renewed = wait_until(
+            lambda: (lease := storage.read_json(LEASE_FILE))["heartbeat"] != first and lease,
+            timeout_s=30,
+            what="the heartbeat renewed",
+        )
     # a driver arriving once the first heartbeat is stale still finds the lease live: it was renewed
     assert renewed["heartbeat"] > first
-    assert decide(renewed, token="other", now=first + 0.41, timeout_s=0.4, host="other-host",
-                  pid_alive=lambda pid: True) is Decision.REFUSE
+    assert (
+        decide(renewed, token="other", now=first + 0.41, timeout_s=0.4, host="other-host", pid_alive=lambda pid: True)
+        is Decision.REFUSE
+    )
 
 
 def test_s3_writes_are_compare_and_swap(s3_endpoint):
@@ -121,9 +136,23 @@ def test_cli_refuses_a_second_driver(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
     with hold_lease(storage, "spectral run --config first.yaml", timeout_s=30):
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "split", "--storage", storage.uri,
-                               "--set", "source.name=synthetic", "--overwrite"],
-                              capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "split",
+                "--storage",
+                storage.uri,
+                "--set",
+                "source.name=synthetic",
+                "--overwrite",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "300"},
+        )
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "LeaseHeldError" in proc.stderr and "spectral run --config first.yaml" in proc.stderr
         assert f"pid {os.getpid()}" in proc.stderr and "error:" not in proc.stdout

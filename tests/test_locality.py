@@ -46,21 +46,30 @@ DRIVER = textwrap.dedent("""
 
 
 def _drive(address: str, a, b, run, resource: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", DRIVER, address, str(a), str(b), str(run), resource],
-                          env=ray_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, address, str(a), str(b), str(run), resource],
+        env=ray_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("sites")
-    a = {"train": (rng.integers(0, 256, (60, 8, 8), dtype=np.uint8), rng.integers(0, 10, 60).astype(np.uint8)),
-         "test": (rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), rng.integers(0, 10, 20).astype(np.uint8))}
-    b = {"train": (rng.integers(0, 256, (80, 4, 4), dtype=np.uint8), rng.integers(0, 10, 80).astype(np.uint8)),
-         "test": (np.zeros((0, 4, 4), np.uint8), np.zeros(0, np.uint8))}
+    a = {
+        "train": (rng.integers(0, 256, (60, 8, 8), dtype=np.uint8), rng.integers(0, 10, 60).astype(np.uint8)),
+        "test": (rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), rng.integers(0, 10, 20).astype(np.uint8)),
+    }
+    b = {
+        "train": (rng.integers(0, 256, (80, 4, 4), dtype=np.uint8), rng.integers(0, 10, 80).astype(np.uint8)),
+        "test": (np.zeros((0, 4, 4), np.uint8), np.zeros(0, np.uint8)),
+    }
     write_mnist_files(root / "a", a, gz=False)
     write_mnist_files(root / "b", b, gz=False)
     return root

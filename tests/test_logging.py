@@ -11,8 +11,10 @@ from orchestrator import _logging
 from orchestrator._logging import LIBRARY_LOGGERS, OUR_LOGGERS, add_secrets, configure_logging, mask
 
 KEY_ID, SECRET = "AKIATESTKEY0123456789", "s3cr3t/Value+With=Chars"
-SIGNED = ("Sending http request: <AWSPreparedRequest headers={'Authorization': b'AWS4-HMAC-SHA256 "
-          "Credential=OTHERKEYID9876/20261202/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=abc'}>")
+SIGNED = (
+    "Sending http request: <AWSPreparedRequest headers={'Authorization': b'AWS4-HMAC-SHA256 "
+    "Credential=OTHERKEYID9876/20261202/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=abc'}>"
+)
 
 
 @pytest.fixture

@@ -43,36 +43,66 @@ EPOCHS = 2
 
 
 def job_config(path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "source": {"name": "synthetic", "synthetic": {"train": 400, "test": 100, "height": 8, "width": 8, "classes": 4}},
-        "split": {"rows": 2, "cols": 2},
-        "model": {"name": "fc4"},
-        "train": {"epochs": EPOCHS, "batch_size": 64},
-        # 1 CPU per branch on 2-CPU nodes: at most 2 branches per node, so 4 branches need both nodes.
-        "resources": {"gpus_per_branch": 0, "cpus_per_branch": 1, "max_restarts": 1},
-        "ensemble": {"weights": "geometric"},
-        # docs/clusters.md's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
-        "ray": {"address": "auto"},
-        # The loopback S3's fake keys, from the config only (nothing in the environment to fall back on).
-        "storage": {"access_key_id": os.environ["AWS_ACCESS_KEY_ID"], "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "source": {
+                    "name": "synthetic",
+                    "synthetic": {"train": 400, "test": 100, "height": 8, "width": 8, "classes": 4},
+                },
+                "split": {"rows": 2, "cols": 2},
+                "model": {"name": "fc4"},
+                "train": {"epochs": EPOCHS, "batch_size": 64},
+                # 1 CPU per branch on 2-CPU nodes: at most 2 branches per node, so 4 branches need both nodes.
+                "resources": {"gpus_per_branch": 0, "cpus_per_branch": 1, "max_restarts": 1},
+                "ensemble": {"weights": "geometric"},
+                # docs/clusters.md's "auto" (join the cluster this process runs on): inside a job, through RAY_ADDRESS.
+                "ray": {"address": "auto"},
+                # The loopback S3's fake keys, from the config only (nothing in the environment to fall back on).
+                "storage": {
+                    "access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+                    "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
+                },
+            }
+        )
+    )
     return path
 
 
-def submit_command(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, *then: str,
-                   **env_vars: str) -> list[str]:
+def submit_command(
+    cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, *then: str, **env_vars: str
+) -> list[str]:
     """``ray job submit`` of ``spectral run``, then of each CLI command in ``then`` on the same run (one job:
     one submission's overhead); ``env_vars`` go to the job, no AWS keys (the config holds them)."""
     runtime_env = {"env_vars": {"AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", **env_vars}}
     common = ["--config", str(config), "--storage", uri, "--set", f"storage.endpoint_url={endpoint}"]
     commands = [shlex.join(["spectral", *cmd.split()[:1], *common, *cmd.split()[1:]]) for cmd in ("run", *then)]
-    return [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
-            "--runtime-env-json", json.dumps(runtime_env), "--", "sh", "-c", " && ".join(commands)]
+    return [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "sh",
+        "-c",
+        " && ".join(commands),
+    ]
 
 
 def submit(cluster: TwoNodeCluster, config: Path, uri: str, endpoint: str, *then: str) -> subprocess.CompletedProcess:
-    return subprocess.run(submit_command(cluster, config, uri, endpoint, *then), env=ray_env(), capture_output=True,
-                          text=True, timeout=900, cwd=REPO)
+    return subprocess.run(
+        submit_command(cluster, config, uri, endpoint, *then),
+        env=ray_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
 
 
 def npy(storage: RunStorage, rel: str) -> np.ndarray:
@@ -82,8 +112,13 @@ def npy(storage: RunStorage, rel: str) -> np.ndarray:
 def test_branches_spread_over_two_nodes_and_read_only_their_shards_from_s3(two_node_cluster, s3_endpoint, tmp_path):
     uri = f"s3://test-bucket/{uuid.uuid4().hex}/run"
     # The run, then the DDP baseline of the same run in the same job: Ray Train inside a job, on S3.
-    proc = submit(two_node_cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint,
-                  "baseline --set baseline.engine=ddp --set baseline.workers=2")
+    proc = submit(
+        two_node_cluster,
+        job_config(tmp_path / "job.yaml"),
+        uri,
+        s3_endpoint,
+        "baseline --set baseline.engine=ddp --set baseline.workers=2",
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout
     assert "Ray Train DDP, 2 workers, gloo" in proc.stdout  # the baseline's CLI summary line
@@ -178,8 +213,14 @@ API_ATTEMPT_TIMEOUT_S = 300  # a run takes ~1 min here; a Ray Client whose serve
 def drive(driver: str, config: Path, address: str, env: dict, run_dir: Path) -> subprocess.CompletedProcess:
     for _ in (1, 2):
         try:
-            proc = subprocess.run([sys.executable, "-c", driver, str(config), address, str(run_dir)],
-                                  env=env, capture_output=True, text=True, timeout=API_ATTEMPT_TIMEOUT_S, cwd=REPO)
+            proc = subprocess.run(
+                [sys.executable, "-c", driver, str(config), address, str(run_dir)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=API_ATTEMPT_TIMEOUT_S,
+                cwd=REPO,
+            )
         except subprocess.TimeoutExpired as e:  # its output comes as bytes, text=True or not
             out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
             proc = subprocess.CompletedProcess(e.cmd, -1, out, err)

@@ -11,7 +11,13 @@ from data_split.transforms import TRANSFORMS, spectral_components, split_matrix
 from orchestrator.config import ConfigError, from_dict
 
 # (transform, r, c, fr, fc): the cases the issue names, plus a 4x box average.
-EXACT_CASES = [("dct", 2, 2, 2, 2), ("dct", 4, 4, 2, 2), ("dct", 4, 4, 4, 4), ("haar2", 4, 4, 2, 2), ("haar2", 4, 4, 4, 4)]
+EXACT_CASES = [
+    ("dct", 2, 2, 2, 2),
+    ("dct", 4, 4, 2, 2),
+    ("dct", 4, 4, 4, 4),
+    ("haar2", 4, 4, 2, 2),
+    ("haar2", 4, 4, 4, 4),
+]
 
 
 def box_average(x: np.ndarray, fr: int, fc: int) -> np.ndarray:
@@ -97,7 +103,11 @@ def test_reduction_factors_and_errors():
 def test_source_that_feeds_nothing_is_an_error_that_says_why():
     with pytest.raises(ValueError, match=r"extra_sources\[1\].*feeds no branch.*'identity'.*constant on 2x2 blocks"):
         plan_extra_source(split_matrix("identity", 2, 2), 2, 2, (28, 28), (14, 14), "extra_sources[1]", "identity")
-    assert plan_extra_source(split_matrix("haar2", 4, 4), 4, 4, (28, 28), (14, 14), "e", "haar2") == (2, 2, [0, 1, 4, 5])
+    assert plan_extra_source(split_matrix("haar2", 4, 4), 4, 4, (28, 28), (14, 14), "e", "haar2") == (
+        2,
+        2,
+        [0, 1, 4, 5],
+    )
 
 
 def test_extra_sources_config():

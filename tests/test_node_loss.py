@@ -3,8 +3,9 @@ mid-training. This test is the cluster's last user (``breaks_shared_cluster``): 
 
 Every branch stops after its epoch-1 checkpoint is on S3 (``tests/holds.Hold``), so the kill lands at
 a known point: the two branches on the second node have exactly one complete epoch. Ray's health checks
-are shortened on the head (``ray_cluster.FAST_NODE_DEATH``) so the node is declared dead in seconds; the lost branch actors are restarted on the head, resume from their S3 checkpoints, and the run
-finishes with continuous epochs and every output of docs/storage.md.
+are shortened on the head (``ray_cluster.FAST_NODE_DEATH``) so the node is declared dead in seconds; the
+lost branch actors are restarted on the head, resume from their S3 checkpoints, and the run finishes with
+continuous epochs and every output of docs/storage.md.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def test_branches_of_a_lost_node_resume_on_the_survivor(two_node_cluster, s3_end
     cluster = two_node_cluster
     nodes = {n["node_id"]: n for n in cluster.nodes()}
     head_id = next(i for i, n in nodes.items() if n["is_head_node"])
-    cmd = submit_command(cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint,
-                         **{FAULTS_ENV: os.environ[FAULTS_ENV]})
+    cmd = submit_command(
+        cluster, job_config(tmp_path / "job.yaml"), uri, s3_endpoint, **{FAULTS_ENV: os.environ[FAULTS_ENV]}
+    )
     hold = Hold(uri, epoch=1)  # every branch waits after its epoch-1 checkpoint
     job = subprocess.Popen(cmd, env=ray_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
     try:

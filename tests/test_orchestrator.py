@@ -40,7 +40,9 @@ def test_run_trains_every_branch_in_isolation(finished_job, tmp_path):
         assert all(re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f) for f in data_files), data_files
         assert res["placement"]["pid"] != os.getpid()
         assert metric_epochs(storage, k) == [1, 2]
-        times = [json.loads(line)["time"] for line in storage.read_bytes(f"branches/{k}/metrics.jsonl").decode().splitlines()]
+        times = [
+            json.loads(line)["time"] for line in storage.read_bytes(f"branches/{k}/metrics.jsonl").decode().splitlines()
+        ]
         assert res["started"] < times[0] < times[1]  # the launcher's start, then each epoch's end
         for split in ("val", "test"):
             assert storage.exists(f"branches/{k}/logits_{split}.npy")
@@ -64,7 +66,9 @@ def test_run_trains_every_branch_in_isolation(finished_job, tmp_path):
 
 def test_rerun_skips_finished_branches_and_resumes_unfinished(finished_job, tmp_path):
     done, _ = finished_job
-    shutil.copytree(RunStorage.from_config(done.storage).path(), tmp_path / "run")  # a copy of the finished job, to break
+    shutil.copytree(
+        RunStorage.from_config(done.storage).path(), tmp_path / "run"
+    )  # a copy of the finished job, to break
     tiny_cfg = done.replace(**{"storage.uri": str(tmp_path / "run"), "ensemble.weights": "uniform"})  # no 2nd search
     storage = RunStorage.from_config(tiny_cfg.storage)
     # Branch 2 "crashed" after its first epoch: no result, no epoch-2 checkpoint or metrics line.
@@ -82,8 +86,9 @@ def test_rerun_skips_finished_branches_and_resumes_unfinished(finished_job, tmp_
 
 
 def test_killed_branch_process_restarts_and_resumes(ray_session, tmp_path):
-    cfg = tiny_config(str(tmp_path / "run"), **{"split.rows": 1, "split.cols": 2, "train.epochs": 4,
-                                                  "resources.max_restarts": 2})
+    cfg = tiny_config(
+        str(tmp_path / "run"), **{"split.rows": 1, "split.cols": 2, "train.epochs": 4, "resources.max_restarts": 2}
+    )
     api.split(cfg)
     killed: dict = {}
     with Hold(cfg.storage.uri, epoch=2, branch=0) as hold:  # branch 0 waits after epoch 2's checkpoint
@@ -107,7 +112,9 @@ def test_killed_branch_process_restarts_and_resumes(ray_session, tmp_path):
     shutil.copytree(tmp_path / "run/data", tmp_path / "straight/data")
     train_branch(straight, 0, cfg.model, cfg.train)
     for split in ("val", "test"):
-        assert storage.read_bytes(f"branches/0/logits_{split}.npy") == straight.read_bytes(f"branches/0/logits_{split}.npy")
+        assert storage.read_bytes(f"branches/0/logits_{split}.npy") == straight.read_bytes(
+            f"branches/0/logits_{split}.npy"
+        )
 
 
 def test_branch_failing_past_its_limit_fails_the_run_and_keeps_the_others(ray_session, tmp_path):
@@ -142,7 +149,9 @@ def test_packed_run_trains_four_branches_in_one_actor_with_per_branch_outputs(fi
     for k, res in sorted(outcome.results.items()):
         assert res["packed_with"] == [0, 1, 2, 3] == storage.read_json(f"branches/{k}/result.json")["packed_with"]
         data_files = [f for f in res["isolation"]["files_read"] if f.startswith("data/") and f.endswith(".parquet")]
-        assert data_files and all(re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f) for f in data_files)
+        assert data_files and all(
+            re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f) for f in data_files
+        )
         assert res["isolation"]["bytes_sent_to_other_branches"] == 0
         assert storage.read_json(f"branches/{k}/placement.json")["isolation"] == res["isolation"]
         want = train_branch(alone, k, cfg.model, cfg.train)  # the same branch unpacked, in this process

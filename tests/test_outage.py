@@ -95,9 +95,13 @@ def _reached(hold: Hold, proc: subprocess.Popen, log: Path) -> None:
 
 def _logged(proc: subprocess.Popen, log: Path, text: str, timeout_s: float = 120) -> None:
     """Wait (with a deadline) until the driver's output has ``text``; fail if the driver ends first."""
-    wait_until(lambda: text in " ".join(log.read_text().split()),  # rich wraps long log lines
-               timeout_s=timeout_s, what=f"the driver logged {text!r}", alive=lambda: proc.poll() is None,
-               detail=lambda: log.read_text()[-3000:])
+    wait_until(
+        lambda: text in " ".join(log.read_text().split()),  # rich wraps long log lines
+        timeout_s=timeout_s,
+        what=f"the driver logged {text!r}",
+        alive=lambda: proc.poll() is None,
+        detail=lambda: log.read_text()[-3000:],
+    )
 
 
 def _spectral_run(config: Path, log: Path, *sets: str) -> subprocess.Popen:
@@ -118,15 +122,18 @@ def _finish(proc: subprocess.Popen, timeout_s: float = 300) -> int:
 
 
 def _epochs(storage: RunStorage, k: int) -> list[int]:
-    return [json.loads(line)["epoch"] for line in storage.read_bytes(f"branches/{k}/metrics.jsonl").decode().splitlines()]
+    return [
+        json.loads(line)["epoch"] for line in storage.read_bytes(f"branches/{k}/metrics.jsonl").decode().splitlines()
+    ]
 
 
 def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_path):
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
     uri = f"s3://{bucket}/run"
-    cfg = tiny_config(uri, **{"storage.endpoint_url": s3.endpoint, "train.epochs": EPOCHS, "split.rows": 1,
-                              "train.data": "stream"})
+    cfg = tiny_config(
+        uri, **{"storage.endpoint_url": s3.endpoint, "train.epochs": EPOCHS, "split.rows": 1, "train.data": "stream"}
+    )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     storage = RunStorage(uri, s3.endpoint)
@@ -158,7 +165,9 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     finished_after_outage_s = time.monotonic() - t0
     out = " ".join((tmp_path / "second.log").read_text().split())  # rich wraps long log lines
     assert "retry" in out and s3.endpoint in out  # the retries were logged, naming the endpoint
-    assert re.search(r"(open|read row group \d+ of) s3://\S+/data/train/branch=0/part", out), out[-3000:]  # a shard read
+    assert re.search(r"(open|read row group \d+ of) s3://\S+/data/train/branch=0/part", out), out[
+        -3000:
+    ]  # a shard read
 
     result = storage.read_json("branches/0/result.json")
     assert result["resumed_from_epoch"] == 1 and result["data_mode"] == "stream"
@@ -178,8 +187,11 @@ def test_interrupted_put_leaves_no_object(s3):
     storage.write_bytes("branches/0/checkpoints/epoch=1.pt", b"old")
     body = b"x" * 10_000
     with socket.create_connection(("127.0.0.1", s3.port)) as sock:
-        sock.sendall(f"PUT /{bucket}/run/branches/0/checkpoints/epoch=2.pt HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
-                     f"Content-Length: {2 * len(body)}\r\n\r\n".encode() + body)
+        sock.sendall(
+            f"PUT /{bucket}/run/branches/0/checkpoints/epoch=2.pt HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+            f"Content-Length: {2 * len(body)}\r\n\r\n".encode()
+            + body
+        )
     boto3.client("s3", endpoint_url=s3.endpoint).put_object(Bucket=bucket, Key="barrier", Body=b"")  # server moved on
     assert storage.ls("branches/0/checkpoints") == ["epoch=1.pt"]
     with pytest.raises(FileNotFoundError):
@@ -191,8 +203,16 @@ def test_writer_killed_mid_write_leaves_the_old_file_and_a_hidden_leftover(tmp_p
     from branches.checkpoint import find_resume_point, save_checkpoint
 
     storage = RunStorage(str(tmp_path / "run"))
-    state = {"epoch": 1, "model": {}, "optimizer": {}, "scheduler": {}, "rng": {}, "model_config": {},
-             "train_config": {}, "history": []}
+    state = {
+        "epoch": 1,
+        "model": {},
+        "optimizer": {},
+        "scheduler": {},
+        "rng": {},
+        "model_config": {},
+        "train_config": {},
+        "history": [],
+    }
     save_checkpoint(storage, 0, state)
     script = (
         "import os, signal, sys\n"
@@ -220,7 +240,7 @@ def _on_s3(s3: RestartableS3, local: RunStorage, budget_s: float) -> RunStorage:
     boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
     run = RunStorage(f"s3://{bucket}/run", s3.endpoint, retry_budget_s=budget_s)
     for path in local.fs.find(local.root):
-        run.write_bytes(path[len(local.root) + 1:], local.fs.cat_file(path))
+        run.write_bytes(path[len(local.root) + 1 :], local.fs.cat_file(path))
     return run
 
 
@@ -241,8 +261,12 @@ def _during_outage(s3: RestartableS3, call, caplog) -> dict:
     with caplog.at_level(logging.WARNING, logger="data_split.storage"):
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        wait_until(lambda: "retry 1" in caplog.text, timeout_s=60, what="the call retried during the outage",
-                   alive=worker.is_alive)
+        wait_until(
+            lambda: "retry 1" in caplog.text,
+            timeout_s=60,
+            what="the call retried during the outage",
+            alive=worker.is_alive,
+        )
         s3.start()
         worker.join(timeout=120)
     assert not worker.is_alive() and "error" not in outcome, outcome

@@ -15,8 +15,11 @@ from branches.train import make_optimizer
 
 P, N, SHAPE, CLASSES = 3, 8, (1, 4, 4), 5
 WIDTH = {"cnn8": 4}  # a narrow cnn8 keeps the test fast; the registry's other models have fixed widths
-OPTIMIZERS = [TrainConfig(optimizer="adam"), TrainConfig(optimizer="adamw", weight_decay=0.1),
-              TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)]
+OPTIMIZERS = [
+    TrainConfig(optimizer="adam"),
+    TrainConfig(optimizer="adamw", weight_decay=0.1),
+    TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3),
+]
 
 
 def members(name: str) -> list[nn.Module]:

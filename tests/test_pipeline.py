@@ -156,8 +156,10 @@ def test_float16_split_stores_the_values(ray_session, tmp_path):
 
 def test_version_1_manifest_says_how_to_resplit(tmp_path):
     storage = RunStorage(str(tmp_path / "old"))
-    storage.write_json(MANIFEST, {"version": 1, "config_hash": "x", "source": {}, "split": {}, "val_fraction": 0.1,
-                                  "seed": 0, "branches": []})
+    storage.write_json(
+        MANIFEST,
+        {"version": 1, "config_hash": "x", "source": {}, "split": {}, "val_fraction": 0.1, "seed": 0, "branches": []},
+    )
     with pytest.raises(ManifestError, match=r"storage version 1 .*spectral split .*--overwrite"):
         load_manifest(storage)
 
@@ -168,7 +170,9 @@ def test_parquet_readable_by_ray_data(written):
 
     cfg, _, result, run = written
     # The whole val split in one read, branch as a typed hive partition column (branch=<k> folders).
-    ds = ray.data.read_parquet(str(run / "data" / "val"), partitioning=Partitioning("hive", field_types={"branch": int}))
+    ds = ray.data.read_parquet(
+        str(run / "data" / "val"), partitioning=Partitioning("hive", field_types={"branch": int})
+    )
     batch = ds.take_batch(10_000, batch_format="numpy")
     batch["x"] = np.frombuffer(b"".join(batch["x"]), np.uint8).reshape(-1, 1, 4, 4)  # bytes per row: the codes
     assert len(batch["x"]) == len(batch["idx"])
@@ -200,7 +204,9 @@ def test_every_index_once_and_splits_disjoint(written):
         np.testing.assert_array_equal(np.sort(np.concatenate([got["train"], got["val"]])), np.arange(n_train))
         np.testing.assert_array_equal(got["test"], np.arange(n_test))
         # The carve is the seeded mask, identical in every branch.
-        np.testing.assert_array_equal(got["val"], np.flatnonzero(val_mask(n_train, cfg.split.val_fraction, cfg.split.seed)))
+        np.testing.assert_array_equal(
+            got["val"], np.flatnonzero(val_mask(n_train, cfg.split.val_fraction, cfg.split.seed))
+        )
 
 
 def test_val_carve_is_seeded():
@@ -260,8 +266,17 @@ def test_manifest_fields(written):
     assert src["class_names"] == ["0", "1", "2", "3"]
     (main,) = m["sources"]
     nodes = main.pop("nodes")  # the Ray node ids whose tasks read the source
-    assert main == {"src": 0, "name": "synthetic", "root": None, "limit": None, "resolution": [8, 8], "factors": [1, 1],
-                    "counts": {"train": 400, "test": 100}, "branches": [0, 1, 2, 3], "resources": {}}
+    assert main == {
+        "src": 0,
+        "name": "synthetic",
+        "root": None,
+        "limit": None,
+        "resolution": [8, 8],
+        "factors": [1, 1],
+        "counts": {"train": 400, "test": 100},
+        "branches": [0, 1, 2, 3],
+        "resources": {},
+    }
     assert nodes and all(isinstance(n, str) and len(n) == 56 for n in nodes)
     sp = m["split"]
     assert (sp["r"], sp["c"], sp["K"], sp["transform"], sp["dtype"]) == (2, 2, 4, "dct", "uint8")
@@ -346,8 +361,15 @@ def test_config_hash_covers_content_only():
     cfg = tiny_config("/tmp/a")
     base = config_hash(cfg.source, cfg.split)
     assert base == config_hash(tiny_config("/elsewhere").source, tiny_config("/elsewhere").split)  # not the URI
-    for key, value in [("split.transform", "identity"), ("split.dtype", "float16"), ("split.rows", 4), ("split.val_fraction", 0.2),
-                       ("split.seed", 1), ("source.limit", 10), ("source.synthetic.seed", 3)]:
+    for key, value in [
+        ("split.transform", "identity"),
+        ("split.dtype", "float16"),
+        ("split.rows", 4),
+        ("split.val_fraction", 0.2),
+        ("split.seed", 1),
+        ("source.limit", 10),
+        ("source.synthetic.seed", 3),
+    ]:
         other = tiny_config("/tmp/a", **{key: value})
         assert config_hash(other.source, other.split) != base, key
 
@@ -385,8 +407,11 @@ def test_interrupted_split_is_redone(ray_session, tmp_path):
     storage = RunStorage(cfg.storage.uri)
     first = split_dataset(cfg.source, cfg.split, storage).manifest
     (run / MANIFEST).unlink()
-    stray = [run / "data" / "train" / "branch=0" / "part-999999999.parquet", run / "data" / "train" / "branch=9" / "x.parquet",
-             run / "data" / "val" / "branch=1" / ".part-000000000.parquet.tmp-dead"]
+    stray = [
+        run / "data" / "train" / "branch=0" / "part-999999999.parquet",
+        run / "data" / "train" / "branch=9" / "x.parquet",
+        run / "data" / "val" / "branch=1" / ".part-000000000.parquet.tmp-dead",
+    ]
     for p in stray:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half a file")
@@ -408,7 +433,12 @@ def test_crash_mid_write_leaves_no_manifest(ray_session, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config(
         str(run),
-        **{"source.name": "imagefolder", "source.root": str(src), "source.image_size": [4, 4], "split.images_per_task": 2},
+        **{
+            "source.name": "imagefolder",
+            "source.root": str(src),
+            "source.image_size": [4, 4],
+            "split.images_per_task": 2,
+        },
     )
     storage = RunStorage(cfg.storage.uri)
     with pytest.raises(SourceError, match=rf"^{re.escape(str(bad))}: cannot decode image"):
@@ -425,7 +455,9 @@ def test_crash_mid_write_leaves_no_manifest(ray_session, tmp_path):
     listed = {f for b in m.branches for e in b.splits.values() for f in e.files}
     assert {f for f in _files(run) if f != MANIFEST} == listed
     x = read_branch(storage, m, "test", 0).values()
-    want = spectral_components(np.stack([a.transpose(2, 0, 1) for _, _, a in files["test"]]).astype(np.float32) / 255, 2, 2)
+    want = spectral_components(
+        np.stack([a.transpose(2, 0, 1) for _, _, a in files["test"]]).astype(np.float32) / 255, 2, 2
+    )
     np.testing.assert_allclose(x, want[:, 0], atol=m.branches[0].scale[0] / 2 + 1e-6)
 
 
@@ -446,7 +478,9 @@ def test_task_errors_are_classified_by_their_cause_chain():
     from ray.exceptions import RayTaskError
 
     storage_error = StorageError("cannot write s3://b/p/f on e: boom")
-    remote = RayTaskError("Write", "ray::Write()\n  File ...\n(long remote traceback)", storage_error).as_instanceof_cause()
+    remote = RayTaskError(
+        "Write", "ray::Write()\n  File ...\n(long remote traceback)", storage_error
+    ).as_instanceof_cause()
     assert isinstance(remote, StorageError) and str(remote) != str(storage_error)  # what ray.get raises
     assert user_error(remote) is storage_error
     # text that merely mentions an error class is not an error of ours
@@ -460,8 +494,12 @@ def test_rectangular_split_rgb_identity(ray_session, tmp_path):
         str(tmp_path / "run"),
         **{
             "source.synthetic": {"train": 30, "test": 10, "height": 4, "width": 8, "channels": 3, "classes": 3},
-            "split.rows": 1, "split.cols": 4, "split.transform": "identity", "split.val_fraction": 0.2,
-            "source.limit": 20, "split.dtype": "float32",
+            "split.rows": 1,
+            "split.cols": 4,
+            "split.transform": "identity",
+            "split.val_fraction": 0.2,
+            "source.limit": 20,
+            "split.dtype": "float32",
         },
     )
     storage = RunStorage(cfg.storage.uri)
@@ -496,8 +534,16 @@ def test_rectangular_split_rgb_identity(ray_session, tmp_path):
         ("split:\n  val_fraction: '0.1'\n", {"split.val_fraction": "0.1"}, r"split\.val_fraction.*expected float"),
         ("split:\n  val_fraction: 1.5\n", {"split.val_fraction": 1.5}, r"split\.val_fraction must be in \[0, 1\)"),
         ("source:\n  name: svhn\n", {"source.name": "svhn"}, r"source\.name.*'svhn'"),
-        ("split: {rows: 3, cols: 1, transform: haar}\n", {"split.rows": 3, "split.transform": "haar", "split.cols": 1}, r"K=3"),
-        ("source:\n  image_size: [28, 28, 3]\n", {"source.image_size": [28, 28, 3]}, r"source\.image_size must be S or \[H, W\]"),
+        (
+            "split: {rows: 3, cols: 1, transform: haar}\n",
+            {"split.rows": 3, "split.transform": "haar", "split.cols": 1},
+            r"K=3",
+        ),
+        (
+            "source:\n  image_size: [28, 28, 3]\n",
+            {"source.image_size": [28, 28, 3]},
+            r"source\.image_size must be S or \[H, W\]",
+        ),
         ("source:\n  synthetic:\n    height: [8]\n", {"source.synthetic.height": [8]}, r"source\.synthetic\.height"),
     ],
 )
@@ -513,7 +559,9 @@ def test_bad_config(tmp_path, yaml_text, override, match):
 
 def test_good_config_yaml(tmp_path):
     path = tmp_path / "ok.yaml"
-    path.write_text("source:\n  name: mnist\n  root: /data/m\n  limit: 100\nsplit:\n  rows: 4\n  cols: 4\n  transform: haar\n")
+    path.write_text(
+        "source:\n  name: mnist\n  root: /data/m\n  limit: 100\nsplit:\n  rows: 4\n  cols: 4\n  transform: haar\n"
+    )
     cfg = load_config(path, {"split.val_fraction": 0.25})
     assert cfg.source == SourceConfig(name="mnist", root="/data/m", limit=100)
     assert cfg.split == SplitConfig(rows=4, cols=4, transform="haar", val_fraction=0.25)
@@ -530,7 +578,11 @@ def test_split_to_s3(ray_session, s3_endpoint):
     res = split_dataset(cfg.source, cfg.split, storage)
     assert not res.up_to_date
     client = boto3.client("s3", endpoint_url=s3_endpoint)
-    keys = [o["Key"][len(prefix) + 1 :] for page in client.get_paginator("list_objects_v2").paginate(Bucket="test-bucket", Prefix=prefix + "/") for o in page.get("Contents", [])]
+    keys = [
+        o["Key"][len(prefix) + 1 :]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="test-bucket", Prefix=prefix + "/")
+        for o in page.get("Contents", [])
+    ]
     assert "data/manifest.json" in keys
     parts = [k for k in keys if k != "data/manifest.json"]
     assert parts and all(PART_RE.match(k) for k in parts), parts
@@ -554,5 +606,6 @@ def test_split_to_s3(ray_session, s3_endpoint):
     again = split_dataset(cfg.source, cfg.split, RunStorage.from_config(cfg.storage))
     assert again.up_to_date
     assert sorted(keys) == sorted(
-        o["Key"][len(prefix) + 1 :] for o in client.list_objects_v2(Bucket="test-bucket", Prefix=prefix + "/")["Contents"]
+        o["Key"][len(prefix) + 1 :]
+        for o in client.list_objects_v2(Bucket="test-bucket", Prefix=prefix + "/")["Contents"]
     )

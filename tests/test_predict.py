@@ -55,8 +55,9 @@ def expected_probs(uri: str, images: np.ndarray) -> np.ndarray:
     return torch.softmax(logits, 1).numpy()
 
 
-def test_predict_classifies_every_image_and_reports_accuracy(trained_tiny_run, test_images, tmp_path, capsys,
-                                                             monkeypatch):
+def test_predict_classifies_every_image_and_reports_accuracy(
+    trained_tiny_run, test_images, tmp_path, capsys, monkeypatch
+):
     """An interrupted predict first (Ctrl-C once every part is written, before the commit): nothing complete-looking;
     the re-run completes the output."""
     from inference import _output
@@ -65,8 +66,21 @@ def test_predict_classifies_every_image_and_reports_accuracy(trained_tiny_run, t
     x, y = test_images
     paths = write_folder(tmp_path / "images", x, y)
     out = tmp_path / "preds"
-    argv = ["predict", "--storage", cfg.storage.uri, "--input", str(tmp_path / "images"), "--output", str(out),
-            "--batch-size", "16", "--concurrency", "2", "--set", "predict.cpus_per_actor=0.5"]
+    argv = [
+        "predict",
+        "--storage",
+        cfg.storage.uri,
+        "--input",
+        str(tmp_path / "images"),
+        "--output",
+        str(out),
+        "--batch-size",
+        "16",
+        "--concurrency",
+        "2",
+        "--set",
+        "predict.cpus_per_actor=0.5",
+    ]
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -107,8 +121,20 @@ def test_an_unreadable_image_is_named_and_nothing_is_written(trained_tiny_run, t
     bad = tmp_path / "images" / "batch0" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
     out = tmp_path / "preds"
-    assert main(["predict", "--storage", trained_tiny_run.storage.uri, "--input", str(tmp_path / "images"),
-                 "--output", str(out)]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--storage",
+                trained_tiny_run.storage.uri,
+                "--input",
+                str(tmp_path / "images"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 1
+    )
     printed = capsys.readouterr().err
     assert "1 unreadable image(s), nothing written" in printed and "broken.png" in printed and "--skip-bad" in printed
     assert not out.exists()
@@ -125,22 +151,56 @@ def test_skip_bad_on_s3_lists_the_skipped_image(trained_tiny_run, test_images, s
     s3.put_object(Bucket="test-bucket", Key=f"{prefix}/in/notes/bad.jpg", Body=b"not a jpeg")
     s3.put_object(Bucket="test-bucket", Key=f"{prefix}/in/readme.txt", Body=b"ignored: not an image suffix")
     out = f"s3://test-bucket/{prefix}/out"
-    assert main(["predict", "--storage", trained_tiny_run.storage.uri, "--input", f"s3://test-bucket/{prefix}/in",
-                 "--output", out, "--skip-bad", "--set", f"storage.endpoint_url={s3_endpoint}"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--storage",
+                trained_tiny_run.storage.uri,
+                "--input",
+                f"s3://test-bucket/{prefix}/in",
+                "--output",
+                out,
+                "--skip-bad",
+                "--set",
+                f"storage.endpoint_url={s3_endpoint}",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"skipped unreadable image: s3://test-bucket/{prefix}/in/notes/bad.jpg" in printed
     assert "classified 5 images" in printed
     listing = s3.list_objects_v2(Bucket="test-bucket", Prefix=f"{prefix}/out/")["Contents"]
-    table = pa.concat_tables([pq.read_table(io.BytesIO(s3.get_object(Bucket="test-bucket", Key=o["Key"])["Body"].read()))
-                              for o in listing if o["Key"].endswith(".parquet")])
-    assert sorted(table.column("path").to_pylist()) == sorted(f"s3://test-bucket/{prefix}/in/{y[i]}/{i}.PNG" for i in range(5))
+    table = pa.concat_tables(
+        [
+            pq.read_table(io.BytesIO(s3.get_object(Bucket="test-bucket", Key=o["Key"])["Body"].read()))
+            for o in listing
+            if o["Key"].endswith(".parquet")
+        ]
+    )
+    assert sorted(table.column("path").to_pylist()) == sorted(
+        f"s3://test-bucket/{prefix}/in/{y[i]}/{i}.PNG" for i in range(5)
+    )
 
 
 def test_empty_input_is_an_error(trained_tiny_run, tmp_path, capsys):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "notes.txt").write_text("no images here")
-    assert main(["predict", "--storage", trained_tiny_run.storage.uri, "--input", str(tmp_path / "empty"),
-                 "--output", str(tmp_path / "preds")]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--storage",
+                trained_tiny_run.storage.uri,
+                "--input",
+                str(tmp_path / "empty"),
+                "--output",
+                str(tmp_path / "preds"),
+            ]
+        )
+        == 1
+    )
     assert "no PNG/JPEG images under" in capsys.readouterr().err
     assert not (tmp_path / "preds").exists()
 

@@ -49,8 +49,16 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EXAMPLE = REPO / "configs" / "cluster_local.yaml"
 SSHD = "/usr/sbin/sshd"
-SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR"]
+SSH_OPTS = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "LogLevel=ERROR",
+]
 
 
 def _missing_tools() -> list[str]:
@@ -69,12 +77,37 @@ class LoopbackSSH:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
         (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-        cmd = [SSHD, "-D", "-e", "-f", "/dev/null", "-p", str(self.port), "-h", str(host_key),
-               "-o", "ListenAddress=127.0.0.1", "-o", f"AuthorizedKeysFile={root / 'authorized_keys'}",
-               "-o", "PermitRootLogin=prohibit-password", "-o", "PasswordAuthentication=no",
-               "-o", "KbdInteractiveAuthentication=no", "-o", "UsePAM=no", "-o", f"PidFile={root / 'sshd.pid'}",
-               "-o", "MaxSessions=50", "-o", "MaxStartups=50",
-               "-o", "StrictModes=no"]  # the key lies under /tmp (1777): StrictModes refuses that
+        cmd = [
+            SSHD,
+            "-D",
+            "-e",
+            "-f",
+            "/dev/null",
+            "-p",
+            str(self.port),
+            "-h",
+            str(host_key),
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-o",
+            f"AuthorizedKeysFile={root / 'authorized_keys'}",
+            "-o",
+            "PermitRootLogin=prohibit-password",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "KbdInteractiveAuthentication=no",
+            "-o",
+            "UsePAM=no",
+            "-o",
+            f"PidFile={root / 'sshd.pid'}",
+            "-o",
+            "MaxSessions=50",
+            "-o",
+            "MaxStartups=50",
+            "-o",
+            "StrictModes=no",
+        ]  # the key lies under /tmp (1777): StrictModes refuses that
         self.log = open(root / "sshd.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -104,7 +137,9 @@ class LoopbackSSH:
 @pytest.fixture
 def loopback_ssh():
     if missing := _missing_tools():
-        pytest.skip(f"needs {', '.join(missing)} (scripts/setup.sh --test installs openssh-server, rsync, netcat-openbsd)")
+        pytest.skip(
+            f"needs {', '.join(missing)} (scripts/setup.sh --test installs openssh-server, rsync, netcat-openbsd)"
+        )
     if os.geteuid() != 0:
         pytest.skip("sshd must run as root to let the test log in as root over SSH")
     root = Path(tempfile.mkdtemp(prefix="stn-ssh-", dir="/tmp"))  # short: Ray's sockets live under it too
@@ -114,8 +149,10 @@ def loopback_ssh():
             pytest.skip(reason)
         found = ssh.run("command -v ray || true").stdout.strip()
         if found:
-            pytest.skip(f"a login shell here finds {found}: `ray down` would run it as `ray stop`, "
-                        "which stops every Ray process on this machine")
+            pytest.skip(
+                f"a login shell here finds {found}: `ray down` would run it as `ray stop`, "
+                "which stops every Ray process on this machine"
+            )
         yield ssh
     finally:
         ssh.close()
@@ -128,29 +165,37 @@ def cluster_config(ssh: LoopbackSSH, name: str, gcs_port: int, dashboard_port: i
     node_dir = ssh.root / "node"
     config["cluster_name"] = name
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
-    config["auth"] = {"ssh_user": "root", "ssh_private_key": str(ssh.key), "ssh_proxy_command": f"nc 127.0.0.1 {ssh.port}"}
+    config["auth"] = {
+        "ssh_user": "root",
+        "ssh_private_key": str(ssh.key),
+        "ssh_proxy_command": f"nc 127.0.0.1 {ssh.port}",
+    }
     config["file_mounts"] = {
         remote.replace("~/", f"{node_dir}/"): local for remote, local in config["file_mounts"].items()
     }
     project = node_dir / "spectral-tensor-orchestrator"
     config["setup_commands"] = [f"test -f {project}/pyproject.toml && test -f {project}/orchestrator/cli.py"]
-    start = " ".join([
-        f"export PATH={BIN}:$PATH RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0",
-        # the marks of this test session's processes (tests/leaks.py): an SSH session does not inherit them
-        f"{SESSION_ENV}={os.environ[SESSION_ENV]} {OWNER_ENV}={node_owner(str(ssh.root / 'ray'))};",
-        f"{BIN / 'ray'} start --head --port={gcs_port} --autoscaling-config=~/ray_bootstrap_config.yaml",
-        "--num-cpus=2 --num-gpus=0 --node-ip-address=127.0.0.1 --object-store-memory=150000000",
-        f"--dashboard-host=127.0.0.1 --dashboard-port={dashboard_port} --ray-client-server-port={free_port()}",
-        f"--temp-dir={ssh.root / 'ray'} --disable-usage-stats", *node_ports(),
-    ])
+    start = " ".join(
+        [
+            f"export PATH={BIN}:$PATH RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0",
+            # the marks of this test session's processes (tests/leaks.py): an SSH session does not inherit them
+            f"{SESSION_ENV}={os.environ[SESSION_ENV]} {OWNER_ENV}={node_owner(str(ssh.root / 'ray'))};",
+            f"{BIN / 'ray'} start --head --port={gcs_port} --autoscaling-config=~/ray_bootstrap_config.yaml",
+            "--num-cpus=2 --num-gpus=0 --node-ip-address=127.0.0.1 --object-store-memory=150000000",
+            f"--dashboard-host=127.0.0.1 --dashboard-port={dashboard_port} --ray-client-server-port={free_port()}",
+            f"--temp-dir={ssh.root / 'ray'} --disable-usage-stats",
+            *node_ports(),
+        ]
+    )
     config["head_start_ray_commands"] = [start]
     config["worker_start_ray_commands"] = []
     return config
 
 
 def ray_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), *args], env=ray_env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)  # cwd: file_mounts' local paths are relative to the repository
+    return subprocess.run(
+        [str(BIN / "ray"), *args], env=ray_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )  # cwd: file_mounts' local paths are relative to the repository
 
 
 def test_ray_up_job_submit_ray_down(loopback_ssh, tmp_path):
@@ -170,17 +215,38 @@ def test_ray_up_job_submit_ray_down(loopback_ssh, tmp_path):
         assert (ssh.root / "node" / "spectral-tensor-orchestrator" / "orchestrator" / "cli.py").exists()  # rsynced
 
         job = tmp_path / "job.yaml"
-        job.write_text(yaml.safe_dump({
-            "source": {"name": "synthetic", "synthetic": {"train": 300, "test": 100, "height": 8, "width": 8, "classes": 4}},
-            "split": {"rows": 1, "cols": 2},  # K = 2 at 1 CPU each: one wave on the 2-CPU node
-            "model": {"name": "fc4"},
-            "train": {"epochs": 1},
-            "resources": {"cpus_per_branch": 1},
-            "ensemble": {"weights": "geometric"},
-        }))
+        job.write_text(
+            yaml.safe_dump(
+                {
+                    "source": {
+                        "name": "synthetic",
+                        "synthetic": {"train": 300, "test": 100, "height": 8, "width": 8, "classes": 4},
+                    },
+                    "split": {"rows": 1, "cols": 2},  # K = 2 at 1 CPU each: one wave on the 2-CPU node
+                    "model": {"name": "fc4"},
+                    "train": {"epochs": 1},
+                    "resources": {"cpus_per_branch": 1},
+                    "ensemble": {"weights": "geometric"},
+                }
+            )
+        )
         run_uri = tmp_path / "run"
-        submit = ray_cli("job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--working-dir", str(REPO),
-                         "--", "spectral", "run", "--config", str(job), "--storage", str(run_uri), timeout=900)
+        submit = ray_cli(
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dashboard_port}",
+            "--working-dir",
+            str(REPO),
+            "--",
+            "spectral",
+            "run",
+            "--config",
+            str(job),
+            "--storage",
+            str(run_uri),
+            timeout=900,
+        )
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
         assert "succeeded" in submit.stdout
 

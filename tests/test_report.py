@@ -29,8 +29,19 @@ def npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_branch(storage: RunStorage, k: int, rng, *, model="fc8", test_acc=0.9, model_bytes=BRANCH_BYTES,
-                 train_seconds=10.0, peak=2**20, params=1000, epochs=3) -> None:
+def write_branch(
+    storage: RunStorage,
+    k: int,
+    rng,
+    *,
+    model="fc8",
+    test_acc=0.9,
+    model_bytes=BRANCH_BYTES,
+    train_seconds=10.0,
+    peak=2**20,
+    params=1000,
+    epochs=3,
+) -> None:
     for split in ("val", "test"):
         y = np.arange(N, dtype=np.int64) % CLASSES
         logits = rng.normal(size=(N, CLASSES)).astype(np.float32)
@@ -38,29 +49,52 @@ def write_branch(storage: RunStorage, k: int, rng, *, model="fc8", test_acc=0.9,
         storage.write_bytes(f"branches/{k}/logits_{split}.npy", npy(logits))
         storage.write_bytes(f"branches/{k}/rows_{split}.npy", npy(np.stack([np.arange(N) * 2, y], axis=1)))
     for e in range(1, epochs + 1):
-        storage.append_line(f"branches/{k}/metrics.jsonl", (
-            f'{{"epoch": {e}, "loss": {1.0 / e + 0.1 * k}, "val_loss": 1.0, "val_acc": {0.5 + 0.1 * e}, '
-            f'"images_per_s": 1000.0, "seconds": 1.0, "lr": 0.001}}'))
-    storage.write_json(f"branches/{k}/result.json", {
-        "k": k, "model": model, "epochs": epochs, "params": params, "model_bytes": model_bytes,
-        "train_loss": 1.0 / epochs + 0.1 * k, "val_acc": 0.8, "val_nll": 0.5, "test_acc": test_acc, "test_nll": 0.4,
-        "train_seconds": train_seconds, "images_per_s": 1000.0, "peak_memory_bytes": peak, "device": "cpu",
-        "in_shape": [1, 14, 14], "classes": CLASSES,
-    })
+        storage.append_line(
+            f"branches/{k}/metrics.jsonl",
+            (
+                f'{{"epoch": {e}, "loss": {1.0 / e + 0.1 * k}, "val_loss": 1.0, "val_acc": {0.5 + 0.1 * e}, '
+                f'"images_per_s": 1000.0, "seconds": 1.0, "lr": 0.001}}'
+            ),
+        )
+    storage.write_json(
+        f"branches/{k}/result.json",
+        {
+            "k": k,
+            "model": model,
+            "epochs": epochs,
+            "params": params,
+            "model_bytes": model_bytes,
+            "train_loss": 1.0 / epochs + 0.1 * k,
+            "val_acc": 0.8,
+            "val_nll": 0.5,
+            "test_acc": test_acc,
+            "test_nll": 0.4,
+            "train_seconds": train_seconds,
+            "images_per_s": 1000.0,
+            "peak_memory_bytes": peak,
+            "device": "cpu",
+            "in_shape": [1, 14, 14],
+            "classes": CLASSES,
+        },
+    )
 
 
 @pytest.fixture
 def storage(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
-    storage.write_json("data/manifest.json", {
-        "version": MANIFEST_VERSION,
-        "source": {"name": "fashion-mnist", "resolution": [28, 28], "channels": 1, "classes": CLASSES},
-        "split": {"r": 2, "c": 2, "K": K, "transform": "dct", "matrix": np.eye(K).tolist()},
-    })
+    storage.write_json(
+        "data/manifest.json",
+        {
+            "version": MANIFEST_VERSION,
+            "source": {"name": "fashion-mnist", "resolution": [28, 28], "channels": 1, "classes": CLASSES},
+            "split": {"r": 2, "c": 2, "K": K, "transform": "dct", "matrix": np.eye(K).tolist()},
+        },
+    )
     rng = np.random.default_rng(0)
     for k in range(K):
-        write_branch(storage, k, rng, test_acc=TEST_ACCS[k], train_seconds=TRAIN_SECONDS[k], peak=PEAK_MEMORY[k],
-                     params=1000 + k)
+        write_branch(
+            storage, k, rng, test_acc=TEST_ACCS[k], train_seconds=TRAIN_SECONDS[k], peak=PEAK_MEMORY[k], params=1000 + k
+        )
     # A resumed branch repeats an epoch: the report keeps the last line of each epoch.
     storage.append_line("branches/0/metrics.jsonl", '{"epoch": 3, "loss": 0.05, "val_acc": 0.95}')
     write_weights(storage, evaluate_ensemble(storage, K, "uniform"), chosen=False)
@@ -88,8 +122,12 @@ def test_report_json_holds_branches_ensembles_and_totals(storage):
     assert saved["title"] == "spectral-fc8-sub4 on fashion-mnist (dct)"
     assert saved["split"] == {"r": 2, "c": 2, "K": K, "transform": "dct"}
     assert saved["totals"] == {
-        "total_params": 4006, "total_model_bytes": 4 * BRANCH_BYTES, "total_train_seconds": sum(TRAIN_SECONDS),
-        "max_branch_train_seconds": 872.0, "max_peak_memory_bytes": 120 * 2**20, "max_model_bytes": BRANCH_BYTES,
+        "total_params": 4006,
+        "total_model_bytes": 4 * BRANCH_BYTES,
+        "total_train_seconds": sum(TRAIN_SECONDS),
+        "max_branch_train_seconds": 872.0,
+        "max_peak_memory_bytes": 120 * 2**20,
+        "max_model_bytes": BRANCH_BYTES,
     }
 
 
@@ -112,7 +150,9 @@ def test_paper_table_rows_in_order(storage):
     header, rows = table.header, table.rows
     assert header == ["Network", "Test accuracy", "Model size", "Training time"]
     assert [r[0] for r in rows] == [f"branch {k}" for k in range(K)] + [
-        "spectral-fc8-sub4 (uniform)", "spectral-fc8-sub4 (geometric)"]
+        "spectral-fc8-sub4 (uniform)",
+        "spectral-fc8-sub4 (geometric)",
+    ]
 
 
 def test_plots_are_valid_pngs(storage):
@@ -125,8 +165,15 @@ def test_plots_are_valid_pngs(storage):
 
 def test_baseline_row_appears_when_the_baseline_exists(storage):
     baseline = RunStorage(storage.uri + "/baseline")
-    write_branch(baseline, 0, np.random.default_rng(1), test_acc=0.9879, model_bytes=BASELINE_BYTES,
-                 train_seconds=1553.0, params=4_316_930)
+    write_branch(
+        baseline,
+        0,
+        np.random.default_rng(1),
+        test_acc=0.9879,
+        model_bytes=BASELINE_BYTES,
+        train_seconds=1553.0,
+        params=4_316_930,
+    )
     report = build_report(storage)
     assert report["baseline"]["test_acc"] == 0.9879 and len(report["baseline"]["metrics"]) == 3
     assert report["totals"]["total_params"] == 4006  # the baseline is not a branch
@@ -151,8 +198,14 @@ def test_extra_ensemble_rows_and_missing_branches(storage):
 
 def test_small_sizes_and_times_stay_readable(tmp_path):
     storage = RunStorage(str(tmp_path / "tiny"))
-    storage.write_json("data/manifest.json", {"version": MANIFEST_VERSION, "source": {"name": "synthetic", "resolution": [8, 8]},
-                                              "split": {"r": 2, "c": 2, "K": 1, "transform": "haar"}})
+    storage.write_json(
+        "data/manifest.json",
+        {
+            "version": MANIFEST_VERSION,
+            "source": {"name": "synthetic", "resolution": [8, 8]},
+            "split": {"r": 2, "c": 2, "K": 1, "transform": "haar"},
+        },
+    )
     write_branch(storage, 0, np.random.default_rng(2), model="fc4", model_bytes=2048, train_seconds=0.42)
     rows = paper_table(build_report(storage)).rows
     assert rows == [["branch 0", "90.00%", "2.0 KB", "0.4 s"]]
@@ -161,8 +214,14 @@ def test_small_sizes_and_times_stay_readable(tmp_path):
 def test_report_on_s3(s3_endpoint):
     """Every read and write goes through RunStorage, so the report works on object storage too."""
     storage = RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=s3_endpoint)
-    storage.write_json("data/manifest.json", {"version": MANIFEST_VERSION, "source": {"name": "synthetic", "resolution": [8, 8]},
-                                              "split": {"r": 1, "c": 2, "K": 2, "transform": "dct"}})
+    storage.write_json(
+        "data/manifest.json",
+        {
+            "version": MANIFEST_VERSION,
+            "source": {"name": "synthetic", "resolution": [8, 8]},
+            "split": {"r": 1, "c": 2, "K": 2, "transform": "dct"},
+        },
+    )
     rng = np.random.default_rng(3)
     for k in range(2):
         write_branch(storage, k, rng, epochs=2)

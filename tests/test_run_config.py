@@ -15,8 +15,10 @@ from orchestrator.run_config import config_yaml, keep_config, resume_config
 
 
 def test_the_kept_config_has_every_key_no_secret_and_loads_back(tmp_path):
-    cfg = tiny_config(str(tmp_path / "run"), **{"storage.access_key_id": "AKIDKEEPOUT",
-                                                  "storage.secret_access_key": "s3cr3t-never-written"})
+    cfg = tiny_config(
+        str(tmp_path / "run"),
+        **{"storage.access_key_id": "AKIDKEEPOUT", "storage.secret_access_key": "s3cr3t-never-written"},
+    )
     keep_config(cfg)
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert "AKIDKEEPOUT" not in text and "s3cr3t-never-written" not in text

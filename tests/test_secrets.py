@@ -44,7 +44,7 @@ from holds import Hold
 
 pytestmark = pytest.mark.slow
 
-DRIVER = r'''
+DRIVER = r"""
 import json, os, sys, time, urllib.request
 from orchestrator import cli
 
@@ -118,15 +118,19 @@ seen["other"] = get("/other")
 print("SERVE " + json.dumps(seen), flush=True)
 
 command("sweep", ["sweep", "-v", *config])
-store = {"endpoint_url": args["endpoint"], "access_key_id": keys["config key id"], "secret_access_key": keys["config secret"]}
+store = {"endpoint_url": args["endpoint"], "access_key_id": keys["config key id"],
+         "secret_access_key": keys["config secret"]}
 command("split --config s3://.../best_config.yaml",
         ["split", "-v", "--config", args["best_config"], *[f"--set=storage.{k}={v}" for k, v in store.items()]])
-'''
+"""
 
 
 def _objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
     return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
@@ -151,20 +155,33 @@ def test_config_only_credentials_reach_every_command_and_no_secret_is_written_an
     from data_split import make_source
 
     tag = uuid.uuid4().hex[:10]
-    secrets = {"config key id": f"CFGKEYID{tag}", "config secret": f"cfgsecret{tag}",
-               "env key id": f"ENVKEYID{tag}", "env secret": f"envsecret{tag}"}
+    secrets = {
+        "config key id": f"CFGKEYID{tag}",
+        "config secret": f"cfgsecret{tag}",
+        "env key id": f"ENVKEYID{tag}",
+        "env secret": f"envsecret{tag}",
+    }
     prefix = f"secrets-{tag}"
     uri = f"s3://test-bucket/{prefix}"
-    base = tiny_config(uri, **{"storage.endpoint_url": s3_endpoint, "split.rows": 1, "train.epochs": 1,  # K = 2
-                               "train.data": "stream",
-                               "sweep.space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]}}, "sweep.num_samples": 1,
-                               "sweep.scheduler": "fifo"}).to_dict()
+    base = tiny_config(
+        uri,
+        **{
+            "storage.endpoint_url": s3_endpoint,
+            "split.rows": 1,
+            "train.epochs": 1,  # K = 2
+            "train.data": "stream",
+            "sweep.space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]}},
+            "sweep.num_samples": 1,
+            "sweep.scheduler": "fifo",
+        },
+    ).to_dict()
     key_id_only = {**base, "storage": {**base["storage"], "access_key_id": secrets["config key id"]}}
     with_key_id = tmp_path / "with_key_id.yaml"
     with_key_id.write_text(yaml.safe_dump(key_id_only))
     with_keys = tmp_path / "with_keys.yaml"  # the driver's: its command line must not carry the secret either
-    with_keys.write_text(yaml.safe_dump({**base, "storage": {**key_id_only["storage"],
-                                                              "secret_access_key": secrets["config secret"]}}))
+    with_keys.write_text(
+        yaml.safe_dump({**base, "storage": {**key_id_only["storage"], "secret_access_key": secrets["config secret"]}})
+    )
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(base))
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -174,20 +191,39 @@ def test_config_only_credentials_reach_every_command_and_no_secret_is_written_an
     (tmp_path / "one.png").write_bytes(_png(x[0]))
 
     ray_tmp = tempfile.mkdtemp(prefix="stn-sec-", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    env |= {"AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1", "RAY_TMPDIR": ray_tmp,
-            "COLUMNS": "200"}  # RAY_AUTH_MODE unset: Ray's default token auth, whose notice is hidden without -v
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")
+    }
+    env |= {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "RAY_TMPDIR": ray_tmp,
+        "COLUMNS": "200",
+    }  # RAY_AUTH_MODE unset: Ray's default token auth, whose notice is hidden without -v
     port = free_port()
-    args = {"key_id_config": str(with_key_id), "plain_config": str(plain), "config": str(with_keys), "port": port,
-            "image": str(tmp_path / "one.png"), "export": f"{uri}/export/model.pt2", "images": f"{uri}/images",
-            "predictions": f"{uri}/predictions", "best_config": f"{uri}/tune/best_config.yaml",
-            "endpoint": s3_endpoint, "keys": secrets}
+    args = {
+        "key_id_config": str(with_key_id),
+        "plain_config": str(plain),
+        "config": str(with_keys),
+        "port": port,
+        "image": str(tmp_path / "one.png"),
+        "export": f"{uri}/export/model.pt2",
+        "images": f"{uri}/images",
+        "predictions": f"{uri}/predictions",
+        "best_config": f"{uri}/tune/best_config.yaml",
+        "endpoint": s3_endpoint,
+        "keys": secrets,
+    }
     (tmp_path / "driver.json").write_text(json.dumps(args))
     seen: dict[str, bytes] = {}
     try:
         with Hold(uri, epoch=1, branch=0) as hold:  # branch 0 waits after epoch 1: the lease is live
-            driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "driver.json")],
-                                      stdout=(tmp_path / "driver.log").open("w"), stderr=subprocess.STDOUT, env=env)
+            driver = subprocess.Popen(
+                [sys.executable, "-c", DRIVER, str(tmp_path / "driver.json")],
+                stdout=(tmp_path / "driver.log").open("w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
             hold.wait_reached(alive=lambda: driver.poll() is None)
             live = _objects(s3, "test-bucket", f"{prefix}/")
             assert "storage.secret_access_key=***" in live[f"{prefix}/lease.json"].decode()
@@ -200,14 +236,21 @@ def test_config_only_credentials_reach_every_command_and_no_secret_is_written_an
         assert served["apps"] == {"other": "RUNNING"}  # ours deleted by Ctrl-C, the other application untouched
         assert served["other"] == [200, "the other application"]
         quiet = _section(log, "run")  # no -v: our lines and the branches' (Ray's notices hidden)
-        assert "done in" in quiet and "Token authentication" not in quiet and "Started a local Ray" not in quiet, quiet[-3000:]
+        assert "done in" in quiet and "Token authentication" not in quiet and "Started a local Ray" not in quiet, quiet[
+            -3000:
+        ]
         assert "classified 6 images" in _section(log, "predict")
         assert "is complete (it has _SUCCESS); pass --overwrite" in _section(log, "predict again")
         assert "Sending http request" in _section(log, "export")  # -vv: botocore's lines were printed (and masked)
         assert "sub-datasets: " in _section(log, "split --config s3://.../best_config.yaml")
         objects = _objects(s3, "test-bucket", f"{prefix}/")
-        for key in ("predictions/_SUCCESS", "export/model.pt2", "tune/sweep.json",
-                    "report/report.json", "branches/1/placement.json"):
+        for key in (
+            "predictions/_SUCCESS",
+            "export/model.pt2",
+            "tune/sweep.json",
+            "report/report.json",
+            "branches/1/placement.json",
+        ):
             assert f"{prefix}/{key}" in objects, key
         assert any("experiment_state" in k for k in objects)  # Tune's, where a pickled filesystem would sit
         seen |= objects
@@ -221,7 +264,11 @@ def test_config_only_credentials_reach_every_command_and_no_secret_is_written_an
                 pass
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    leaks = [f"{what} in {name}" for name, data in seen.items() for what, value in secrets.items()
-             if any(e in data for e in _encodings(value))]
+    leaks = [
+        f"{what} in {name}"
+        for name, data in seen.items()
+        for what, value in secrets.items()
+        if any(e in data for e in _encodings(value))
+    ]
     assert not leaks, leaks
     assert len(seen) > 30

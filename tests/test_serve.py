@@ -43,8 +43,11 @@ def encode(img: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
 def server(trained_tiny_run):
     from ray import serve
 
-    url = start_serving(RunStorage.from_config(trained_tiny_run.storage), ServeConfig(cpus_per_replica=0.5, max_batch_size=8),
-                        port=free_port())
+    url = start_serving(
+        RunStorage.from_config(trained_tiny_run.storage),
+        ServeConfig(cpus_per_replica=0.5, max_batch_size=8),
+        port=free_port(),
+    )
     yield url
     serve.shutdown()
 
@@ -63,10 +66,15 @@ def test_predictions_equal_the_exported_programs(trained_tiny_run, server):
         np.testing.assert_allclose(body["probabilities"], p, rtol=0, atol=1e-5)
         assert body["class"] == int(p.argmax()) and body["class_name"] == str(int(p.argmax()))
 
-    status, many = request(f"{server}/predict", json.dumps([base64.b64encode(encode(img)).decode() for img in x[:3]]).encode(),
-                           "application/json")
+    status, many = request(
+        f"{server}/predict",
+        json.dumps([base64.b64encode(encode(img)).decode() for img in x[:3]]).encode(),
+        "application/json",
+    )
     assert status == 200 and [a["class"] for a in many] == want[:3].argmax(1).tolist()
-    status, rgb = request(f"{server}/predict", encode(x[0], mode="RGB"))  # 3 channels: converted to grey as the source did
+    status, rgb = request(
+        f"{server}/predict", encode(x[0], mode="RGB")
+    )  # 3 channels: converted to grey as the source did
     assert status == 200 and rgb["class"] == int(want[0].argmax())
 
 
@@ -78,15 +86,22 @@ def test_health_and_model_card(trained_tiny_run, server):
     assert card["weights_method"] == "geometric" and len(card["weights"]) == 4 and "test_acc" in card
 
 
-@pytest.mark.parametrize("body,content_type,message", [
-    (b"", "application/octet-stream", "empty request body"),
-    (b"this is not an image", "application/octet-stream", "cannot decode image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image/png", "cannot decode image"),
-    (b"{not json", "application/json", "not valid JSON"),
-    (b'{"image": "abc"}', "application/json", "non-empty array of base64"),
-    (b'["%%%not-base64"]', "application/json", "image 0: not valid base64"),
-    (json.dumps([base64.b64encode(b"GIF89a nonsense").decode()]).encode(), "application/json", "image 0: cannot decode"),
-])
+@pytest.mark.parametrize(
+    "body,content_type,message",
+    [
+        (b"", "application/octet-stream", "empty request body"),
+        (b"this is not an image", "application/octet-stream", "cannot decode image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image/png", "cannot decode image"),
+        (b"{not json", "application/json", "not valid JSON"),
+        (b'{"image": "abc"}', "application/json", "non-empty array of base64"),
+        (b'["%%%not-base64"]', "application/json", "image 0: not valid base64"),
+        (
+            json.dumps([base64.b64encode(b"GIF89a nonsense").decode()]).encode(),
+            "application/json",
+            "image 0: cannot decode",
+        ),
+    ],
+)
 def test_bad_input_is_a_400_and_the_server_keeps_serving(trained_tiny_run, server, body, content_type, message):
     status, answer = request(f"{server}/predict", body, content_type)
     assert status == 400 and message in answer["error"]
@@ -97,8 +112,13 @@ def test_bad_input_is_a_400_and_the_server_keeps_serving(trained_tiny_run, serve
 
 def multipart(files: list[tuple[str, bytes]], boundary: str = "spectral-test-boundary") -> tuple[bytes, str]:
     """A multipart/form-data body as `curl -F file=@x.png` sends it."""
-    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-                    f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for name, data in files)
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in files
+    )
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -147,8 +167,11 @@ def built(trained_tiny_run, server):
 
     config = ServeDeploySchema.model_validate(yaml.safe_load(DEPLOY_CONFIG.format(uri=trained_tiny_run.storage.uri)))
     app = config.applications[0]
-    serve.run(call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args), name=app.name,
-              route_prefix=app.route_prefix)
+    serve.run(
+        call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args),
+        name=app.name,
+        route_prefix=app.route_prefix,
+    )
     yield f"{server}{app.route_prefix}"
     serve.delete(app.name)
 

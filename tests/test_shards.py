@@ -32,7 +32,9 @@ def split(tmp_path, monkeypatch) -> RunStorage:
     cfg = tiny_config(str(tmp_path / "unused"))
     storage = RunStorage(str(tmp_path / "run"))
     source = make_source(cfg.source)
-    write_manifest(storage, build_manifest(source, cfg.source, cfg.split, write_single_process(source, cfg.split, storage)))
+    write_manifest(
+        storage, build_manifest(source, cfg.source, cfg.split, write_single_process(source, cfg.split, storage))
+    )
     return storage
 
 
@@ -47,8 +49,9 @@ def as_version_2(storage: RunStorage) -> None:
                 x = table_arrays(t, m.split.shape, m.split.dtype, rel)[3]
                 old = t.set_column(3, "x", pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x)))
                 buf = io.BytesIO()
-                pq.write_table(old, buf, compression="zstd", row_group_size=16,
-                               use_dictionary=["src", "y", "x.list.element"])
+                pq.write_table(
+                    old, buf, compression="zstd", row_group_size=16, use_dictionary=["src", "y", "x.list.element"]
+                )
                 storage.write_bytes(rel, buf.getvalue())
     obj = storage.read_json(MANIFEST)
     storage.write_json(MANIFEST, {**obj, "version": 2})
@@ -84,7 +87,9 @@ def test_version_2_runs_are_still_read_the_same(split, tmp_path):
         for name in ("idx", "src", "y", "x"):
             np.testing.assert_array_equal(getattr(got, name), getattr(w, name))
     # the same batches, bit for bit: what a resumed v2 run replays is unchanged
-    for (x2, y2), (x3, y3) in zip(epoch(StreamingSplit(split, m2, "train", 1, CPU, shuffle_buffer=64)), stream3, strict=True):
+    for (x2, y2), (x3, y3) in zip(
+        epoch(StreamingSplit(split, m2, "train", 1, CPU, shuffle_buffer=64)), stream3, strict=True
+    ):
         np.testing.assert_array_equal(x2, x3)
         np.testing.assert_array_equal(y2, y3)
     mem2 = [x.numpy() for x, _ in InMemorySplit(split, m2, "train", 1, CPU).train_batches(0, 1, 0, 32)]
@@ -92,11 +97,17 @@ def test_version_2_runs_are_still_read_the_same(split, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("meta, match", [
-    ({b"shape": b"[1, 2, 8]", b"dtype": b"uint8"}, r"uint8 \[1, 2, 8\] per row \(field metadata\), the manifest says uint8 \[1, 4, 4\]"),
-    ({b"shape": b"[1, 4, 4]", b"dtype": b"float16"}, r"float16 \[1, 4, 4\] per row"),
-    (None, r"None None per row"),
-])
+@pytest.mark.parametrize(
+    "meta, match",
+    [
+        (
+            {b"shape": b"[1, 2, 8]", b"dtype": b"uint8"},
+            r"uint8 \[1, 2, 8\] per row \(field metadata\), the manifest says uint8 \[1, 4, 4\]",
+        ),
+        ({b"shape": b"[1, 4, 4]", b"dtype": b"float16"}, r"float16 \[1, 4, 4\] per row"),
+        (None, r"None None per row"),
+    ],
+)
 def test_a_file_not_matching_its_manifest_is_refused_naming_it(split, meta, match):
     m = load_manifest(split)
     rel = m.branches[0].splits["train"].files[0]

@@ -63,8 +63,14 @@ def test_mnist_torchvision_layout(tmp_path, gz):
     np.testing.assert_array_equal(x[:, 0], arrays["train"][0][4:9])
     np.testing.assert_array_equal(y, arrays["train"][1][4:9])
     d = source.describe()
-    assert d == {"name": "mnist", "resolution": [8, 6], "channels": 1, "classes": 10, "counts": {"train": 12, "test": 5},
-                 "class_names": [str(i) for i in range(10)]}
+    assert d == {
+        "name": "mnist",
+        "resolution": [8, 6],
+        "channels": 1,
+        "classes": 10,
+        "counts": {"train": 12, "test": 5},
+        "class_names": [str(i) for i in range(10)],
+    }
 
 
 def test_mnist_torchvision_layout_with_gz_and_extracted_files(tmp_path):
@@ -102,7 +108,10 @@ def test_limit_keeps_first_n(tmp_path):
     assert make_source(SourceConfig(name="fashion-mnist", root=str(tmp_path), limit=100)).count("train") == 12
 
 
-@pytest.mark.skipif(not Path(FASHION_MNIST_DEBIAN_ROOT).is_dir(), reason=f"{FASHION_MNIST_DEBIAN_ROOT} absent (Debian package dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not Path(FASHION_MNIST_DEBIAN_ROOT).is_dir(),
+    reason=f"{FASHION_MNIST_DEBIAN_ROOT} absent (Debian package dataset-fashion-mnist)",
+)
 def test_debian_fashion_mnist_opens():
     source = make_source(SourceConfig(name="fashion-mnist"))  # default root: the Debian package
     d = source.describe()
@@ -120,7 +129,9 @@ def test_debian_fashion_mnist_opens():
 
 
 # -- download via torchvision, without network -------------------------------------------------------
-@pytest.mark.parametrize("name,cls_name", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("cifar10", "CIFAR10")])
+@pytest.mark.parametrize(
+    "name,cls_name", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("cifar10", "CIFAR10")]
+)
 def test_download_calls_torchvision(tmp_path, monkeypatch, name, cls_name):
     import torchvision.datasets
 
@@ -278,9 +289,15 @@ def test_synthetic_random_access_across_chunks():
 
 
 def test_synthetic_limit_and_describe():
-    source = make_source(SourceConfig(name="synthetic", limit=7, synthetic=SyntheticConfig(train=20, test=3, height=8, width=8)))
+    source = make_source(
+        SourceConfig(name="synthetic", limit=7, synthetic=SyntheticConfig(train=20, test=3, height=8, width=8))
+    )
     assert source.describe() == {
-        "name": "synthetic", "resolution": [8, 8], "channels": 1, "classes": 10, "counts": {"train": 7, "test": 3},
+        "name": "synthetic",
+        "resolution": [8, 8],
+        "channels": 1,
+        "classes": 10,
+        "counts": {"train": 7, "test": 3},
         "class_names": [str(i) for i in range(10)],
     }
 
@@ -311,7 +328,9 @@ def test_missing_file(tmp_path, fmnist_dir):
     root, paths, _ = fmnist_dir
     paths["t10k-labels-idx1-ubyte"].unlink()
     _assert_rejected_before_writing(
-        tmp_path, SourceConfig(name="fashion-mnist", root=str(root)), r"missing source file t10k-labels-idx1-ubyte.*" + str(root)
+        tmp_path,
+        SourceConfig(name="fashion-mnist", root=str(root)),
+        r"missing source file t10k-labels-idx1-ubyte.*" + str(root),
     )
 
 
@@ -382,14 +401,18 @@ def test_image_label_count_mismatch(tmp_path, fmnist_dir):
     root, paths, arrays = fmnist_dir
     write_idx(paths["t10k-labels-idx1-ubyte"], arrays["test"][1][:3])
     _assert_rejected_before_writing(
-        tmp_path, SourceConfig(name="fashion-mnist", root=str(root)), r"t10k-images-idx3-ubyte.* 4 images.*t10k-labels-idx1-ubyte.* 3 labels"
+        tmp_path,
+        SourceConfig(name="fashion-mnist", root=str(root)),
+        r"t10k-images-idx3-ubyte.* 4 images.*t10k-labels-idx1-ubyte.* 3 labels",
     )
 
 
 def test_train_test_resolution_mismatch(tmp_path, fmnist_dir):
     root, paths, _ = fmnist_dir
     write_idx(paths["t10k-images-idx3-ubyte"], np.zeros((4, 6, 6), np.uint8))
-    _assert_rejected_before_writing(tmp_path, SourceConfig(name="fashion-mnist", root=str(root)), r"t10k-images-idx3-ubyte.*\(6, 6\)")
+    _assert_rejected_before_writing(
+        tmp_path, SourceConfig(name="fashion-mnist", root=str(root)), r"t10k-images-idx3-ubyte.*\(6, 6\)"
+    )
 
 
 def test_cifar_missing_data_field(tmp_path):
@@ -414,27 +437,39 @@ def test_cifar_missing_and_truncated_batch(tmp_path):
     src = tmp_path / "src"
     write_cifar(src)
     (src / CIFAR_FOLDER / "data_batch_5").unlink()
-    _assert_rejected_before_writing(tmp_path, SourceConfig(name="cifar10", root=str(src)), r"missing source file .*data_batch_5")
+    _assert_rejected_before_writing(
+        tmp_path, SourceConfig(name="cifar10", root=str(src)), r"missing source file .*data_batch_5"
+    )
     write_cifar(src)
     path = src / CIFAR_FOLDER / "data_batch_2"
     path.write_bytes(path.read_bytes()[:500])
-    _assert_rejected_before_writing(tmp_path, SourceConfig(name="cifar10", root=str(src)), rf"{path}.*truncated or corrupt")
+    _assert_rejected_before_writing(
+        tmp_path, SourceConfig(name="cifar10", root=str(src)), rf"{path}.*truncated or corrupt"
+    )
 
 
 def test_cifar_label_out_of_range_and_count(tmp_path):
     src = tmp_path / "src"
     write_cifar(src)
-    path = write_pickle(src / CIFAR_FOLDER / "data_batch_1", cifar_batch_dict(np.zeros((2, 3, 32, 32), np.uint8), [1, 12], "b1"))
-    _assert_rejected_before_writing(tmp_path, SourceConfig(name="cifar10", root=str(src)), rf"{path}.*label 12 at index 1")
+    path = write_pickle(
+        src / CIFAR_FOLDER / "data_batch_1", cifar_batch_dict(np.zeros((2, 3, 32, 32), np.uint8), [1, 12], "b1")
+    )
+    _assert_rejected_before_writing(
+        tmp_path, SourceConfig(name="cifar10", root=str(src)), rf"{path}.*label 12 at index 1"
+    )
     d = cifar_batch_dict(np.zeros((2, 3, 32, 32), np.uint8), [1, 2], "b1")
     d[b"labels"] = [1, 2, 3]
     write_pickle(path, d)
-    _assert_rejected_before_writing(tmp_path, SourceConfig(name="cifar10", root=str(src)), rf"{path}.*3 labels for 2 images")
+    _assert_rejected_before_writing(
+        tmp_path, SourceConfig(name="cifar10", root=str(src)), rf"{path}.*3 labels for 2 images"
+    )
 
 
 def test_imagefolder_missing_train(tmp_path):
     _assert_rejected_before_writing(
-        tmp_path, SourceConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=[4, 4]), r"missing folder .*imgs/train"
+        tmp_path,
+        SourceConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=[4, 4]),
+        r"missing folder .*imgs/train",
     )
 
 

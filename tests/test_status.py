@@ -21,8 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def metrics_line(epoch: int, t: float, val_acc: float = 0.5) -> str:
-    return json.dumps({"epoch": epoch, "loss": 1.0 / epoch, "val_loss": 1.2, "val_acc": val_acc,
-                       "images_per_s": 1000.0 * epoch, "seconds": 0.5, "lr": 1e-3, "time": t})
+    return json.dumps(
+        {
+            "epoch": epoch,
+            "loss": 1.0 / epoch,
+            "val_loss": 1.2,
+            "val_acc": val_acc,
+            "images_per_s": 1000.0 * epoch,
+            "seconds": 0.5,
+            "lr": 1e-3,
+            "time": t,
+        }
+    )
 
 
 @pytest.fixture
@@ -32,13 +42,38 @@ def partial_run(tmp_path):
     storage = RunStorage(uri)
     keep_config(tiny_config(uri, **{"train.epochs": 3}))
     now = time.time()
-    branches = [{"k": k, "splits": {"train": {"rows": 300, "bytes": 1000}, "val": {"rows": 100, "bytes": 400},
-                                    "test": {"rows": 100, "bytes": 400}}} for k in range(4)]
-    storage.write_json(layout.MANIFEST, {"version": 2, "source": {"name": "synthetic"}, "branches": branches,
-                                         "split": {"r": 2, "c": 2, "K": 4, "transform": "dct", "dtype": "uint8"},
-                                         "raw_bytes": {"train": 4800, "val": 1600, "test": 1600}})
-    storage.write_json(layout.LEASE, {"host": "node-a", "pid": 4242, "started": now - 100, "heartbeat": now - 5,
-                                      "command": "spectral run --config tiny.yaml", "token": "t"})
+    branches = [
+        {
+            "k": k,
+            "splits": {
+                "train": {"rows": 300, "bytes": 1000},
+                "val": {"rows": 100, "bytes": 400},
+                "test": {"rows": 100, "bytes": 400},
+            },
+        }
+        for k in range(4)
+    ]
+    storage.write_json(
+        layout.MANIFEST,
+        {
+            "version": 2,
+            "source": {"name": "synthetic"},
+            "branches": branches,
+            "split": {"r": 2, "c": 2, "K": 4, "transform": "dct", "dtype": "uint8"},
+            "raw_bytes": {"train": 4800, "val": 1600, "test": 1600},
+        },
+    )
+    storage.write_json(
+        layout.LEASE,
+        {
+            "host": "node-a",
+            "pid": 4242,
+            "started": now - 100,
+            "heartbeat": now - 5,
+            "command": "spectral run --config tiny.yaml",
+            "token": "t",
+        },
+    )
     for e in (1, 2, 3):
         storage.append_line(layout.metrics(0), metrics_line(e, now - 60 + e, val_acc=0.7))
     storage.write_json(layout.result(0), {"k": 0, "epochs": 3, "val_acc": 0.75, "test_acc": 0.72})
@@ -94,10 +129,17 @@ def test_status_cli_prints_tables_on_stdout_and_json_for_scripts(partial_run, ca
 
 def test_status_imports_neither_ray_nor_torch(partial_run):
     storage, _ = partial_run
-    code = ("import sys; from orchestrator.cli import main; code = main(['status', '--storage', sys.argv[1], '--json']); "
-            "print('ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr); sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-c", code, storage.uri], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys; from orchestrator.cli import main; code = main(['status', '--storage', sys.argv[1], '--json']); "
+        "print('ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr); sys.exit(code)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, storage.uri],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["split"]["K"] == 4
     assert proc.stderr.strip().splitlines()[-1] == "False False"

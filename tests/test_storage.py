@@ -134,7 +134,10 @@ def test_s3_roundtrip(s3_endpoint):
     assert st.exists("data/manifest.json") and not st.exists("data/nothing")
     assert st.ls("data") == ["manifest.json", "train"]
     keys = sorted(
-        o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="test-bucket", Prefix=prefix)["Contents"]
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="test-bucket", Prefix=prefix)[
+            "Contents"
+        ]
     )
     assert keys == [f"{prefix}/data/manifest.json", f"{prefix}/data/train/branch=0/part-0.parquet"]  # no probe left
     st.remove("data")
@@ -171,7 +174,9 @@ def test_split_to_dead_endpoint_writes_nothing(tmp_path, closed_port):
     endpoint = f"http://127.0.0.1:{closed_port}"
     t0 = time.monotonic()
     with pytest.raises(StorageError, match=endpoint):
-        split_dataset(TINY_SOURCE, SplitConfig(), RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=endpoint))
+        split_dataset(
+            TINY_SOURCE, SplitConfig(), RunStorage(f"s3://test-bucket/{uuid.uuid4().hex}", endpoint_url=endpoint)
+        )
     assert time.monotonic() - t0 < DEAD_ENDPOINT_BOUND_S
 
 
@@ -181,7 +186,6 @@ def test_s3_missing_bucket(s3_endpoint):
         st.check_writable()
     with pytest.raises(StorageError, match="no-such-bucket"):
         split_dataset(TINY_SOURCE, SplitConfig(), st)
-
 
 
 def test_transient_errors_are_retried_with_backoff_others_raised_at_once(monkeypatch):
@@ -220,15 +224,27 @@ def test_transient_errors_are_retried_with_backoff_others_raised_at_once(monkeyp
 def test_one_object_from_the_config_carries_every_setting_to_workers_and_children():
     from data_split.config import StorageConfig
 
-    cfg = StorageConfig(uri="s3://b/run", endpoint_url="http://e:1", retry_budget_s=7.0,
-                        access_key_id="KEYID1234", secret_access_key="SECRET1234")
+    cfg = StorageConfig(
+        uri="s3://b/run",
+        endpoint_url="http://e:1",
+        retry_budget_s=7.0,
+        access_key_id="KEYID1234",
+        secret_access_key="SECRET1234",
+    )
     st = RunStorage.from_config(cfg)
-    assert (st.uri, st.endpoint_url, st.retry_budget_s, st.credentials) == ("s3://b/run", "http://e:1", 7.0,
-                                                                           ("KEYID1234", "SECRET1234"))
+    assert (st.uri, st.endpoint_url, st.retry_budget_s, st.credentials) == (
+        "s3://b/run",
+        "http://e:1",
+        7.0,
+        ("KEYID1234", "SECRET1234"),
+    )
     assert "SECRET1234" not in repr(st) and "KEYID1234" not in repr(st)
     for derived in (pickle.loads(pickle.dumps(st)), st.child("baseline"), st.at("s3://other/out")):
-        assert (derived.endpoint_url, derived.retry_budget_s, derived.credentials) == (st.endpoint_url, 7.0,
-                                                                                      st.credentials)
+        assert (derived.endpoint_url, derived.retry_budget_s, derived.credentials) == (
+            st.endpoint_url,
+            7.0,
+            st.credentials,
+        )
     assert st.child("baseline").uri == "s3://b/run/baseline"
 
 
@@ -270,6 +286,7 @@ def test_reads_retry_through_transient_failures_and_report_real_answers(monkeypa
                 failures[kind] -= 1
                 raise ConnectionResetError(f"{kind} reset (injected)")
             return real(*args, **kwargs)
+
         return call
 
     monkeypatch.setattr(st.fs, "open", flaky("open", fs_open))
@@ -278,8 +295,11 @@ def test_reads_retry_through_transient_failures_and_report_real_answers(monkeypa
         assert f.read() == b"aaa"
     assert st.read_with("b.bin", lambda f: f.read()) == b"bbb"
     # many files at once: a transient failure is retried for that file, a real answer is returned as itself
-    monkeypatch.setattr(st.fs, "cat_ranges", lambda paths, *a, **kw: [ConnectionResetError("reset"), b"bbb",
-                                                                        FileNotFoundError(paths[2])])
+    monkeypatch.setattr(
+        st.fs,
+        "cat_ranges",
+        lambda paths, *a, **kw: [ConnectionResetError("reset"), b"bbb", FileNotFoundError(paths[2])],
+    )
     got = st.read_paths([st.path("a.bin"), st.path("b.bin"), st.path("gone.bin")])
     assert got[:2] == [b"aaa", b"bbb"] and isinstance(got[2], FileNotFoundError)
     assert failures == {"open": 0, "cat": 0}

@@ -76,8 +76,9 @@ def test_an_epoch_streams_every_row_once_in_a_seeded_order(tiny_split):
 
 
 def test_class_sorted_source_gives_class_mixed_batches(tmp_path, monkeypatch):
-    files = write_imagefolder(tmp_path / "imgs", classes=("a", "b", "c", "d"), per_class={"train": 60, "test": 4},
-                              size=(4, 4), mode="L")
+    files = write_imagefolder(
+        tmp_path / "imgs", classes=("a", "b", "c", "d"), per_class={"train": 60, "test": 4}, size=(4, 4), mode="L"
+    )
     source_cfg = SourceConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=[4, 4], channels=1)
     _, y_source = make_source(source_cfg).read("train", 0, 240)
     assert (np.diff(y_source) >= 0).all() and len(set(y_source)) == 4  # the source is sorted by class
@@ -100,8 +101,9 @@ def test_stream_trains_and_writes_what_memory_writes(tiny_split, tmp_path):
     assert (a["data_mode"], b["data_mode"]) == ("memory", "stream")
     assert b["val_acc"] > 0.6 and b["test_acc"] > 0.6, b  # chance is 0.25
     for split in ("val", "test"):  # the same rows in the same (ascending idx) order, learned as well
-        np.testing.assert_array_equal(load_npy(mem, f"branches/2/rows_{split}.npy"),
-                                      load_npy(stream, f"branches/2/rows_{split}.npy"))
+        np.testing.assert_array_equal(
+            load_npy(mem, f"branches/2/rows_{split}.npy"), load_npy(stream, f"branches/2/rows_{split}.npy")
+        )
     assert abs(a["test_acc"] - b["test_acc"]) < 0.1
 
 
@@ -112,8 +114,9 @@ def test_stream_resume_matches_a_straight_run_bitwise(tiny_split, tmp_path):
     result = train_branch(resumed, 0, FC4, STREAM)
     assert result["resumed_from_epoch"] == 1
     for split in ("val", "test"):
-        np.testing.assert_array_equal(load_npy(straight, f"branches/0/logits_{split}.npy"),
-                                      load_npy(resumed, f"branches/0/logits_{split}.npy"))
+        np.testing.assert_array_equal(
+            load_npy(straight, f"branches/0/logits_{split}.npy"), load_npy(resumed, f"branches/0/logits_{split}.npy")
+        )
 
 
 def test_auto_streams_above_the_memory_limit(tiny_split):
@@ -134,8 +137,9 @@ def test_stream_from_s3_matches_local(tiny_split, s3_endpoint, monkeypatch):
     s3 = RunStorage(f"s3://test-bucket/stream-{uuid.uuid4().hex[:8]}", endpoint_url=s3_endpoint)
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 16 * 16)  # 16 rows of (1, 4, 4) codes
     source = make_source(cfg.source)
-    write_manifest(s3, parts.build_manifest(
-        source, cfg.source, cfg.split, pipeline.write_single_process(source, cfg.split, s3)))
+    write_manifest(
+        s3, parts.build_manifest(source, cfg.source, cfg.split, pipeline.write_single_process(source, cfg.split, s3))
+    )
     local = StreamingSplit(tiny_split, load_manifest(tiny_split), "train", 3, CPU, shuffle_buffer=64)
     remote = StreamingSplit(s3, load_manifest(s3), "train", 3, CPU, shuffle_buffer=64)
     for (xa, ya), (xb, yb) in zip(local.train_batches(0, 3, 2, 32), remote.train_batches(0, 3, 2, 32), strict=True):
@@ -191,15 +195,20 @@ def remote_copy(storage: RunStorage, faults: Faults, monkeypatch) -> RunStorage:
     monkeypatch.setattr(storage_mod, "RETRY_FIRST_DELAY_S", 0.01)
     remote = RunStorage(f"memory://stream-{uuid.uuid4().hex[:8]}", retry_budget_s=0.5)
     for path in storage.fs.find(storage.path("data")):
-        remote.write_bytes(path[len(storage.root) + 1:], storage.fs.cat_file(path))
+        remote.write_bytes(path[len(storage.root) + 1 :], storage.fs.cat_file(path))
     cat, open_ = remote.fs.cat_file, remote.fs.open
-    monkeypatch.setattr(remote.fs, "open", lambda path, mode="rb", **kw: FlakyFile(cat(path), faults)
-                        if mode == "rb" else open_(path, mode, **kw))
+    monkeypatch.setattr(
+        remote.fs,
+        "open",
+        lambda path, mode="rb", **kw: FlakyFile(cat(path), faults) if mode == "rb" else open_(path, mode, **kw),
+    )
     return remote
 
 
 def epoch_batches(storage: RunStorage, k: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(StreamingSplit(storage, load_manifest(storage), "train", k, CPU, shuffle_buffer=64).train_batches(0, k, 1, 32))
+    return list(
+        StreamingSplit(storage, load_manifest(storage), "train", k, CPU, shuffle_buffer=64).train_batches(0, k, 1, 32)
+    )
 
 
 def test_reads_failing_mid_epoch_are_retried_and_the_epoch_is_unchanged(tiny_split, monkeypatch, caplog):
@@ -241,6 +250,9 @@ def test_an_outage_past_the_budget_in_the_prefetch_thread_fails_the_training_loo
     error = outcome.get("error")
     assert isinstance(error, StorageError), error
     assert "row group" in str(error) and "retry_budget_s = 0.5" in str(error) and remote.uri in str(error)
-    wait_until(lambda: not any(t.name.startswith("branch-prefetch") for t in threading.enumerate()), timeout_s=30,
-               what="the prefetch thread ended")
+    wait_until(
+        lambda: not any(t.name.startswith("branch-prefetch") for t in threading.enumerate()),
+        timeout_s=30,
+        what="the prefetch thread ended",
+    )
     assert not remote.exists("branches/1/result.json")

@@ -30,17 +30,20 @@ LR_SPACE = {"train.lr": {"loguniform": [1.0e-5, 1.0e-1]}}
 
 
 # -- config: the search space ----------------------------------------------------------------------------
-@pytest.mark.parametrize("space, message", [
-    ({"train.lrr": {"uniform": [0.1, 0.2]}}, r"sweep\.space\.train\.lrr: 'train\.lrr' is not searchable"),
-    ({"split.rows": {"choice": [1, 2]}}, r"sweep\.space\.split\.rows: 'split\.rows' is not searchable"),
-    ({"model.name": {"choice": ["fc4"]}}, r"sweep\.space\.model\.name: 'model\.name' is not searchable"),
-    ({"train.batch_size": {"loguniform": [8, 64]}}, r"train\.batch_size takes int values.*use choice or randint"),
-    ({"train.lr": {"loguniform": [0.0, 0.1]}}, r"sweep\.space\.train\.lr: loguniform needs low > 0"),
-    ({"train.lr": {"uniform": [0.1, 0.01]}}, r"low < high"),
-    ({"train.lr": {"normal": [0, 1]}}, r"unknown distribution 'normal'"),
-    ({"train.lr": {"choice": []}}, r"choice expects a non-empty list"),
-    ({"train.lr": {"uniform": [0.1, 0.2], "choice": [0.1]}}, r"expected one distribution"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"train.lrr": {"uniform": [0.1, 0.2]}}, r"sweep\.space\.train\.lrr: 'train\.lrr' is not searchable"),
+        ({"split.rows": {"choice": [1, 2]}}, r"sweep\.space\.split\.rows: 'split\.rows' is not searchable"),
+        ({"model.name": {"choice": ["fc4"]}}, r"sweep\.space\.model\.name: 'model\.name' is not searchable"),
+        ({"train.batch_size": {"loguniform": [8, 64]}}, r"train\.batch_size takes int values.*use choice or randint"),
+        ({"train.lr": {"loguniform": [0.0, 0.1]}}, r"sweep\.space\.train\.lr: loguniform needs low > 0"),
+        ({"train.lr": {"uniform": [0.1, 0.01]}}, r"low < high"),
+        ({"train.lr": {"normal": [0, 1]}}, r"unknown distribution 'normal'"),
+        ({"train.lr": {"choice": []}}, r"choice expects a non-empty list"),
+        ({"train.lr": {"uniform": [0.1, 0.2], "choice": [0.1]}}, r"expected one distribution"),
+    ],
+)
 def test_bad_search_spaces_are_config_errors_naming_the_key(space, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, {"sweep.space": space})
@@ -48,14 +51,29 @@ def test_bad_search_spaces_are_config_errors_naming_the_key(space, message):
 
 def test_search_space_loads_from_yaml(tmp_path):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"sweep": {"space": {
-        "train.lr": {"loguniform": [1e-4, 1e-2]}, "train.batch_size": {"choice": [64, 128]},
-        "model.width": {"randint": [32, 64]}, "train.weight_decay": {"uniform": [0.0, 1e-3]}}, "num_samples": 3}},
-                                   sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sweep": {
+                    "space": {
+                        "train.lr": {"loguniform": [1e-4, 1e-2]},
+                        "train.batch_size": {"choice": [64, 128]},
+                        "model.width": {"randint": [32, 64]},
+                        "train.weight_decay": {"uniform": [0.0, 1e-3]},
+                    },
+                    "num_samples": 3,
+                }
+            },
+            sort_keys=False,
+        )
+    )
     cfg = load_config(path)
     assert [(d.key, d.kind) for d in cfg.sweep.dimensions] == [
-        ("train.lr", "loguniform"), ("train.batch_size", "choice"), ("model.width", "randint"),
-        ("train.weight_decay", "uniform")]
+        ("train.lr", "loguniform"),
+        ("train.batch_size", "choice"),
+        ("model.width", "randint"),
+        ("train.weight_decay", "uniform"),
+    ]
     assert cfg.sweep.resolved_mode == "max" and cfg.sweep.branches == [0]
     with pytest.raises(ConfigError, match="sweep.metric"):
         load_config(None, {"sweep.metric": "test_acc"})
@@ -103,9 +121,17 @@ def test_trial_storage_reads_the_runs_data_and_writes_its_own_branches(tmp_path)
 
 # -- sweeps against a real Ray ---------------------------------------------------------------------------------
 def sweep_config(uri: str, **extra):
-    return tiny_config(uri, **{"split.rows": 1, "train.epochs": 4,  # K = 2: the best config's run is one wave
-                               "sweep.space": {**LR_SPACE, "train.batch_size": {"choice": [32, 64]}},
-                               "sweep.num_samples": 6, "sweep.reduction_factor": 3.0, **extra})
+    return tiny_config(
+        uri,
+        **{
+            "split.rows": 1,
+            "train.epochs": 4,  # K = 2: the best config's run is one wave
+            "sweep.space": {**LR_SPACE, "train.batch_size": {"choice": [32, 64]}},
+            "sweep.num_samples": 6,
+            "sweep.reduction_factor": 3.0,
+            **extra,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -146,8 +172,17 @@ def test_asha_sweep_writes_table_and_a_best_config_that_runs(ray_session, tmp_pa
 @pytest.mark.slow
 def test_sweep_of_two_branches_on_s3(ray_session, s3_endpoint):
     uri = f"s3://test-bucket/{uuid.uuid4().hex}"
-    cfg = tiny_config(uri, **{"storage.endpoint_url": s3_endpoint, "train.epochs": 2, "sweep.space": LR_SPACE,
-                              "sweep.num_samples": 2, "sweep.branches": [0, 1], "sweep.scheduler": "fifo"})
+    cfg = tiny_config(
+        uri,
+        **{
+            "storage.endpoint_url": s3_endpoint,
+            "train.epochs": 2,
+            "sweep.space": LR_SPACE,
+            "sweep.num_samples": 2,
+            "sweep.branches": [0, 1],
+            "sweep.scheduler": "fifo",
+        },
+    )
     result = api.sweep(cfg)
     storage = RunStorage.from_config(cfg.storage)
     assert [r["status"] for r in result.rows] == ["finished", "finished"]
@@ -184,8 +219,16 @@ def tune_state_shows(run: Path, trial_id: str, epoch: int) -> bool:
 @pytest.mark.slow
 def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
     run = tmp_path / "run"
-    cfg = tiny_config(str(run), **{"split.rows": 1, "train.epochs": 4, "sweep.space": LR_SPACE,
-                                   "sweep.num_samples": 2, "sweep.scheduler": "fifo"})
+    cfg = tiny_config(
+        str(run),
+        **{
+            "split.rows": 1,
+            "train.epochs": 4,
+            "sweep.space": LR_SPACE,
+            "sweep.num_samples": 2,
+            "sweep.scheduler": "fifo",
+        },
+    )
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     cmd = [SPECTRAL, "sweep", "--config", str(config)]
@@ -200,9 +243,14 @@ def test_sweep_resumes_after_its_driver_is_killed(tmp_path):
         held = hold.wait_reached(1, alive=alive)
         caught = held[0]["uri"].rsplit("/", 1)[1]
         # the trial is held: this state must come (a generous deadline for a loaded machine; it ends once it is there)
-        wait_until(lambda: tune_state_shows(run, caught, 2), timeout_s=REACHED_TIMEOUT_S, alive=alive,
-                   what="Tune's saved state showed the held trial's epoch 2", poll_s=0.1,
-                   detail=lambda: (tmp_path / "first.log").read_text()[-3000:])
+        wait_until(
+            lambda: tune_state_shows(run, caught, 2),
+            timeout_s=REACHED_TIMEOUT_S,
+            alive=alive,
+            what="Tune's saved state showed the held trial's epoch 2",
+            poll_s=0.1,
+            detail=lambda: (tmp_path / "first.log").read_text()[-3000:],
+        )
         first.send_signal(signal.SIGKILL)  # the driver dies mid-sweep, at a known epoch
         first.wait()
     finally:

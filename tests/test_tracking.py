@@ -18,11 +18,11 @@ def read_events(data: bytes) -> list:
     """Every Event of a TFRecord file, each record's two CRCs checked with tensorboardX's own masked CRC-32C."""
     events, pos = [], 0
     while pos < len(data):
-        header = data[pos:pos + 8]
+        header = data[pos : pos + 8]
         (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == record_writer.masked_crc32c(header)
-        body = data[pos + 12:pos + 12 + length]
-        assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == record_writer.masked_crc32c(body)
+        assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == record_writer.masked_crc32c(header)
+        body = data[pos + 12 : pos + 12 + length]
+        assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == record_writer.masked_crc32c(body)
         events.append(event_pb2.Event.FromString(body))
         pos += 16 + length
     return events
@@ -39,9 +39,21 @@ def scalars(events) -> dict[str, list[tuple[int, float]]]:
 def test_branch_events_hold_every_epoch_and_grow_by_appending(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
     for epoch in (1, 2):
-        storage.append_line(layout.metrics(3), json.dumps({
-            "epoch": epoch, "loss": 1.0 / epoch, "val_loss": 1.5, "val_acc": 0.25 * epoch, "lr": 1e-3,
-            "images_per_s": 500.0 * epoch, "seconds": 0.1, "time": 1000.0 + epoch}))
+        storage.append_line(
+            layout.metrics(3),
+            json.dumps(
+                {
+                    "epoch": epoch,
+                    "loss": 1.0 / epoch,
+                    "val_loss": 1.5,
+                    "val_acc": 0.25 * epoch,
+                    "lr": 1e-3,
+                    "images_per_s": 500.0 * epoch,
+                    "seconds": 0.1,
+                    "time": 1000.0 + epoch,
+                }
+            ),
+        )
         events = BranchEvents(storage)
         events.update({3: {"state": "training", "epoch": epoch}})
         if epoch == 1:

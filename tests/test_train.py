@@ -28,9 +28,25 @@ FC4 = ModelConfig(name="fc4")
 # 3 epochs of ~11 steps at lr 1e-2 take the tiny data from chance (0.25) to ~0.8 in a fraction of a second.
 FAST = TrainConfig(epochs=3, batch_size=32, lr=1e-2)
 METRIC_KEYS = {"epoch", "loss", "val_loss", "val_acc", "images_per_s", "seconds", "lr", "time"}
-RESULT_KEYS = {"k", "model", "epochs", "params", "model_bytes", "train_loss", "val_acc", "val_nll", "test_acc",
-               "test_nll", "train_seconds", "images_per_s", "peak_memory_bytes", "device", "in_shape", "classes",
-               "started"}
+RESULT_KEYS = {
+    "k",
+    "model",
+    "epochs",
+    "params",
+    "model_bytes",
+    "train_loss",
+    "val_acc",
+    "val_nll",
+    "test_acc",
+    "test_nll",
+    "train_seconds",
+    "images_per_s",
+    "peak_memory_bytes",
+    "device",
+    "in_shape",
+    "classes",
+    "started",
+}
 
 
 def with_epochs(cfg: TrainConfig, epochs: int, **more) -> TrainConfig:
@@ -120,8 +136,9 @@ def test_same_config_gives_bitwise_identical_logits(make_run):
     train_branch(a, 1, FC4, FAST)
     train_branch(b, 1, FC4, FAST)
     for split in ("val", "test"):
-        np.testing.assert_array_equal(load_npy(a, f"branches/1/logits_{split}.npy"),
-                                      load_npy(b, f"branches/1/logits_{split}.npy"))
+        np.testing.assert_array_equal(
+            load_npy(a, f"branches/1/logits_{split}.npy"), load_npy(b, f"branches/1/logits_{split}.npy")
+        )
     assert [m["loss"] for m in metric_lines(a, 1)] == [m["loss"] for m in metric_lines(b, 1)]
     other = make_run("c")
     train_branch(other, 1, FC4, with_epochs(FAST, 3, seed=1))
@@ -139,8 +156,9 @@ def test_resume_continues_and_matches_a_straight_run_bitwise(make_run):
     assert [m["epoch"] for m in metric_lines(resumed, 0)] == [1, 2, 3]
     # On CPU, with the closed-form schedule and per-epoch batch generators, the replay is exact.
     for split in ("val", "test"):
-        np.testing.assert_array_equal(load_npy(straight, f"branches/0/logits_{split}.npy"),
-                                      load_npy(resumed, f"branches/0/logits_{split}.npy"))
+        np.testing.assert_array_equal(
+            load_npy(straight, f"branches/0/logits_{split}.npy"), load_npy(resumed, f"branches/0/logits_{split}.npy")
+        )
     assert [m["loss"] for m in metric_lines(straight, 0)] == [m["loss"] for m in metric_lines(resumed, 0)]
 
 
@@ -159,8 +177,9 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(make_run, caplog
     assert len(warnings) == 1 and "epoch=2.pt" in warnings[0].getMessage()
     assert result["resumed_from_epoch"] == 1
     assert [m["epoch"] for m in metric_lines(storage, 3)] == [1, 2, 3]  # line 2 of the first call was redone
-    np.testing.assert_array_equal(load_npy(straight, "branches/3/logits_test.npy"),
-                                  load_npy(storage, "branches/3/logits_test.npy"))
+    np.testing.assert_array_equal(
+        load_npy(straight, "branches/3/logits_test.npy"), load_npy(storage, "branches/3/logits_test.npy")
+    )
 
 
 def test_lost_metric_line_is_restored_from_the_checkpoint(make_run):
@@ -206,10 +225,12 @@ def test_different_configuration_in_the_same_branch_is_refused(make_run):
 
 def test_other_models_and_optimizers_train(make_run):
     storage = make_run()
-    for k, (model, train) in enumerate([
-        (ModelConfig(name="cnn8", width=4), with_epochs(FAST, 1, optimizer="sgd", schedule="step", step_size=1)),
-        (ModelConfig(name="fc8"), with_epochs(FAST, 1, optimizer="adamw", weight_decay=0.01, label_smoothing=0.1)),
-    ]):
+    for k, (model, train) in enumerate(
+        [
+            (ModelConfig(name="cnn8", width=4), with_epochs(FAST, 1, optimizer="sgd", schedule="step", step_size=1)),
+            (ModelConfig(name="fc8"), with_epochs(FAST, 1, optimizer="adamw", weight_decay=0.01, label_smoothing=0.1)),
+        ]
+    ):
         result = train_branch(storage, k, model, train)
         assert result["model"] == model.name and np.isfinite(result["val_nll"])
 
@@ -231,8 +252,10 @@ def test_lr_factor_matches_torch_schedulers():
     model = torch.nn.Linear(1, 1)
     for cfg, make in [
         (TrainConfig(epochs=7, schedule="cosine"), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=7)),
-        (TrainConfig(epochs=7, schedule="step", step_size=3, gamma=0.5),
-         lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5)),
+        (
+            TrainConfig(epochs=7, schedule="step", step_size=3, gamma=0.5),
+            lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5),
+        ),
     ]:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
         sched, lrs = make(opt), []
@@ -266,7 +289,9 @@ def test_epoch_logits_are_each_epochs_validation_logits(make_run):
 def test_a_diverging_branch_stops_at_once_and_writes_nothing_of_that_epoch(make_run):
     storage = make_run()
     wild = with_epochs(FAST, 3, optimizer="sgd", lr=1e4)  # `spectral run --set train.lr=10000`: NaN within steps
-    with pytest.raises(NonFiniteError, match=r"branch 0 diverged at epoch 1: non-finite training loss \(nan\) at step \d+"):
+    with pytest.raises(
+        NonFiniteError, match=r"branch 0 diverged at epoch 1: non-finite training loss \(nan\) at step \d+"
+    ):
         train_branch(storage, 0, FC4, wild)
     assert not storage.exists("branches/0/checkpoints/epoch=1.pt") and not storage.exists("branches/0/metrics.jsonl")
     for split in ("val", "test"):
@@ -306,13 +331,24 @@ def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
         got = results[k]
         assert got["packed_with"] == [0, 1, 2, 3] and packed.read_json(f"branches/{k}/result.json") == got
         assert RESULT_KEYS <= set(got) and got["params"] == want["params"]
-        for rel in ("checkpoints/epoch=1.pt", "checkpoints/epoch=2.pt", "metrics.jsonl", "logits_val.npy",
-                    "logits_test.npy", "rows_val.npy", "rows_test.npy"):
+        for rel in (
+            "checkpoints/epoch=1.pt",
+            "checkpoints/epoch=2.pt",
+            "metrics.jsonl",
+            "logits_val.npy",
+            "logits_test.npy",
+            "rows_val.npy",
+            "rows_test.npy",
+        ):
             assert packed.exists(f"branches/{k}/{rel}"), rel
         assert [set(m) for m in metric_lines(packed, k)] == [METRIC_KEYS] * 2
         # same seeds, same batches, same math: the logits agree to float32 rounding grown over 2 epochs
-        np.testing.assert_allclose(load_npy(packed, f"branches/{k}/logits_test.npy"),
-                                   load_npy(alone, f"branches/{k}/logits_test.npy"), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            load_npy(packed, f"branches/{k}/logits_test.npy"),
+            load_npy(alone, f"branches/{k}/logits_test.npy"),
+            rtol=1e-4,
+            atol=1e-4,
+        )
         assert got["test_acc"] == pytest.approx(want["test_acc"], abs=0.02)
         ck = load_checkpoint(packed, f"branches/{k}/checkpoints/epoch=2.pt")
         model = build_model(FC4, (1, 4, 4), 4)
@@ -331,8 +367,9 @@ def test_a_pack_resumes_each_branch_from_its_own_checkpoint(make_run):
     assert [results[k]["resumed_from_epoch"] for k in (0, 1)] == [1, 1]
     for k in (0, 1):
         assert [m["epoch"] for m in metric_lines(resumed, k)] == [1, 2, 3]
-        assert np.array_equal(load_npy(resumed, f"branches/{k}/logits_test.npy"),
-                              load_npy(straight, f"branches/{k}/logits_test.npy"))  # CPU: bitwise
+        assert np.array_equal(
+            load_npy(resumed, f"branches/{k}/logits_test.npy"), load_npy(straight, f"branches/{k}/logits_test.npy")
+        )  # CPU: bitwise
 
 
 def test_a_diverging_branch_leaves_the_pack_and_the_others_are_unaffected(make_run):
@@ -349,8 +386,12 @@ def test_a_diverging_branch_leaves_the_pack_and_the_others_are_unaffected(make_r
     assert got[1]["diverged"] is True and (got[1]["epoch"], got[1]["step"]) == (1, 1)
     assert broken.read_json("branches/1/diverged.json") == got[1] and not broken.exists("branches/1/result.json")
     for k in (0, 2):  # the rest of the pack trains exactly as without the diverged branch
-        assert np.allclose(load_npy(broken, f"branches/{k}/logits_test.npy"),
-                           load_npy(clean, f"branches/{k}/logits_test.npy"), rtol=1e-5, atol=1e-5)
+        assert np.allclose(
+            load_npy(broken, f"branches/{k}/logits_test.npy"),
+            load_npy(clean, f"branches/{k}/logits_test.npy"),
+            rtol=1e-5,
+            atol=1e-5,
+        )
         assert got[k]["test_acc"] == want[k]["test_acc"]
     other = make_run("fail")
     other.write_json("data/manifest.json", manifest)

@@ -220,7 +220,11 @@ def test_integer_input_rejected(lib):
     with pytest.raises(ValueError, match="uint8"):
         spectral_components(x, 2, 2)
     with pytest.raises(ValueError, match="uint8"):
-        spectral_merge(x[..., None].expand(1, 1, 2, 2, 4) if lib == "torch" else np.broadcast_to(x[..., None], (1, 1, 2, 2, 4)), 2, 2)
+        spectral_merge(
+            x[..., None].expand(1, 1, 2, 2, 4) if lib == "torch" else np.broadcast_to(x[..., None], (1, 1, 2, 2, 4)),
+            2,
+            2,
+        )
     assert polyphase_split(x, 2, 2).dtype == x.dtype  # a pure re-indexing: any dtype
 
 

@@ -37,8 +37,11 @@ def test_tune_filesystem_pickles_without_credentials_and_gets_them_back_from_the
         return data, fs.handler._storage.credentials
 
     def brokers() -> list[str]:
-        return [a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(BROKER_PREFIX)]
+        return [
+            a["name"]
+            for a in ray_session.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(BROKER_PREFIX)
+        ]
 
     with credentials_broker(storage):  # as around Tune's and Ray Train's fit()
         blob = cloudpickle.dumps(filesystem)  # what Tune writes into its experiment state

@@ -49,9 +49,18 @@ def write_fake_run(storage: RunStorage, seed: int = 0) -> dict:
         out[split] = (z, y)
     for k in range(K):
         storage.write_json(f"branches/{k}/result.json", {"k": k, "train_loss": TRAIN_LOSSES[k], "test_acc": 0.5})
-    storage.write_json(MANIFEST, {"version": MANIFEST_VERSION, "config_hash": "fake", "source": {"name": "fake"},
-                                  "split": {"K": K, "r": 2, "c": 2, "transform": "dct"}, "val_fraction": 0.1,
-                                  "seed": 0, "branches": []})
+    storage.write_json(
+        MANIFEST,
+        {
+            "version": MANIFEST_VERSION,
+            "config_hash": "fake",
+            "source": {"name": "fake"},
+            "split": {"K": K, "r": 2, "c": 2, "transform": "dct"},
+            "val_fraction": 0.1,
+            "seed": 0,
+            "branches": [],
+        },
+    )
     return out
 
 
@@ -102,12 +111,19 @@ def test_exact_fit_minimises_validation_nll_over_the_simplex():
     w = rng.dirichlet(np.ones(K))
     _, g = nll_and_grad(w, z.astype(np.float64), y)
     eps = 1e-6
-    num = [(nll_and_grad(w + eps * e, z.astype(np.float64), y)[0] - nll_and_grad(w - eps * e, z.astype(np.float64), y)[0])
-           / (2 * eps) for e in np.eye(K)]
+    num = [
+        (nll_and_grad(w + eps * e, z.astype(np.float64), y)[0] - nll_and_grad(w - eps * e, z.astype(np.float64), y)[0])
+        / (2 * eps)
+        for e in np.eye(K)
+    ]
     np.testing.assert_allclose(g, num, atol=1e-7)
     # no simplex point beats it: the rules, the corners, random points
-    others = [weight_rule("uniform", TRAIN_LOSSES), weight_rule("geometric", TRAIN_LOSSES), *np.eye(K),
-              *rng.dirichlet(np.ones(K), size=200)]
+    others = [
+        weight_rule("uniform", TRAIN_LOSSES),
+        weight_rule("geometric", TRAIN_LOSSES),
+        *np.eye(K),
+        *rng.dirichlet(np.ones(K), size=200),
+    ]
     assert fit.nll <= score_candidates(np.array(others), z, y)[0].min() + 1e-12
     assert fit.weights[0] == fit.weights.max()  # the branch with the strongest signal weighs most
 

@@ -17,7 +17,18 @@ from tune.sweep import SweepError
 from tune.weights import WeightSearch, WeightSearchError, search_weights
 
 __all__ = [
-    "COMPUTED_RULES", "ExactFit", "SweepConfig", "SweepError", "TuneConfig", "WEIGHT_RULES", "WeightSearch",
-    "WeightSearchError", "ensemble_logits", "fit_exact_weights", "nll_and_accuracy", "score", "search_weights",
+    "COMPUTED_RULES",
+    "ExactFit",
+    "SweepConfig",
+    "SweepError",
+    "TuneConfig",
+    "WEIGHT_RULES",
+    "WeightSearch",
+    "WeightSearchError",
+    "ensemble_logits",
+    "fit_exact_weights",
+    "nll_and_accuracy",
+    "score",
+    "search_weights",
     "weight_rule",
 ]

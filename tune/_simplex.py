@@ -52,8 +52,9 @@ def dirichlet_around(center: np.ndarray, concentration: float, n: int, rng: np.r
     return g / g.sum(axis=1, keepdims=True)
 
 
-def local_search(center: np.ndarray, budget: int, logits: np.ndarray, y: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, float, float, float]:
+def local_search(
+    center: np.ndarray, budget: int, logits: np.ndarray, y: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, float, float, float]:
     """Best point of ``budget`` candidates (the center included): (weights (K,), nll, acc, center's nll)."""
     K = center.size
     nll, acc = score_candidates(center[None, :], logits, y)
@@ -80,6 +81,6 @@ def score_candidates(weights: np.ndarray, logits: np.ndarray, y: np.ndarray) -> 
     nll, acc = np.empty(B), np.empty(B)
     step = max(1, SCORE_CHUNK_BYTES // (8 * N * C))
     for lo in range(0, B, step):
-        z = np.einsum("bk,knc->bnc", W[lo:lo + step], Z)  # (b, N, C)
-        nll[lo:lo + step], acc[lo:lo + step] = nll_and_accuracy(z, y)
+        z = np.einsum("bk,knc->bnc", W[lo : lo + step], Z)  # (b, N, C)
+        nll[lo : lo + step], acc[lo : lo + step] = nll_and_accuracy(z, y)
     return nll, acc

@@ -26,6 +26,7 @@ from data_split.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
+
 # -- a trial's storage: its own branches/, the run's data/ -------------------------------------------
 @dataclass(frozen=True)
 class TrialStorage(RunStorage):
@@ -58,8 +59,9 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _train_lockstep(storage: RunStorage, branches: list[int], model_cfg, train_cfg,
-                    report: Callable[[int, list[dict]], None]) -> None:
+def _train_lockstep(
+    storage: RunStorage, branches: list[int], model_cfg, train_cfg, report: Callable[[int, list[dict]], None]
+) -> None:
     """Train ``branches`` side by side (one thread each); report epoch e once every branch has finished it."""
     from branches.train import train_branch
 

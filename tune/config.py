@@ -39,12 +39,16 @@ class TuneConfig(Section):
 
     SECTION = "tune"
 
-    num_samples: int = option(64, '`tuned` weights: Tune trials, each starting from one TPE proposal', ge=1)
+    num_samples: int = option(64, "`tuned` weights: Tune trials, each starting from one TPE proposal", ge=1)
     # A trial costs ~0.3-1.3 s of Tune overhead but scoring one weight vector costs ~1 ms, so each trial
     # scores this many in a local search from its proposal (tune._simplex.local_search) and reports the best.
-    candidates_per_trial: int = option(64, 'weight vectors each trial scores in a local search from its proposal; 1 = plain TPE', ge=1)
-    seed: int = option(0, 'seed of the TPE sampler and of the local searches')
-    max_concurrent: int = option(2, 'trials at once (TPE learns only from finished trials: more is closer to random)', ge=1)
+    candidates_per_trial: int = option(
+        64, "weight vectors each trial scores in a local search from its proposal; 1 = plain TPE", ge=1
+    )
+    seed: int = option(0, "seed of the TPE sampler and of the local searches")
+    max_concurrent: int = option(
+        2, "trials at once (TPE learns only from finished trials: more is closer to random)", ge=1
+    )
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,13 @@ def parse_dimension(key: str, spec: Any, at: str = "sweep.space") -> Dimension:
     where = f"{at}.{key}"
     types = _searchable_types()
     if key not in types:
-        raise ConfigError(f"{where}: {key!r} is not searchable; searchable keys are train.<field> "
-                          f"({', '.join(k.split('.', 1)[1] for k in types if k.startswith('train.'))}) and model.width")
+        raise ConfigError(
+            f"{where}: {key!r} is not searchable; searchable keys are train.<field> "
+            f"({', '.join(k.split('.', 1)[1] for k in types if k.startswith('train.'))}) and model.width"
+        )
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: expected one distribution such as {{loguniform: [1e-4, 1e-2]}}, got {spec!r}")
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind not in DISTRIBUTIONS:
         raise ConfigError(f"{where}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, (list, tuple)) or not args:
@@ -95,8 +101,10 @@ def parse_dimension(key: str, spec: Any, at: str = "sweep.space") -> Dimension:
     allowed = (float,) if kind in ("uniform", "loguniform") else (int, float)
     if types[key] not in allowed:
         name = getattr(types[key], "__name__", str(types[key]))
-        raise ConfigError(f"{where}: {key} takes {name} values, which {kind} does not draw; use choice"
-                          + (" or randint" if types[key] is int else ""))
+        raise ConfigError(
+            f"{where}: {key} takes {name} values, which {kind} does not draw; use choice"
+            + (" or randint" if types[key] is int else "")
+        )
     return Dimension(key, kind, tuple(args))
 
 
@@ -121,19 +129,26 @@ class SweepConfig(Section):
     SECTION = "sweep"
     RULES = (space_parses, branches_are_distinct_indices)
 
-    space: dict[str, dict[str, Any]] = option(factory=dict, help='searched keys (`train.<field>`, `model.width`), '
-                                                                 'each with one distribution: `{loguniform: [low, '
-                                                                 'high]}`, `uniform`, `randint` (inclusive) or '
-                                                                 '`choice: [values]`')
-    num_samples: int = option(16, 'trials (configurations) to train', ge=1)
-    branches: list[int] = option(factory=lambda: [0], help='branches each trial trains; the metric is their mean')
-    metric: str = option("val_acc", 'the metric, reported every epoch (`loss`: the training loss)', choices=SWEEP_METRICS)
+    space: dict[str, dict[str, Any]] = option(
+        factory=dict,
+        help="searched keys (`train.<field>`, `model.width`), "
+        "each with one distribution: `{loguniform: [low, "
+        "high]}`, `uniform`, `randint` (inclusive) or "
+        "`choice: [values]`",
+    )
+    num_samples: int = option(16, "trials (configurations) to train", ge=1)
+    branches: list[int] = option(factory=lambda: [0], help="branches each trial trains; the metric is their mean")
+    metric: str = option(
+        "val_acc", "the metric, reported every epoch (`loss`: the training loss)", choices=SWEEP_METRICS
+    )
     mode: str | None = option(None, "unset: the metric's natural mode", choices=("max", "min"))
-    scheduler: str = option("asha", '`asha` (stops weak trials early) or `fifo` (every trial runs all its epochs)', choices=SCHEDULERS)
-    grace_period: int = option(1, 'ASHA: epochs every trial runs before it may be stopped', ge=1)
-    reduction_factor: float = option(2.0, 'ASHA: keep the best 1/reduction_factor of the trials at each rung', gt=1)
+    scheduler: str = option(
+        "asha", "`asha` (stops weak trials early) or `fifo` (every trial runs all its epochs)", choices=SCHEDULERS
+    )
+    grace_period: int = option(1, "ASHA: epochs every trial runs before it may be stopped", ge=1)
+    reduction_factor: float = option(2.0, "ASHA: keep the best 1/reduction_factor of the trials at each rung", gt=1)
     max_concurrent: int = option(2, "trials at once (each also needs its branches' resources)", ge=1)
-    seed: int = option(0, 'seed of the TPE sampler')
+    seed: int = option(0, "seed of the TPE sampler")
 
     @property
     def resolved_mode(self) -> str:

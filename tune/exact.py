@@ -48,8 +48,12 @@ class ExactFit:
 
     def to_extra(self) -> dict:
         """Fields kept in ``ensemble/exact.json``."""
-        return {"optimizer": "slsqp (convex weights, analytic gradient)", "fw_gap": self.gap,
-                "iterations": self.iterations, "converged": self.converged}
+        return {
+            "optimizer": "slsqp (convex weights, analytic gradient)",
+            "fw_gap": self.gap,
+            "iterations": self.iterations,
+            "converged": self.converged,
+        }
 
 
 def nll_and_grad(weights: np.ndarray, logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -90,7 +94,10 @@ def fit_exact_weights(logits: np.ndarray, y: np.ndarray, *, start: np.ndarray | 
         nll, grad = nll_and_grad(w0, Z, y)
         return ExactFit(w0, nll, _accuracy(w0, Z, y), 0.0, 0, True)
     result = minimize(
-        lambda w: nll_and_grad(w, Z, y), w0, jac=True, method="SLSQP",
+        lambda w: nll_and_grad(w, Z, y),
+        w0,
+        jac=True,
+        method="SLSQP",
         bounds=[(0.0, 1.0)] * K,
         constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
         options={"maxiter": MAX_ITERATIONS, "ftol": FTOL},
@@ -99,8 +106,14 @@ def fit_exact_weights(logits: np.ndarray, y: np.ndarray, *, start: np.ndarray | 
     nll, grad = nll_and_grad(w, Z, y)
     gap = frank_wolfe_gap(w, grad)
     fit = ExactFit(w, nll, _accuracy(w, Z, y), gap, int(result.nit), gap <= GAP_TOLERANCE)
-    log.info("exact fit: val NLL %.6f (gap <= %.1e, %d SLSQP iterations, %s), weights %s", nll, gap, fit.iterations,
-             "converged" if fit.converged else f"NOT converged: {result.message}", np.round(w, 4).tolist())
+    log.info(
+        "exact fit: val NLL %.6f (gap <= %.1e, %d SLSQP iterations, %s), weights %s",
+        nll,
+        gap,
+        fit.iterations,
+        "converged" if fit.converged else f"NOT converged: {result.message}",
+        np.round(w, 4).tolist(),
+    )
     return fit
 
 

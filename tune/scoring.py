@@ -50,8 +50,10 @@ def weight_rule(rule: str, train_losses: np.ndarray | list[float], p: float = GE
     if rule not in WEIGHT_RULES:
         raise ValueError(f"unknown weight rule {rule!r}; expected one of {', '.join(COMPUTED_RULES)}")
     if WEIGHT_RULES[rule] is None:
-        raise ValueError(f"weight rule {rule!r} is searched by Ray Tune (tune/), not computed from losses; "
-                         "pass the tuned weights to evaluate_ensemble(..., weights=w)")
+        raise ValueError(
+            f"weight rule {rule!r} is searched by Ray Tune (tune/), not computed from losses; "
+            "pass the tuned weights to evaluate_ensemble(..., weights=w)"
+        )
     return WEIGHT_RULES[rule](losses, p)
 
 

@@ -55,8 +55,17 @@ def _tune_domain(dim: Dimension):
     return tune.choice(list(dim.args))
 
 
-def make_tuner(sc: SweepConfig, dims: list[Dimension], storage: RunStorage, spec: dict, *, base: dict,
-               resources: dict[str, float], max_epochs: int, first_point: dict | None):
+def make_tuner(
+    sc: SweepConfig,
+    dims: list[Dimension],
+    storage: RunStorage,
+    spec: dict,
+    *,
+    base: dict,
+    resources: dict[str, float],
+    max_epochs: int,
+    first_point: dict | None,
+):
     """(Tuner, restored): Tune's restored experiment when one is there, else a new one (``spec`` written first).
 
     ``base`` holds the ``model`` and ``train`` dicts the trials override; ``first_point`` (the
@@ -75,8 +84,9 @@ def make_tuner(sc: SweepConfig, dims: list[Dimension], storage: RunStorage, spec
     )
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         log.info("sweep: resuming the interrupted sweep at %s", storage.url(SWEEP, EXPERIMENT_NAME))
-        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=filesystem), True
+        return tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
+        ), True
     storage.remove(SWEEP)  # no restorable state: leftovers of a sweep killed before Tune saved any
     storage.write_json(SWEEP_SPEC, spec)
 
@@ -86,18 +96,28 @@ def make_tuner(sc: SweepConfig, dims: list[Dimension], storage: RunStorage, spec
         points_to_evaluate=[first_point] if first_point else None,
     )
     if sc.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=sc.grace_period,
-                                  reduction_factor=sc.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=max_epochs, grace_period=sc.grace_period, reduction_factor=sc.reduction_factor
+        )
     else:
         scheduler = FIFOScheduler()
     tuner = tune.Tuner(
         trainable,
         param_space={dim.key: _tune_domain(dim) for dim in dims},
-        tune_config=tune.TuneConfig(metric=sc.metric, mode=sc.resolved_mode, num_samples=sc.num_samples,
-                                    search_alg=searcher, scheduler=scheduler, max_concurrent_trials=sc.max_concurrent,
-                                    trial_dirname_creator=short_trial_dirname),
+        tune_config=tune.TuneConfig(
+            metric=sc.metric,
+            mode=sc.resolved_mode,
+            num_samples=sc.num_samples,
+            search_alg=searcher,
+            scheduler=scheduler,
+            max_concurrent_trials=sc.max_concurrent,
+            trial_dirname_creator=short_trial_dirname,
+        ),
         run_config=tune.RunConfig(
-            name=EXPERIMENT_NAME, storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
+            name=EXPERIMENT_NAME,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
             # Keep every (tiny) Tune checkpoint: num_to_keep would force an experiment snapshot per epoch.
         ),
@@ -124,10 +144,18 @@ def trial_row(result, dims: list[Dimension], default_epochs: int) -> dict:
     else:
         status = "stopped early" if epochs_run else "no result"
     trial = m.get("trial_id") or posixpath.basename(str(result.path)).removeprefix("trial_")
-    return {"trial": trial, "overrides": overrides, "epochs": epochs, "epochs_run": epochs_run,
-            "val_acc": m.get("val_acc"), "val_loss": m.get("val_loss"), "loss": m.get("loss"),
-            "seconds": m.get("time_total_s"), "status": status,
-            **({"error": str(result.error).strip().splitlines()[-1][:300]} if result.error is not None else {})}
+    return {
+        "trial": trial,
+        "overrides": overrides,
+        "epochs": epochs,
+        "epochs_run": epochs_run,
+        "val_acc": m.get("val_acc"),
+        "val_loss": m.get("val_loss"),
+        "loss": m.get("loss"),
+        "seconds": m.get("time_total_s"),
+        "status": status,
+        **({"error": str(result.error).strip().splitlines()[-1][:300]} if result.error is not None else {}),
+    }
 
 
 def rank_rows(rows: list[dict], metric: str, mode: str) -> tuple[list[dict], dict]:

@@ -69,11 +69,19 @@ def _weight_trial(config: dict, *, logits: np.ndarray, y: np.ndarray, candidates
     u = np.array([config[n] for n in names], dtype=np.float64)  # (K,)
     rng = np.random.default_rng([seed, *np.frombuffer(u.tobytes(), dtype=np.uint32).tolist()])  # per proposal
     w, nll, acc, proposal_nll = local_search(simplex_from_unit(u), candidates, logits.astype(np.float64), y, rng)
-    tune.report({"nll": nll, "acc": acc, "proposal_nll": proposal_nll, **{f"w{k:02d}": float(v) for k, v in enumerate(w)}})
+    tune.report(
+        {"nll": nll, "acc": acc, "proposal_nll": proposal_nll, **{f"w{k:02d}": float(v) for k, v in enumerate(w)}}
+    )
 
 
-def search_weights(logits: np.ndarray, y: np.ndarray, cfg: TuneConfig, storage: RunStorage, *,
-                   seeds: dict[str, np.ndarray] | None = None) -> WeightSearch:
+def search_weights(
+    logits: np.ndarray,
+    y: np.ndarray,
+    cfg: TuneConfig,
+    storage: RunStorage,
+    *,
+    seeds: dict[str, np.ndarray] | None = None,
+) -> WeightSearch:
     """Run the Tuner on validation ``logits`` (K, N, C) and labels ``y`` (N,); ``seeds`` are evaluated first."""
     import optuna
     from ray import tune
@@ -84,22 +92,28 @@ def search_weights(logits: np.ndarray, y: np.ndarray, cfg: TuneConfig, storage: 
     points = [dict(zip(names, unit_from_simplex(w).tolist())) for w in (seeds or {}).values()][: cfg.num_samples]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(
-        seed=cfg.seed, multivariate=True, n_startup_trials=min(MAX_STARTUP_TRIALS, max(2, cfg.num_samples // 5)))
+        seed=cfg.seed, multivariate=True, n_startup_trials=min(MAX_STARTUP_TRIALS, max(2, cfg.num_samples // 5))
+    )
     storage.remove(TUNE_WEIGHTS)  # a new search replaces the last one (its result lives on in ensemble/*.json)
     storage_path, filesystem = tune_location(storage, TUNE_WEIGHTS)
-    trainable = tune.with_parameters(_weight_trial, logits=logits, y=y,
-                                     candidates=cfg.candidates_per_trial, seed=cfg.seed)
+    trainable = tune.with_parameters(
+        _weight_trial, logits=logits, y=y, candidates=cfg.candidates_per_trial, seed=cfg.seed
+    )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={n: tune.uniform(0.0, 1.0) for n in names},
         tune_config=tune.TuneConfig(
-            metric="nll", mode="min", num_samples=cfg.num_samples,
+            metric="nll",
+            mode="min",
+            num_samples=cfg.num_samples,
             search_alg=OptunaSearch(sampler=sampler, points_to_evaluate=points or None),
-            max_concurrent_trials=cfg.max_concurrent, reuse_actors=True,  # trials are ~ms of work: reuse actors
+            max_concurrent_trials=cfg.max_concurrent,
+            reuse_actors=True,  # trials are ~ms of work: reuse actors
             trial_dirname_creator=short_trial_dirname,
         ),
-        run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=storage_path, storage_filesystem=filesystem,
-                                  verbose=0),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_NAME, storage_path=storage_path, storage_filesystem=filesystem, verbose=0
+        ),
     )
     t0 = time.perf_counter()
     with credentials_broker(storage):  # the trials reach the run's store with the config's keys
@@ -112,10 +126,22 @@ def search_weights(logits: np.ndarray, y: np.ndarray, cfg: TuneConfig, storage: 
     best = min(ok, key=lambda r: r.metrics["nll"])
     w = np.array([best.metrics[f"w{k:02d}"] for k in range(K)], dtype=np.float64)
     search = WeightSearch(
-        weights=w / w.sum(), val_nll=float(best.metrics["nll"]), val_acc=float(best.metrics["acc"]),
-        trials=len(grid), errored=len(grid) - len(ok), seconds=seconds,
-        experiment=storage.url(TUNE_WEIGHTS, EXPERIMENT_NAME), trial_nll=[float(r.metrics["nll"]) for r in ok],
+        weights=w / w.sum(),
+        val_nll=float(best.metrics["nll"]),
+        val_acc=float(best.metrics["acc"]),
+        trials=len(grid),
+        errored=len(grid) - len(ok),
+        seconds=seconds,
+        experiment=storage.url(TUNE_WEIGHTS, EXPERIMENT_NAME),
+        trial_nll=[float(r.metrics["nll"]) for r in ok],
     )
-    log.info("Tune weight search: %d trials x %d candidates in %.1f s (%.2f trials/s), best val NLL %.5f acc %.4f",
-             search.trials, cfg.candidates_per_trial, seconds, search.trials_per_s, search.val_nll, search.val_acc)
+    log.info(
+        "Tune weight search: %d trials x %d candidates in %.1f s (%.2f trials/s), best val NLL %.5f acc %.4f",
+        search.trials,
+        cfg.candidates_per_trial,
+        seconds,
+        search.trials_per_s,
+        search.val_nll,
+        search.val_acc,
+    )
     return search

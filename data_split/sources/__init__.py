@@ -19,8 +19,19 @@ from data_split.sources.synthetic import SYNTHETIC_CHUNK, SyntheticSource
 from data_split.storage import RunStorage
 
 __all__ = [
-    "FACTORIES", "FASHION_MNIST_DEBIAN_ROOT", "IMAGE_SUFFIXES", "KNOWN_CLASS_NAMES", "SOURCE_SPLITS", "SYNTHETIC_CHUNK",
-    "CifarSource", "IdxSource", "ImageFolderSource", "ImageSource", "SourceError", "SyntheticSource", "decode_image",
+    "FACTORIES",
+    "FASHION_MNIST_DEBIAN_ROOT",
+    "IMAGE_SUFFIXES",
+    "KNOWN_CLASS_NAMES",
+    "SOURCE_SPLITS",
+    "SYNTHETIC_CHUNK",
+    "CifarSource",
+    "IdxSource",
+    "ImageFolderSource",
+    "ImageSource",
+    "SourceError",
+    "SyntheticSource",
+    "decode_image",
     "make_source",
 ]
 
@@ -37,8 +48,9 @@ def _download(cfg: SourceConfig, root: Path) -> None:
 
 # source.name -> factory(cfg, root, run storage), for every name that SourceConfig accepts (data_split.config.SOURCES)
 FACTORIES: dict[str, Callable[[SourceConfig, Path, RunStorage | None], ImageSource]] = {
-    "fashion-mnist": lambda cfg, root, _: IdxSource(name=cfg.name, root=root, torchvision_folder="FashionMNIST",
-                                                 limit=cfg.limit),
+    "fashion-mnist": lambda cfg, root, _: IdxSource(
+        name=cfg.name, root=root, torchvision_folder="FashionMNIST", limit=cfg.limit
+    ),
     "mnist": lambda cfg, root, _: IdxSource(name=cfg.name, root=root, torchvision_folder="MNIST", limit=cfg.limit),
     "cifar10": lambda cfg, root, _: CifarSource(root=root, limit=cfg.limit),
     "imagefolder": lambda cfg, _, storage: image_folder(cfg, storage),
@@ -56,9 +68,11 @@ def make_source(cfg: SourceConfig, storage: RunStorage | None = None) -> ImageSo
         default_roots["fashion-mnist"] = "./data/fashion-mnist"
     root = Path(os.path.expanduser(cfg.root or default_roots.get(cfg.name, ".")))
     if cfg.name == "fashion-mnist" and cfg.root is None and not cfg.download and not root.is_dir():
-        raise SourceError(f"Fashion-MNIST is not at {root} (Debian's package): install it "
-                          "(`apt-get install dataset-fashion-mnist`), or let torchvision fetch it into "
-                          "./data/fashion-mnist (`--set source.download=true`), or point `source.root` at a copy")
+        raise SourceError(
+            f"Fashion-MNIST is not at {root} (Debian's package): install it "
+            "(`apt-get install dataset-fashion-mnist`), or let torchvision fetch it into "
+            "./data/fashion-mnist (`--set source.download=true`), or point `source.root` at a copy"
+        )
     if cfg.download and cfg.name in default_roots:
         _download(cfg, root)
     source = FACTORIES[cfg.name](cfg, root, storage)

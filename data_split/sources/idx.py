@@ -47,7 +47,9 @@ def _read_idx_payload(path: Path, magic: int) -> tuple[tuple[int, ...], bytes]:
         raise SourceError(f"{path}: cannot read ({e}); the file is truncated or corrupt") from e
     expected = int(np.prod(shape))
     if len(payload) != expected:
-        raise SourceError(f"{path}: IDX payload has {len(payload)} bytes, header shape {shape} needs {expected} (truncated?)")
+        raise SourceError(
+            f"{path}: IDX payload has {len(payload)} bytes, header shape {shape} needs {expected} (truncated?)"
+        )
     return shape, payload
 
 

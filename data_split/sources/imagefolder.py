@@ -107,20 +107,28 @@ class ImageFolderSource(ImageSource):
 
     # -- listing (driver) --------------------------------------------------------------------------
     def _dirs(self, folder: str) -> list[str]:
-        entries = self.storage.retrying(f"list {self.storage.url(folder)}",
-                                        lambda: self.storage.fs.ls(self.storage.path(folder), detail=True))
-        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries
-                      if e["type"] == "directory" and not posixpath.basename(e["name"].rstrip("/")).startswith("."))
+        entries = self.storage.retrying(
+            f"list {self.storage.url(folder)}", lambda: self.storage.fs.ls(self.storage.path(folder), detail=True)
+        )
+        return sorted(
+            posixpath.basename(e["name"].rstrip("/"))
+            for e in entries
+            if e["type"] == "directory" and not posixpath.basename(e["name"].rstrip("/")).startswith(".")
+        )
 
     def _list(self, folder: str) -> tuple[list[str], list[int]]:
         """Image paths under ``folder`` relative to it (``<class>/...``), sorted by (class, path), and labels."""
         unknown = sorted(set(self._dirs(folder)) - set(self.class_names))
         if unknown:
-            raise SourceError(f"imagefolder: class folder {self.storage.url(folder, unknown[0])} does not exist "
-                              f"under {self.storage.url('train')}")
+            raise SourceError(
+                f"imagefolder: class folder {self.storage.url(folder, unknown[0])} does not exist "
+                f"under {self.storage.url('train')}"
+            )
         base = self.storage.path(folder)
-        found = [p[len(base) + 1:] for p in self.storage.retrying(f"list {self.storage.url(folder)}",
-                                                                  lambda: self.storage.fs.find(base))]
+        found = [
+            p[len(base) + 1 :]
+            for p in self.storage.retrying(f"list {self.storage.url(folder)}", lambda: self.storage.fs.find(base))
+        ]
         rows, outside, label_of = [], 0, {name: i for i, name in enumerate(self.class_names)}
         for rel in found:
             parts = rel.split("/")
@@ -130,12 +138,17 @@ class ImageFolderSource(ImageSource):
                 outside += 1
                 continue
             if parts[0] not in label_of:
-                raise SourceError(f"imagefolder: class folder {self.storage.url(folder, parts[0])} does not exist "
-                                  f"under {self.storage.url('train')}")
+                raise SourceError(
+                    f"imagefolder: class folder {self.storage.url(folder, parts[0])} does not exist "
+                    f"under {self.storage.url('train')}"
+                )
             rows.append((label_of[parts[0]], rel))
         if outside:
-            log.warning("imagefolder: ignored %d image(s) directly in %s (not in a class folder)", outside,
-                        self.storage.url(folder))
+            log.warning(
+                "imagefolder: ignored %d image(s) directly in %s (not in a class folder)",
+                outside,
+                self.storage.url(folder),
+            )
         rows.sort()
         return [rel for _, rel in rows], [label for label, _ in rows]
 
@@ -143,21 +156,27 @@ class ImageFolderSource(ImageSource):
         import pyarrow as pa
 
         def isdir(folder: str) -> bool:
-            return self.storage.retrying(f"look up {self.storage.url(folder)}",
-                                         lambda: self.storage.fs.isdir(self.storage.path(folder)))
+            return self.storage.retrying(
+                f"look up {self.storage.url(folder)}", lambda: self.storage.fs.isdir(self.storage.path(folder))
+            )
 
         if not isdir("train"):
-            raise SourceError(f"imagefolder: missing folder {self.storage.url('train')} "
-                              f"(expected {self.storage.uri}/train/<class>/<image>)")
+            raise SourceError(
+                f"imagefolder: missing folder {self.storage.url('train')} "
+                f"(expected {self.storage.uri}/train/<class>/<image>)"
+            )
         self.class_names = self._dirs("train")
         if len(self.class_names) < 2:
-            raise SourceError(f"imagefolder: {self.storage.url('train')} needs at least two class folders, "
-                              f"found {self.class_names}")
+            raise SourceError(
+                f"imagefolder: {self.storage.url('train')} needs at least two class folders, found {self.class_names}"
+            )
         self.classes = len(self.class_names)
         held_out = [f for f in HELD_OUT_FOLDERS if isdir(f)]
         if len(held_out) > 1:
-            raise SourceError(f"imagefolder: both {self.storage.url('val')} and {self.storage.url('test')} exist; "
-                              "keep one of them (it becomes the held-out test split)")
+            raise SourceError(
+                f"imagefolder: both {self.storage.url('val')} and {self.storage.url('test')} exist; "
+                "keep one of them (it becomes the held-out test split)"
+            )
         if not held_out:
             log.warning("imagefolder: no val/ or test/ folder under %s; the test split is empty", self.storage.uri)
         self.folders = {"train": "train", "test": held_out[0] if held_out else None}
@@ -166,8 +185,10 @@ class ImageFolderSource(ImageSource):
             if split == "train":
                 empty = sorted(set(self.class_names) - {self.class_names[i] for i in labels})
                 if empty:
-                    raise SourceError(f"imagefolder: class folder {self.storage.url('train', empty[0])} holds no "
-                                      f"PNG/JPEG images ({', '.join(IMAGE_SUFFIXES)})")
+                    raise SourceError(
+                        f"imagefolder: class folder {self.storage.url('train', empty[0])} holds no "
+                        f"PNG/JPEG images ({', '.join(IMAGE_SUFFIXES)})"
+                    )
             n = len(paths) if self.limit is None else min(len(paths), self.limit)
             self._paths[split] = pa.array(paths[:n], pa.string())
             self._labels[split] = np.asarray(labels[:n], dtype=np.int64)
@@ -175,8 +196,15 @@ class ImageFolderSource(ImageSource):
             self.height, self.width = self._common_size()
         else:
             self.height, self.width = output_shape(self.size)
-        log.info("imagefolder %s: %d classes, %d train and %d test images, %d x %d", self.storage.uri, self.classes,
-                 self.count("train"), self.count("test"), self.height, self.width)
+        log.info(
+            "imagefolder %s: %d classes, %d train and %d test images, %d x %d",
+            self.storage.uri,
+            self.classes,
+            self.count("train"),
+            self.count("test"),
+            self.height,
+            self.width,
+        )
 
     def _common_size(self) -> tuple[int, int]:
         """The (H, W) every image has, from the headers (PIL's lazy open reads no pixels)."""
@@ -208,7 +236,8 @@ class ImageFolderSource(ImageSource):
                     raise SourceError(
                         f"imagefolder: images differ in size ({first[0]} is {w0}x{h0}, {uri} is {w1}x{h1}, W x H) "
                         "and source.image_size is unset: set it (S: shorter side to S, then the centre S x S; "
-                        "[H, W]: stretched to H x W)")
+                        "[H, W]: stretched to H x W)"
+                    )
         if first is None:
             raise SourceError(f"imagefolder: no readable image under {self.storage.uri}")
         return first[1][1], first[1][0]
@@ -243,7 +272,7 @@ class ImageFolderSource(ImageSource):
         y = self._labels[split][start:stop].copy()
         base_uri, self._skipped = self.storage.url(self.folders[split]), {}
         for lo in range(start, stop, READ_CHUNK):
-            rels = self._paths[split][lo:min(lo + READ_CHUNK, stop)].to_pylist()
+            rels = self._paths[split][lo : min(lo + READ_CHUNK, stop)].to_pylist()
             for i, (rel, data) in enumerate(zip(rels, self._fetch(split, rels)), start=lo):
                 uri = f"{base_uri}/{rel}"
                 try:
@@ -268,5 +297,10 @@ class ImageFolderSource(ImageSource):
 def image_folder(cfg, storage: RunStorage | None) -> ImageFolderSource:
     """The ``imagefolder`` source of ``cfg``; ``storage`` (the run's) lends an ``s3://`` root its endpoint and keys."""
     root = cfg.root if "://" in cfg.root else posixpath.expanduser(cfg.root)
-    return ImageFolderSource(storage=storage.at(root) if storage else RunStorage(root), image_size=cfg.image_size,
-                             channels=cfg.channels, limit=cfg.limit, skip_bad=cfg.skip_bad)
+    return ImageFolderSource(
+        storage=storage.at(root) if storage else RunStorage(root),
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        limit=cfg.limit,
+        skip_bad=cfg.skip_bad,
+    )
