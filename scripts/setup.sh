@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by demo.sh and test.sh: Debian packages, a venv, the project.
 #   scripts/setup.sh            runtime only
-#   scripts/setup.sh --test     plus the test extras and the packages the cluster tests use
+#   scripts/setup.sh --test     plus the test and docs extras and the packages the cluster tests use
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +26,7 @@ fi
 # -- Python ------------------------------------------------------------------------------------------
 PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-extras=""; (( want_test )) && extras="[test]"
+extras=""; (( want_test )) && extras="[test,docs]"  # docs: .ci/run builds the site too
 stamp=".venv/.installed$extras-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
     echo "setup: pip install -e .$extras (torch and Ray are large: the first time takes minutes)"
