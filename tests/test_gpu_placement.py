@@ -73,7 +73,14 @@ def test_half_gpu_branches_share_gpu_0_two_at_a_time(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
 
     # The plan: 0.5 GPU each on one GPU -> 2 at once, 2 waves (documented in orchestrator/placement.py).
-    assert out["plan"] == {"branches": 4, "gpus_per_branch": 0.5, "cpus_per_branch": 1.0, "concurrent": 2, "waves": 2}
+    assert out["plan"] == {
+        "branches": 4,
+        "gpus_per_branch": 0.5,
+        "cpus_per_branch": 1.0,
+        "concurrent": 2,
+        "waves": 2,
+        "packs": None,  # unpacked: one branch per actor
+    }
     assert "placement plan: 4 branches x (0.5 GPU, 1 CPU): 2 at once, 2 wave(s)" in proc.stderr
 
     results = {int(k): r for k, r in out["results"].items()}
