@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_split.errors import ConfigError
 from data_split.fields import Section, option
 
 MODELS = (
@@ -13,6 +14,9 @@ MODELS = (
     "resnet18",
     "resnet34",
 )  # model.name; branches.models builds each (torch is not imported here)
+TORCHVISION_PREFIX = "torchvision:"  # model.name "torchvision:<name>": any torchvision classification model
+STEMS = ("auto", "standard", "small")
+SMALL_STEM_BELOW_PX = 64  # model.stem auto: the small stem for sub-images smaller than this (either side)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DATA_MODES = ("auto", "memory", "stream")
@@ -23,10 +27,35 @@ ON_NONFINITE = ("fail", "skip_branch")
 class ModelConfig(Section):
     SECTION = "model"
 
-    name: str = option("fc8", "the network of every branch", choices=MODELS)
+    RULES = (lambda self, key: _check_model_name(self.name, key("name")),)
+
+    name: str = option(
+        "fc8",
+        f"the network of every branch: one of {', '.join(MODELS)}, or `torchvision:<name>` "
+        "(any torchvision classification model, random init unless `model.pretrained`)",
+    )
     width: int | None = option(
         None, "`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)", ge=1
     )
+    stem: str = option(
+        "auto",
+        "`torchvision:*`, `resnet*`: `standard` keeps the model's first conv, `small` makes it 3x3 stride 1 and "
+        f"drops the max-pool after it (the reference's small-input ResNet); `auto`: small below {SMALL_STEM_BELOW_PX} "
+        "px (`resnet18`/`resnet34`: always small)",
+        choices=STEMS,
+    )
+    pretrained: str | None = option(
+        None,
+        "`torchvision:*`: torchvision weights to start from (`IMAGENET1K_V1`, `DEFAULT` or "
+        "`ResNet18_Weights.IMAGENET1K_V1`), read from the local torch hub cache only (never downloaded); "
+        "layers whose shape the branch changed (the head, an adapted stem) keep their random init",
+    )
+
+
+def _check_model_name(name: str, key: str) -> None:
+    if name in MODELS or (name.startswith(TORCHVISION_PREFIX) and len(name) > len(TORCHVISION_PREFIX)):
+        return
+    raise ConfigError(f"{key} must be one of {', '.join(MODELS)} or torchvision:<name>, got {name!r}")
 
 
 @dataclass(kw_only=True, frozen=True)
