@@ -73,8 +73,29 @@ class TrainConfig(Section):
         "learning-rate schedule, stepped once per epoch: `none`, `cosine` (to 0 at the last epoch), `step`",
         choices=SCHEDULES,
     )
+    schedule_per_step: bool = option(
+        False, "evaluate the schedule at every optimizer step (fractional epochs) instead of once per epoch"
+    )
+    warmup_epochs: float = option(
+        0.0, "linear learning-rate warm-up over this many epochs, per optimizer step (0: none)", ge=0
+    )
     step_size: int = option(10, "`step` schedule: epochs between decays")
     gamma: float = option(0.1, "`step` schedule: decay factor")
+    grad_clip: float | None = option(
+        None, "clip the gradient's L2 norm (over all parameters) to this before each step; unset: no clipping", gt=0
+    )
+    accumulate: int = option(
+        1, "batches whose gradients are summed per optimizer step (the effective batch is batch_size x this)", ge=1
+    )
+    mixup: float = option(
+        0.0,
+        "mixup alpha (0: off): each batch mixed with a permutation of itself by lambda ~ Beta(alpha, alpha), "
+        "drawn from (seed, epoch, step) and so the same in every branch (exact: the split is linear)",
+        ge=0,
+    )
+    early_stopping_patience: int | None = option(
+        None, "stop a branch once its best validation accuracy is this many epochs old; unset: never", ge=1
+    )
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", ge=0, lt=1)
     amp: bool = option(True, "bfloat16 autocast on CUDA; ignored on CPU")
     seed: int = option(0, "seed of initialisation and batch order; branch k uses seed + k")

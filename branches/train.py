@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +35,7 @@ from branches import _faults
 from branches import checkpoint as ckpt_io
 from branches._stream import StreamingSplit
 from branches.config import ModelConfig, TrainConfig
+from branches.controls import StepControls, lr_factor, mixup_draw, should_stop, steps_per_epoch
 from branches.data import Augmenter, InMemorySplit, choose_mode
 from branches.finished import check_same_run, finished_result, stored_configs
 from branches.models import build_model, count_parameters
@@ -50,15 +50,6 @@ log = logging.getLogger(__name__)
 
 
 # -- pure pieces -----------------------------------------------------------------------------------------
-def lr_factor(cfg: TrainConfig, epoch_index: int) -> float:
-    """Multiplier of ``cfg.lr`` for 0-based epoch ``epoch_index``: a function of the epoch alone, so resumable."""
-    if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs, eta_min=0) in closed form
-        return 0.5 * (1.0 + math.cos(math.pi * epoch_index / cfg.epochs))
-    if cfg.schedule == "step":
-        return cfg.gamma ** (epoch_index // cfg.step_size)
-    return 1.0
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params, wd = model.parameters(), cfg.weight_decay
     if cfg.optimizer == "adam":
@@ -90,24 +81,56 @@ def train_one_epoch(
     device: torch.device,
     *,
     amp: bool,
+    controls: StepControls | None = None,
 ) -> float:
     """One pass over ``batches`` of (x (B, C, h, w), y (B,)) on ``device``; the mean training loss.
 
-    Raises ``NonFiniteError`` naming the (1-based) step at the first NaN/inf loss, before that step updates
-    the weights. The check waits for the device once per step: the price of stopping at once.
+    ``controls`` (default: none): gradient accumulation, clipping, mixup and a per-step hook (the learning
+    rate), see ``branches.controls``. Raises ``NonFiniteError`` naming the (1-based) batch at the first
+    NaN/inf loss, before that batch updates the weights. The check waits for the device once per batch: the
+    price of stopping at once.
     """
+    c = controls or StepControls()
     model.train()
-    total, n = torch.zeros((), device=device), 0
-    for step, (xb, yb) in enumerate(batches, 1):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(xb), yb)
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {step}", step=step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    total, n, pending, opt_step = torch.zeros((), device=device), 0, 0, 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step() -> None:
+        nonlocal pending, opt_step
+        if pending < c.accumulate:  # the epoch's last, smaller group: the mean over its own batches
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(c.accumulate / pending)
+        if c.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        if c.before_step is not None:
+            c.before_step(opt_step)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        pending, opt_step = 0, opt_step + 1
+
+    optimizer.zero_grad(set_to_none=True)
+    for i, (xb, yb) in enumerate(batches, 1):
+        if c.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            if c.mixup_alpha > 0:  # lambda and permutation from (seed, epoch, batch): equal in every branch
+                lam, perm = mixup_draw(c.mixup_alpha, c.seed, c.epoch, i, len(yb))
+                perm = perm.to(xb.device)
+                out = model(lam * xb + (1 - lam) * xb[perm])
+                loss = lam * loss_fn(out, yb) + (1 - lam) * loss_fn(out, yb[perm])
+            else:
+                loss = loss_fn(model(xb), yb)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {i}", step=i)
+        (loss / c.accumulate if c.accumulate > 1 else loss).backward()
+        pending += 1
+        if pending == c.accumulate:
+            step()
         total += loss.detach().float() * len(yb)
         n += len(yb)
+    if pending:
+        step()
     return total.item() / max(n, 1)  # .item() waits for the device, so the caller's timing is honest
 
 
@@ -294,12 +317,25 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
     val = _open_split(storage, manifest, "val", k, dev, train_cfg, mode)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
 
+    spe = steps_per_epoch(len(train), train_cfg.batch_size, train_cfg.accumulate)
+    per_step = train_cfg.schedule_per_step or train_cfg.warmup_epochs > 0
     for epoch in range(found.epoch + 1, train_cfg.epochs + 1):
+        if should_stop(history, train_cfg.early_stopping_patience):  # before the epoch: a resumed run stops too
+            log.info(
+                "branch %d: early stop after epoch %d (best val_acc %d epochs old)",
+                k,
+                epoch - 1,
+                train_cfg.early_stopping_patience,
+            )
+            break
         t0 = time.perf_counter()
+        controls = step_controls(train_cfg, epoch, optimizer, scheduler.base_lrs, spe if per_step else None)
+        if per_step:
+            controls.before_step(0)
         lr = optimizer.param_groups[0]["lr"]
         batches = train.train_batches(train_cfg.seed, k, epoch, train_cfg.batch_size)
         try:  # a diverged branch stops here: nothing of this epoch (checkpoint, metrics, logits) is written
-            train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp)
+            train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp, controls=controls)
             train_s = time.perf_counter() - t0
             val_logits = check_finite(
                 predict(model, val.eval_batches(), dev, amp=amp), "validation logits"
@@ -355,7 +391,27 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
             on_epoch({**metrics, "k": k})
         _faults.after_epoch(storage.uri, k, epoch)  # test-only: a no-op outside the tests
 
-    return _finish(job, model, history, val, found.epoch, mode)
+    return _finish(job, model, history, val, found.epoch, mode, {"epochs_trained": len(history)})
+
+
+def step_controls(
+    cfg: TrainConfig, epoch: int, optimizer: torch.optim.Optimizer, base_lrs: list[float], spe: int | None
+) -> StepControls:
+    """The controls of epoch ``epoch`` (1-based); ``spe`` (steps per epoch) set: the lr is set before every step."""
+
+    def set_lr(i: int) -> None:  # closed form in (epoch, step): a resumed run sets the same rates
+        factor = lr_factor(cfg, epoch - 1 + i / spe, spe)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+
+    return StepControls(
+        accumulate=cfg.accumulate,
+        grad_clip=cfg.grad_clip,
+        mixup_alpha=cfg.mixup,
+        seed=cfg.seed,
+        epoch=epoch,
+        before_step=set_lr if spe is not None else None,
+    )
 
 
 def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:

@@ -32,6 +32,7 @@ import torch.nn as nn
 from branches import _faults
 from branches import checkpoint as ckpt_io
 from branches.config import ModelConfig, TrainConfig
+from branches.controls import check_pack_controls
 from branches.data import Augmenter, choose_mode
 from branches.finished import check_same_run, finished_result
 from branches.models import build_model
@@ -80,6 +81,8 @@ def train_pack(
     """Train branches ``ks`` packed; ``storages[i]`` is branch ``ks[i]``'s view of the run. Returns k -> result.json
     (or diverged.json)."""
     started = time.time() if started is None else started
+    if len(ks) > 1:
+        check_pack_controls(train_cfg)
     manifest = load_manifest(storages[0])
     sp = manifest.split
     check_augment(list(train_cfg.augment), np.asarray(sp.matrix), sp.r, sp.c, sp.transform, sp.shape)

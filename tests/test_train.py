@@ -21,8 +21,10 @@ import torch
 
 from branches import BranchConflictError, ModelConfig, NonFiniteError, TrainConfig, build_model, lr_factor, train_branch
 from branches.checkpoint import load_checkpoint
+from branches.controls import should_stop
 from conftest import tiny_config
 from data_split import ManifestError, RunStorage, load_manifest, read_branch, split_dataset
+from data_split.layout import result as layout_result
 
 FC4 = ModelConfig(name="fc4")
 # 3 epochs of ~11 steps at lr 1e-2 take the tiny data from chance (0.25) to ~0.8 in a fraction of a second.
@@ -160,6 +162,54 @@ def test_resume_continues_and_matches_a_straight_run_bitwise(make_run):
             load_npy(straight, f"branches/0/logits_{split}.npy"), load_npy(resumed, f"branches/0/logits_{split}.npy")
         )
     assert [m["loss"] for m in metric_lines(straight, 0)] == [m["loss"] for m in metric_lines(resumed, 0)]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_run_killed_mid_way_resumes_bitwise_with_every_step_control(make_run):
+    # Every train.* control is a function of (seed, epoch, step): a resumed run replays them exactly.
+    cfg = dataclasses.replace(
+        FAST, warmup_epochs=1.5, schedule_per_step=True, grad_clip=0.5, accumulate=2, mixup=0.4, label_smoothing=0.1
+    )
+    straight, resumed = make_run("straight"), make_run("resumed")
+    train_branch(straight, 0, FC4, cfg)
+
+    def kill_after_epoch_1(metrics: dict) -> None:
+        if metrics["epoch"] == 1:
+            raise Killed  # after epoch 1's checkpoint, as a killed process would leave it
+
+    with pytest.raises(Killed):
+        train_branch(resumed, 0, FC4, cfg, on_epoch=kill_after_epoch_1)
+    result = train_branch(resumed, 0, FC4, cfg)
+    assert result["resumed_from_epoch"] == 1
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(
+            load_npy(straight, f"branches/0/logits_{split}.npy"), load_npy(resumed, f"branches/0/logits_{split}.npy")
+        )
+    lines = metric_lines(straight, 0)
+    assert [m["loss"] for m in lines] == [m["loss"] for m in metric_lines(resumed, 0)]
+    assert 0 < lines[0]["lr"] < lines[1]["lr"] < cfg.lr  # warming up: each epoch's first step
+    plain = make_run("plain")
+    train_branch(plain, 0, FC4, FAST)
+    assert not np.array_equal(
+        load_npy(plain, "branches/0/logits_val.npy"), load_npy(straight, "branches/0/logits_val.npy")
+    )
+
+
+def test_early_stopping_ends_a_branch_whose_accuracy_stalls_and_a_rerun_keeps_it(make_run):
+    run = make_run()
+    # lr ~0: only BatchNorm's running statistics move, so val_acc settles within a few epochs
+    stalled = with_epochs(FAST, 8, lr=1e-9, schedule="none", early_stopping_patience=1)
+    result = train_branch(run, 0, FC4, stalled)
+    lines, n = metric_lines(run, 0), result["epochs_trained"]
+    assert n < 8 and [m["epoch"] for m in lines] == list(range(1, n + 1)) and result["epochs"] == 8
+    assert lines[-1]["val_acc"] <= max(m["val_acc"] for m in lines[:-1])  # the last epoch did not improve
+    assert not should_stop(lines[:-1], 1) and should_stop(lines, 1)
+    run.remove(layout_result(0))  # killed before result.json: the re-run stops again without training
+    again = train_branch(run, 0, FC4, stalled)
+    assert again["epochs_trained"] == n and again["resumed_from_epoch"] == n
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
