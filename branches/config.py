@@ -21,6 +21,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DATA_MODES = ("auto", "memory", "stream")
 ON_NONFINITE = ("fail", "skip_branch")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -97,7 +98,15 @@ class TrainConfig(Section):
         None, "stop a branch once its best validation accuracy is this many epochs old; unset: never", ge=1
     )
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", ge=0, lt=1)
-    amp: bool = option(True, "bfloat16 autocast on CUDA; ignored on CPU")
+    amp: bool = option(True, "`precision: auto`: bfloat16 autocast on CUDA (false: fp32); ignored on CPU")
+    precision: str = option(
+        "auto",
+        "`auto` (as train.amp says), `fp32`, `bf16` (autocast; on CPU too) or `fp16` (autocast with a "
+        "GradScaler, for GPUs without bf16 such as the V100; its scale is checkpointed)",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = option(False, "the model and its input batches in channels-last memory order")
+    compile: bool = option(False, "train through torch.compile(model) (the uncompiled model is checkpointed)")
     seed: int = option(0, "seed of initialisation and batch order; branch k uses seed + k")
     threads: int = option(1, "torch CPU threads per branch (match `resources.cpus_per_branch`)", ge=1)
     # A ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping one per epoch of a 100-epoch

@@ -80,10 +80,21 @@ class StepControls:
     seed: int = 0  # mixup draws come from (seed, epoch, step)
     epoch: int = 1
     before_step: Callable[[int], None] | None = None  # called with the 0-based optimizer step of the epoch
-    channels_last: bool = False
+    channels_last: bool = False  # inputs in channels-last memory order (the model converted by the caller)
+    scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling
 
 
-PACK_UNSUPPORTED = ("warmup_epochs", "schedule_per_step", "grad_clip", "accumulate", "mixup", "early_stopping_patience")
+PACK_UNSUPPORTED = (
+    "warmup_epochs",
+    "schedule_per_step",
+    "grad_clip",
+    "accumulate",
+    "mixup",
+    "early_stopping_patience",
+    "precision",
+    "channels_last",
+    "compile",
+)
 
 
 def pack_refusals(cfg: TrainConfig) -> list[str]:
@@ -95,6 +106,9 @@ def pack_refusals(cfg: TrainConfig) -> list[str]:
         "accumulate": "not implemented for packs",
         "mixup": "not implemented for packs",
         "early_stopping_patience": "branches of a pack stop together",
+        "precision": "a pack autocasts as train.amp says (bf16 on CUDA); fp16's loss scale would be shared",
+        "channels_last": "vmap over the stacked weights keeps their layout",
+        "compile": "not tried on vmap",
     }
     default = TrainConfig()
     return [f"train.{name} ({why[name]})" for name in PACK_UNSUPPORTED if getattr(cfg, name) != getattr(default, name)]

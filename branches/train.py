@@ -80,15 +80,15 @@ def train_one_epoch(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     *,
-    amp: bool,
+    amp: bool | torch.dtype,
     controls: StepControls | None = None,
 ) -> float:
     """One pass over ``batches`` of (x (B, C, h, w), y (B,)) on ``device``; the mean training loss.
 
     ``controls`` (default: none): gradient accumulation, clipping, mixup and a per-step hook (the learning
-    rate), see ``branches.controls``. Raises ``NonFiniteError`` naming the (1-based) batch at the first
-    NaN/inf loss, before that batch updates the weights. The check waits for the device once per batch: the
-    price of stopping at once.
+    rate), fp16 loss scaling, see ``branches.controls``. ``amp``: True (bfloat16), False or the autocast
+    dtype. Raises ``NonFiniteError`` naming the (1-based) batch at the first NaN/inf loss, before that batch
+    updates the weights. The check waits for the device once per batch: the price of stopping at once.
     """
     c = controls or StepControls()
     model.train()
@@ -97,6 +97,8 @@ def train_one_epoch(
 
     def step() -> None:
         nonlocal pending, opt_step
+        if c.scaler is not None:
+            c.scaler.unscale_(optimizer)  # clip and rescale the true gradient
         if pending < c.accumulate:  # the epoch's last, smaller group: the mean over its own batches
             for p in params:
                 if p.grad is not None:
@@ -105,7 +107,11 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
         if c.before_step is not None:
             c.before_step(opt_step)
-        optimizer.step()
+        if c.scaler is not None:
+            c.scaler.step(optimizer)  # skipped when the fp16 gradient overflowed; the scale then backs off
+            c.scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         pending, opt_step = 0, opt_step + 1
 
@@ -113,7 +119,7 @@ def train_one_epoch(
     for i, (xb, yb) in enumerate(batches, 1):
         if c.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype(amp), enabled=bool(amp)):
             if c.mixup_alpha > 0:  # lambda and permutation from (seed, epoch, batch): equal in every branch
                 lam, perm = mixup_draw(c.mixup_alpha, c.seed, c.epoch, i, len(yb))
                 perm = perm.to(xb.device)
@@ -123,7 +129,8 @@ def train_one_epoch(
                 loss = loss_fn(model(xb), yb)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {i}", step=i)
-        (loss / c.accumulate if c.accumulate > 1 else loss).backward()
+        scaled = loss / c.accumulate if c.accumulate > 1 else loss
+        (c.scaler.scale(scaled) if c.scaler is not None else scaled).backward()
         pending += 1
         if pending == c.accumulate:
             step()
@@ -135,14 +142,21 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, *, amp: bool) -> torch.Tensor:
+def predict(
+    model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, *, amp: bool | torch.dtype
+) -> torch.Tensor:
     """Logits (N, classes) float32 of the model in eval mode over input ``batches`` (at least one, maybe empty)."""
     model.eval()
     out = []
     for xb in batches:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype(amp), enabled=bool(amp)):
             out.append(model(xb).float())
     return torch.cat(out)
+
+
+def autocast_dtype(amp: bool | torch.dtype) -> torch.dtype:
+    """The autocast dtype of ``amp`` (True: bfloat16, the default when enabled)."""
+    return amp if isinstance(amp, torch.dtype) else torch.bfloat16
 
 
 def check_finite(logits: torch.Tensor, what: str) -> torch.Tensor:
@@ -190,8 +204,14 @@ class BranchJob:
         return int(self.manifest.source.classes)
 
     @property
-    def amp(self) -> bool:  # bfloat16 autocast: CUDA only
-        return self.train_cfg.amp and self.device.type == "cuda"
+    def precision(self) -> str:  # train.precision resolved: fp32, bf16 or fp16
+        if self.train_cfg.precision == "auto":
+            return "bf16" if self.train_cfg.amp and self.device.type == "cuda" else "fp32"
+        return self.train_cfg.precision
+
+    @property
+    def amp(self) -> bool | torch.dtype:  # the autocast dtype, False for fp32
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, False)
 
     @property
     def configs(self) -> dict:  # stored in every checkpoint and in result.json (the same-run check)
@@ -279,8 +299,13 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
     torch.manual_seed(train_cfg.seed + k)
     model = build_model(model_cfg, in_shape, classes).to(dev)
+    if train_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(train_cfg, e))
+    # fp16 overflows where bf16 does not: its loss is scaled, and the scale (state) is checkpointed
+    scaler = torch.amp.GradScaler(dev.type) if job.precision == "fp16" else None
+    net = torch.compile(model) if train_cfg.compile else model  # shares model's parameters; model is saved
 
     found = ckpt_io.find_resume_point(storage, k, train_cfg.epochs)
     history: list[dict] = []
@@ -290,6 +315,8 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck.get("scaler") is not None:
+            scaler.load_state_dict(ck["scaler"])
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule, e.g. new T_max
             group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
         ckpt_io.restore_rng(ck["rng"])
@@ -330,15 +357,16 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
             break
         t0 = time.perf_counter()
         controls = step_controls(train_cfg, epoch, optimizer, scheduler.base_lrs, spe if per_step else None)
+        controls.scaler = scaler
         if per_step:
             controls.before_step(0)
         lr = optimizer.param_groups[0]["lr"]
         batches = train.train_batches(train_cfg.seed, k, epoch, train_cfg.batch_size)
         try:  # a diverged branch stops here: nothing of this epoch (checkpoint, metrics, logits) is written
-            train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp, controls=controls)
+            train_loss = train_one_epoch(net, optimizer, loss_fn, batches, dev, amp=amp, controls=controls)
             train_s = time.perf_counter() - t0
             val_logits = check_finite(
-                predict(model, val.eval_batches(), dev, amp=amp), "validation logits"
+                predict(net, val.eval_batches(), dev, amp=amp), "validation logits"
             )  # (N_val, classes)
         except NonFiniteError as e:
             raise NonFiniteError(
@@ -368,6 +396,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": ckpt_io.capture_rng(),
                 "history": history,
                 "in_shape": list(in_shape),
@@ -411,6 +440,7 @@ def step_controls(
         seed=cfg.seed,
         epoch=epoch,
         before_step=set_lr if spe is not None else None,
+        channels_last=cfg.channels_last,
     )
 
 

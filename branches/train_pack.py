@@ -312,7 +312,7 @@ def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict) 
         # the step may be redone without a diverged member: keep the BatchNorm statistics it is about to update
         saved = [b.detach().clone() for b in pk.net.buffers()] if cfg.on_nonfinite == "skip_branch" else None
         while True:
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(amp)):
                 logits = pk.net(x)  # (P, B, classes)
             per = loss_fn(logits.flatten(0, 1).float(), y.flatten()).view(len(pk.members), -1).mean(1)  # (P,)
             values = per.tolist()  # waits for the device once per step, as the unpacked check does
@@ -381,7 +381,7 @@ def packed_predict(pack: PackedNetwork, splits: Sequence, device: torch.device, 
         raise ConfigError(f"members' evaluation splits differ in length ({sorted(lengths)}); a pack needs equal ones")
     out = []
     for batches in zip(*(s.eval_batches() for s in splits)):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(amp)):
             out.append(pack(torch.stack(batches)).float())  # (P, B, classes)
     z = torch.cat(out, dim=1)
     return list(z.unbind(0))

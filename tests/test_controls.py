@@ -131,3 +131,31 @@ def test_a_pack_refuses_the_controls_it_cannot_train_exactly_naming_them():
     check_pack_controls(TrainConfig(label_smoothing=0.1))  # supported: a pack takes it per branch
     with pytest.raises(ConfigError, match=r"train.grad_clip \(one norm.*train.mixup.*branches_per_process: 1"):
         check_pack_controls(TrainConfig(grad_clip=1.0, mixup=0.2))
+
+
+def test_fp16_overflow_skips_the_step_and_backs_the_scale_off():
+    model, data = linear_and_batches(batches=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120)  # the scaled fp16 gradient overflows
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    controls = StepControls(scaler=scaler)
+    train_one_epoch(model, opt, nn.CrossEntropyLoss(), data, CPU, amp=torch.float16, controls=controls)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # skipped, not corrupted
+    assert scaler.get_scale() == 2.0**119
+    scaler = torch.amp.GradScaler("cpu")  # a sane scale: the step is taken
+    train_one_epoch(
+        model, opt, nn.CrossEntropyLoss(), data, CPU, amp=torch.float16, controls=StepControls(scaler=scaler)
+    )
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_precision_resolves_per_device():
+    from branches.train import BranchJob
+
+    def job(device: str, **train) -> BranchJob:
+        return BranchJob(storage=None, k=0, model_cfg=None, train_cfg=TrainConfig(**train), manifest=None,
+                         device=torch.device(device), started=0.0)  # fmt: skip
+
+    assert job("cpu").amp is False and job("cuda").amp is torch.bfloat16  # auto: today's train.amp
+    assert job("cuda", amp=False).amp is False and job("cpu", precision="bf16").amp is torch.bfloat16
+    assert job("cuda", precision="fp16").amp is torch.float16

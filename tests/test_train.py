@@ -164,6 +164,28 @@ def test_resume_continues_and_matches_a_straight_run_bitwise(make_run):
     assert [m["loss"] for m in metric_lines(straight, 0)] == [m["loss"] for m in metric_lines(resumed, 0)]
 
 
+def test_compile_trains_through_the_compiled_module_and_checkpoints_the_plain_one(make_run, monkeypatch):
+    calls = []
+
+    class Spy(torch.nn.Module):  # stands in for torch.compile's wrapper (compiling takes ~20 s on 2 cores)
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.model(x)
+
+    monkeypatch.setattr(torch, "compile", Spy)
+    run = make_run()
+    result = train_branch(run, 0, FC4, with_epochs(FAST, 1, compile=True))
+    assert sum(calls) > len(load_npy(run, "branches/0/rows_val.npy"))  # the training batches and validation
+    assert result["epochs_trained"] == 1
+    ck = load_checkpoint(run, "branches/0/checkpoints/epoch=1.pt")
+    assert not any(key.startswith("model.") for key in ck["model"])  # loadable by build_model as ever
+    build_model(FC4, (1, 4, 4), 4).load_state_dict(ck["model"])
+
+
 class Killed(Exception):
     pass
 
@@ -171,7 +193,15 @@ class Killed(Exception):
 def test_a_run_killed_mid_way_resumes_bitwise_with_every_step_control(make_run):
     # Every train.* control is a function of (seed, epoch, step): a resumed run replays them exactly.
     cfg = dataclasses.replace(
-        FAST, warmup_epochs=1.5, schedule_per_step=True, grad_clip=0.5, accumulate=2, mixup=0.4, label_smoothing=0.1
+        FAST,
+        warmup_epochs=1.5,
+        schedule_per_step=True,
+        grad_clip=0.5,
+        accumulate=2,
+        mixup=0.4,
+        label_smoothing=0.1,
+        precision="fp16",  # autocast and GradScaler run on CPU too
+        channels_last=True,
     )
     straight, resumed = make_run("straight"), make_run("resumed")
     train_branch(straight, 0, FC4, cfg)
@@ -182,6 +212,8 @@ def test_a_run_killed_mid_way_resumes_bitwise_with_every_step_control(make_run):
 
     with pytest.raises(Killed):
         train_branch(resumed, 0, FC4, cfg, on_epoch=kill_after_epoch_1)
+    scale = load_checkpoint(resumed, "branches/0/checkpoints/epoch=1.pt")["scaler"]["scale"]
+    assert scale > 1  # the fp16 loss scale is checkpointed, and restored below
     result = train_branch(resumed, 0, FC4, cfg)
     assert result["resumed_from_epoch"] == 1
     for split in ("val", "test"):
