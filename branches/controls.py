@@ -121,3 +121,13 @@ def check_pack_controls(cfg: TrainConfig) -> None:
             f"packed training does not support {'; '.join(refused)}: set resources.branches_per_process: 1 "
             "or leave these at their defaults"
         )
+
+
+def check_ddp_controls(cfg: TrainConfig) -> None:
+    """Raise ``ConfigError`` naming the set ``train.*`` controls the DDP baseline does not apply (yet)."""
+    default = TrainConfig()
+    if refused := [f"train.{n}" for n in PACK_UNSUPPORTED if getattr(cfg, n) != getattr(default, n)]:
+        raise ConfigError(
+            f"the DDP baseline (baseline.engine: ddp) does not apply {', '.join(refused)} (its loop has no "
+            "step controls yet); use baseline.engine: single or leave these at their defaults"
+        )

@@ -12,6 +12,7 @@ import torch.nn as nn
 from branches import TrainConfig
 from branches.controls import (
     StepControls,
+    check_ddp_controls,
     check_pack_controls,
     lr_factor,
     mixup_draw,
@@ -131,6 +132,9 @@ def test_a_pack_refuses_the_controls_it_cannot_train_exactly_naming_them():
     check_pack_controls(TrainConfig(label_smoothing=0.1))  # supported: a pack takes it per branch
     with pytest.raises(ConfigError, match=r"train.grad_clip \(one norm.*train.mixup.*branches_per_process: 1"):
         check_pack_controls(TrainConfig(grad_clip=1.0, mixup=0.2))
+    check_ddp_controls(TrainConfig(label_smoothing=0.1))
+    with pytest.raises(ConfigError, match=r"DDP baseline .* train.accumulate, train.precision.*engine: single"):
+        check_ddp_controls(TrainConfig(accumulate=2, precision="bf16"))
 
 
 def test_fp16_overflow_skips_the_step_and_backs_the_scale_off():
@@ -159,3 +163,23 @@ def test_precision_resolves_per_device():
     assert job("cpu").amp is False and job("cuda").amp is torch.bfloat16  # auto: today's train.amp
     assert job("cuda", amp=False).amp is False and job("cpu", precision="bf16").amp is torch.bfloat16
     assert job("cuda", precision="fp16").amp is torch.float16
+
+
+def test_a_branch_stored_before_these_keys_existed_still_resumes(tmp_path):
+    from dataclasses import asdict
+
+    from branches import BranchConflictError, ModelConfig
+    from branches.finished import check_same_run
+    from data_split import RunStorage
+
+    configs = {"model_config": asdict(ModelConfig()), "train_config": asdict(TrainConfig()), "split_config_hash": "h"}
+    new_keys = ("warmup_epochs", "grad_clip", "accumulate", "mixup", "precision", "compile")
+    old = {
+        "model_config": {k: v for k, v in configs["model_config"].items() if k not in ("stem", "pretrained")},
+        "train_config": {k: v for k, v in configs["train_config"].items() if k not in new_keys},
+        "split_config_hash": "h",
+    }
+    check_same_run(RunStorage(str(tmp_path)), 0, old, configs)  # missing keys read as their defaults
+    changed = {**configs, "train_config": {**configs["train_config"], "grad_clip": 1.0}}
+    with pytest.raises(BranchConflictError, match=r"train.grad_clip: None != 1.0"):
+        check_same_run(RunStorage(str(tmp_path)), 0, old, changed)
