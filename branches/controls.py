@@ -41,6 +41,18 @@ def lr_factor(cfg: TrainConfig, epoch_index: float, steps_per_epoch: int = 1) ->
     return decay
 
 
+def set_step_lr(optimizer, base_lrs: list[float], cfg: TrainConfig, epoch: int, step: int, spe: int) -> None:
+    """Set every group's rate for 0-based optimizer ``step`` of 1-based ``epoch`` (``spe`` steps an epoch)."""
+    factor = lr_factor(cfg, epoch - 1 + step / spe, spe)
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = base * factor
+
+
+def per_step_lr(cfg: TrainConfig) -> bool:
+    """Whether the rate changes within an epoch (a per-step schedule or a warm-up)."""
+    return cfg.schedule_per_step or cfg.warmup_epochs > 0
+
+
 def steps_per_epoch(rows: int, batch_size: int, accumulate: int) -> int:
     """Optimizer steps of an epoch of ``rows``: batches (a trailing batch of 1 joins the one before, as
     ``branches.data.batch_indices``), one step per ``accumulate`` of them."""
@@ -85,8 +97,6 @@ class StepControls:
 
 
 PACK_UNSUPPORTED = (
-    "warmup_epochs",
-    "schedule_per_step",
     "grad_clip",
     "accumulate",
     "mixup",
@@ -100,8 +110,6 @@ PACK_UNSUPPORTED = (
 def pack_refusals(cfg: TrainConfig) -> list[str]:
     """The set controls a pack cannot train exactly per branch, each with the reason (empty: it can)."""
     why = {
-        "warmup_epochs": "the pack steps one schedule per epoch",
-        "schedule_per_step": "the pack steps one schedule per epoch",
         "grad_clip": "one norm over the stacked gradients would couple the branches",
         "accumulate": "not implemented for packs",
         "mixup": "not implemented for packs",
@@ -126,7 +134,8 @@ def check_pack_controls(cfg: TrainConfig) -> None:
 def check_ddp_controls(cfg: TrainConfig) -> None:
     """Raise ``ConfigError`` naming the set ``train.*`` controls the DDP baseline does not apply (yet)."""
     default = TrainConfig()
-    if refused := [f"train.{n}" for n in PACK_UNSUPPORTED if getattr(cfg, n) != getattr(default, n)]:
+    names = ("warmup_epochs", "schedule_per_step", *PACK_UNSUPPORTED)
+    if refused := [f"train.{n}" for n in names if getattr(cfg, n) != getattr(default, n)]:
         raise ConfigError(
             f"the DDP baseline (baseline.engine: ddp) does not apply {', '.join(refused)} (its loop has no "
             "step controls yet); use baseline.engine: single or leave these at their defaults"

@@ -35,7 +35,15 @@ from branches import _faults
 from branches import checkpoint as ckpt_io
 from branches._stream import StreamingSplit
 from branches.config import ModelConfig, TrainConfig
-from branches.controls import StepControls, lr_factor, mixup_draw, should_stop, steps_per_epoch
+from branches.controls import (
+    StepControls,
+    lr_factor,
+    mixup_draw,
+    per_step_lr,
+    set_step_lr,
+    should_stop,
+    steps_per_epoch,
+)
 from branches.data import Augmenter, InMemorySplit, choose_mode
 from branches.finished import check_same_run, finished_result, stored_configs
 from branches.models import build_model, count_parameters
@@ -345,7 +353,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
 
     spe = steps_per_epoch(len(train), train_cfg.batch_size, train_cfg.accumulate)
-    per_step = train_cfg.schedule_per_step or train_cfg.warmup_epochs > 0
+    per_step = per_step_lr(train_cfg)
     for epoch in range(found.epoch + 1, train_cfg.epochs + 1):
         if should_stop(history, train_cfg.early_stopping_patience):  # before the epoch: a resumed run stops too
             log.info(
@@ -429,9 +437,7 @@ def step_controls(
     """The controls of epoch ``epoch`` (1-based); ``spe`` (steps per epoch) set: the lr is set before every step."""
 
     def set_lr(i: int) -> None:  # closed form in (epoch, step): a resumed run sets the same rates
-        factor = lr_factor(cfg, epoch - 1 + i / spe, spe)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
+        set_step_lr(optimizer, base_lrs, cfg, epoch, i, spe)
 
     return StepControls(
         accumulate=cfg.accumulate,

@@ -32,7 +32,7 @@ import torch.nn as nn
 from branches import _faults
 from branches import checkpoint as ckpt_io
 from branches.config import ModelConfig, TrainConfig
-from branches.controls import check_pack_controls
+from branches.controls import check_pack_controls, per_step_lr, set_step_lr, steps_per_epoch
 from branches.data import Augmenter, choose_mode
 from branches.finished import check_same_run, finished_result
 from branches.models import build_model
@@ -219,10 +219,13 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
         )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
 
+    spe = steps_per_epoch(next(iter(rows.values())), cfg.batch_size, 1)
     for epoch in range(start + 1, cfg.epochs + 1):
+        if per_step_lr(cfg):  # the same closed-form rate as each branch's own loop, step by step
+            set_step_lr(pk.opt, pk.sched.base_lrs, cfg, epoch, 0, spe)
         lr = pk.opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        losses = _epoch(pk, loss_fn, epoch, lr, results)
+        losses = _epoch(pk, loss_fn, epoch, lr, results, spe)
         train_s = time.perf_counter() - t0
         val_logits = _val_logits(pk, epoch, lr, results) if pk.members else []
         if not pk.members:
@@ -294,7 +297,7 @@ def _diverge(m: _Member, error: NonFiniteError) -> dict:
     return _record_divergence(m.job, error)
 
 
-def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict) -> list[float]:
+def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict, spe: int) -> list[float]:
     """One epoch of the pack (members may leave it); the mean training loss of each member left."""
     cfg, dev, amp = pk.cfg, pk.dev, pk.members[0].job.amp
     streams = [m.train.train_batches(cfg.seed, m.k, epoch, cfg.batch_size) for m in pk.members]
@@ -344,6 +347,8 @@ def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict) 
             streams = [streams[i] for i in keep]
         pk.opt.zero_grad(set_to_none=True)
         per.sum().backward()  # disjoint parameters: member p's gradient is that of its own loss
+        if per_step_lr(cfg):
+            set_step_lr(pk.opt, pk.sched.base_lrs, cfg, epoch, step - 1, spe)
         pk.opt.step()
         for i, v in enumerate(values):
             totals[i] += v * y.shape[1]

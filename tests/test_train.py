@@ -407,7 +407,8 @@ def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
     packed, alone = make_run("packed"), make_run("alone")
     # SGD: Adam would turn the rounding noise in the (truly zero) gradient of a bias before a BatchNorm into
     # +-lr steps, which the eval-mode running means then follow with a lag: chaotic in either engine
-    cfg = with_epochs(FAST, 2, optimizer="sgd", lr=0.05)
+    # with the warm-up and the per-step schedule, which a pack steps as each branch's own loop does
+    cfg = with_epochs(FAST, 2, optimizer="sgd", lr=0.05, warmup_epochs=0.5, schedule_per_step=True)
     results = train_pack([packed] * 4, [0, 1, 2, 3], FC4, cfg)
     for k in range(4):
         want = train_branch(alone, k, FC4, cfg)
@@ -425,6 +426,7 @@ def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
         ):
             assert packed.exists(f"branches/{k}/{rel}"), rel
         assert [set(m) for m in metric_lines(packed, k)] == [METRIC_KEYS] * 2
+        assert [m["lr"] for m in metric_lines(packed, k)] == [m["lr"] for m in metric_lines(alone, k)]
         # same seeds, same batches, same math: the logits agree to float32 rounding grown over 2 epochs
         np.testing.assert_allclose(
             load_npy(packed, f"branches/{k}/logits_test.npy"),
