@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_split.errors import ConfigError
 from data_split.fields import Section, option
 
 MODELS = (
@@ -13,20 +14,49 @@ MODELS = (
     "resnet18",
     "resnet34",
 )  # model.name; branches.models builds each (torch is not imported here)
+TORCHVISION_PREFIX = "torchvision:"  # model.name "torchvision:<name>": any torchvision classification model
+STEMS = ("auto", "standard", "small")
+SMALL_STEM_BELOW_PX = 64  # model.stem auto: the small stem for sub-images smaller than this (either side)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 DATA_MODES = ("auto", "memory", "stream")
 ON_NONFINITE = ("fail", "skip_branch")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(kw_only=True, frozen=True)
 class ModelConfig(Section):
     SECTION = "model"
 
-    name: str = option("fc8", "the network of every branch", choices=MODELS)
+    RULES = (lambda self, key: _check_model_name(self.name, key("name")),)
+
+    name: str = option(
+        "fc8",
+        f"the network of every branch: one of {', '.join(MODELS)}, or `torchvision:<name>` "
+        "(any torchvision classification model, random init unless `model.pretrained`)",
+    )
     width: int | None = option(
         None, "`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)", ge=1
     )
+    stem: str = option(
+        "auto",
+        "`torchvision:*`, `resnet*`: `standard` keeps the model's first conv, `small` makes it 3x3 stride 1 and "
+        f"drops the max-pool after it (the reference's small-input ResNet); `auto`: small below {SMALL_STEM_BELOW_PX} "
+        "px (`resnet18`/`resnet34`: always small)",
+        choices=STEMS,
+    )
+    pretrained: str | None = option(
+        None,
+        "`torchvision:*`: torchvision weights to start from (`IMAGENET1K_V1`, `DEFAULT` or "
+        "`ResNet18_Weights.IMAGENET1K_V1`), read from the local torch hub cache only (never downloaded); "
+        "layers whose shape the branch changed (the head, an adapted stem) keep their random init",
+    )
+
+
+def _check_model_name(name: str, key: str) -> None:
+    if name in MODELS or (name.startswith(TORCHVISION_PREFIX) and len(name) > len(TORCHVISION_PREFIX)):
+        return
+    raise ConfigError(f"{key} must be one of {', '.join(MODELS)} or torchvision:<name>, got {name!r}")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -44,10 +74,39 @@ class TrainConfig(Section):
         "learning-rate schedule, stepped once per epoch: `none`, `cosine` (to 0 at the last epoch), `step`",
         choices=SCHEDULES,
     )
+    schedule_per_step: bool = option(
+        False, "evaluate the schedule at every optimizer step (fractional epochs) instead of once per epoch"
+    )
+    warmup_epochs: float = option(
+        0.0, "linear learning-rate warm-up over this many epochs, per optimizer step (0: none)", ge=0
+    )
     step_size: int = option(10, "`step` schedule: epochs between decays")
     gamma: float = option(0.1, "`step` schedule: decay factor")
+    grad_clip: float | None = option(
+        None, "clip the gradient's L2 norm (over all parameters) to this before each step; unset: no clipping", gt=0
+    )
+    accumulate: int = option(
+        1, "batches whose gradients are summed per optimizer step (the effective batch is batch_size x this)", ge=1
+    )
+    mixup: float = option(
+        0.0,
+        "mixup alpha (0: off): each batch mixed with a permutation of itself by lambda ~ Beta(alpha, alpha), "
+        "drawn from (seed, epoch, step) and so the same in every branch (exact: the split is linear)",
+        ge=0,
+    )
+    early_stopping_patience: int | None = option(
+        None, "stop a branch once its best validation accuracy is this many epochs old; unset: never", ge=1
+    )
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", ge=0, lt=1)
-    amp: bool = option(True, "bfloat16 autocast on CUDA; ignored on CPU")
+    amp: bool = option(True, "`precision: auto`: bfloat16 autocast on CUDA (false: fp32); ignored on CPU")
+    precision: str = option(
+        "auto",
+        "`auto` (as train.amp says), `fp32`, `bf16` (autocast; on CPU too) or `fp16` (autocast with a "
+        "GradScaler, for GPUs without bf16 such as the V100; its scale is checkpointed)",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = option(False, "the model and its input batches in channels-last memory order")
+    compile: bool = option(False, "train through torch.compile(model) (the uncompiled model is checkpointed)")
     seed: int = option(0, "seed of initialisation and batch order; branch k uses seed + k")
     threads: int = option(1, "torch CPU threads per branch (match `resources.cpus_per_branch`)", ge=1)
     # A ResNet-34 checkpoint (weights + Adam moments) is ~250 MB, so keeping one per epoch of a 100-epoch

@@ -38,11 +38,13 @@ def stored_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, manifest: Man
     }
 
 
-def _differences(old: dict, new: dict, prefix: str) -> list[str]:
+def _differences(old: dict, new: dict, prefix: str, defaults: dict) -> list[str]:
+    """Keys whose values differ; a key ``old`` lacks (stored before the key existed) counts as its default."""
+    was = {**defaults, **old}
     return [
-        f"{prefix}.{key}: {old.get(key)!r} != {new.get(key)!r}"
+        f"{prefix}.{key}: {was.get(key)!r} != {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
+        if was.get(key) != new.get(key)
     ]
 
 
@@ -56,8 +58,10 @@ def check_same_run(storage: RunStorage, k: int, stored: dict, configs: dict) -> 
     def comparable(train: dict) -> dict:
         return {key: v for key, v in train.items() if key not in RESUMABLE_CHANGES}
 
-    diffs = _differences(stored.get("model_config", {}), configs["model_config"], "model")
-    diffs += _differences(comparable(stored.get("train_config", {})), comparable(configs["train_config"]), "train")
+    diffs = _differences(stored.get("model_config", {}), configs["model_config"], "model", asdict(ModelConfig()))
+    diffs += _differences(
+        comparable(stored.get("train_config", {})), comparable(configs["train_config"]), "train", asdict(TrainConfig())
+    )
     if stored.get("split_config_hash") != configs["split_config_hash"]:
         diffs.append("the sub-datasets were split again with another configuration (manifest config_hash changed)")
     if diffs:

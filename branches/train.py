@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +35,15 @@ from branches import _faults
 from branches import checkpoint as ckpt_io
 from branches._stream import StreamingSplit
 from branches.config import ModelConfig, TrainConfig
+from branches.controls import (
+    StepControls,
+    lr_factor,
+    mixup_draw,
+    per_step_lr,
+    set_step_lr,
+    should_stop,
+    steps_per_epoch,
+)
 from branches.data import Augmenter, InMemorySplit, choose_mode
 from branches.finished import check_same_run, finished_result, stored_configs
 from branches.models import build_model, count_parameters
@@ -50,15 +58,6 @@ log = logging.getLogger(__name__)
 
 
 # -- pure pieces -----------------------------------------------------------------------------------------
-def lr_factor(cfg: TrainConfig, epoch_index: int) -> float:
-    """Multiplier of ``cfg.lr`` for 0-based epoch ``epoch_index``: a function of the epoch alone, so resumable."""
-    if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs, eta_min=0) in closed form
-        return 0.5 * (1.0 + math.cos(math.pi * epoch_index / cfg.epochs))
-    if cfg.schedule == "step":
-        return cfg.gamma ** (epoch_index // cfg.step_size)
-    return 1.0
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params, wd = model.parameters(), cfg.weight_decay
     if cfg.optimizer == "adam":
@@ -89,37 +88,83 @@ def train_one_epoch(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     *,
-    amp: bool,
+    amp: bool | torch.dtype,
+    controls: StepControls | None = None,
 ) -> float:
     """One pass over ``batches`` of (x (B, C, h, w), y (B,)) on ``device``; the mean training loss.
 
-    Raises ``NonFiniteError`` naming the (1-based) step at the first NaN/inf loss, before that step updates
-    the weights. The check waits for the device once per step: the price of stopping at once.
+    ``controls`` (default: none): gradient accumulation, clipping, mixup and a per-step hook (the learning
+    rate), fp16 loss scaling, see ``branches.controls``. ``amp``: True (bfloat16), False or the autocast
+    dtype. Raises ``NonFiniteError`` naming the (1-based) batch at the first NaN/inf loss, before that batch
+    updates the weights. The check waits for the device once per batch: the price of stopping at once.
     """
+    c = controls or StepControls()
     model.train()
-    total, n = torch.zeros((), device=device), 0
-    for step, (xb, yb) in enumerate(batches, 1):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(xb), yb)
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {step}", step=step)
+    total, n, pending, opt_step = torch.zeros((), device=device), 0, 0, 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step() -> None:
+        nonlocal pending, opt_step
+        if c.scaler is not None:
+            c.scaler.unscale_(optimizer)  # clip and rescale the true gradient
+        if pending < c.accumulate:  # the epoch's last, smaller group: the mean over its own batches
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(c.accumulate / pending)
+        if c.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        if c.before_step is not None:
+            c.before_step(opt_step)
+        if c.scaler is not None:
+            c.scaler.step(optimizer)  # skipped when the fp16 gradient overflowed; the scale then backs off
+            c.scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        pending, opt_step = 0, opt_step + 1
+
+    optimizer.zero_grad(set_to_none=True)
+    for i, (xb, yb) in enumerate(batches, 1):
+        if c.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype(amp), enabled=bool(amp)):
+            if c.mixup_alpha > 0:  # lambda and permutation from (seed, epoch, batch): equal in every branch
+                lam, perm = mixup_draw(c.mixup_alpha, c.seed, c.epoch, i, len(yb))
+                perm = perm.to(xb.device)
+                out = model(lam * xb + (1 - lam) * xb[perm])
+                loss = lam * loss_fn(out, yb) + (1 - lam) * loss_fn(out, yb[perm])
+            else:
+                loss = loss_fn(model(xb), yb)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"non-finite training loss ({loss.item()}) at step {i}", step=i)
+        scaled = loss / c.accumulate if c.accumulate > 1 else loss
+        (c.scaler.scale(scaled) if c.scaler is not None else scaled).backward()
+        pending += 1
+        if pending == c.accumulate:
+            step()
         total += loss.detach().float() * len(yb)
         n += len(yb)
+    if pending:
+        step()
     return total.item() / max(n, 1)  # .item() waits for the device, so the caller's timing is honest
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, *, amp: bool) -> torch.Tensor:
+def predict(
+    model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, *, amp: bool | torch.dtype
+) -> torch.Tensor:
     """Logits (N, classes) float32 of the model in eval mode over input ``batches`` (at least one, maybe empty)."""
     model.eval()
     out = []
     for xb in batches:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype(amp), enabled=bool(amp)):
             out.append(model(xb).float())
     return torch.cat(out)
+
+
+def autocast_dtype(amp: bool | torch.dtype) -> torch.dtype:
+    """The autocast dtype of ``amp`` (True: bfloat16, the default when enabled)."""
+    return amp if isinstance(amp, torch.dtype) else torch.bfloat16
 
 
 def check_finite(logits: torch.Tensor, what: str) -> torch.Tensor:
@@ -167,8 +212,14 @@ class BranchJob:
         return int(self.manifest.source.classes)
 
     @property
-    def amp(self) -> bool:  # bfloat16 autocast: CUDA only
-        return self.train_cfg.amp and self.device.type == "cuda"
+    def precision(self) -> str:  # train.precision resolved: fp32, bf16 or fp16
+        if self.train_cfg.precision == "auto":
+            return "bf16" if self.train_cfg.amp and self.device.type == "cuda" else "fp32"
+        return self.train_cfg.precision
+
+    @property
+    def amp(self) -> bool | torch.dtype:  # the autocast dtype, False for fp32
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, False)
 
     @property
     def configs(self) -> dict:  # stored in every checkpoint and in result.json (the same-run check)
@@ -256,8 +307,13 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
     torch.manual_seed(train_cfg.seed + k)
     model = build_model(model_cfg, in_shape, classes).to(dev)
+    if train_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(train_cfg, e))
+    # fp16 overflows where bf16 does not: its loss is scaled, and the scale (state) is checkpointed
+    scaler = torch.amp.GradScaler(dev.type) if job.precision == "fp16" else None
+    net = torch.compile(model) if train_cfg.compile else model  # shares model's parameters; model is saved
 
     found = ckpt_io.find_resume_point(storage, k, train_cfg.epochs)
     history: list[dict] = []
@@ -267,6 +323,8 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck.get("scaler") is not None:
+            scaler.load_state_dict(ck["scaler"])
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule, e.g. new T_max
             group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
         ckpt_io.restore_rng(ck["rng"])
@@ -294,15 +352,29 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
     val = _open_split(storage, manifest, "val", k, dev, train_cfg, mode)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
 
+    spe = steps_per_epoch(len(train), train_cfg.batch_size, train_cfg.accumulate)
+    per_step = per_step_lr(train_cfg)
     for epoch in range(found.epoch + 1, train_cfg.epochs + 1):
+        if should_stop(history, train_cfg.early_stopping_patience):  # before the epoch: a resumed run stops too
+            log.info(
+                "branch %d: early stop after epoch %d (best val_acc %d epochs old)",
+                k,
+                epoch - 1,
+                train_cfg.early_stopping_patience,
+            )
+            break
         t0 = time.perf_counter()
+        controls = step_controls(train_cfg, epoch, optimizer, scheduler.base_lrs, spe if per_step else None)
+        controls.scaler = scaler
+        if per_step:
+            controls.before_step(0)
         lr = optimizer.param_groups[0]["lr"]
         batches = train.train_batches(train_cfg.seed, k, epoch, train_cfg.batch_size)
         try:  # a diverged branch stops here: nothing of this epoch (checkpoint, metrics, logits) is written
-            train_loss = train_one_epoch(model, optimizer, loss_fn, batches, dev, amp=amp)
+            train_loss = train_one_epoch(net, optimizer, loss_fn, batches, dev, amp=amp, controls=controls)
             train_s = time.perf_counter() - t0
             val_logits = check_finite(
-                predict(model, val.eval_batches(), dev, amp=amp), "validation logits"
+                predict(net, val.eval_batches(), dev, amp=amp), "validation logits"
             )  # (N_val, classes)
         except NonFiniteError as e:
             raise NonFiniteError(
@@ -332,6 +404,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": ckpt_io.capture_rng(),
                 "history": history,
                 "in_shape": list(in_shape),
@@ -355,7 +428,26 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
             on_epoch({**metrics, "k": k})
         _faults.after_epoch(storage.uri, k, epoch)  # test-only: a no-op outside the tests
 
-    return _finish(job, model, history, val, found.epoch, mode)
+    return _finish(job, model, history, val, found.epoch, mode, {"epochs_trained": len(history)})
+
+
+def step_controls(
+    cfg: TrainConfig, epoch: int, optimizer: torch.optim.Optimizer, base_lrs: list[float], spe: int | None
+) -> StepControls:
+    """The controls of epoch ``epoch`` (1-based); ``spe`` (steps per epoch) set: the lr is set before every step."""
+
+    def set_lr(i: int) -> None:  # closed form in (epoch, step): a resumed run sets the same rates
+        set_step_lr(optimizer, base_lrs, cfg, epoch, i, spe)
+
+    return StepControls(
+        accumulate=cfg.accumulate,
+        grad_clip=cfg.grad_clip,
+        mixup_alpha=cfg.mixup,
+        seed=cfg.seed,
+        epoch=epoch,
+        before_step=set_lr if spe is not None else None,
+        channels_last=cfg.channels_last,
+    )
 
 
 def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:

@@ -32,6 +32,7 @@ import torch.nn as nn
 from branches import _faults
 from branches import checkpoint as ckpt_io
 from branches.config import ModelConfig, TrainConfig
+from branches.controls import check_pack_controls, per_step_lr, set_step_lr, steps_per_epoch
 from branches.data import Augmenter, choose_mode
 from branches.finished import check_same_run, finished_result
 from branches.models import build_model
@@ -80,6 +81,8 @@ def train_pack(
     """Train branches ``ks`` packed; ``storages[i]`` is branch ``ks[i]``'s view of the run. Returns k -> result.json
     (or diverged.json)."""
     started = time.time() if started is None else started
+    if len(ks) > 1:
+        check_pack_controls(train_cfg)
     manifest = load_manifest(storages[0])
     sp = manifest.split
     check_augment(list(train_cfg.augment), np.asarray(sp.matrix), sp.r, sp.c, sp.transform, sp.shape)
@@ -216,10 +219,13 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
         )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
 
+    spe = steps_per_epoch(next(iter(rows.values())), cfg.batch_size, 1)
     for epoch in range(start + 1, cfg.epochs + 1):
+        if per_step_lr(cfg):  # the same closed-form rate as each branch's own loop, step by step
+            set_step_lr(pk.opt, pk.sched.base_lrs, cfg, epoch, 0, spe)
         lr = pk.opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        losses = _epoch(pk, loss_fn, epoch, lr, results)
+        losses = _epoch(pk, loss_fn, epoch, lr, results, spe)
         train_s = time.perf_counter() - t0
         val_logits = _val_logits(pk, epoch, lr, results) if pk.members else []
         if not pk.members:
@@ -291,7 +297,7 @@ def _diverge(m: _Member, error: NonFiniteError) -> dict:
     return _record_divergence(m.job, error)
 
 
-def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict) -> list[float]:
+def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict, spe: int) -> list[float]:
     """One epoch of the pack (members may leave it); the mean training loss of each member left."""
     cfg, dev, amp = pk.cfg, pk.dev, pk.members[0].job.amp
     streams = [m.train.train_batches(cfg.seed, m.k, epoch, cfg.batch_size) for m in pk.members]
@@ -309,7 +315,7 @@ def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict) 
         # the step may be redone without a diverged member: keep the BatchNorm statistics it is about to update
         saved = [b.detach().clone() for b in pk.net.buffers()] if cfg.on_nonfinite == "skip_branch" else None
         while True:
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(amp)):
                 logits = pk.net(x)  # (P, B, classes)
             per = loss_fn(logits.flatten(0, 1).float(), y.flatten()).view(len(pk.members), -1).mean(1)  # (P,)
             values = per.tolist()  # waits for the device once per step, as the unpacked check does
@@ -341,6 +347,8 @@ def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict) 
             streams = [streams[i] for i in keep]
         pk.opt.zero_grad(set_to_none=True)
         per.sum().backward()  # disjoint parameters: member p's gradient is that of its own loss
+        if per_step_lr(cfg):
+            set_step_lr(pk.opt, pk.sched.base_lrs, cfg, epoch, step - 1, spe)
         pk.opt.step()
         for i, v in enumerate(values):
             totals[i] += v * y.shape[1]
@@ -378,7 +386,7 @@ def packed_predict(pack: PackedNetwork, splits: Sequence, device: torch.device, 
         raise ConfigError(f"members' evaluation splits differ in length ({sorted(lengths)}); a pack needs equal ones")
     out = []
     for batches in zip(*(s.eval_batches() for s in splits)):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(amp)):
             out.append(pack(torch.stack(batches)).float())  # (P, B, classes)
     z = torch.cat(out, dim=1)
     return list(z.unbind(0))

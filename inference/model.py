@@ -25,6 +25,7 @@ and the exported program needs nothing from this project.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -204,7 +205,8 @@ def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], c
         raise EnsembleLoadError(f"branch {k}: final checkpoint {storage.url(ckpt_rel)} is missing") from None
     except (ValueError, RuntimeError) as e:
         raise EnsembleLoadError(f"branch {k}: final checkpoint {storage.url(ckpt_rel)} is unreadable: {e}") from e
-    cfg = ModelConfig(**ckpt["model_config"])
+    # the checkpoint holds every weight: no pretrained file is needed (or read) where the ensemble is served
+    cfg = dataclasses.replace(ModelConfig(**ckpt["model_config"]), pretrained=None)
     model = build_model(cfg, in_shape, classes)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg.name

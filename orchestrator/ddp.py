@@ -35,6 +35,7 @@ import torch
 
 from branches import _faults
 from branches.config import ModelConfig, TrainConfig
+from branches.controls import check_ddp_controls
 from branches.data import InMemorySplit, batch_indices, epoch_generator
 from branches.models import build_model, count_parameters
 from branches.train import loss_and_accuracy, lr_factor, make_optimizer, predict, train_one_epoch
@@ -284,6 +285,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage) -> dict:
 
     from tune.storage import absolute, credentials_broker, tune_location
 
+    check_ddp_controls(cfg.train)  # before any worker starts
     manifest = load_manifest(data)
     stored = _stored_config(cfg, manifest)
     if out.exists(RESULT_FILE) and (done := out.read_json(RESULT_FILE)).get("config") == stored:

@@ -20,6 +20,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from branches.config import ModelConfig, TrainConfig
+from branches.controls import check_pack_controls
 from branches.finished import finished_result
 from branches.modes import choose_mode
 from data_split.errors import SpectralError, user_error
@@ -112,6 +113,8 @@ def train_branches(
         rows = {k: int(manifest.branches[k].splits["train"].rows) for k in todo}
         packable = {k: choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "memory" for k in todo}
         packs = plan_packs(todo, resources.branches_per_process, rows, packable)
+        if any(len(pack) > 1 for pack in packs):
+            check_pack_controls(train_cfg)  # before any actor starts
     plan = plan_placement(len(todo), resources, cluster_nodes(), packs)
     log.info("placement plan: %s", plan.describe())
     board_name = f"spectral-progress-{uuid.uuid4().hex[:12]}"

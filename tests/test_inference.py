@@ -86,6 +86,23 @@ def test_folder_names_that_label_images():
     assert labels["Trouser"] == labels["1"] == 1 and "trouser" not in labels
 
 
+def test_a_branch_trained_from_pretrained_weights_loads_without_the_weights_file(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from branches.checkpoint import save_checkpoint
+    from inference.model import _final_branch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no weights file anywhere
+    cfg = ModelConfig(name="resnet18", pretrained="IMAGENET1K_V1")
+    trained = build_model(ModelConfig(name="resnet18"), (1, 4, 4), 3)
+    storage = RunStorage(str(tmp_path / "run"))
+    rest = {"optimizer": {}, "scheduler": {}, "rng": {}, "train_config": {}, "history": []}  # unused here
+    save_checkpoint(storage, 0, {"epoch": 1, "model": trained.state_dict(), "model_config": asdict(cfg), **rest})
+    storage.write_json("branches/0/result.json", {"epochs": 1})
+    model, name = _final_branch(storage, 0, (1, 4, 4), 3)
+    assert name == "resnet18" and torch.equal(model.conv1.weight, trained.conv1.weight)
+
+
 def raw_test_split(cfg) -> tuple[torch.Tensor, np.ndarray]:
     """The run's test split straight from the source: pixels (N, C, H, W) in [0, 1] as the split scaled them."""
     source = make_source(cfg.source)

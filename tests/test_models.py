@@ -7,6 +7,9 @@ import torch
 import torch.nn as nn
 
 from branches import MODELS, ModelConfig, build_model, count_parameters
+from branches.models import ModelInputError
+from branches.packed import PackError, check_packable
+from data_split.errors import ConfigError
 
 SHAPES = [(1, 4, 4), (1, 14, 14), (3, 16, 16)]
 CLASSES = 7
@@ -101,3 +104,69 @@ def test_build_model_rejects_bad_arguments():
         build_model(ModelConfig(name="resnet18", width=32), (1, 4, 4), 10)
     with pytest.raises(ValueError, match="model.name"):
         ModelConfig(name="vgg")
+
+
+def test_torchvision_models_by_name_get_the_input_channels_and_the_stem_auto_picks():
+    small = build_model(ModelConfig(name="torchvision:resnet18"), (1, 14, 14), CLASSES)  # auto: small below 64 px
+    assert (small.conv1.in_channels, small.conv1.kernel_size, small.conv1.stride) == (1, (3, 3), (1, 1))
+    assert isinstance(small.maxpool, nn.Identity) and small.fc.out_features == CLASSES
+    big = build_model(ModelConfig(name="torchvision:resnet18"), (2, 64, 64), CLASSES)  # auto: the ImageNet stem
+    assert (big.conv1.in_channels, big.conv1.kernel_size, big.conv1.stride) == (2, (7, 7), (2, 2))
+    assert isinstance(big.maxpool, nn.MaxPool2d)
+    alex = build_model(ModelConfig(name="torchvision:alexnet", stem="small"), (1, 16, 16), CLASSES)
+    assert alex.features[0].kernel_size == (3, 3) and isinstance(alex.features[2], nn.Identity)  # its first pool
+    assert alex(torch.zeros(2, 1, 16, 16)).shape == (2, CLASSES)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_registry_resnets_are_the_torchvision_models_with_the_small_stem(name):
+    torch.manual_seed(5)
+    alias = build_model(ModelConfig(name=name), (1, 14, 14), CLASSES).state_dict()
+    torch.manual_seed(5)
+    named = build_model(ModelConfig(name=f"torchvision:{name}", stem="small"), (1, 14, 14), CLASSES).state_dict()
+    assert list(alias) == list(named) and all(torch.equal(alias[key], named[key]) for key in alias)
+
+
+def test_a_model_too_small_for_the_input_is_refused_before_training_with_the_reason():
+    with pytest.raises(ModelInputError, match=r"torchvision:vgg11 cannot take the branch's input \(1, 4, 4\).*small"):
+        build_model(ModelConfig(name="torchvision:vgg11", stem="small"), (1, 4, 4), CLASSES)
+    with pytest.raises(ModelInputError, match="not a torchvision classification model.*resnet18"):
+        build_model(ModelConfig(name="torchvision:maskrcnn_resnet50_fpn"), (3, 32, 32), CLASSES)
+    with pytest.raises(ConfigError, match="model.name must be one of .*torchvision:<name>"):
+        ModelConfig(name="torchvision:")
+    with pytest.raises(ConfigError, match="model.stem"):
+        ModelConfig(name="torchvision:resnet18", stem="tiny")
+    with pytest.raises(ModelInputError, match="model.pretrained needs a torchvision model"):
+        build_model(ModelConfig(name="fc4", pretrained="DEFAULT"), (1, 4, 4), CLASSES)
+
+
+def test_torchvision_models_pack_or_are_refused_with_the_reason():
+    check_packable(build_model(ModelConfig(name="torchvision:resnet18"), (1, 8, 8), CLASSES))
+    with pytest.raises(PackError, match=r"\(Hardswish\).*branches_per_process: 1"):
+        check_packable(build_model(ModelConfig(name="torchvision:mobilenet_v3_small"), (1, 32, 32), CLASSES))
+
+
+def test_pretrained_weights_come_from_the_local_hub_cache_only(tmp_path, monkeypatch):
+    import torchvision.models as tvm
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cfg = ModelConfig(name="torchvision:resnet18", pretrained="IMAGENET1K_V1", stem="standard")
+    with pytest.raises(
+        ModelInputError, match=rf"{tmp_path}/hub/checkpoints/resnet18-.*\.pth is missing.*load_state_dict_from_url"
+    ):
+        build_model(cfg, (1, 64, 64), CLASSES)
+    torch.manual_seed(1)
+    fake = tvm.resnet18(weights=None).state_dict()  # 3 input channels, 1000 classes: as the real file
+    url = tvm.ResNet18_Weights.IMAGENET1K_V1.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(fake, tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1])
+    got = build_model(cfg, (1, 64, 64), CLASSES).state_dict()
+    assert torch.equal(got["layer3.1.conv2.weight"], fake["layer3.1.conv2.weight"])
+    assert torch.equal(got["conv1.weight"], fake["conv1.weight"].mean(1, keepdim=True))  # RGB -> grey filters
+    assert got["fc.weight"].shape == (CLASSES, 512)  # the head for the branch's classes stays random
+    long_name = ModelConfig(name="torchvision:resnet18", pretrained="ResNet18_Weights.IMAGENET1K_V1")
+    assert torch.equal(
+        build_model(long_name, (1, 64, 64), CLASSES).state_dict()["layer1.0.bn1.weight"], fake["layer1.0.bn1.weight"]
+    )
+    with pytest.raises(ModelInputError, match="not a torchvision weights name of resnet18.*IMAGENET1K_V1"):
+        build_model(ModelConfig(name="torchvision:resnet18", pretrained="NOPE"), (1, 64, 64), CLASSES)

@@ -21,8 +21,10 @@ import torch
 
 from branches import BranchConflictError, ModelConfig, NonFiniteError, TrainConfig, build_model, lr_factor, train_branch
 from branches.checkpoint import load_checkpoint
+from branches.controls import should_stop
 from conftest import tiny_config
 from data_split import ManifestError, RunStorage, load_manifest, read_branch, split_dataset
+from data_split.layout import result as layout_result
 
 FC4 = ModelConfig(name="fc4")
 # 3 epochs of ~11 steps at lr 1e-2 take the tiny data from chance (0.25) to ~0.8 in a fraction of a second.
@@ -162,6 +164,86 @@ def test_resume_continues_and_matches_a_straight_run_bitwise(make_run):
     assert [m["loss"] for m in metric_lines(straight, 0)] == [m["loss"] for m in metric_lines(resumed, 0)]
 
 
+def test_compile_trains_through_the_compiled_module_and_checkpoints_the_plain_one(make_run, monkeypatch):
+    calls = []
+
+    class Spy(torch.nn.Module):  # stands in for torch.compile's wrapper (compiling takes ~20 s on 2 cores)
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.model(x)
+
+    monkeypatch.setattr(torch, "compile", Spy)
+    run = make_run()
+    result = train_branch(run, 0, FC4, with_epochs(FAST, 1, compile=True))
+    assert sum(calls) > len(load_npy(run, "branches/0/rows_val.npy"))  # the training batches and validation
+    assert result["epochs_trained"] == 1
+    ck = load_checkpoint(run, "branches/0/checkpoints/epoch=1.pt")
+    assert not any(key.startswith("model.") for key in ck["model"])  # loadable by build_model as ever
+    build_model(FC4, (1, 4, 4), 4).load_state_dict(ck["model"])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_run_killed_mid_way_resumes_bitwise_with_every_step_control(make_run):
+    # Every train.* control is a function of (seed, epoch, step): a resumed run replays them exactly.
+    cfg = dataclasses.replace(
+        FAST,
+        warmup_epochs=1.5,
+        schedule_per_step=True,
+        grad_clip=0.5,
+        accumulate=2,
+        mixup=0.4,
+        label_smoothing=0.1,
+        precision="fp16",  # autocast and GradScaler run on CPU too
+        channels_last=True,
+    )
+    straight, resumed = make_run("straight"), make_run("resumed")
+    train_branch(straight, 0, FC4, cfg)
+
+    def kill_after_epoch_1(metrics: dict) -> None:
+        if metrics["epoch"] == 1:
+            raise Killed  # after epoch 1's checkpoint, as a killed process would leave it
+
+    with pytest.raises(Killed):
+        train_branch(resumed, 0, FC4, cfg, on_epoch=kill_after_epoch_1)
+    scale = load_checkpoint(resumed, "branches/0/checkpoints/epoch=1.pt")["scaler"]["scale"]
+    assert scale > 1  # the fp16 loss scale is checkpointed, and restored below
+    result = train_branch(resumed, 0, FC4, cfg)
+    assert result["resumed_from_epoch"] == 1
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(
+            load_npy(straight, f"branches/0/logits_{split}.npy"), load_npy(resumed, f"branches/0/logits_{split}.npy")
+        )
+    lines = metric_lines(straight, 0)
+    assert [m["loss"] for m in lines] == [m["loss"] for m in metric_lines(resumed, 0)]
+    assert 0 < lines[0]["lr"] < lines[1]["lr"] < cfg.lr  # warming up: each epoch's first step
+    plain = make_run("plain")
+    train_branch(plain, 0, FC4, FAST)
+    assert not np.array_equal(
+        load_npy(plain, "branches/0/logits_val.npy"), load_npy(straight, "branches/0/logits_val.npy")
+    )
+
+
+def test_early_stopping_ends_a_branch_whose_accuracy_stalls_and_a_rerun_keeps_it(make_run):
+    run = make_run()
+    # lr ~0: only BatchNorm's running statistics move, so val_acc settles within a few epochs
+    stalled = with_epochs(FAST, 8, lr=1e-9, schedule="none", early_stopping_patience=1)
+    result = train_branch(run, 0, FC4, stalled)
+    lines, n = metric_lines(run, 0), result["epochs_trained"]
+    assert n < 8 and [m["epoch"] for m in lines] == list(range(1, n + 1)) and result["epochs"] == 8
+    assert lines[-1]["val_acc"] <= max(m["val_acc"] for m in lines[:-1])  # the last epoch did not improve
+    assert not should_stop(lines[:-1], 1) and should_stop(lines, 1)
+    run.remove(layout_result(0))  # killed before result.json: the re-run stops again without training
+    again = train_branch(run, 0, FC4, stalled)
+    assert again["epochs_trained"] == n and again["resumed_from_epoch"] == n
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(make_run, caplog, damage):
     straight, storage = make_run("straight"), make_run("damaged")
@@ -229,6 +311,7 @@ def test_other_models_and_optimizers_train(make_run):
         [
             (ModelConfig(name="cnn8", width=4), with_epochs(FAST, 1, optimizer="sgd", schedule="step", step_size=1)),
             (ModelConfig(name="fc8"), with_epochs(FAST, 1, optimizer="adamw", weight_decay=0.01, label_smoothing=0.1)),
+            (ModelConfig(name="torchvision:shufflenet_v2_x0_5"), with_epochs(FAST, 1)),  # by name, small stem
         ]
     ):
         result = train_branch(storage, k, model, train)
@@ -324,7 +407,8 @@ def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
     packed, alone = make_run("packed"), make_run("alone")
     # SGD: Adam would turn the rounding noise in the (truly zero) gradient of a bias before a BatchNorm into
     # +-lr steps, which the eval-mode running means then follow with a lag: chaotic in either engine
-    cfg = with_epochs(FAST, 2, optimizer="sgd", lr=0.05)
+    # with the warm-up and the per-step schedule, which a pack steps as each branch's own loop does
+    cfg = with_epochs(FAST, 2, optimizer="sgd", lr=0.05, warmup_epochs=0.5, schedule_per_step=True)
     results = train_pack([packed] * 4, [0, 1, 2, 3], FC4, cfg)
     for k in range(4):
         want = train_branch(alone, k, FC4, cfg)
@@ -342,6 +426,7 @@ def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
         ):
             assert packed.exists(f"branches/{k}/{rel}"), rel
         assert [set(m) for m in metric_lines(packed, k)] == [METRIC_KEYS] * 2
+        assert [m["lr"] for m in metric_lines(packed, k)] == [m["lr"] for m in metric_lines(alone, k)]
         # same seeds, same batches, same math: the logits agree to float32 rounding grown over 2 epochs
         np.testing.assert_allclose(
             load_npy(packed, f"branches/{k}/logits_test.npy"),
