@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from data_split import RunStorage, SplitResult, layout, load_manifest, split_dataset
+from orchestrator import tracking_mlflow
 from orchestrator._ray import init_ray
 from orchestrator.config import SpectralConfig
 from orchestrator.driver import cluster_side
@@ -52,14 +53,17 @@ def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> Trai
     k = load_manifest(storage).K
     keep_config(cfg, storage)  # the training keys this run trains with now (more epochs on a resume)
     events = BranchEvents(storage)  # TensorBoard files, current after every epoch (orchestrator.tracking)
+    with tracking_mlflow.job(cfg, storage, k) as mlflow_runs:  # tracking.mlflow_uri set: a child run per branch
 
-    def progress(snapshot: dict[int, dict]) -> None:
-        events.update(snapshot)
-        if on_progress is not None:
-            on_progress(snapshot)
+        def progress(snapshot: dict[int, dict]) -> None:
+            events.update(snapshot)
+            mlflow_runs.update(snapshot)
+            if on_progress is not None:
+                on_progress(snapshot)
 
-    outcome = train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=progress)
-    events.finish(range(k))
+        outcome = train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=progress)
+        events.finish(range(k))
+        mlflow_runs.log_branches(range(k))
     return outcome
 
 
@@ -82,6 +86,8 @@ def ensemble(cfg: SpectralConfig) -> EnsembleResult:
         chosen = tune_ensemble_weights(cfg, storage, skip)
     write_weights(storage, chosen, chosen=True)
     write_ensemble_events(storage, cfg.train.epochs)
+    with tracking_mlflow.job(cfg, storage, k) as mlflow_runs:
+        mlflow_runs.log_ensemble()  # on the job's parent run
     return chosen
 
 
@@ -146,6 +152,7 @@ class RunResult:
 @cluster_side
 def run(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: ProgressFn | None = None) -> RunResult:
     """The whole job: split if needed, train, ensemble, report."""
+    tracking_mlflow.check(cfg)  # tracking.mlflow_uri set without MLflow installed: fail before the split
     split_result = split(cfg, overwrite=overwrite)
     training = train(cfg, on_progress=on_progress)
     report = evaluate(cfg)

@@ -9,6 +9,7 @@
     spectral serve    --storage URI [--host 127.0.0.1] [--port 8000]
     spectral status   --storage URI [--json] [--watch [SECONDS]]   from storage alone, no Ray
     spectral config   [--show | --markdown | --config F --set ...]  every key, or the resolved config as YAML
+    spectral completion bash | zsh | tcsh                          the shell's completion script (shtab)
     spectral --version
 
 Streams: tables and results on stdout (``out``); logs, progress and errors on stderr (``err``), so
@@ -37,7 +38,7 @@ from data_split.config import StorageConfig
 from data_split.errors import ConfigError, user_error
 from orchestrator._logging import add_secrets, configure_logging, mask, quiet_ray
 from orchestrator._ray import init_ray
-from orchestrator.cli_args import INFERENCE_COMMANDS, RUN_COMMANDS, build_parser
+from orchestrator.cli_args import INFERENCE_COMMANDS, RUN_COMMANDS, build_parser, completion_script
 from orchestrator.config import SpectralConfig, config_markdown, load_config, parse_set
 from orchestrator.report_text import ensemble_table, paper_table
 from orchestrator.run_config import config_yaml, has_stored_config, resume_config, stored_config_uri
@@ -305,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "config":
             cmd_config(args)
+            return 0
+        if args.command == "completion":
+            sys.stdout.write(completion_script(args.shell))
             return 0
         if args.command == "status":
             from orchestrator.status_cli import cmd_status

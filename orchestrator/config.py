@@ -71,6 +71,21 @@ class EnsembleConfig(Section):
 
 
 @dataclass(kw_only=True, frozen=True)
+class TrackingConfig(Section):
+    """Experiment tracking beyond the TensorBoard files every run writes (``orchestrator.tracking``)."""
+
+    SECTION = "tracking"
+
+    mlflow_uri: str | None = option(
+        None,
+        "MLflow tracking URI (`http://host:5000`, `sqlite:///mlflow.db`, `databricks`, ...): the job logs one "
+        "parent run per run URI and a child run per branch (`orchestrator.tracking_mlflow`; needs "
+        "`pip install mlflow-skinny`); unset: no MLflow",
+    )
+    mlflow_experiment: str = option("spectral", "`mlflow_uri` set: the MLflow experiment (created when missing)")
+
+
+@dataclass(kw_only=True, frozen=True)
 class BaselineConfig(Section):
     """How `spectral baseline` trains the full-resolution network (the comparison the method is measured against)."""
 
@@ -114,6 +129,7 @@ class SpectralConfig(Section):
     train: TrainConfig = option(factory=TrainConfig, help="how each branch trains")
     resources: ResourcesConfig = option(factory=ResourcesConfig, help="what each branch actor asks of Ray")
     ensemble: EnsembleConfig = option(factory=EnsembleConfig, help="how the branches' logits are weighted")
+    tracking: TrackingConfig = option(factory=TrackingConfig, help="experiment tracking: MLflow, when set")
     baseline: BaselineConfig = option(factory=BaselineConfig, help="`spectral baseline`: one actor, or Ray Train DDP")
     ray: RayConfig = option(factory=RayConfig, help="which Ray to use")
     tune: TuneConfig = option(

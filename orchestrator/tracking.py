@@ -14,7 +14,8 @@ depending on TensorFlow or tensorboard; ``tests/test_tracking.py`` reads the fil
 ``tensorboardX``'s own protobuf classes.
 
 ``BranchEvents`` keeps the branches' files current while they train: ``api.train`` feeds it the progress
-board's snapshots and rewrites a branch's file when its epoch advances.
+board's snapshots and rewrites a branch's file when its epoch advances. MLflow, when configured
+(``tracking.mlflow_uri``), is fed the same way from the same records: ``orchestrator.tracking_mlflow``.
 """
 
 from __future__ import annotations
@@ -112,26 +113,35 @@ def _finite(values: dict) -> dict[str, float]:
     return {t: float(v) for t, v in values.items() if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")}
 
 
-def write_branch_events(storage: RunStorage, k: int) -> int:
-    """Rebuild branch ``k``'s event file from its ``metrics.jsonl``; return the epochs in it (0: nothing written)."""
-    metrics = layout.read_metrics(storage, k)
-    if not metrics:
-        return 0
-    rows = [
-        (int(m["epoch"]), float(m.get("time") or 0.0), _finite({t: m.get(t) for t in BRANCH_TAGS})) for m in metrics
-    ]
-    storage.write_bytes(layout.branch_events(k), events_file(rows, rows[0][1]))
-    return len(rows)
+def epoch_scalars(record: dict) -> dict[str, float]:
+    """The tracked values (``BRANCH_TAGS``) of one ``metrics.jsonl`` record, the finite ones."""
+    return _finite({t: record.get(t) for t in BRANCH_TAGS})
 
 
-def write_ensemble_events(storage: RunStorage, epochs: int) -> None:
-    """The ensembles' results (``ensemble/<rule>.json``) as scalars ``<rule>/<metric>`` at step ``epochs``."""
+def ensemble_scalars(storage: RunStorage) -> dict[str, float]:
+    """Every evaluated weight rule's results (``ensemble/<rule>.json``) as ``<rule>/<metric>`` (``ENSEMBLE_TAGS``)."""
     scalars: dict[str, float] = {}
     for name in storage.ls(layout.ENSEMBLE):
         if name.endswith(".json") and name != "weights.json":
             rec = storage.read_json(layout.ensemble_record(name.removesuffix(".json")))
             method = rec.get("method", name.removesuffix(".json"))
             scalars.update({f"{method}/{t}": v for t, v in _finite({t: rec.get(t) for t in ENSEMBLE_TAGS}).items()})
+    return scalars
+
+
+def write_branch_events(storage: RunStorage, k: int) -> int:
+    """Rebuild branch ``k``'s event file from its ``metrics.jsonl``; return the epochs in it (0: nothing written)."""
+    metrics = layout.read_metrics(storage, k)
+    if not metrics:
+        return 0
+    rows = [(int(m["epoch"]), float(m.get("time") or 0.0), epoch_scalars(m)) for m in metrics]
+    storage.write_bytes(layout.branch_events(k), events_file(rows, rows[0][1]))
+    return len(rows)
+
+
+def write_ensemble_events(storage: RunStorage, epochs: int) -> None:
+    """The ensembles' results (``ensemble/<rule>.json``) as scalars ``<rule>/<metric>`` at step ``epochs``."""
+    scalars = ensemble_scalars(storage)
     if scalars:
         now = time.time()
         storage.write_bytes(layout.ENSEMBLE_EVENTS, events_file([(epochs, now, scalars)], now))

@@ -350,3 +350,32 @@ def test_config_prints_the_resolved_configuration_as_yaml_that_loads_back(config
     assert parsed["storage"]["secret_access_key"] is None
     want = load_config(config_file, {"train.epochs": 3})
     assert load_config(None, {k: v for k, v in parsed.items()}) == want  # every key: the same config back
+
+
+def test_completion_scripts_complete_commands_options_choices_and_paths(capsys, tmp_path):
+    """`spectral completion bash`, sourced into a real bash and asked what completes a few command lines."""
+    import shutil
+    import subprocess
+
+    assert main(["completion", "zsh"]) == 0
+    zsh = capsys.readouterr().out
+    assert zsh.startswith("#compdef spectral") and "tune-weights" in zsh and "--skip-bad" in zsh
+    assert main(["completion", "bash"]) == 0
+    script = tmp_path / "spectral.bash"
+    script.write_text(capsys.readouterr().out)
+    if shutil.which("bash") is None:
+        pytest.skip("no bash to source the script into")
+    (tmp_path / "fm.yaml").write_text("{}\n")
+
+    def completions(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in ("spectral", *words))
+        ask = f"COMP_WORDS=({line}); COMP_CWORD={len(words)}; _shtab_spectral"
+        code = f'source {script}; {ask}; printf "%s\\n" "${{COMPREPLY[@]}}"'
+        proc = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30, check=True)
+        return sorted(filter(None, proc.stdout.splitlines()))
+
+    assert completions("t") == ["train", "tune-weights"]
+    assert {"--skip-bad", "--storage", "--set"} <= set(completions("predict", "--s"))
+    assert completions("export", "--weights", "ge") == ["geometric"]
+    assert completions("completion", "") == ["bash", "tcsh", "zsh"]
+    assert completions("run", "--config", str(tmp_path / "fm")) == [str(tmp_path / "fm.yaml")]
