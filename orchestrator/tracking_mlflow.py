@@ -163,8 +163,9 @@ class MlflowJob:
         failed = "KILLED" if exc_type is KeyboardInterrupt else "FAILED"
         try:
             self.log_branches(sorted(self.touched))  # what the last epochs wrote
-            diverged = layout.read_diverged(self.storage, self.K)
-            for k in sorted(self.touched & set(self.children)):
+            closing = sorted(self.touched & set(self.children))
+            diverged = layout.read_diverged(self.storage, self.K) if closing else {}  # ensemble's job: none
+            for k in closing:
                 if k in diverged:
                     self.client.set_terminated(self.children[k], status="FAILED")
                 elif layout.read_result(self.storage, k) is not None:
