@@ -81,8 +81,7 @@ def train_pack(
     """Train branches ``ks`` packed; ``storages[i]`` is branch ``ks[i]``'s view of the run. Returns k -> result.json
     (or diverged.json)."""
     started = time.time() if started is None else started
-    if len(ks) > 1:
-        check_pack_controls(train_cfg)
+    check_pack_controls(train_cfg)
     manifest = load_manifest(storages[0])
     sp = manifest.split
     check_augment(list(train_cfg.augment), np.asarray(sp.matrix), sp.r, sp.c, sp.transform, sp.shape)
@@ -285,7 +284,15 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
         model = build_model(m.job.model_cfg, m.job.in_shape, m.job.classes).to(dev)
         model.load_state_dict(pk.net.branch_state(i))
         try:
-            results[m.k] = _finish(m.job, model, m.history, m.val, start, "memory", extra={"packed_with": packed_with})
+            results[m.k] = _finish(
+                m.job,
+                model,
+                m.history,
+                m.val,
+                start,
+                "memory",
+                extra={"packed_with": packed_with, "epochs_trained": len(m.history)},
+            )
         except NonFiniteError as e:
             results[m.k] = _diverge(m, e)
     return results

@@ -157,6 +157,10 @@ class PackActor(BranchActor):
     def train(self) -> dict[int, dict]:
         from branches.train_pack import train_pack
 
+        if len(self.ks) == 1:  # a pack of one (beside bigger ones) is a plain branch: every control, any data mode
+            self.storage = self.storages[self.k]
+            return {self.k: super().train()}
+
         def on_epoch(metrics: dict) -> None:
             self.board.update.remote(metrics["k"], {"state": "training", **metrics})
 

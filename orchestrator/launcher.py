@@ -113,7 +113,9 @@ def train_branches(
         rows = {k: int(manifest.branches[k].splits["train"].rows) for k in todo}
         packable = {k: choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "memory" for k in todo}
         packs = plan_packs(todo, resources.branches_per_process, rows, packable)
-        if any(len(pack) > 1 for pack in packs):
+        if all(len(pack) == 1 for pack in packs):
+            packs = None  # nothing packs (streamed branches, unequal row counts): one plain actor per branch
+        else:
             check_pack_controls(train_cfg)  # before any actor starts
     plan = plan_placement(len(todo), resources, cluster_nodes(), packs)
     log.info("placement plan: %s", plan.describe())

@@ -131,23 +131,28 @@ def test_branch_failing_past_its_limit_fails_the_run_and_keeps_the_others(ray_se
     assert not storage.exists("branches/1/result.json")
 
 
-def test_packed_run_trains_four_branches_in_one_actor_with_per_branch_outputs(finished_job, tmp_path):
-    """resources.branches_per_process: 4 on the shared job's split: one actor, each branch's own outputs,
-    isolation records and accuracy (SGD, so that the unpacked logits are a tight reference)."""
+def test_packed_run_trains_three_branches_in_one_actor_and_the_fourth_alone(finished_job, tmp_path):
+    """resources.branches_per_process: 3 on the shared job's split (K = 4): a pack of three in one actor and a
+    pack of one, which trains as a plain branch; each branch's own outputs, isolation records and accuracy
+    (SGD, so that the unpacked logits are a tight reference)."""
     import numpy as np
 
     job_cfg, _ = finished_job
-    overrides = {"resources.branches_per_process": 4, "train.epochs": 1, "train.optimizer": "sgd", "train.lr": 0.05}
+    overrides = {"resources.branches_per_process": 3, "train.epochs": 1, "train.optimizer": "sgd", "train.lr": 0.05}
     cfg = tiny_config(str(tmp_path / "packed"), **overrides)
     alone = RunStorage(str(tmp_path / "alone"))
     for run in (cfg.storage.uri, alone.uri):
         shutil.copytree(RunStorage.from_config(job_cfg.storage).path("data"), f"{run}/data")
     outcome = api.train(cfg)
     storage = RunStorage.from_config(cfg.storage)
-    assert outcome.plan.packs == ((0, 1, 2, 3),) and outcome.plan.branches == 1
-    assert len({r["placement"]["pid"] for r in outcome.results.values()}) == 1  # one process
+    assert outcome.plan.packs == ((0, 1, 2), (3,)) and outcome.plan.branches == 2
+    assert len({outcome.results[k]["placement"]["pid"] for k in (0, 1, 2)}) == 1  # one process
+    assert outcome.results[3]["placement"]["pid"] != outcome.results[0]["placement"]["pid"]
     for k, res in sorted(outcome.results.items()):
-        assert res["packed_with"] == [0, 1, 2, 3] == storage.read_json(f"branches/{k}/result.json")["packed_with"]
+        packed_with = [0, 1, 2] if k < 3 else None  # branch 3 trained unpacked
+        assert (
+            res.get("packed_with") == packed_with == storage.read_json(f"branches/{k}/result.json").get("packed_with")
+        )
         data_files = [f for f in res["isolation"]["files_read"] if f.startswith("data/") and f.endswith(".parquet")]
         assert data_files and all(
             re.fullmatch(rf"data/(train|val|test)/branch={k}/[^/]+\.parquet", f) for f in data_files

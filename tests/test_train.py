@@ -414,7 +414,8 @@ def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
         want = train_branch(alone, k, FC4, cfg)
         got = results[k]
         assert got["packed_with"] == [0, 1, 2, 3] and packed.read_json(f"branches/{k}/result.json") == got
-        assert RESULT_KEYS <= set(got) and got["params"] == want["params"]
+        assert set(got) == set(want) | {"packed_with"} and got["params"] == want["params"]
+        assert got["epochs_trained"] == want["epochs_trained"] == 2
         for rel in (
             "checkpoints/epoch=1.pt",
             "checkpoints/epoch=2.pt",
