@@ -28,14 +28,14 @@ from data_split.errors import SpectralError
 from data_split.layout import load_manifest
 from data_split.manifest import Manifest
 from data_split.storage import RunStorage
-from orchestrator.group_worker import (  # noqa: F401  (the engine's pure pieces, importable from here)
+from orchestrator._ddp_parts import (  # noqa: F401  (the engine's pure pieces, importable from here)
     AllReduceMeter,
-    GroupJob,
     global_batches,
+    group_isolation,
     union_seconds,
-    worker_loop,
     worker_rows,
 )
+from orchestrator.group_worker import GroupJob, worker_loop
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from branches.controls import check_ddp_controls, check_pack_controls
 from branches.finished import finished_result
 from branches.modes import choose_mode
 from data_split import layout
-from data_split.errors import SpectralError, user_error
+from data_split.errors import ConfigError, SpectralError, user_error
 from data_split.layout import load_manifest
 from data_split.storage import RunStorage
 from orchestrator.branch_actor import BranchActor, PackActor, ProgressBoard
@@ -108,6 +108,13 @@ def _train_groups(
     from tune.storage import absolute
 
     check_ddp_controls(train_cfg)  # before any worker starts
+    manifest = load_manifest(storage)
+    if streamed := [k for k in todo if choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "stream"]:
+        raise ConfigError(
+            f"branch(es) {streamed} would stream (train.data: {train_cfg.data}, memory_limit_mb: "
+            f"{train_cfg.memory_limit_mb}) but a group of resources.workers_per_branch > 1 workers trains from "
+            "memory only (yet): set train.data: memory or resources.workers_per_branch: 1"
+        )
     run = absolute(storage)
     results: dict[int, dict] = {}
     failures: dict[int, str] = {}

@@ -100,3 +100,12 @@ def test_workers_per_branch_and_branches_per_process_exclude_each_other():
     with pytest.raises(ConfigError, match="workers_per_branch.*branches_per_process"):
         ResourcesConfig(workers_per_branch=2, branches_per_process=2)
     assert ResourcesConfig(workers_per_branch=2).branches_per_process == 1
+
+
+def test_the_run_summary_prints_the_groups():
+    from orchestrator.launcher import TrainingOutcome
+    from orchestrator.summaries import training_lines
+
+    plan = plan_placement(4, ResourcesConfig(workers_per_branch=2), nodes((2, 0)))
+    outcome = TrainingOutcome({k: {"k": k} for k in range(4)}, [], plan)
+    assert training_lines(outcome)[0].endswith("; each a Ray Train group of 2 DDP workers, 1 group(s) at once")

@@ -3,16 +3,22 @@ session's Ray, their outputs in a one-process branch's layout, the traffic measu
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
+import pytest
 import torch
 
 from branches.checkpoint import load_checkpoint
 from conftest import tiny_config
 from data_split import RunStorage, layout, load_manifest
+from data_split.errors import ConfigError
+from holds import Exit
 from orchestrator import api
-from orchestrator.group_worker import global_batches, group_isolation
+from orchestrator.config import ResourcesConfig
+from orchestrator.ddp import global_batches, group_isolation
+from orchestrator.launcher import train_branches
 from test_train import RESULT_KEYS
 
 
@@ -37,7 +43,18 @@ def test_group_isolation_counts_all_reduce_bytes_within_the_branch_and_none_betw
     assert group_isolation(3, intruder, [400, 400])["bytes_sent_to_other_branches"] == 400
 
 
-def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_and_ensemble(ray_session, tmp_path):
+def test_a_group_refuses_to_stream_before_any_worker_starts(tiny_split):
+    cfg, storage = tiny_split
+    streamed = dataclasses.replace(cfg.train, data="stream")
+    with pytest.raises(ConfigError, match="train.data: stream.*workers_per_branch"):
+        train_branches(storage, 4, cfg.model, streamed, ResourcesConfig(workers_per_branch=2, cpus_per_branch=0.5))
+
+
+@pytest.mark.slow
+def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_killed_worker_and_ensemble(
+    ray_session, tmp_path
+):
+    """Worker 1 of branch 1 exits after epoch 1's committed checkpoint: Ray Train restarts that group only."""
     epochs, batch = 2, 32
     cfg = tiny_config(
         str(tmp_path / "run"),
@@ -52,8 +69,10 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_and_ensemble(ra
         },
     )
     api.split(cfg)
-    outcome = api.train(cfg)
     storage = RunStorage(cfg.storage.uri)
+    with Exit(storage.child(layout.branch_dir(1)).uri, epoch=1, branch=1) as killed:
+        outcome = api.train(cfg)
+    assert [m["k"] for m in killed.markers()] == [1]  # rank 1 of branch 1 did exit
     manifest = load_manifest(storage)
     assert manifest.K == 2 and sorted(outcome.results) == [0, 1]
     assert (outcome.plan.workers, outcome.plan.concurrent) == (2, 2)
@@ -64,6 +83,7 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_and_ensemble(ra
         rows = manifest.branches[k].splits["train"].rows
         steps = epochs * len(global_batches(rows, batch, 2, torch.Generator()))
         assert result["steps"] == steps
+        assert result["resumed_from_epoch"] == (1 if k == 1 else 0)  # the restarted group resumed from epoch 1
         # measured by the comm hook on each worker: every step all-reduces every fp32 gradient, within branch k
         assert result["allreduce_bytes_by_worker"] == [steps * result["params"] * 4] * 2
         assert result["allreduce_bytes_per_worker"] == steps * result["params"] * 4
