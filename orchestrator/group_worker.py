@@ -125,6 +125,8 @@ def worker_loop(config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule (more epochs)
+            group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
         history = list(state["history"])
     resumed_from = len(history)
     if rank == 0:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from branches.checkpoint import load_checkpoint
+from branches.controls import lr_factor
 from conftest import tiny_config
 from data_split import RunStorage, layout, load_manifest
 from data_split.errors import ConfigError
@@ -105,6 +106,18 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
             row_ids = np.load(io.BytesIO(storage.read_bytes(layout.rows(k, split))))
             assert logits.shape == (manifest.branches[k].splits[split].rows, 4) and logits.dtype == np.float32
             assert np.all(np.diff(row_ids[:, 0]) > 0)  # ascending idx, as the ensemble expects
-    chosen = api.ensemble(cfg)
+    # a later run (as after a dead driver, or with more epochs) resumes each group from its Ray Train checkpoint
+    longer = cfg.replace(**{"train.epochs": epochs + 1})
+    again = api.train(longer)
+    assert [again.results[k]["resumed_from_epoch"] for k in range(2)] == [epochs, epochs]
+    for k in range(2):
+        assert [m["epoch"] for m in layout.read_metrics(storage, k)] == [1, 2, 3]
+        lrs = [m["lr"] for m in layout.read_metrics(storage, k)]
+        assert lrs[2] == pytest.approx(cfg.train.lr * lr_factor(longer.train, 2))  # the longer run's schedule
+        steps = (epochs + 1) * len(
+            global_batches(manifest.branches[k].splits["train"].rows, batch, 2, torch.Generator())
+        )
+        assert again.results[k]["allreduce_bytes_per_worker"] == steps * again.results[k]["params"] * 4
+    chosen = api.ensemble(longer)
     assert chosen.method == "uniform" and list(chosen.weights) == [0.5, 0.5] and 0 <= chosen.test["acc"] <= 1
     assert storage.exists(layout.WEIGHTS)
