@@ -3,7 +3,8 @@
 Nothing here acts in a real run: ``after_epoch`` costs one environment lookup per epoch and does nothing
 unless ``SPECTRAL_TEST_FAULTS_DIR`` names a directory (``tests/conftest.py`` sets it; ``tests/holds.py``
 writes the requests). Every engine calls it once per epoch, after that epoch's checkpoint: the branch loop
-(``branches.train``) and each Ray Train DDP worker (``orchestrator.ddp``, ``k`` = its rank).
+(``branches.train``) and each Ray Train DDP worker (``orchestrator.group_worker``: ``k`` = its rank, ``uri`` its
+group's folder, ``<run>/branches/<k>`` or ``<run>/baseline-ddp``).
 
 A request is ``<dir>/<name>.fault``, JSON ``{"uri": ..., "epoch": e, "branch": k | null, "action": ...}``.
 A loop whose storage URI starts with ``uri``, as branch (or rank) ``k`` after epoch ``e``, writes

@@ -132,11 +132,13 @@ def check_pack_controls(cfg: TrainConfig) -> None:
 
 
 def check_ddp_controls(cfg: TrainConfig) -> None:
-    """Raise ``ConfigError`` naming the set ``train.*`` controls the DDP baseline does not apply (yet)."""
+    """Raise ``ConfigError`` naming the set ``train.*`` controls the DDP engine does not apply (yet): the baseline's
+    (``baseline.engine: ddp``) and a branch's of ``resources.workers_per_branch`` > 1 workers."""
     default = TrainConfig()
     names = ("warmup_epochs", "schedule_per_step", *PACK_UNSUPPORTED)
     if refused := [f"train.{n}" for n in names if getattr(cfg, n) != getattr(default, n)]:
         raise ConfigError(
-            f"the DDP baseline (baseline.engine: ddp) does not apply {', '.join(refused)} (its loop has no "
-            "step controls yet); use baseline.engine: single or leave these at their defaults"
+            f"the DDP baseline (baseline.engine: ddp) and branches of resources.workers_per_branch > 1 workers "
+            f"(one DDP loop) do not apply {', '.join(refused)} (no step controls yet); use baseline.engine: single "
+            "and resources.workers_per_branch: 1, or leave these at their defaults"
         )

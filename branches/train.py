@@ -202,6 +202,7 @@ class BranchJob:
     manifest: Manifest
     device: torch.device
     started: float  # unix seconds: when the engine that runs this branch began (kept in result.json)
+    out: RunStorage | None = None  # where _finish writes the outputs of branch k; None: ``storage``, the split's run
 
     @property
     def in_shape(self) -> tuple[int, int, int]:  # (C, h, w) of one spectral sub-image
@@ -476,6 +477,7 @@ def _finish(
     """Write logits and rows of val/test, then result.json (last: it marks the branch finished) with ``extra``."""
     storage, k, train_cfg, dev, amp, classes = job.storage, job.k, job.train_cfg, job.device, job.amp, job.classes
     in_shape, configs, manifest, started = job.in_shape, job.configs, job.manifest, job.started
+    out = job.out if job.out is not None else storage
     test = _open_split(storage, manifest, "test", k, dev, train_cfg, mode)
     summary, outputs = {}, {}
     for split, data in (("val", val), ("test", test)):  # every check before the first write
@@ -491,8 +493,8 @@ def _finish(
         order, logits = outputs[split]
         idx, y = data.idx[order], data.y_np[order]
         nll, acc = loss_and_accuracy(logits, torch.from_numpy(y).to(dev))
-        storage.write_bytes(layout.logits(k, split), _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
-        storage.write_bytes(layout.rows(k, split), _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
+        out.write_bytes(layout.logits(k, split), _npy(logits.cpu().numpy().astype(np.float32).reshape(-1, classes)))
+        out.write_bytes(layout.rows(k, split), _npy(np.stack([idx, y], axis=1).astype(np.int64).reshape(-1, 2)))
         summary[split] = (acc, nll)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev)
@@ -522,6 +524,6 @@ def _finish(
         **configs,
         **(extra or {}),
     }
-    storage.write_json(layout.result(k), result)
+    out.write_json(layout.result(k), result)
     log.info("branch %d finished: val_acc %s test_acc %s, %d params", k, result["val_acc"], result["test_acc"], params)
     return result

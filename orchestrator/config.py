@@ -36,16 +36,28 @@ BASELINE_ENGINES = ("single", "ddp")
 SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")  # never written anywhere (public_dict)
 
 
+def one_of_workers_or_packs(cfg: ResourcesConfig, key) -> None:
+    """A branch spans M processes or shares one process with others, never both."""
+    if cfg.workers_per_branch > 1 and cfg.branches_per_process > 1:
+        raise ConfigError(
+            f"{key('workers_per_branch')} ({cfg.workers_per_branch}) > 1 spreads a branch over several processes, "
+            f"{key('branches_per_process')} ({cfg.branches_per_process}) > 1 packs several branches into one: "
+            "set one of them to 1"
+        )
+
+
 @dataclass(kw_only=True, frozen=True)
 class ResourcesConfig(Section):
     SECTION = "resources"
+    RULES = (one_of_workers_or_packs,)
 
     gpus_per_branch: float | None = option(
         None,
-        "GPUs per branch actor; unset: 1 when the cluster has GPUs, else 0 (CPU); a fraction packs branches on one GPU",
+        "GPUs per branch actor (per worker with `workers_per_branch` > 1); unset: 1 when the cluster has GPUs, else 0 "
+        "(CPU); a fraction packs branches on one GPU",
         ge=0,
     )
-    cpus_per_branch: float = option(1.0, "CPUs per branch actor", gt=0)
+    cpus_per_branch: float = option(1.0, "CPUs per branch actor (per worker with `workers_per_branch` > 1)", gt=0)
     max_restarts: int = option(
         3, "times Ray restarts a branch whose process died; it resumes from its newest checkpoint", ge=0
     )
@@ -53,6 +65,13 @@ class ResourcesConfig(Section):
         1,
         "P: consecutive branches with equal training rows train as one batched network in one actor "
         "(a pack; docs/how-it-works.md)",
+        ge=1,
+    )
+    workers_per_branch: int = option(
+        1,
+        "M: each branch trains as a Ray Train group of M DDP workers (gloo on CPU, NCCL on GPU), each asking "
+        "`cpus_per_branch` CPUs and `gpus_per_branch` GPUs; the global batch stays `train.batch_size` "
+        "(docs/how-it-works.md)",
         ge=1,
     )
 

@@ -1,4 +1,4 @@
-"""Launching and watching K branch actors.
+"""Launching and watching K branch actors (or K Ray Train groups, ``resources.workers_per_branch`` > 1).
 
 All unfinished branches are launched at once (Ray queues whatever the cluster
 cannot hold yet; see ``placement``). The driver polls a progress board for
@@ -6,6 +6,10 @@ live status, logs where each branch landed, and collects results. A branch
 that fails past its restart limit does not stop the others: when everything
 has settled the run fails with ``BranchFailedError`` naming each failed branch
 and its last exception, and the finished branches' outputs stay on storage.
+
+With ``resources.workers_per_branch`` M > 1 each branch is a Ray Train group of M DDP workers
+(``orchestrator.ddp.fit_group``); ``fit`` blocks, so each group is driven from a thread of its own, as many
+at once as the placement plan holds, and the groups' rank 0 workers update the same progress board.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from branches.config import ModelConfig, TrainConfig
-from branches.controls import check_pack_controls
+from branches.controls import check_ddp_controls, check_pack_controls
 from branches.finished import finished_result
 from branches.modes import choose_mode
-from data_split.errors import SpectralError, user_error
+from data_split import layout
+from data_split.errors import ConfigError, SpectralError, user_error
 from data_split.layout import load_manifest
 from data_split.storage import RunStorage
 from orchestrator.branch_actor import BranchActor, PackActor, ProgressBoard
@@ -85,6 +91,72 @@ def _last_line(error: BaseException) -> str:
     return text[-1] if text else type(error).__name__
 
 
+def _train_groups(
+    storage: RunStorage,
+    todo: list[int],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    resources: ResourcesConfig,
+    plan: PlacementPlan,
+    board,
+    board_name: str,
+    started: float,
+    on_progress: Callable[[dict[int, dict]], None] | None,
+) -> dict[int, dict]:
+    """Branches ``todo`` as Ray Train groups of ``plan.workers`` workers, ``plan.concurrent`` at a time."""
+    from orchestrator.ddp import GroupJob, fit_group  # torch: only a driver that trains groups imports it
+    from tune.storage import absolute
+
+    check_ddp_controls(train_cfg)  # before any worker starts
+    manifest = load_manifest(storage)
+    if streamed := [k for k in todo if choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "stream"]:
+        raise ConfigError(
+            f"branch(es) {streamed} would stream (train.data: {train_cfg.data}, memory_limit_mb: "
+            f"{train_cfg.memory_limit_mb}) but a group of resources.workers_per_branch > 1 workers trains from "
+            "memory only (yet): set train.data: memory or resources.workers_per_branch: 1"
+        )
+    run = absolute(storage)
+    results: dict[int, dict] = {}
+    failures: dict[int, str] = {}
+
+    def one(k: int) -> dict:
+        job = GroupJob(
+            data=run,
+            k=k,
+            out=run,
+            train_root=run.child(layout.branch_dir(k)),
+            model_cfg=model_cfg,
+            train_cfg=train_cfg,
+            started=started,
+            board=board_name,
+        )
+        final = fit_group(
+            job,
+            workers=plan.workers,
+            cpus=plan.cpus_per_branch,
+            gpus=plan.gpus_per_branch,
+            max_failures=resources.max_restarts,
+        )
+        return {**final["result"], "placement": final["placement"], "isolation": final["isolation"]}
+
+    with ThreadPoolExecutor(max_workers=plan.concurrent, thread_name_prefix="branch-group") as pool:
+        pending: dict[Future, int] = {pool.submit(one, k): k for k in todo}
+        while pending:
+            done, _ = wait(pending, timeout=POLL_INTERVAL_S, return_when=FIRST_COMPLETED)
+            for future in done:
+                k = pending.pop(future)
+                try:
+                    results[k] = future.result()
+                except Exception as e:  # DDPFailedError past max_restarts, or ours raised before the group started
+                    failures[k] = _last_line(e)
+                    log.error("branch %d failed: %s", k, failures[k])
+            if on_progress:
+                on_progress(ray.get(board.snapshot.remote()))
+    if failures:
+        raise BranchFailedError(failures)
+    return results
+
+
 def train_branches(
     storage: RunStorage,
     branches: int,
@@ -123,6 +195,16 @@ def train_branches(
     # On the driver's node: the board must outlive the loss of any other node (branches restart elsewhere).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     board = ProgressBoard.options(name=board_name, scheduling_strategy=here).remote()
+    if plan.workers > 1:
+        try:
+            results.update(
+                _train_groups(
+                    storage, todo, model_cfg, train_cfg, resources, plan, board, board_name, started, on_progress
+                )
+            )
+        finally:
+            ray.kill(board)
+        return TrainingOutcome.settle(results, skipped, plan)
     actor_cls = ray.remote(BranchActor if packs is None else PackActor).options(
         num_cpus=plan.cpus_per_branch,
         num_gpus=plan.gpus_per_branch,

@@ -9,6 +9,10 @@ means waves, never a hang. To run K branches at once on fewer GPUs, ask for a
 fraction (``gpus_per_branch: 0.25`` puts four branches on one GPU; they share
 its memory without isolation). A request that no single node can satisfy
 would wait forever, so it is an error here instead.
+
+With ``resources.workers_per_branch: M`` > 1 a branch is a Ray Train group of M workers, each asking
+``gpus_per_branch`` GPUs and ``cpus_per_branch`` CPUs; a group may span nodes, so K x M workers are
+counted over the whole cluster, and a cluster that cannot hold even one group at once is an error.
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ class PlacementPlan:
     concurrent: int  # actors the cluster can run at the same time
     waves: int  # ceil(actors / concurrent): 1 means all at once
     packs: tuple[tuple[int, ...], ...] | None = None  # the branches of each actor, when packed
+    workers: int = 1  # processes per branch (resources.workers_per_branch); >1: gpus/cpus are per worker
 
     def describe(self) -> str:
         device = f"{self.gpus_per_branch:g} GPU" if self.gpus_per_branch else "CPU only"
         what = "branches"
         if self.packs is not None:
             what = "packs " + " ".join("[" + ",".join(str(k) for k in p) + "]" for p in self.packs)
+        if self.workers > 1:
+            what += f" x {self.workers} workers"
         return (
             f"{self.branches} {what} x ({device}, {self.cpus_per_branch:g} CPU): "
             f"{self.concurrent} at once, {self.waves} wave(s)"
@@ -97,6 +104,9 @@ def plan_placement(
     gpus = default_gpus(cfg, nodes)
     cpus = cfg.cpus_per_branch
     per_node = [_fits(n, gpus, cpus) for n in nodes]
+    workers = cfg.workers_per_branch
+    if workers > 1:
+        return _plan_groups(branches, workers, gpus, cpus, sum(per_node), len(nodes))
     concurrent = min(branches, sum(per_node))
     if concurrent == 0:
         largest = max(nodes, key=lambda n: (n.gpus, n.cpus), default=None)
@@ -117,6 +127,19 @@ def plan_placement(
         math.ceil(branches / concurrent),
         None if packs is None else tuple(tuple(p) for p in packs),
     )
+
+
+def _plan_groups(branches: int, workers: int, gpus: float, cpus: float, fit: int, n_nodes: int) -> PlacementPlan:
+    """``branches`` groups of ``workers`` workers (``gpus``, ``cpus`` each) on a cluster that holds ``fit``."""
+    if fit < workers:
+        raise PlacementError(
+            f"a branch's group asks for {workers} workers x ({gpus:g} GPU, {cpus:g} CPU) = {workers * gpus:g} GPU, "
+            f"{workers * cpus:g} CPU (resources.workers_per_branch, resources.gpus_per_branch, "
+            f"resources.cpus_per_branch) but the cluster's {n_nodes} node(s) hold {fit} such worker(s): "
+            "it could never start"
+        )
+    concurrent = min(branches, fit // workers)
+    return PlacementPlan(branches, gpus, cpus, concurrent, math.ceil(branches / concurrent), workers=workers)
 
 
 def cluster_nodes() -> list[NodeResources]:

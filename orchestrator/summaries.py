@@ -170,6 +170,11 @@ def training_lines(outcome) -> list[str]:
         line += f"; {len(outcome.plan.packs)} pack(s), one process each: " + " ".join(
             "[" + ",".join(str(k) for k in pack) + "]" for pack in outcome.plan.packs
         )
+    if outcome.plan is not None and outcome.plan.workers > 1:  # resources.workers_per_branch > 1
+        line += (
+            f"; each a Ray Train group of {outcome.plan.workers} DDP workers, "
+            f"{outcome.plan.concurrent} group(s) at once"
+        )
     return [line] + [
         f"[yellow]skipped branch {k}[/yellow]: diverged at epoch {record['epoch']}, step "
         f"{record['step'] if record['step'] is not None else '-'}: {record['error']}"

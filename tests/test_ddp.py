@@ -97,7 +97,7 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     data = RunStorage.from_config(cfg.storage).child(layout.BASELINE)
     api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity", "storage.uri": data.uri}))
     out = RunStorage.from_config(cfg.storage).child(layout.BASELINE_DDP)
-    with Exit(data.uri, epoch=1, branch=1):  # worker 1 exits once epoch 1's checkpoint is committed
+    with Exit(out.uri, epoch=1, branch=1):  # worker 1 exits once epoch 1's checkpoint is committed
         result = train_ddp(cfg, data, out)
 
     stored = out.read_json("result.json")

@@ -75,3 +75,37 @@ def test_the_run_summary_prints_the_packs():
     assert training_lines(outcome)[0].endswith("; 2 pack(s), one process each: [0,1] [2,3]")
     unpacked = TrainingOutcome({k: {"k": k} for k in range(4)}, [], plan_placement(4, ResourcesConfig(), nodes((2, 0))))
     assert "pack" not in training_lines(unpacked)[0]
+
+
+def test_workers_per_branch_counts_k_times_m_workers_over_the_cluster():
+    plan = plan_placement(4, ResourcesConfig(workers_per_branch=2, cpus_per_branch=0.5), nodes((2, 0)))
+    assert (plan.workers, plan.concurrent, plan.waves) == (2, 2, 2)  # 4 workers of 0.5 CPU: two groups at once
+    assert "4 branches x 2 workers" in plan.describe()
+    # a group may span nodes: two 1-GPU nodes hold one 2-GPU group, four hold two
+    plan = plan_placement(3, ResourcesConfig(workers_per_branch=2), nodes((8, 1), (8, 1), (8, 1), (8, 1)))
+    assert (plan.gpus_per_branch, plan.concurrent, plan.waves) == (1, 2, 2)
+
+
+def test_a_cluster_too_small_for_one_group_is_refused_with_the_numbers():
+    with pytest.raises(PlacementError) as e:
+        plan_placement(2, ResourcesConfig(workers_per_branch=4), nodes((2, 0), (1, 0)))
+    message = str(e.value)
+    assert "4 workers x (0 GPU, 1 CPU) = 0 GPU, 4 CPU" in message and "hold 3 such worker(s)" in message
+    assert "resources.workers_per_branch" in message
+
+
+def test_workers_per_branch_and_branches_per_process_exclude_each_other():
+    from data_split.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="workers_per_branch.*branches_per_process"):
+        ResourcesConfig(workers_per_branch=2, branches_per_process=2)
+    assert ResourcesConfig(workers_per_branch=2).branches_per_process == 1
+
+
+def test_the_run_summary_prints_the_groups():
+    from orchestrator.launcher import TrainingOutcome
+    from orchestrator.summaries import training_lines
+
+    plan = plan_placement(4, ResourcesConfig(workers_per_branch=2), nodes((2, 0)))
+    outcome = TrainingOutcome({k: {"k": k} for k in range(4)}, [], plan)
+    assert training_lines(outcome)[0].endswith("; each a Ray Train group of 2 DDP workers, 1 group(s) at once")
