@@ -7,7 +7,6 @@ import torch
 
 from conftest import tiny_config
 from data_split import RunStorage, layout, load_manifest
-from holds import Exit
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
 
@@ -77,10 +76,11 @@ def test_meter_counts_the_bytes_ddp_hands_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traffic(ray_session, s3_endpoint):
-    """Ray Train checkpoints to the run's S3 storage; a worker killed after epoch 1's checkpoint; the group resumes.
+def test_ddp_baseline_on_s3_checkpoints_through_ray_train_and_measures_its_traffic(ray_session, s3_endpoint):
+    """Ray Train checkpoints to the run's S3 storage; the hook measures every all-reduce.
 
-    (The CLI, `api.baseline` and `ray job submit` run it in tests/test_multinode.py.)
+    (The CLI, `api.baseline` and `ray job submit` run it in tests/test_multinode.py; a killed worker and the
+    group's resume, the same engine's, in tests/test_workers_per_branch.py.)
     """
     import uuid
 
@@ -97,13 +97,12 @@ def test_ddp_baseline_on_s3_resumes_after_a_killed_worker_and_measures_its_traff
     data = RunStorage.from_config(cfg.storage).child(layout.BASELINE)
     api.split(cfg.replace(**{"split.rows": 1, "split.cols": 1, "split.transform": "identity", "storage.uri": data.uri}))
     out = RunStorage.from_config(cfg.storage).child(layout.BASELINE_DDP)
-    with Exit(out.uri, epoch=1, branch=1):  # worker 1 exits once epoch 1's checkpoint is committed
-        result = train_ddp(cfg, data, out)
+    result = train_ddp(cfg, data, out)
 
     stored = out.read_json("result.json")
     assert stored == result
     assert result["engine"] == "ddp" and result["workers"] == 2 and result["backend"] == "gloo"
-    assert result["resumed_from_epoch"] == 1  # the restarted group resumed from epoch 1's checkpoint
+    assert result["resumed_from_epoch"] == 0
     assert [h["epoch"] for h in result["epochs_history"]] == [1, 2]
     train_rows = load_manifest(data).branches[0].splits["train"].rows
     steps_per_epoch = len(global_batches(train_rows, 32, 2, torch.Generator()))

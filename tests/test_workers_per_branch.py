@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import uuid
 
 import numpy as np
 import pytest
@@ -53,13 +54,15 @@ def test_a_group_refuses_to_stream_before_any_worker_starts(tiny_split):
 
 @pytest.mark.slow
 def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_killed_worker_and_ensemble(
-    ray_session, tmp_path
+    ray_session, s3_endpoint
 ):
-    """Worker 1 of branch 1 exits after epoch 1's committed checkpoint: Ray Train restarts that group only."""
+    """On S3 (Ray Train's checkpoints too): worker 1 of branch 1 exits after epoch 1's committed checkpoint, and
+    Ray Train restarts that group only, from there."""
     epochs, batch = 2, 32
     cfg = tiny_config(
-        str(tmp_path / "run"),
+        f"s3://test-bucket/groups-{uuid.uuid4().hex[:8]}",
         **{
+            "storage.endpoint_url": s3_endpoint,
             "split.rows": 1,
             "split.cols": 2,  # K = 2
             "source.limit": 200,
@@ -70,7 +73,7 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
         },
     )
     api.split(cfg)
-    storage = RunStorage(cfg.storage.uri)
+    storage = RunStorage.from_config(cfg.storage)
     with Exit(storage.child(layout.branch_dir(1)).uri, epoch=1, branch=1) as killed:
         outcome = api.train(cfg)
     assert [m["k"] for m in killed.markers()] == [1]  # rank 1 of branch 1 did exit
