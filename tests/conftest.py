@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import os
 import random
@@ -135,6 +136,14 @@ def ray_session():
     LEAKS.release("ray_session")
 
 
+@pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """The session Ray's GCS address: a CLI subprocess given it as ``RAY_ADDRESS`` joins that Ray (as under
+    ``ray job submit``) instead of starting a local one, which costs ~5 s on 2 cores and, while another
+    pytest-xdist worker keeps the cores busy, risks Ray's fixed 30 s wait for a new raylet."""
+    return ray_session.get_runtime_context().gcs_address
+
+
 # -- one two-node `ray start` cluster for the tests that only use one (locality, multinode: jobs, ray://) --
 _shared_cluster = contextlib.ExitStack()
 _last_cluster_test: str | None = None
@@ -145,11 +154,17 @@ def pytest_collection_modifyitems(config, items):
     global _last_cluster_test
     # A test that kills one of the shared cluster's nodes (marked ``breaks_shared_cluster``) is its last user.
     items.sort(key=lambda item: item.get_closest_marker("breaks_shared_cluster") is not None)  # stable
+    groups = xdist_group(items)
+    group_of = {item.nodeid: groups[item.nodeid.split("::", 1)[0]] for item in items}
+    # The groups with the most end-to-end (``slow``) tests first: pytest-xdist (``--no-loadscope-reorder``) hands
+    # groups out in this order, so the longest do not start last while the other worker idles. Stable: a
+    # group's tests keep their order.
+    slow = collections.Counter(group_of[item.nodeid] for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[group_of[item.nodeid]])
     users = [item.nodeid for item in items if "two_node_cluster" in getattr(item, "fixturenames", ())]
     _last_cluster_test = users[-1] if users else None
-    groups = xdist_group(items)
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::", 1)[0]]))
+        item.add_marker(pytest.mark.xdist_group(group_of[item.nodeid]))
 
 
 @pytest.hookimpl(trylast=True)

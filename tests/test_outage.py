@@ -4,12 +4,12 @@ A branch stops at a known point (``tests/holds.Hold``: after branch 0's checkpoi
 written it waits for the test), the test stops the endpoint, lets the branch go on into the outage,
 and restarts the endpoint with the same data (moto keeps its state in this process's backend, so a new
 ``ThreadedMotoServer`` on the same port serves the same buckets). Each driver is a real
-``spectral run`` process with its own local Ray, its branches streaming their shards from S3
+``spectral run`` process joining the session's Ray (``RAY_ADDRESS``), its branches streaming their shards from S3
 (``train.data: stream``: the next epoch's row-group reads run into the outage, as do the writes).
 
 - longer than ``storage.retry_budget_s``: the run fails, naming the endpoint; a re-run resumes the
   branch from its last complete checkpoint;
-- shorter (10 s): the reads and writes retry with backoff and the run finishes, every epoch exactly once.
+- shorter (5 s): the reads and writes retry with backoff and the run finishes, every epoch exactly once.
 
 What serve's start-up and predict's actors read (the model: manifest, results, checkpoints; the images)
 goes through the same retries: checked in this process on the functions they run.
@@ -39,7 +39,7 @@ from holds import Hold
 
 pytestmark = pytest.mark.slow
 
-OUTAGE_S = 10.0
+OUTAGE_S = 5.0
 EPOCHS = 3
 K = 2  # branches: one held into the outage, one more that rides it out unheld (2 CPUs: both train at once)
 
@@ -104,12 +104,11 @@ def _logged(proc: subprocess.Popen, log: Path, text: str, timeout_s: float = 120
     )
 
 
-def _spectral_run(config: Path, log: Path, *sets: str) -> subprocess.Popen:
+def _spectral_run(config: Path, log: Path, ray_address: str, *sets: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(config)]
     for s in sets:
         args += ["--set", s]
-    env = {**os.environ, "COLUMNS": "200"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "COLUMNS": "200", "RAY_ADDRESS": ray_address}
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -127,12 +126,19 @@ def _epochs(storage: RunStorage, k: int) -> list[int]:
     ]
 
 
-def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_path):
+def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, ray_address, tmp_path):
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=bucket)
     uri = f"s3://{bucket}/run"
     cfg = tiny_config(
-        uri, **{"storage.endpoint_url": s3.endpoint, "train.epochs": EPOCHS, "split.rows": 1, "train.data": "stream"}
+        uri,
+        **{
+            "storage.endpoint_url": s3.endpoint,
+            "train.epochs": EPOCHS,
+            "split.rows": 1,
+            "train.data": "stream",
+            "resources.branches_per_process": 2,  # streamed branches do not pack: each trains unpacked
+        },
     )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
@@ -141,7 +147,7 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     # 1. Outage longer than a 2 s budget, right after branch 0's epoch 1 is on storage: the run fails. The
     #    endpoint comes back once branch 0 has failed (so the driver's exit does not wait on it as well).
     with Hold(uri, epoch=1, branch=0) as hold:
-        first = _spectral_run(config, tmp_path / "first.log", "storage.retry_budget_s=2")
+        first = _spectral_run(config, tmp_path / "first.log", ray_address, "storage.retry_budget_s=2")
         _reached(hold, first, tmp_path / "first.log")
         s3.stop()
     _logged(first, tmp_path / "first.log", "branch 0 failed: StorageError")
@@ -153,9 +159,9 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, tmp_
     assert _epochs(storage, 0) == [1]  # epoch 2 never completed
     assert not storage.exists("branches/0/result.json")
 
-    # 2. The re-run resumes branch 0 after epoch 1; a 10 s outage after its epoch 2 is ridden out.
+    # 2. The re-run resumes branch 0 after epoch 1; a 5 s outage after its epoch 2 is ridden out.
     with Hold(uri, epoch=2, branch=0) as hold:
-        second = _spectral_run(config, tmp_path / "second.log", "storage.retry_budget_s=60")
+        second = _spectral_run(config, tmp_path / "second.log", ray_address, "storage.retry_budget_s=60")
         _reached(hold, second, tmp_path / "second.log")
         s3.stop()
     t0 = time.monotonic()
