@@ -80,6 +80,7 @@ def test_half_gpu_branches_share_gpu_0_two_at_a_time(tmp_path):
         "concurrent": 2,
         "waves": 2,
         "packs": None,  # unpacked: one branch per actor
+        "workers": 1,  # one process per branch (resources.workers_per_branch: 1)
     }
     assert "placement plan: 4 branches x (0.5 GPU, 1 CPU): 2 at once, 2 wave(s)" in proc.stderr
 
