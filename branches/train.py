@@ -415,7 +415,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
         )
         storage.append_line(layout.metrics(k), json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
         ckpt_io.prune_checkpoints(storage, k, keep=train_cfg.keep_checkpoints)
-        log.info(
+        log.debug(  # a run's driver shows each epoch from the progress board (a caller: on_epoch, metrics.jsonl)
             "branch %d epoch %d/%d: loss %.4f val_acc %s (%.0f img/s, %.2f s)",
             k,
             epoch,

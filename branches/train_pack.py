@@ -266,7 +266,7 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
             )
             storage.append_line(layout.metrics(k), json.dumps(metrics))  # after the checkpoint: see _rewrite_metrics
             ckpt_io.prune_checkpoints(storage, k, keep=cfg.keep_checkpoints)
-            log.info(
+            log.debug(  # as a branch's: the driver shows each epoch from the progress board
                 "branch %d epoch %d/%d (pack %s): loss %.4f val_acc %s",
                 k,
                 epoch,

@@ -24,6 +24,7 @@ import ray
 from branches.config import ModelConfig, TrainConfig
 from data_split import layout
 from data_split.storage import RunStorage
+from orchestrator._logging import worker_logging
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class BranchActor:
         board: str,
         started: float | None = None,
     ) -> None:
+        worker_logging(storage.credentials)
         # The board comes by name, not as a handle: a handle argument lives in the object store, and
         # a restart after it is gone would fail (ray-project/ray#53727).
         self.storage = RecordingStorage.like(storage)
@@ -148,6 +150,7 @@ class PackActor(BranchActor):
         board: str,
         started: float | None = None,
     ) -> None:
+        worker_logging(storage.credentials)
         self.storages = {k: RecordingStorage.like(storage) for k in ks}
         self.ks, self.k, self.model_cfg, self.train_cfg, self.started = list(ks), ks[0], model_cfg, train_cfg, started
         self.board = ray.get_actor(board)

@@ -91,9 +91,11 @@ def worker_loop(config: dict) -> None:
     import torch.distributed as dist
     import torch.nn as nn
 
+    from orchestrator._logging import worker_logging
     from orchestrator.branch_actor import RecordingStorage, isolation_record
 
     job: GroupJob = config["job"]
+    worker_logging(job.data.credentials)
     k, train_cfg = job.k, job.train_cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -193,8 +195,14 @@ def worker_loop(config: dict) -> None:
                 out.append_line(layout.metrics(k), json.dumps(metric_line(entry)))
                 ckpt_io.prune_checkpoints(out, k, keep=train_cfg.keep_checkpoints)
                 torch.save(state, os.path.join(d, CHECKPOINT_FILE))
-                log.info(
-                    "branch %d epoch %d/%d: loss %.4f val_acc %s", k, epoch, train_cfg.epochs, entry["loss"], val_acc
+                log.log(  # a branch's epochs reach the driver through its board: a line only for the baseline's
+                    logging.INFO if board is None else logging.DEBUG,
+                    "branch %d epoch %d/%d: loss %.4f val_acc %s",
+                    k,
+                    epoch,
+                    train_cfg.epochs,
+                    entry["loss"],
+                    val_acc,
                 )
                 if board is not None:
                     board.update.remote(k, {"state": "training", **metric_line(entry)})

@@ -20,7 +20,6 @@ from data_split import layout
 from data_split.errors import SpectralError
 from data_split.storage import RunStorage
 from orchestrator.engine_comparison import compare_engines
-from orchestrator.report_plots import plot_accuracy, plot_training_curves
 from orchestrator.report_text import report_markdown
 
 log = logging.getLogger(__name__)
@@ -134,6 +133,8 @@ def collect_report(storage: RunStorage) -> dict[str, Any]:
 # -- entry point ------------------------------------------------------------------------------------------
 def build_report(storage: RunStorage) -> dict[str, Any]:
     """Collect the run's results and write ``report/`` (JSON, markdown, two PNGs); return the report dict."""
+    from orchestrator.report_plots import plot_accuracy, plot_training_curves  # matplotlib: only to draw
+
     report = collect_report(storage)
     storage.write_json(layout.report("report.json"), report)
     storage.write_text(layout.report("report.md"), report_markdown(report))

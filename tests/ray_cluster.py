@@ -198,8 +198,10 @@ def start_two_node_cluster(env: dict | None = None) -> Iterator[TwoNodeCluster]:
         ], None
 
     try:
-        # The Ray Client proxy gives a new client's server 30 s to start; a loaded 2-core machine needs more.
-        env = ray_env(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180", **(env or {}))
+        # The Ray Client proxy gives a new client's server 30 s to start; a loaded 2-core machine needs more, but
+        # not 180 s: a server that died at start (it happens now and then) kept the client waiting that long
+        # before tests/test_multinode.py's second try (the ray:// test took 220 s instead of 30 in one suite).
+        env = ray_env(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="60", **(env or {}))
         port, dashboard, client = ray_start(head, temp_dirs[0], env)
         ray_start(second, temp_dirs[1], env)
         cluster = TwoNodeCluster(

@@ -149,6 +149,7 @@ def test_importing_the_lower_layers_loads_neither_ray_nor_matplotlib():
 def test_the_cli_imports_no_torch():
     """The CLI, and with it a job's driver, starts in about a second: torch is for the branch actors. Parsing a
     config and checking which branches are finished (``branches.finished``) need none of it. Nor do the API's
-    options: MLflow is imported when ``tracking.mlflow_uri`` is set, shtab by ``spectral completion``."""
+    options: MLflow is imported when ``tracking.mlflow_uri`` is set, shtab by ``spectral completion``, matplotlib
+    when a report is drawn."""
     imports = "orchestrator.cli, orchestrator.api, orchestrator.launcher, branches.finished"
-    assert loaded(imports, ("torch", "mlflow", "shtab")) == []
+    assert loaded(imports, ("torch", "mlflow", "shtab", "matplotlib")) == []

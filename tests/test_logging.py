@@ -70,3 +70,21 @@ def test_each_verbosity_shows_its_lines_and_never_a_credential(console, verbosit
 def test_mask_leaves_ordinary_text_alone():
     add_secrets("ab", None, "")  # too short to mask safely: ignored
     assert mask("a cab and a lab") == "a cab and a lab"
+
+
+def test_a_workers_info_lines_reach_stderr_once_with_the_runs_keys_masked(console, capsys, monkeypatch):
+    """What a branch actor sets up (Ray forwards its stderr to the driver): our INFO lines, the storage keys
+    it was given masked, one handler however often it is called."""
+    for h in logging.getLogger().handlers[:]:  # a fresh worker process: nothing configured
+        logging.getLogger().removeHandler(h)
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    _logging.worker_logging((KEY_ID, SECRET))
+    _logging.worker_logging((KEY_ID, SECRET))
+    logging.getLogger("branches.train").info("branch 1: resuming after epoch 2, key %s secret %s", KEY_ID, SECRET)
+    logging.getLogger("branches.train").debug("branch 1 epoch 3/4: loss 0.1")
+    logging.getLogger("botocore").info("a library's info line")
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["branch 1: resuming after epoch 2, key *** secret ***"]

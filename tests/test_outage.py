@@ -175,6 +175,7 @@ def test_outage_past_the_budget_fails_then_a_short_outage_is_ridden_out(s3, ray_
         -3000:
     ]  # a shard read
 
+    assert "branch 0: resuming after epoch 1" in out  # the branch actor's own INFO line reached the driver
     result = storage.read_json("branches/0/result.json")
     assert result["resumed_from_epoch"] == 1 and result["data_mode"] == "stream"
     for k in range(K):
