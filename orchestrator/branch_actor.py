@@ -71,6 +71,18 @@ def isolation_record(storage: RecordingStorage, k: int) -> dict:
     }
 
 
+def process_placement() -> dict:
+    """Where this Ray worker process runs: node, host, IP, pid and the GPUs Ray gave it."""
+    ctx = ray.get_runtime_context()
+    return {
+        "node_id": ctx.get_node_id(),
+        "host": socket.gethostname(),
+        "ip": ray.util.get_node_ip_address(),
+        "pid": os.getpid(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+    }
+
+
 @ray.remote(num_cpus=0)
 class ProgressBoard:
     """Latest status per branch, written by branch actors, polled by the driver."""
@@ -106,14 +118,7 @@ class BranchActor:
         self.board.update.remote(k, {"state": "starting", **self.placement()})
 
     def placement(self) -> dict:
-        ctx = ray.get_runtime_context()
-        return {
-            "node_id": ctx.get_node_id(),
-            "host": socket.gethostname(),
-            "ip": ray.util.get_node_ip_address(),
-            "pid": os.getpid(),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-        }
+        return process_placement()
 
     def train(self) -> dict:
         from branches import train_branch

@@ -92,7 +92,7 @@ def worker_loop(config: dict) -> None:
     import torch.nn as nn
 
     from orchestrator._logging import worker_logging
-    from orchestrator.branch_actor import RecordingStorage, isolation_record
+    from orchestrator.branch_actor import RecordingStorage, isolation_record, process_placement
 
     job: GroupJob = config["job"]
     worker_logging(job.data.credentials)
@@ -142,7 +142,7 @@ def worker_loop(config: dict) -> None:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
     board = ray.get_actor(job.board) if job.board and rank == 0 else None
     if board is not None:
-        board.update.remote(k, {"state": "training", **_placement()})
+        board.update.remote(k, {"state": "training", **process_placement()})
 
     def my_batches(batches: list[torch.Tensor]):
         for rows in batches:
@@ -172,7 +172,7 @@ def worker_loop(config: dict) -> None:
         members: list[dict] = [{}] * world
         if last:  # every member's own record: which branch it trains, and what it read and wrote
             mine = {**isolation_record(data, k), **_written(isolation_record(out, k))}
-            dist.all_gather_object(members, {**mine, **_placement(), "rank": rank, "branch": k})
+            dist.all_gather_object(members, {**mine, **process_placement(), "rank": rank, "branch": k})
         with tempfile.TemporaryDirectory() as d:
             final = None
             if rank == 0:
@@ -222,21 +222,6 @@ def metric_line(entry: dict) -> dict:
 
 def _written(record: dict) -> dict:
     return {key: record[key] for key in ("files_written_for_other_branches", "bytes_sent_to_other_branches")}
-
-
-def _placement() -> dict:
-    import socket
-
-    import ray
-
-    ctx = ray.get_runtime_context()
-    return {
-        "node_id": ctx.get_node_id(),
-        "host": socket.gethostname(),
-        "ip": ray.util.get_node_ip_address(),
-        "pid": os.getpid(),
-        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-    }
 
 
 def _committed() -> None:
