@@ -120,16 +120,14 @@ def worker_loop(config: dict) -> None:
     optimizer = make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(train_cfg, e))
     history: list[dict] = []
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    if (state := _resume_state(out, k, train_cfg.epochs)) is not None:
         check_same_run(out, k, state, configs)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule (more epochs)
             group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
-        history = list(state["history"])
+        history = list(state["history"])[: state["epoch"]]
     resumed_from = len(history)
     if rank == 0:
         _rewrite_metrics(out, layout.metrics(k), [metric_line(h) for h in history])
@@ -143,6 +141,12 @@ def worker_loop(config: dict) -> None:
     board = ray.get_actor(job.board) if job.board and rank == 0 else None
     if board is not None:
         board.update.remote(k, {"state": "training", **process_placement()})
+
+    def group_members() -> list[dict]:  # every member's own record: which branch it trains, what it read and wrote
+        mine = {**isolation_record(data, k), **_written(isolation_record(out, k))}
+        members: list[dict] = [{}] * world
+        dist.all_gather_object(members, {**mine, **process_placement(), "rank": rank, "branch": k})
+        return members
 
     def my_batches(batches: list[torch.Tensor]):
         for rows in batches:
@@ -169,10 +173,7 @@ def worker_loop(config: dict) -> None:
             "workers": [{key: g[key] for key in WORKER_KEYS} for g in gathered],
         }
         last = epoch == train_cfg.epochs
-        members: list[dict] = [{}] * world
-        if last:  # every member's own record: which branch it trains, and what it read and wrote
-            mine = {**isolation_record(data, k), **_written(isolation_record(out, k))}
-            dist.all_gather_object(members, {**mine, **process_placement(), "rank": rank, "branch": k})
+        members = group_members() if last else []
         with tempfile.TemporaryDirectory() as d:
             final = None
             if rank == 0:
@@ -213,6 +214,40 @@ def worker_loop(config: dict) -> None:
                 checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None,
             )
         _faults.after_epoch(job.train_root.uri, rank, epoch, before_exit=_committed)  # test-only: no-op otherwise
+    if resumed_from >= train_cfg.epochs:  # nothing left to train (a run shortened to an epoch it kept): the outputs,
+        members = group_members()  # reported with the state they came from: Ray Train's result is its latest
+        with tempfile.TemporaryDirectory() as d:  # checkpoint's report, and a later run resumes from this epoch
+            final = None
+            if rank == 0:
+                final = _finish_group(branch, ddp, history, val, resumed_from, members, out)
+                torch.save(state, os.path.join(d, CHECKPOINT_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
+            ray.train.report({"epoch": resumed_from, "final": final}, checkpoint=checkpoint)
+
+
+def _resume_state(out: RunStorage, k: int, epochs: int) -> dict | None:
+    """The checkpoint a group (re)starts from: Ray Train's latest (a group restarted after a lost worker, or a
+    re-run after a dead driver); when that is past this run's last epoch (the run was shortened), branch ``k``'s
+    own newest checkpoint within it, as a one-process branch resumes (``find_resume_point``)."""
+    import ray.train
+
+    if (checkpoint := ray.train.get_checkpoint()) is None:
+        return None
+    with checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    if state["epoch"] <= epochs:
+        return state
+    found = ckpt_io.find_resume_point(out, k, epochs)
+    if ray.train.get_context().get_world_rank() == 0:
+        log.info(
+            "branch %d: Ray Train's checkpoint is of epoch %d: resuming after epoch %d",
+            k,
+            state["epoch"],
+            found.epoch,
+        )
+        for e in found.skipped:  # from the longer run, or corrupt: what a one-process branch removes too
+            out.remove(layout.checkpoint(k, e))
+    return found.checkpoint
 
 
 def metric_line(entry: dict) -> dict:

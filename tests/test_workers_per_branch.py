@@ -107,6 +107,7 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
             row_ids = np.load(io.BytesIO(storage.read_bytes(layout.rows(k, split))))
             assert logits.shape == (manifest.branches[k].splits[split].rows, 4) and logits.dtype == np.float32
             assert np.all(np.diff(row_ids[:, 0]) > 0)  # ascending idx, as the ensemble expects
+    first_val_acc = {k: storage.read_json(layout.result(k))["val_acc"] for k in range(2)}
     # a later run (as after a dead driver, or with more epochs) resumes each group from its Ray Train checkpoint
     longer = cfg.replace(**{"train.epochs": epochs + 1})
     again = api.train(longer)
@@ -119,6 +120,15 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
             global_batches(manifest.branches[k].splits["train"].rows, batch, 2, torch.Generator())
         )
         assert again.results[k]["allreduce_bytes_per_worker"] == steps * again.results[k]["params"] * 4
-    chosen = api.ensemble(longer)
+    # shortened back (Ray Train's checkpoint is of epoch 3): each group finishes from its own epoch-2 file, as a
+    # one-process branch does, and trains nothing (it failed with "no final result reported")
+    shorter = api.train(cfg)
+    for k in range(2):
+        result = shorter.results[k]
+        assert result["resumed_from_epoch"] == epochs and result["epochs"] == epochs
+        assert storage.ls(layout.checkpoints_dir(k)) == ["epoch=1.pt", "epoch=2.pt"]  # epoch 3's file removed
+        assert [m["epoch"] for m in layout.read_metrics(storage, k)] == [1, 2]
+        assert result["val_acc"] == first_val_acc[k]  # the epoch-2 model of the first run
+    chosen = api.ensemble(cfg)
     assert chosen.method == "uniform" and list(chosen.weights) == [0.5, 0.5] and 0 <= chosen.test["acc"] <= 1
     assert storage.exists(layout.WEIGHTS)
