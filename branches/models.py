@@ -236,10 +236,12 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int, *, probe: bool = True) -> nn.Module:
     """The network ``cfg.name`` for inputs ``(N, *in_shape)`` and ``classes`` outputs.
 
-    Raises ``ModelInputError`` naming the reason when the model cannot take the input (probed on meta).
+    Raises ``ModelInputError`` naming the reason when the model cannot take the input (probed on meta; ``probe=False``
+    for a network about to load a checkpoint trained on that input: the meta forward imports ``torch._dynamo``,
+    seconds of CPU in a process that serves or predicts and would never need it).
     """
     in_shape = tuple(int(d) for d in in_shape)
     if len(in_shape) != 3 or min(in_shape) < 1:
@@ -256,7 +258,8 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int) 
         model = torchvision_model(name, in_shape, classes, stem=cfg.stem, pretrained=cfg.pretrained)
     else:
         model = BUILDERS[cfg.name](in_shape, classes, width=cfg.width, stem=cfg.stem, pretrained=cfg.pretrained)
-    probe_input(model, cfg.name, in_shape, classes)
+    if probe:
+        probe_input(model, cfg.name, in_shape, classes)
     return model
 
 

@@ -207,7 +207,7 @@ def _final_branch(storage: RunStorage, k: int, in_shape: tuple[int, int, int], c
         raise EnsembleLoadError(f"branch {k}: final checkpoint {storage.url(ckpt_rel)} is unreadable: {e}") from e
     # the checkpoint holds every weight: no pretrained file is needed (or read) where the ensemble is served
     cfg = dataclasses.replace(ModelConfig(**ckpt["model_config"]), pretrained=None)
-    model = build_model(cfg, in_shape, classes)
+    model = build_model(cfg, in_shape, classes, probe=False)  # it trained on this input
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg.name
 

@@ -154,6 +154,24 @@ def test_ensemble_reproduces_the_runs_test_logits_and_accuracy(trained_tiny_run)
         np.testing.assert_allclose(uniform(x).numpy(), per_branch.mean(0), rtol=0, atol=1e-5)
 
 
+def test_loading_and_running_the_ensemble_never_imports_dynamo(trained_tiny_run):
+    """What a predict worker or a Serve replica does on start, in a fresh process: torch._dynamo (imported by a
+    meta-device forward or an optimizer, seconds of CPU) stays out of it."""
+    import os
+    from pathlib import Path
+
+    code = (
+        "import sys, torch; from data_split import RunStorage; from inference import load_ensemble; "
+        f"m = load_ensemble(RunStorage({trained_tiny_run.storage.uri!r})); "
+        "i = m.info; z = m(torch.zeros(2, i.channels, i.height, i.width)); "
+        "print(tuple(z.shape), 'torch._dynamo' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["(2,", "4)", "False"]
+
+
 @pytest.mark.slow
 def test_load_ensemble_names_what_is_missing(trained_tiny_run, tmp_path):
     with pytest.raises(EnsembleLoadError, match="nonesuch.json.*methods of this run: geometric, uniform"):
