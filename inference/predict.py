@@ -33,6 +33,7 @@ import torch
 from data_split import IMAGE_SUFFIXES, RunStorage, SourceError, decode_image
 from data_split.errors import SpectralError
 from data_split.pipeline import original_task_errors
+from data_split.shutdown import freeze_at_exit
 from inference import _output
 from inference.config import PredictConfig
 from inference.model import CHOSEN, load_ensemble
@@ -86,6 +87,7 @@ class Classifier:
     def __init__(
         self, run: RunStorage, images: RunStorage, weights: str | Sequence[float], use_gpu: bool, threads: int
     ) -> None:
+        freeze_at_exit()
         torch.set_num_threads(threads)
         self.images = images
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

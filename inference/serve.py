@@ -45,6 +45,7 @@ from data_split import RunStorage, SourceError, decode_image
 from data_split.config import StorageConfig
 from data_split.errors import ConfigError, SpectralError
 from data_split.fields import build
+from data_split.shutdown import freeze_at_exit
 from inference.config import ServeConfig
 from inference.model import CHOSEN, load_ensemble
 
@@ -155,6 +156,7 @@ class EnsembleServer:
         max_images: int = 64,
         max_request_bytes: int = 16 * 2**20,
     ) -> None:
+        freeze_at_exit()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_ensemble(storage, weights).to(self.device)
         self.info = self.model.info

@@ -23,6 +23,7 @@ import ray
 
 from branches.config import ModelConfig, TrainConfig
 from data_split import layout
+from data_split.shutdown import freeze_at_exit
 from data_split.storage import RunStorage
 from orchestrator._logging import worker_logging
 
@@ -110,6 +111,7 @@ class BranchActor:
         started: float | None = None,
     ) -> None:
         worker_logging(storage.credentials)
+        freeze_at_exit()
         # The board comes by name, not as a handle: a handle argument lives in the object store, and
         # a restart after it is gone would fail (ray-project/ray#53727).
         self.storage = RecordingStorage.like(storage)
@@ -156,6 +158,7 @@ class PackActor(BranchActor):
         started: float | None = None,
     ) -> None:
         worker_logging(storage.credentials)
+        freeze_at_exit()
         self.storages = {k: RecordingStorage.like(storage) for k in ks}
         self.ks, self.k, self.model_cfg, self.train_cfg, self.started = list(ks), ks[0], model_cfg, train_cfg, started
         self.board = ray.get_actor(board)

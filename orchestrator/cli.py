@@ -36,6 +36,7 @@ from rich.markup import escape
 from data_split import RunStorage, layout
 from data_split.config import StorageConfig
 from data_split.errors import ConfigError, user_error
+from data_split.shutdown import freeze_at_exit
 from orchestrator._logging import add_secrets, configure_logging, mask, quiet_ray
 from orchestrator._ray import init_ray
 from orchestrator.cli_args import INFERENCE_COMMANDS, RUN_COMMANDS, build_parser, completion_script
@@ -301,6 +302,7 @@ def print_error(e: BaseException, verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    freeze_at_exit()
     verbosity = args.verbose + args.verbose_after
     configure_logging(verbosity, RichHandler(console=err, show_path=False, rich_tracebacks=False))
     try:

@@ -52,6 +52,7 @@ from branches.train import (
 )
 from data_split import layout
 from data_split.layout import load_manifest
+from data_split.shutdown import freeze_at_exit
 from data_split.storage import RunStorage
 from orchestrator._ddp_parts import (
     WORKER_KEYS,
@@ -96,6 +97,7 @@ def worker_loop(config: dict) -> None:
 
     job: GroupJob = config["job"]
     worker_logging(job.data.credentials)
+    freeze_at_exit()
     k, train_cfg = job.k, job.train_cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
