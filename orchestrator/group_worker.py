@@ -122,7 +122,7 @@ def worker_loop(config: dict) -> None:
     optimizer = make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(train_cfg, e))
     history: list[dict] = []
-    if (state := _resume_state(out, k, train_cfg.epochs)) is not None:
+    if (state := _resume_state(out, k, train_cfg.epochs, rank)) is not None:
         check_same_run(out, k, state, configs)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -176,58 +176,60 @@ def worker_loop(config: dict) -> None:
         }
         last = epoch == train_cfg.epochs
         members = group_members() if last else []
-        with tempfile.TemporaryDirectory() as d:
-            final = None
-            if rank == 0:
-                val_loss, val_acc = loss_and_accuracy(predict(ddp.module, val.eval_batches(), dev, amp=amp), val.y)
-                entry.update(val_loss=val_loss, val_acc=val_acc, seconds=time.perf_counter() - t0, time=time.time())
-                history.append(entry)
-                state = {
-                    "epoch": epoch,
-                    "model": ddp.module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": None,
-                    "rng": ckpt_io.capture_rng(),
-                    "history": history,
-                    "in_shape": list(branch.in_shape),
-                    "classes": branch.classes,
-                    **configs,
-                }
-                ckpt_io.save_checkpoint(out, k, state)  # the one-process branch's file, for export and predict
-                out.append_line(layout.metrics(k), json.dumps(metric_line(entry)))
-                ckpt_io.prune_checkpoints(out, k, keep=train_cfg.keep_checkpoints)
-                torch.save(state, os.path.join(d, CHECKPOINT_FILE))
-                log.log(  # a branch's epochs reach the driver through its board: a line only for the baseline's
-                    logging.INFO if board is None else logging.DEBUG,
-                    "branch %d epoch %d/%d: loss %.4f val_acc %s",
-                    k,
-                    epoch,
-                    train_cfg.epochs,
-                    entry["loss"],
-                    val_acc,
-                )
-                if board is not None:
-                    board.update.remote(k, {"state": "training", **metric_line(entry)})
-                if last:
-                    final = _finish_group(branch, ddp, history, val, resumed_from, members, out)
-            ray.train.report(
-                {"epoch": epoch, "final": final},
-                checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None,
+        final = None
+        if rank == 0:
+            val_loss, val_acc = loss_and_accuracy(predict(ddp.module, val.eval_batches(), dev, amp=amp), val.y)
+            entry.update(val_loss=val_loss, val_acc=val_acc, seconds=time.perf_counter() - t0, time=time.time())
+            history.append(entry)
+            state = {
+                "epoch": epoch,
+                "model": ddp.module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": None,
+                "rng": ckpt_io.capture_rng(),
+                "history": history,
+                "in_shape": list(branch.in_shape),
+                "classes": branch.classes,
+                **configs,
+            }
+            ckpt_io.save_checkpoint(out, k, state)  # the one-process branch's file, for export and predict
+            out.append_line(layout.metrics(k), json.dumps(metric_line(entry)))
+            ckpt_io.prune_checkpoints(out, k, keep=train_cfg.keep_checkpoints)
+            log.log(  # a branch's epochs reach the driver through its board: a line only for the baseline's
+                logging.INFO if board is None else logging.DEBUG,
+                "branch %d epoch %d/%d: loss %.4f val_acc %s",
+                k,
+                epoch,
+                train_cfg.epochs,
+                entry["loss"],
+                val_acc,
             )
+            if board is not None:
+                board.update.remote(k, {"state": "training", **metric_line(entry)})
+            if last:
+                final = _finish_group(branch, ddp, history, val, resumed_from, members, out)
+        _report(epoch, state if rank == 0 else None, final)
         _faults.after_epoch(job.train_root.uri, rank, epoch, before_exit=_committed)  # test-only: no-op otherwise
     if resumed_from >= train_cfg.epochs:  # nothing left to train (a run shortened to an epoch it kept): the outputs,
-        members = group_members()  # reported with the state they came from: Ray Train's result is its latest
-        with tempfile.TemporaryDirectory() as d:  # checkpoint's report, and a later run resumes from this epoch
-            final = None
-            if rank == 0:
-                final = _finish_group(branch, ddp, history, val, resumed_from, members, out)
-                torch.save(state, os.path.join(d, CHECKPOINT_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
-            ray.train.report({"epoch": resumed_from, "final": final}, checkpoint=checkpoint)
+        members = group_members()  # reported with the state they came from: a later run resumes from this epoch
+        final = _finish_group(branch, ddp, history, val, resumed_from, members, out) if rank == 0 else None
+        _report(resumed_from, state if rank == 0 else None, final)
 
 
-def _resume_state(out: RunStorage, k: int, epochs: int) -> dict | None:
+def _report(epoch: int, state: dict | None, final: dict | None) -> None:
+    """Report epoch ``epoch`` to Ray Train, with ``state`` as its checkpoint (rank 0; None elsewhere). The driver's
+    result is the latest *checkpoint's* report (Ray Train 2.60), so ``final`` always travels with one."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        if state is not None:
+            torch.save(state, os.path.join(d, CHECKPOINT_FILE))
+        checkpoint = ray.train.Checkpoint.from_directory(d) if state is not None else None
+        ray.train.report({"epoch": epoch, "final": final}, checkpoint=checkpoint)
+
+
+def _resume_state(out: RunStorage, k: int, epochs: int, rank: int) -> dict | None:
     """The checkpoint a group (re)starts from: Ray Train's latest (a group restarted after a lost worker, or a
     re-run after a dead driver); when that is past this run's last epoch (the run was shortened), branch ``k``'s
     own newest checkpoint within it, as a one-process branch resumes (``find_resume_point``)."""
@@ -240,7 +242,7 @@ def _resume_state(out: RunStorage, k: int, epochs: int) -> dict | None:
     if state["epoch"] <= epochs:
         return state
     found = ckpt_io.find_resume_point(out, k, epochs)
-    if ray.train.get_context().get_world_rank() == 0:
+    if rank == 0:
         log.info(
             "branch %d: Ray Train's checkpoint is of epoch %d: resuming after epoch %d",
             k,
