@@ -2,9 +2,10 @@
 
 One pass over the source: ``from_items`` (one row per range of images) ->
 ``map_batches(read range)`` -> ``map_batches(spectral transform)`` ->
-``write_datasink(SpectralParquetSink)``. Ray fuses the three into one task
-per range, so memory is bounded by ``split.images_per_task`` whatever the
-dataset size. What one task does, and how its files' records become the
+``map_batches(write the range's Parquet files)``. Ray fuses the three into one
+task per range, so memory is bounded by ``split.images_per_task`` whatever the
+dataset size; only the files' records come back, as tasks finish, which is
+how the driver reports progress. What one task does, and how its files' records become the
 manifest, is ``data_split.parts``. The driver writes ``manifest.json`` last:
 a run without a manifest is incomplete and is redone from scratch.
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -51,31 +52,7 @@ class SplitConflictError(SpectralError, RuntimeError):
 
 
 # -- Ray Data ----------------------------------------------------------------------------------------
-def _make_sink(storage: RunStorage, dtype: str, codecs: list[dict], branches: Sequence[int] | None):
-    from ray.data import Datasink
-    from ray.data.block import BlockAccessor
-
-    class SpectralParquetSink(Datasink):
-        """Writes each block's (split, branch) slices as Parquet; collects their records."""
-
-        def __init__(self) -> None:
-            self.records: list[PartRecord | Skipped] = []
-
-        def write(self, blocks: Iterable[Any], ctx: Any) -> list[PartRecord | Skipped]:
-            out = []
-            for block in blocks:
-                acc = BlockAccessor.for_block(block)
-                if acc.num_rows():
-                    out += write_parts(storage, acc.to_batch_format("numpy"), dtype, codecs, branches)
-            return out
-
-        def on_write_complete(self, write_result: Any) -> None:
-            self.records = [r for rs in write_result.write_returns for r in rs]
-
-        def get_name(self) -> str:
-            return "SpectralParquet"
-
-    return SpectralParquetSink()
+Progress = Callable[[int, int], None]  # (images done, images in all), called as tasks finish
 
 
 def _run_ray_pipeline(
@@ -88,9 +65,14 @@ def _run_ray_pipeline(
     codecs: list[dict],
     branches: Sequence[int] | None,
     resources: dict[str, float],
+    on_done: Callable[[int], None],
 ) -> list[PartRecord | Skipped]:
     """ranges -> read -> transform -> write, every operator held to nodes with ``resources`` (so Ray fuses
-    them into one task per range there: raw images never leave those nodes). Records name the reading node."""
+    them into one task per range there: raw images never leave those nodes). Records name the reading node.
+
+    The write is the last ``map_batches``: each task writes its range's files and returns only their records
+    (one pickled list per range), which the driver streams back as tasks finish and counts (``on_done(images)``).
+    """
     import ray
 
     held = {"resources": dict(resources)} if resources else {}  # the same on every operator, so they fuse
@@ -99,15 +81,23 @@ def _run_ray_pipeline(
         out = read({name: v[0] for name, v in batch.items()})
         return {**out, "node": np.full(len(out["idx"]), ray.get_runtime_context().get_node_id())}
 
-    sink = _make_sink(storage, dtype, codecs, branches)
+    def write(batch: dict) -> dict:
+        records = write_parts(storage, batch, dtype, codecs, branches) if len(batch["idx"]) else []
+        return {"records": np.array([pickle.dumps(records)], dtype=object), "images": np.array([len(batch["idx"])])}
+
+    records: list[PartRecord | Skipped] = []
     with original_task_errors():
-        (
+        stream = (
             ray.data.from_items(ranges, override_num_blocks=len(ranges))
             .map_batches(read_here, batch_size=1, batch_format="numpy", **held)
             .map_batches(transform, batch_size=None, batch_format="numpy", fn_kwargs=transform_kwargs, **held)
-            .write_datasink(sink, ray_remote_args=held or None)
+            .map_batches(write, batch_size=None, batch_format="numpy", **held)
         )
-    return sink.records
+        for out in stream.iter_batches(batch_size=None, batch_format="numpy"):
+            for pickled, images in zip(out["records"], out["images"]):
+                records += pickle.loads(pickled)
+                on_done(int(images))
+    return records
 
 
 @contextlib.contextmanager
@@ -128,13 +118,28 @@ def original_task_errors() -> Iterator[None]:
 
 
 def _write_with_ray(
-    source: ImageSource, split_cfg: SplitConfig, storage: RunStorage, extras: Sequence[ExtraPlan] = ()
+    source: ImageSource,
+    split_cfg: SplitConfig,
+    storage: RunStorage,
+    extras: Sequence[ExtraPlan] = (),
+    on_progress: Progress | None = None,
 ) -> list[PartRecord | Skipped]:
     """All sources' sub-datasets: the main source's, then each extra source's on its own nodes."""
     matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
     r, c, dtype, codecs = split_cfg.rows, split_cfg.cols, split_cfg.dtype, affine_params(matrix, source.channels)
+    main_ranges = plan_ranges(source, split_cfg.images_per_task)
+    extra_ranges = [plan_extra_ranges(plan, split_cfg.images_per_task) for plan in extras]
+    total = sum(int(item["stop"]) - int(item["start"]) for item in main_ranges + sum(extra_ranges, []))
+    done = 0
+
+    def on_done(images: int) -> None:
+        nonlocal done
+        done += images
+        if on_progress is not None:
+            on_progress(done, total)
+
     records = _run_ray_pipeline(
-        plan_ranges(source, split_cfg.images_per_task),
+        main_ranges,
         lambda item: read_range(source, split_cfg, item),
         transform_batch,
         {"r": r, "c": c, "matrix": matrix},
@@ -143,10 +148,11 @@ def _write_with_ray(
         codecs,
         None,
         {},
+        on_done,
     )
-    for plan in extras:
+    for plan, ranges in zip(extras, extra_ranges):
         records += _run_ray_pipeline(
-            plan_extra_ranges(plan, split_cfg.images_per_task),
+            ranges,
             lambda item, plan=plan: load_extra_range(plan, int(item["start"]), int(item["stop"]), split_cfg.seed),
             transform_lowres_batch,
             {"r": r, "c": c, "fr": plan.fr, "fc": plan.fc, "matrix": matrix},
@@ -155,6 +161,7 @@ def _write_with_ray(
             codecs,
             plan.fed,
             plan.cfg.resources,
+            on_done,
         )
     return records
 
@@ -188,8 +195,12 @@ def split_dataset(
     *,
     overwrite: bool = False,
     extra_sources: Sequence[ExtraSourceConfig] = (),
+    on_progress: Progress | None = None,
 ) -> SplitResult:
-    """Write the K spectral sub-datasets of ``source_cfg`` (and ``extra_sources``) under ``storage`` (idempotent)."""
+    """Write the K spectral sub-datasets of ``source_cfg`` (and ``extra_sources``) under ``storage`` (idempotent).
+
+    ``on_progress(images done, images in all)`` is called on the driver as each range's files are written.
+    """
     source = make_source(source_cfg, storage)  # validates every source file before anything is written
     h, w = source.height, source.width
     if h % split_cfg.rows or w % split_cfg.cols:
@@ -231,7 +242,7 @@ def split_dataset(
 
     t0 = time.perf_counter()
     try:
-        records = _write_with_ray(source, split_cfg, storage, extras)
+        records = _write_with_ray(source, split_cfg, storage, extras, on_progress)
     except Exception as e:  # no manifest was written: the run stays incomplete
         err = user_error(e)  # a task's SourceError/StorageError, with its one-line message
         if err is None or err is e:

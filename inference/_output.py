@@ -79,3 +79,11 @@ def commit(out: RunStorage, attempt: RunStorage, *, rows: int, columns: list[str
     out.write_json(layout.OUTPUT_MANIFEST, {"rows": rows, "columns": columns, "parts": parts, "committed": time.time()})
     out.write_text(layout.OUTPUT_SUCCESS, json.dumps({"rows": rows, "parts": len(parts)}) + "\n")
     return [p["file"] for p in parts]
+
+
+def discard(out: RunStorage) -> None:
+    """Remove what an attempt wrote (its parts under ``_temporary``); ``out`` itself too when nothing else is in it
+    (a failed first predict leaves no empty output folder). An earlier complete output stays as it was."""
+    out.remove(layout.OUTPUT_TEMPORARY)
+    if not out.ls(""):
+        out.remove("")

@@ -5,16 +5,17 @@
          (on a GPU when the cluster has them), reads its batch's files (``fs.cat``, concurrent on
          object stores), decodes them as the run's source did
          (``data_split.decode_image``: grey/RGB, resized and cropped as the run's source was) and runs it
+      -> each block's readable rows as one Parquet file under output/_temporary/<attempt>: path (string),
+         pred (int64), class_name (string), prob (list<float32>); (path, pred, error) stream to the driver
       -> check: an unreadable image is an error naming it (or, with ``skip_bad``, left out and listed)
-      -> write_parquet(output/_temporary/<attempt>): path (string), pred (int64), class_name (string),
-         prob (list<float32>); then commit: part-NNNNN.parquet, _manifest.json, and _SUCCESS last
+      -> commit: part-NNNNN.parquet, _manifest.json, and _SUCCESS last
 
-Nothing is written before every image has been classified, so a bad image never leaves half an output; an
-interrupted run leaves nothing that looks complete (``inference._output``), and a re-run completes it. A
-complete output is replaced only with ``overwrite``. Every read (the listing, the images, the run's model)
-retries through an outage within ``storage.retry_budget_s``; past it the run fails naming the endpoint.
-When an image's folder is named after one of the run's classes (or its index) it counts as
-labelled, and the accuracy over labelled images is reported.
+Nothing is committed before every image has been classified, so a bad image never leaves half an output
+(the attempt's parts are removed); an interrupted run leaves nothing that looks complete
+(``inference._output``), and a re-run completes it. A complete output is replaced only with ``overwrite``.
+Every read (the listing, the images, the run's model) retries through an outage within
+``storage.retry_budget_s``; past it the run fails naming the endpoint. When an image's folder is named after
+one of the run's classes (or its index) it counts as labelled, and the accuracy over labelled images is reported.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from data_split import IMAGE_SUFFIXES, RunStorage, SourceError, decode_image
@@ -131,8 +134,11 @@ def predict_images(
     weights: str | Sequence[float] = CHOSEN,
     skip_bad: bool = False,
     overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
     """Classify every image under ``input_uri`` with the run at ``storage``; commit Parquet under ``output_uri``.
+
+    ``on_progress(images classified, images in all)`` is called on the driver as batches come out.
 
     Input and output are read and written with the run's store settings (endpoint, credentials, retry budget).
     """
@@ -172,9 +178,24 @@ def predict_images(
 
     # The actors read the files themselves: Ray Data's file reader makes a task per few files and a row per file,
     # which for small images costs more than decoding them (benchmarks/inference.py). One block per actor batch.
+    # Each block's readable rows are written as one Parquet file under the attempt as it comes out of the actors;
+    # only (path, pred, error) come back to the driver, which counts them (progress) and commits at the end.
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=-(-len(paths) // cfg.batch_size))
+
+    def write_part(table: pa.Table) -> pa.Table:  # the readable images, paths as URIs, no error column
+        good = table.filter(pc.is_null(table.column("error"))).drop_columns(["error"])
+        if good.num_rows:
+            good = good.set_column(
+                0, "path", pa.array([prefix + p for p in good.column("path").to_pylist()], pa.string())
+            )
+            buf = pa.BufferOutputStream()
+            pq.write_table(good, buf)
+            attempt.write_bytes(f"{uuid.uuid4().hex}.parquet", buf.getvalue().to_pybytes())
+        return table.select(["path", "pred", "error"])
+
+    summaries = []
     with original_task_errors():  # a StorageError of an actor reaches the caller as itself
-        scored = ds.map_batches(
+        stream = ds.map_batches(
             Classifier,
             fn_constructor_kwargs={
                 "run": storage,
@@ -188,27 +209,24 @@ def predict_images(
             compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
             num_cpus=cfg.cpus_per_actor,
             num_gpus=gpus,
-        ).materialize()
-    summary = scored.select_columns(["path", "pred", "error"]).to_pandas()
+        ).map_batches(write_part, batch_size=None, batch_format="pyarrow")
+        for table in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
+            summaries.append(table)
+            if on_progress is not None:
+                on_progress(sum(t.num_rows for t in summaries), len(paths))
+    summary = pa.concat_tables(summaries).to_pandas()
     bad = summary[summary["error"].notna()]
     skipped = [prefix + p for p in bad["path"]]
-    if len(bad) and not skip_bad:
-        named = "; ".join(bad["error"].head(MAX_NAMED_BAD))
-        more = f" (and {len(bad) - MAX_NAMED_BAD} more)" if len(bad) > MAX_NAMED_BAD else ""
-        raise PredictError(
-            f"{len(bad)} unreadable image(s), nothing written: {named}{more}; pass --skip-bad to leave them out"
-        )
-    if len(bad) == len(summary):
+    if len(bad) and (not skip_bad or len(bad) == len(summary)):
+        _output.discard(out)  # the parts of this attempt: nothing of it stays
+        if not skip_bad:
+            named = "; ".join(bad["error"].head(MAX_NAMED_BAD))
+            more = f" (and {len(bad) - MAX_NAMED_BAD} more)" if len(bad) > MAX_NAMED_BAD else ""
+            raise PredictError(
+                f"{len(bad)} unreadable image(s), nothing written: {named}{more}; pass --skip-bad to leave them out"
+            )
         raise PredictError(f"none of the {len(summary)} images under {input_uri} could be read; nothing written")
     good = summary[summary["error"].isna()]
-
-    def output_rows(table: pa.Table) -> pa.Table:  # the readable images, paths as URIs, no error column
-        table = table.filter(pc.is_null(table.column("error"))).drop_columns(["error"])
-        return table.set_column(
-            0, "path", pa.array([prefix + p for p in table.column("path").to_pylist()], pa.string())
-        )
-
-    scored.map_batches(output_rows, batch_format="pyarrow").write_parquet(attempt.root, filesystem=attempt.fs)
     parts = _output.commit(out, attempt, rows=len(good), columns=["path", "pred", "class_name", "prob"])
     seconds = time.perf_counter() - t0
 

@@ -32,15 +32,19 @@ from tune.scoring import COMPUTED_RULES
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[dict[int, dict]], None]
+ProgressFn = Callable[[dict[int, dict]], None]  # the branches' snapshot (by k), as the driver polls it
+CountFn = Callable[[int, int], None]  # (done, in all): images split or classified
 
 
 @cluster_side
-def split(cfg: SpectralConfig, *, overwrite: bool = False) -> SplitResult:
-    """Write the K spectral sub-datasets (skipped when already up to date)."""
+def split(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: CountFn | None = None) -> SplitResult:
+    """Write the K spectral sub-datasets (skipped when already up to date); ``on_progress(images written,
+    images in all)`` as each task's files are written."""
     init_ray(cfg.ray)
     storage = RunStorage.from_config(cfg.storage)
-    result = split_dataset(cfg.source, cfg.split, storage, overwrite=overwrite, extra_sources=cfg.extra_sources)
+    result = split_dataset(
+        cfg.source, cfg.split, storage, overwrite=overwrite, extra_sources=cfg.extra_sources, on_progress=on_progress
+    )
     keep_config(cfg, storage)  # <run>/config.yaml: what `spectral resume` continues with
     return result
 
@@ -150,10 +154,16 @@ class RunResult:
 
 
 @cluster_side
-def run(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: ProgressFn | None = None) -> RunResult:
+def run(
+    cfg: SpectralConfig,
+    *,
+    overwrite: bool = False,
+    on_progress: ProgressFn | None = None,
+    on_split_progress: CountFn | None = None,
+) -> RunResult:
     """The whole job: split if needed, train, ensemble, report."""
     tracking_mlflow.check(cfg)  # tracking.mlflow_uri set without MLflow installed: fail before the split
-    split_result = split(cfg, overwrite=overwrite)
+    split_result = split(cfg, overwrite=overwrite, on_progress=on_split_progress)
     training = train(cfg, on_progress=on_progress)
     report = evaluate(cfg)
     storage = RunStorage.from_config(cfg.storage)

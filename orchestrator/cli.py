@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from data_split import RunStorage, layout
 from data_split.config import StorageConfig
@@ -44,6 +45,7 @@ from orchestrator.config import SpectralConfig, config_markdown, load_config, pa
 from orchestrator.report_text import ensemble_table, paper_table
 from orchestrator.run_config import config_yaml, has_stored_config, resume_config, stored_config_uri
 from orchestrator.summaries import (
+    CountLines,
     ProgressLines,
     baseline_line,
     config_table,
@@ -71,27 +73,65 @@ class _LiveProgress:
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
         self.live = None
-        self.lines = None
-        if err.is_terminal:
-            self.live = Live(progress_table({}, epochs).rich(), console=err, refresh_per_second=2, transient=False)
-        else:
-            self.lines = ProgressLines(epochs)
+        self.lines = None if err.is_terminal else ProgressLines(epochs)
 
     def __enter__(self):
-        if self.live is not None:
-            self.live.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.live is not None:
-            self.live.__exit__(*exc)
+            self.live.stop()
 
     def __call__(self, snapshot: dict[int, dict]) -> None:
-        if self.live is not None:
-            self.live.update(progress_table(snapshot, self.epochs).rich())
+        if self.lines is None:
+            table = progress_table(snapshot, self.epochs).rich()
+            if self.live is None:  # from the first poll: in `run`, after the split's bar
+                self.live = Live(table, console=err, refresh_per_second=2, transient=False)
+                self.live.start()
+            self.live.update(table)
             return
         for line in self.lines.lines(snapshot):
             err.print(escape(line), highlight=False)
+
+
+class _CountProgress:
+    """A count's progress on stderr (split's images written, predict's images classified): a bar on a terminal,
+    elsewhere a line at most every 30 s and at the end (``CountLines``). Called as ``(done, total)``.
+
+    The bar shows from the first count to the last only: ``run`` shows the training table after it (rich
+    allows one live display at a time), and an up-to-date split, which counts nothing, shows nothing.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.bar = self.task = None
+        self.lines = None if err.is_terminal else CountLines(what)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.lines is not None:
+            for line in self.lines.lines(done, total):
+                err.print(escape(line), highlight=False)
+            return
+        if self.task is None:
+            columns = (TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TextColumn("images"))
+            self.bar = Progress(*columns, TimeRemainingColumn(), console=err, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.what, total=total)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
+            if done >= total:
+                self._stop()
 
 
 def print_split(cfg: SpectralConfig, result) -> None:
@@ -105,7 +145,9 @@ def print_split(cfg: SpectralConfig, result) -> None:
 def cmd_split(cfg: SpectralConfig, args) -> None:
     from orchestrator import api
 
-    print_split(cfg, api.split(cfg, overwrite=args.overwrite))
+    with _CountProgress("split") as progress:
+        result = api.split(cfg, overwrite=args.overwrite, on_progress=progress)
+    print_split(cfg, result)
 
 
 def cmd_train(cfg: SpectralConfig, args) -> None:
@@ -133,8 +175,10 @@ def cmd_run(cfg: SpectralConfig, args) -> None:
     from orchestrator import api
 
     t0 = time.perf_counter()
-    with _LiveProgress(cfg.train.epochs) as progress:
-        result = api.run(cfg, overwrite=getattr(args, "overwrite", False), on_progress=progress)
+    with _CountProgress("split") as split_progress, _LiveProgress(cfg.train.epochs) as progress:
+        result = api.run(
+            cfg, overwrite=getattr(args, "overwrite", False), on_progress=progress, on_split_progress=split_progress
+        )
     print_split(cfg, result.split)
     print_training(result.training)
     out.print(paper_table(result.report).rich())
@@ -194,15 +238,17 @@ def cmd_predict(cfg: SpectralConfig, args) -> None:
     }
     cfg = cfg.replace(**overrides) if overrides else cfg
     init_ray(cfg.ray, quiet=True)
-    result = predict_images(
-        RunStorage.from_config(cfg.storage),
-        args.input,
-        args.output,
-        cfg.predict,
-        weights=args.weights,
-        skip_bad=args.skip_bad,
-        overwrite=args.overwrite,
-    )
+    with _CountProgress("predict") as progress:
+        result = predict_images(
+            RunStorage.from_config(cfg.storage),
+            args.input,
+            args.output,
+            cfg.predict,
+            weights=args.weights,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+            on_progress=progress,
+        )
     for path in result.skipped:
         out.print(f"[yellow]skipped unreadable image:[/yellow] {path}")
     out.print(

@@ -13,6 +13,9 @@ from orchestrator.lease import hold_lease
 log = logging.getLogger(__name__)
 
 
+PROGRESS_CALLBACKS = ("on_progress", "on_split_progress")  # the API's callbacks: they stay on the driver
+
+
 def cluster_side(fn):
     """Decorator of the API steps: the step holds the run's lease (``orchestrator.lease``), and with a
     ``ray://`` address the whole call runs as a task on the head (which then holds the lease).
@@ -21,7 +24,7 @@ def cluster_side(fn):
     worker, which a client lacks), so the split, and with it ``run``, would fail there. Instead the
     call runs on the head node like a job's driver (the project must be installed on the nodes, as
     ``cluster.yaml`` does), with ``ray.address`` cleared so that inside it nothing is redirected again,
-    and its result comes back. ``on_progress`` callbacks cannot cross: they are dropped (see the
+    and its result comes back. progress callbacks cannot cross: they are dropped (see the
     dashboard, or use ``ray job submit`` with the CLI's live table).
     """
 
@@ -34,7 +37,7 @@ def cluster_side(fn):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         init_ray(cfg.ray)
-        if kwargs.pop("on_progress", None) is not None:
+        if [kwargs.pop(name) for name in PROGRESS_CALLBACKS if kwargs.get(name) is not None]:
             log.info("%s through Ray Client: progress is not streamed back", fn.__name__)
         head = next(
             (n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None

@@ -41,6 +41,10 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
     for header in ("split", "branch", "rows", "bytes", "seconds", "images/s"):
         assert header in out
     assert "400 images" in out  # the total row: 300 train (incl. val) + 100 test
+    # progress off a terminal, on stderr: the first task's count (150 or 100 of 3 tasks), then the last
+    counts = [line.split(" images")[0] for line in err.splitlines() if line.startswith("split: ")]
+    assert counts[0] in ("split: 100 / 400", "split: 150 / 400") and counts[-1] == "split: 400 / 400", err
+    assert "split: " not in out
     manifest = load_manifest(RunStorage(uri))
     assert manifest.K == 4
     # bytes per branch and their ratio to the raw images: each of the K=4 branches holds about 1/4
@@ -53,7 +57,8 @@ def test_split_prints_a_summary_and_is_idempotent(ray_session, config_file, tmp_
     assert f"{ratio0:.3f}" in train0 and ratio0 < 0.6
 
     assert main(["split", "--config", config_file, "--storage", uri]) == 0
-    assert "up to date" in capfd.readouterr().out
+    out, err = capfd.readouterr()
+    assert "up to date" in out and "split: " not in err  # nothing written, nothing counted
 
     # another configuration on the same URI: refused, named, nothing overwritten
     assert main(["split", "--config", config_file, "--storage", uri, "--set", "split.transform=haar"]) == 1

@@ -81,8 +81,23 @@ def written(ray_session, tmp_path_factory):
     run = tmp_path_factory.mktemp("pipeline") / "run"
     cfg = tiny_config(str(run))
     storage = RunStorage(cfg.storage.uri)
-    result = split_dataset(cfg.source, cfg.split, storage)
+    counted.clear()
+    result = split_dataset(
+        cfg.source, cfg.split, storage, on_progress=lambda done, total: counted.append((done, total))
+    )
     return cfg, storage, result, run
+
+
+counted: list[tuple[int, int]] = []  # the ``written`` split's progress calls
+
+
+def test_progress_counts_every_image_once_as_tasks_finish(written):
+    cfg, _, result, _ = written
+    total = sum(result.manifest.source.counts.values())  # 400 train + 100 test
+    tasks = -(-400 // cfg.split.images_per_task) + -(-100 // cfg.split.images_per_task)
+    assert len(counted) == tasks and {t for _, t in counted} == {total}
+    done = [d for d, _ in counted]
+    assert done == sorted(done) and done[-1] == total and len(set(done)) == tasks
 
 
 # -- layout and columns -------------------------------------------------------------------------------

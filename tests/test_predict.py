@@ -93,7 +93,8 @@ def test_predict_classifies_every_image_and_reports_accuracy(
     capsys.readouterr()
 
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    printed, logged = capsys.readouterr()
+    assert f"predict: {len(y)} / {len(y)} images (100%)" in logged and "predict: " not in printed  # progress: stderr
     committed = RunStorage(str(out)).read_json("_manifest.json")
     parts = sorted(p["file"] for p in committed["parts"])
     assert committed["rows"] == len(y) and parts and all(p.startswith("part-") for p in parts)

@@ -1,8 +1,8 @@
-"""Progress off a terminal (``orchestrator.summaries.ProgressLines``): a line per branch per epoch, a heartbeat."""
+"""Progress off a terminal (``orchestrator.summaries``): a line per branch per epoch, a heartbeat; a count's lines."""
 
 from __future__ import annotations
 
-from orchestrator.summaries import ProgressLines, branch_line
+from orchestrator.summaries import CountLines, ProgressLines, branch_line, count_line
 
 
 class Clock:
@@ -39,3 +39,17 @@ def test_one_line_per_branch_per_epoch_and_a_heartbeat_when_nothing_moves():
         "branch 0: training, epoch 2/3"
     )
     assert branch_line(2, {"state": "done", "epoch": 3, "val_acc": None}, 3) == "branch 2: done, epoch 3/3"
+
+
+def test_a_count_prints_its_first_update_one_line_per_heartbeat_and_its_last():
+    clock = Clock()
+    progress = CountLines("split", heartbeat_s=30, clock=clock)
+    clock.t = 2
+    assert progress.lines(1_000, 70_000) == ["split: 1,000 / 70,000 images (1%), 500 images/s"]
+    clock.t = 20
+    assert progress.lines(9_000, 70_000) == []  # heartbeat not due
+    clock.t = 32
+    assert progress.lines(16_000, 70_000) == ["split: 16,000 / 70,000 images (23%), 500 images/s"]
+    clock.t = 40
+    assert progress.lines(70_000, 70_000) == ["split: 70,000 / 70,000 images (100%), 1,750 images/s"]  # the last
+    assert count_line("predict", 0, 0, 0.0) == "predict: 0 / 0 images (0%)"
