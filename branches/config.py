@@ -15,6 +15,8 @@ MODELS = (
     "resnet34",
 )  # model.name; branches.models builds each (torch is not imported here)
 TORCHVISION_PREFIX = "torchvision:"  # model.name "torchvision:<name>": any torchvision classification model
+TIMM_PREFIX = "timm:"  # model.name "timm:<name>": any timm model (the optional extra `timm`)
+BY_NAME = (TORCHVISION_PREFIX, TIMM_PREFIX)
 STEMS = ("auto", "standard", "small")
 SMALL_STEM_BELOW_PX = 64  # model.stem auto: the small stem for sub-images smaller than this (either side)
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -32,17 +34,18 @@ class ModelConfig(Section):
 
     name: str = option(
         "fc8",
-        f"the network of every branch: one of {', '.join(MODELS)}, or `torchvision:<name>` "
-        "(any torchvision classification model, random init unless `model.pretrained`)",
+        f"the network of every branch: one of {', '.join(MODELS)}, `torchvision:<name>` "
+        "(any torchvision classification model, random init unless `model.pretrained`) or `timm:<name>` "
+        "(any timm model, random init; needs the `timm` extra)",
     )
     width: int | None = option(
         None, "`fc*`: hidden width (unset: the input width, as in the paper); `cnn8`: base channels (unset: 64)", ge=1
     )
     stem: str = option(
         "auto",
-        "`torchvision:*`, `resnet*`: `standard` keeps the model's first conv, `small` makes it 3x3 stride 1 and "
-        f"drops the max-pool after it (the reference's small-input ResNet); `auto`: small below {SMALL_STEM_BELOW_PX} "
-        "px (`resnet18`/`resnet34`: always small)",
+        "`torchvision:*`, `timm:*`, `resnet*`: `standard` keeps the model's first conv, `small` makes it 3x3 "
+        "stride 1 and drops the max-pool after it (the reference's small-input ResNet); "
+        f"`auto`: small below {SMALL_STEM_BELOW_PX} px (`resnet18`/`resnet34`: always small)",
         choices=STEMS,
     )
     pretrained: str | None = option(
@@ -54,9 +57,9 @@ class ModelConfig(Section):
 
 
 def _check_model_name(name: str, key: str) -> None:
-    if name in MODELS or (name.startswith(TORCHVISION_PREFIX) and len(name) > len(TORCHVISION_PREFIX)):
+    if name in MODELS or any(name.startswith(p) and len(name) > len(p) for p in BY_NAME):
         return
-    raise ConfigError(f"{key} must be one of {', '.join(MODELS)} or torchvision:<name>, got {name!r}")
+    raise ConfigError(f"{key} must be one of {', '.join(MODELS)}, torchvision:<name> or timm:<name>, got {name!r}")
 
 
 @dataclass(kw_only=True, frozen=True)

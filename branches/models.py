@@ -12,6 +12,7 @@ so each branch holds about 1/16 of the parameters.
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import os
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from branches.config import MODELS, SMALL_STEM_BELOW_PX, TORCHVISION_PREFIX, ModelConfig
+from branches.config import BY_NAME, MODELS, SMALL_STEM_BELOW_PX, TIMM_PREFIX, TORCHVISION_PREFIX, ModelConfig
 from data_split.errors import SpectralError
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,43 @@ def torchvision_model(
     return model
 
 
+def timm_model(
+    name: str, in_shape: tuple[int, int, int], classes: int, *, stem: str = "auto", pretrained: str | None = None
+) -> nn.Module:
+    """``timm.create_model(name, num_classes=classes, in_chans=C)``, its stem adapted as ``torchvision_model``'s.
+
+    Random init only: timm's weights come from the Hugging Face Hub, which a branch never downloads from.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise ModelInputError(
+            f"model.name: timm:{name} needs timm: pip install 'spectral-tensor-orchestrator[timm]' (or timm)"
+        ) from None
+    if pretrained is not None:
+        raise ModelInputError(
+            f"model.pretrained: timm:{name} starts from random init (timm's weights are on the Hugging Face Hub, "
+            "never downloaded here); leave model.pretrained unset, or use torchvision:<name> with its weights"
+        )
+    if not timm.is_model(name):
+        like = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise ModelInputError(
+            f"model.name: timm:{name} is not a timm model"
+            + (f"; similar: {', '.join(like)}" if like else " (timm.list_models() lists them)")
+        )
+    if stem == "auto":
+        stem = "small" if min(in_shape[1:]) < SMALL_STEM_BELOW_PX else "standard"
+
+    def create(**size) -> nn.Module:
+        return timm.create_model(name, pretrained=False, num_classes=classes, in_chans=in_shape[0], **size)
+
+    try:  # a model with a fixed input size (ViT: its position embeddings) is built for the branch's
+        model = create(img_size=tuple(in_shape[1:]))
+    except TypeError:  # a model without one (ResNet, ConvNeXt) takes no img_size
+        model = create()
+    return adapt_stem(model, in_shape[0], stem)
+
+
 def pretrained_file(model_name: str, weights: str) -> tuple[Path, str]:
     """(the torch hub cache file of torchvision's ``weights`` for ``model_name``, its download URL)."""
     import torch.hub
@@ -188,7 +226,7 @@ def probe_input(model: nn.Module, name: str, in_shape: tuple[int, int, int], cla
     try:
         with torch.no_grad():
             out = probe(torch.zeros((2, *in_shape), device="meta"))
-    except (RuntimeError, ValueError, IndexError) as e:
+    except (RuntimeError, ValueError, IndexError, AssertionError) as e:  # timm asserts input sizes
         raise ModelInputError(
             f"model.name {name} cannot take the branch's input {tuple(in_shape)} (C, h, w): {str(e).splitlines()[0]} "
             "(too small for its downsampling? try model.stem: small or a larger sub-image)"
@@ -248,14 +286,16 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int, 
         raise ValueError(f"in_shape must be (C, h, w) with positive sizes, got {in_shape}")
     if classes < 2:
         raise ValueError(f"classes must be >= 2, got {classes}")
-    torchvision = cfg.name.startswith(TORCHVISION_PREFIX)
-    if cfg.name not in MODELS and not torchvision:  # ModelConfig validates; kept for direct callers
+    by_name = cfg.name.startswith(BY_NAME)
+    if cfg.name not in MODELS and not by_name:  # ModelConfig validates; kept for direct callers
         raise ValueError(f"model.name: unknown model {cfg.name!r}; expected one of {', '.join(MODELS)}")
-    if cfg.width is not None and (torchvision or cfg.name.startswith("resnet")):
-        raise ValueError(f"model.width is not used by {cfg.name} (torchvision's widths are fixed); leave it unset")
-    if torchvision:
+    if cfg.width is not None and (by_name or cfg.name.startswith("resnet")):
+        raise ValueError(f"model.width is not used by {cfg.name} (its library fixes the widths); leave it unset")
+    if cfg.name.startswith(TORCHVISION_PREFIX):
         name = cfg.name[len(TORCHVISION_PREFIX) :]
         model = torchvision_model(name, in_shape, classes, stem=cfg.stem, pretrained=cfg.pretrained)
+    elif by_name:
+        model = timm_model(cfg.name[len(TIMM_PREFIX) :], in_shape, classes, stem=cfg.stem, pretrained=cfg.pretrained)
     else:
         model = BUILDERS[cfg.name](in_shape, classes, width=cfg.width, stem=cfg.stem, pretrained=cfg.pretrained)
     if probe:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -144,6 +146,34 @@ def test_torchvision_models_pack_or_are_refused_with_the_reason():
     check_packable(build_model(ModelConfig(name="torchvision:resnet18"), (1, 8, 8), CLASSES))
     with pytest.raises(PackError, match=r"\(Hardswish\).*branches_per_process: 1"):
         check_packable(build_model(ModelConfig(name="torchvision:mobilenet_v3_small"), (1, 32, 32), CLASSES))
+
+
+def test_timm_models_by_name_get_the_input_channels_the_stem_and_their_input_size():
+    pytest.importorskip("timm")  # the test extra installs it
+    small = build_model(ModelConfig(name="timm:resnet18"), (1, 14, 14), CLASSES)  # auto: small below 64 px
+    assert (small.conv1.in_channels, small.conv1.kernel_size, small.conv1.stride) == (1, (3, 3), (1, 1))
+    assert isinstance(small.maxpool, nn.Identity) and small(torch.zeros(2, 1, 14, 14)).shape == (2, CLASSES)
+    big = build_model(ModelConfig(name="timm:resnet18"), (2, 64, 64), CLASSES)
+    assert (big.conv1.in_channels, big.conv1.stride) == (2, (2, 2)) and isinstance(big.maxpool, nn.MaxPool2d)
+    check_packable(small)
+    vit = build_model(ModelConfig(name="timm:vit_tiny_patch16_224", stem="standard"), (3, 32, 32), CLASSES)
+    assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, CLASSES)  # built for 32 px, not its default 224
+    with pytest.raises(PackError, match=r"LayerNorm"):
+        check_packable(vit)
+    with pytest.raises(ModelInputError, match=r"timm:vit_tiny_patch16_224 cannot take the branch's input \(3, 8, 8\)"):
+        build_model(ModelConfig(name="timm:vit_tiny_patch16_224", stem="standard"), (3, 8, 8), CLASSES)
+    with pytest.raises(ModelInputError, match="timm:resnet19 is not a timm model; similar: .*resnet18"):
+        build_model(ModelConfig(name="timm:resnet19"), (1, 14, 14), CLASSES)
+    with pytest.raises(ModelInputError, match="model.pretrained: timm:resnet18 starts from random init"):
+        build_model(ModelConfig(name="timm:resnet18", pretrained="DEFAULT"), (1, 14, 14), CLASSES)
+    with pytest.raises(ConfigError, match="model.name must be one of .*timm:<name>"):
+        ModelConfig(name="timm:")
+
+
+def test_a_timm_model_without_timm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(ModelInputError, match=r"timm:resnet18 needs timm: pip install .*\[timm\]"):
+        build_model(ModelConfig(name="timm:resnet18"), (1, 14, 14), CLASSES)
 
 
 def test_pretrained_weights_come_from_the_local_hub_cache_only(tmp_path, monkeypatch):

@@ -312,6 +312,7 @@ def test_other_models_and_optimizers_train(make_run):
             (ModelConfig(name="cnn8", width=4), with_epochs(FAST, 1, optimizer="sgd", schedule="step", step_size=1)),
             (ModelConfig(name="fc8"), with_epochs(FAST, 1, optimizer="adamw", weight_decay=0.01, label_smoothing=0.1)),
             (ModelConfig(name="torchvision:shufflenet_v2_x0_5"), with_epochs(FAST, 1)),  # by name, small stem
+            (ModelConfig(name="timm:resnet10t"), with_epochs(FAST, 1)),  # timm by name (the test extra installs it)
         ]
     ):
         result = train_branch(storage, k, model, train)
