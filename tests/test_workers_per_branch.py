@@ -17,9 +17,11 @@ from data_split import RunStorage, layout, load_manifest
 from data_split.errors import ConfigError
 from holds import Exit
 from orchestrator import api
+from orchestrator.cli import main
 from orchestrator.config import ResourcesConfig
 from orchestrator.ddp import global_batches, group_isolation
 from orchestrator.launcher import train_branches
+from orchestrator.run_config import config_yaml
 from test_train import RESULT_KEYS
 
 
@@ -53,10 +55,11 @@ def test_a_group_refuses_to_stream_before_any_worker_starts(tiny_split):
 
 @pytest.mark.slow
 def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_killed_worker_and_ensemble(
-    ray_session, tmp_path
+    ray_session, tmp_path, capfd, monkeypatch
 ):
-    """Worker 1 of branch 1 exits after epoch 1's committed checkpoint: Ray Train restarts that group only, from
-    there. (Ray Train's checkpoints on S3: the baseline's test in tests/test_ddp.py, the same engine.)"""
+    """`spectral run` of K = 2 x M = 2; worker 1 of branch 1 exits after epoch 1's committed checkpoint: Ray Train
+    restarts that group only, from there. (Ray Train's checkpoints on S3: the baseline's test in tests/test_ddp.py,
+    the same engine.)"""
     epochs, batch = 2, 32
     cfg = tiny_config(
         str(tmp_path / "run"),
@@ -70,14 +73,18 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
             "resources.cpus_per_branch": 0.5,  # 2 branches x 2 workers on the session's 2 CPUs
         },
     )
-    api.split(cfg)
     storage = RunStorage.from_config(cfg.storage)
+    config_file = tmp_path / "kxm.yaml"
+    config_file.write_text(config_yaml(cfg))
+    monkeypatch.setenv("COLUMNS", "250")  # rich: the plan's log line on one line
     with Exit(storage.child(layout.branch_dir(1)).uri, epoch=1, branch=1) as killed:
-        outcome = api.train(cfg)
+        assert main(["run", "--config", str(config_file)]) == 0  # split, train, evaluate: the user's command
     assert [m["k"] for m in killed.markers()] == [1]  # rank 1 of branch 1 did exit
+    printed, logged = capfd.readouterr()
+    assert "placement plan: 2 branches x 2 workers x (CPU only, 0.5 CPU): 2 at once, 1 wave(s)" in logged, logged
+    assert "trained 2 branch(es)" in printed and storage.exists(layout.report("report.json"))
     manifest = load_manifest(storage)
-    assert manifest.K == 2 and sorted(outcome.results) == [0, 1]
-    assert (outcome.plan.workers, outcome.plan.concurrent) == (2, 2)
+    assert manifest.K == 2
     for k in range(2):
         result = storage.read_json(layout.result(k))
         assert set(result) >= RESULT_KEYS and result["k"] == k and result["workers"] == 2
@@ -89,14 +96,13 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
         # measured by the comm hook on each worker: every step all-reduces every fp32 gradient, within branch k
         assert result["allreduce_bytes_by_worker"] == [steps * result["params"] * 4] * 2
         assert result["allreduce_bytes_per_worker"] == steps * result["params"] * 4
-        isolation = outcome.results[k]["isolation"]
+        isolation = storage.read_json(layout.placement(k))["isolation"]
         assert isolation["bytes_sent_to_other_branches"] == 0 and isolation["files_written_for_other_branches"] == []
         assert isolation["allreduce_bytes_within_branch"] == 2 * steps * result["params"] * 4
         assert [m["branch"] for m in isolation["group"]["members"]] == [k, k]
         assert len({m["pid"] for m in isolation["group"]["members"]}) == 2  # two processes
         shards = [f for f in isolation["files_read"] if f.startswith(f"{layout.DATA}/") and f != layout.MANIFEST]
         assert shards and all(f"/branch={k}/" in f for f in shards)  # only its own shards
-        assert storage.read_json(layout.placement(k))["isolation"] == isolation
         # a one-process branch's files: metrics, checkpoints (loadable as theirs), logits in row order
         assert [m["epoch"] for m in layout.read_metrics(storage, k)] == [1, 2]
         assert storage.ls(layout.checkpoints_dir(k)) == ["epoch=1.pt", "epoch=2.pt"]
