@@ -193,7 +193,7 @@ def predict_images(
             attempt.write_bytes(f"{uuid.uuid4().hex}.parquet", buf.getvalue().to_pybytes())
         return table.select(["path", "pred", "error"])
 
-    summaries = []
+    summaries, done = [], 0
     with original_task_errors():  # a StorageError of an actor reaches the caller as itself
         stream = ds.map_batches(
             Classifier,
@@ -212,8 +212,9 @@ def predict_images(
         ).map_batches(write_part, batch_size=None, batch_format="pyarrow")
         for table in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
             summaries.append(table)
+            done += table.num_rows
             if on_progress is not None:
-                on_progress(sum(t.num_rows for t in summaries), len(paths))
+                on_progress(done, len(paths))
     summary = pa.concat_tables(summaries).to_pandas()
     bad = summary[summary["error"].notna()]
     skipped = [prefix + p for p in bad["path"]]
