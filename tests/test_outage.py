@@ -108,7 +108,10 @@ def _spectral_run(config: Path, log: Path, ray_address: str, *sets: str) -> subp
     args = [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(config)]
     for s in sets:
         args += ["--set", s]
-    env = {**os.environ, "COLUMNS": "200", "RAY_ADDRESS": ray_address}
+    # RAY_DEDUP_LOGS=0: the driver prints every actor line. Ray's dedup treats lines equal up to their words with
+    # digits as repeats, so branch 0's "open s3://.../train/branch=0/part-0.parquet ... retry 1" was folded into
+    # branch 1's earlier val-read line ("[repeated 3x across cluster]") whenever branch 1 hit the outage first.
+    env = {**os.environ, "COLUMNS": "200", "RAY_ADDRESS": ray_address, "RAY_DEDUP_LOGS": "0"}
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
