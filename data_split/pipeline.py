@@ -52,7 +52,7 @@ class SplitConflictError(SpectralError, RuntimeError):
 
 
 # -- Ray Data ----------------------------------------------------------------------------------------
-Progress = Callable[[int, int], None]  # (images done, images in all), called as tasks finish
+CountFn = Callable[[int, int], None]  # progress as (images done, images in all): split's and predict's
 
 
 def _run_ray_pipeline(
@@ -122,7 +122,7 @@ def _write_with_ray(
     split_cfg: SplitConfig,
     storage: RunStorage,
     extras: Sequence[ExtraPlan] = (),
-    on_progress: Progress | None = None,
+    on_progress: CountFn | None = None,
 ) -> list[PartRecord | Skipped]:
     """All sources' sub-datasets: the main source's, then each extra source's on its own nodes."""
     matrix = split_matrix(split_cfg.transform, split_cfg.rows, split_cfg.cols)
@@ -195,7 +195,7 @@ def split_dataset(
     *,
     overwrite: bool = False,
     extra_sources: Sequence[ExtraSourceConfig] = (),
-    on_progress: Progress | None = None,
+    on_progress: CountFn | None = None,
 ) -> SplitResult:
     """Write the K spectral sub-datasets of ``source_cfg`` (and ``extra_sources``) under ``storage`` (idempotent).
 

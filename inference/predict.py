@@ -20,11 +20,11 @@ one of the run's classes (or its index) it counts as labelled, and the accuracy 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +35,7 @@ import torch
 
 from data_split import IMAGE_SUFFIXES, RunStorage, SourceError, decode_image
 from data_split.errors import SpectralError
-from data_split.pipeline import original_task_errors
+from data_split.pipeline import CountFn, original_task_errors
 from data_split.shutdown import freeze_at_exit
 from inference import _output
 from inference.config import PredictConfig
@@ -134,7 +134,7 @@ def predict_images(
     weights: str | Sequence[float] = CHOSEN,
     skip_bad: bool = False,
     overwrite: bool = False,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: CountFn | None = None,
 ) -> PredictResult:
     """Classify every image under ``input_uri`` with the run at ``storage``; commit Parquet under ``output_uri``.
 
@@ -190,7 +190,9 @@ def predict_images(
             )
             buf = pa.BufferOutputStream()
             pq.write_table(good, buf)
-            attempt.write_bytes(f"{uuid.uuid4().hex}.parquet", buf.getvalue().to_pybytes())
+            # named by its images: a retried task rewrites its own file instead of adding a second copy of its rows
+            name = hashlib.sha256("\n".join(table.column("path").to_pylist()).encode()).hexdigest()[:32]
+            attempt.write_bytes(f"{name}.parquet", buf.getvalue().to_pybytes())
         return table.select(["path", "pred", "error"])
 
     summaries, done = [], 0

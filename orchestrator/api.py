@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from data_split import RunStorage, SplitResult, layout, load_manifest, split_dataset
+from data_split.pipeline import CountFn
 from orchestrator import tracking_mlflow
 from orchestrator._ray import init_ray
 from orchestrator.config import SpectralConfig
@@ -33,7 +34,6 @@ from tune.scoring import COMPUTED_RULES
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[int, dict]], None]  # the branches' snapshot (by k), as the driver polls it
-CountFn = Callable[[int, int], None]  # (done, in all): images split or classified
 
 
 @cluster_side

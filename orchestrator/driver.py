@@ -37,7 +37,8 @@ def cluster_side(fn):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         init_ray(cfg.ray)
-        if [kwargs.pop(name) for name in PROGRESS_CALLBACKS if kwargs.get(name) is not None]:
+        dropped = [name for name in PROGRESS_CALLBACKS if kwargs.pop(name, None) is not None]
+        if dropped:
             log.info("%s through Ray Client: progress is not streamed back", fn.__name__)
         head = next(
             (n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None

@@ -88,6 +88,9 @@ def test_predict_classifies_every_image_and_reports_accuracy(
     monkeypatch.setattr(_output, "commit", interrupt)
     assert main(argv) == 130
     assert list((out / "_temporary").rglob("*.parquet")) and not (out / "_SUCCESS").exists()
+    first_parts = sorted(p.name for p in (out / "_temporary").rglob("*.parquet"))
+    assert main(argv) == 130  # interrupted again: the same part names (a retried task rewrites its own file)
+    assert sorted(p.name for p in (out / "_temporary").rglob("*.parquet")) == first_parts
     assert ds.dataset(out, format="parquet").files == []  # a Parquet reader finds no output there
     monkeypatch.undo()
     capsys.readouterr()
