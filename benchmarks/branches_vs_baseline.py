@@ -104,7 +104,7 @@ def idle_actor_memory() -> int:
             import resource
 
             import branches.train  # noqa: F401  torch, the model zoo, data_split's readers
-            import orchestrator.branch_actor  # noqa: F401
+            import orchestrator.branch_task  # noqa: F401
 
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             "peak_memory_bytes": "result.json peak_memory_bytes: ru_maxrss of the actor process (baseline; max "
             "over branches)",
             "idle_actor_peak_memory_bytes": "ru_maxrss of a fresh 1-CPU actor that only imported branches.train "
-            "and orchestrator.branch_actor: the per-process floor",
+            "and orchestrator.branch_task: the per-process floor",
             "params_per_branch": "trainable parameters of one branch network (all branches of a run are equal)",
         },
         **res,

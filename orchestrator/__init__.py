@@ -1,8 +1,8 @@
-"""Orchestration of K communication-free branches on Ray: config, actors, ensemble, report, CLI, API.
+"""Orchestration of K communication-free branches on Ray: config, branch tasks, ensemble, report, CLI, API.
 
 The API's names are loaded on first use (PEP 562): a Ray worker that imports one module of the package
-(a branch actor, a DDP worker) then loads what that module needs, not the API, the report's plotting
-and Tune, which took ~1 s of CPU at every actor start.
+(a branch task, a DDP worker) then loads what that module needs, not the API, the report's plotting
+and Tune, which took ~1 s of CPU at every branch process start.
 """
 
 from __future__ import annotations

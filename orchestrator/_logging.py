@@ -108,12 +108,12 @@ WORKER_HANDLER = "spectral-worker"  # the name of the handler worker_logging add
 
 
 def worker_logging(credentials: tuple[str, str] | None = None) -> None:
-    """In a Ray worker that trains (a branch actor, a pack, a DDP group's worker): our INFO lines to stderr,
-    which Ray forwards to the driver's console (``log_to_driver``, prefixed with the actor and its pid), so a
+    """In a Ray worker that trains (a branch task, a pack, a DDP group's worker): our INFO lines to stderr,
+    which Ray forwards to the driver's console (``log_to_driver``, prefixed with the task or actor and its pid), so a
     driver shows what its branches say (data mode, resuming, early stop, finished) and not only their
     warnings; credentials of the environment and ``credentials`` (the run's storage keys) masked as on the
     driver. Without it a worker's root logger has no handler and Python prints only WARNING and above.
-    Idempotent: an actor restarted in the same process, or a second actor there, adds nothing."""
+    Idempotent: a second branch in the same process (a reused worker) adds nothing."""
     add_secrets(*(os.environ.get(name) for name in CREDENTIAL_ENV), *(credentials or ()))
     root = logging.getLogger()
     if any(h.get_name() == WORKER_HANDLER for h in root.handlers):

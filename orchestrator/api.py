@@ -51,7 +51,7 @@ def split(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: CountFn 
 
 @cluster_side
 def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> TrainingOutcome:
-    """Train every unfinished branch as an isolated actor (the split must exist)."""
+    """Train every unfinished branch as an isolated Ray task (the split must exist)."""
     init_ray(cfg.ray)
     storage = RunStorage.from_config(cfg.storage)
     k = load_manifest(storage).K
@@ -114,7 +114,7 @@ def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> d
     The full-resolution dataset is the K=1 identity split of the same source
     (same validation carve), written under ``<run>/baseline``. With
     ``baseline.engine: single`` it trains there through the very same code
-    path as a branch (one actor) and returns its ``result.json``; with ``ddp``
+    path as a branch (one process) and returns its ``result.json``; with ``ddp``
     Ray Train DDP trains it on ``baseline.workers`` workers with the same
     global batch (``orchestrator.ddp``) and the result is
     ``<run>/baseline-ddp/result.json``.

@@ -21,7 +21,7 @@ RUN_COMMANDS = {
     "split": "write the K spectral sub-datasets (Ray Data) and the manifest",
     "run": "split if needed, train every branch, ensemble, report",
     "resume": "continue the run at --storage with the configuration it keeps (<run>/config.yaml)",
-    "train": "train every unfinished branch as an isolated Ray actor",
+    "train": "train every unfinished branch as an isolated Ray task",
     "evaluate": "ensemble the trained branches and write the report",
     "baseline": "train the same network on full-resolution images for comparison",
     "tune-weights": "search the ensemble weights with Ray Tune (and fit the exact reference)",

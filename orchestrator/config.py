@@ -53,17 +53,17 @@ class ResourcesConfig(Section):
 
     gpus_per_branch: float | None = option(
         None,
-        "GPUs per branch actor (per worker with `workers_per_branch` > 1); unset: 1 when the cluster has GPUs, else 0 "
-        "(CPU); a fraction packs branches on one GPU",
+        "GPUs per branch process (per worker with `workers_per_branch` > 1); unset: 1 when the cluster has GPUs, else "
+        "0 (CPU); a fraction packs branches on one GPU",
         ge=0,
     )
-    cpus_per_branch: float = option(1.0, "CPUs per branch actor (per worker with `workers_per_branch` > 1)", gt=0)
+    cpus_per_branch: float = option(1.0, "CPUs per branch process (per worker with `workers_per_branch` > 1)", gt=0)
     max_restarts: int = option(
         3, "times Ray restarts a branch whose process died; it resumes from its newest checkpoint", ge=0
     )
     branches_per_process: int = option(
         1,
-        "P: consecutive branches with equal training rows train as one batched network in one actor "
+        "P: consecutive branches with equal training rows train as one batched network in one process "
         "(a pack; docs/how-it-works.md)",
         ge=1,
     )
@@ -111,7 +111,7 @@ class BaselineConfig(Section):
     SECTION = "baseline"
 
     engine: str = option(
-        "single", "`single` (one actor, trained like a branch) or `ddp` (Ray Train DDP)", choices=BASELINE_ENGINES
+        "single", "`single` (one process, trained like a branch) or `ddp` (Ray Train DDP)", choices=BASELINE_ENGINES
     )
     workers: int = option(
         2, "`ddp`: Ray Train workers; `train.batch_size` is the global batch, split evenly over them", ge=1
@@ -146,10 +146,10 @@ class SpectralConfig(Section):
     storage: StorageConfig = option(factory=StorageConfig, help="where the run lives")
     model: ModelConfig = option(factory=ModelConfig, help="the network of each branch")
     train: TrainConfig = option(factory=TrainConfig, help="how each branch trains")
-    resources: ResourcesConfig = option(factory=ResourcesConfig, help="what each branch actor asks of Ray")
+    resources: ResourcesConfig = option(factory=ResourcesConfig, help="what each branch asks of Ray")
     ensemble: EnsembleConfig = option(factory=EnsembleConfig, help="how the branches' logits are weighted")
     tracking: TrackingConfig = option(factory=TrackingConfig, help="experiment tracking: MLflow, when set")
-    baseline: BaselineConfig = option(factory=BaselineConfig, help="`spectral baseline`: one actor, or Ray Train DDP")
+    baseline: BaselineConfig = option(factory=BaselineConfig, help="`spectral baseline`: one process, or Ray Train DDP")
     ray: RayConfig = option(factory=RayConfig, help="which Ray to use")
     tune: TuneConfig = option(
         factory=TuneConfig, help="the Ray Tune search of the ensemble weights (`ensemble.weights: tuned`)"

@@ -93,7 +93,7 @@ def worker_loop(config: dict) -> None:
     import torch.nn as nn
 
     from orchestrator._logging import worker_logging
-    from orchestrator.branch_actor import RecordingStorage, isolation_record, process_placement
+    from orchestrator.branch_task import RecordingStorage, isolation_record, process_placement
 
     job: GroupJob = config["job"]
     worker_logging(job.data.credentials)

@@ -1,4 +1,4 @@
-"""Launching and watching K branch actors (or K Ray Train groups, ``resources.workers_per_branch`` > 1).
+"""Launching and watching K branch tasks (or K Ray Train groups, ``resources.workers_per_branch`` > 1).
 
 All unfinished branches are launched at once (Ray queues whatever the cluster
 cannot hold yet; see ``placement``). The driver polls a progress board for
@@ -32,7 +32,7 @@ from data_split import layout
 from data_split.errors import ConfigError, SpectralError, user_error
 from data_split.layout import load_manifest
 from data_split.storage import RunStorage
-from orchestrator.branch_actor import BranchActor, PackActor, ProgressBoard
+from orchestrator.branch_task import ProgressBoard, branch_task
 from orchestrator.config import ResourcesConfig
 from orchestrator.placement import PlacementPlan, cluster_nodes, plan_packs, plan_placement
 
@@ -166,7 +166,7 @@ def train_branches(
     *,
     on_progress: Callable[[dict[int, dict]], None] | None = None,
 ) -> TrainingOutcome:
-    """Train every unfinished branch as its own actor; return when all have settled."""
+    """Train every unfinished branch as its own Ray task; return when all have settled."""
     started = time.time()  # the engine's start: every branch's time to accuracy counts from here
     results: dict[int, dict] = {}
     for k in range(branches):
@@ -186,9 +186,9 @@ def train_branches(
         packable = {k: choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "memory" for k in todo}
         packs = plan_packs(todo, resources.branches_per_process, rows, packable)
         if all(len(pack) == 1 for pack in packs):
-            packs = None  # nothing packs (streamed branches, unequal row counts): one plain actor per branch
+            packs = None  # nothing packs (streamed branches, unequal row counts): one plain task per branch
         else:
-            check_pack_controls(train_cfg)  # before any actor starts
+            check_pack_controls(train_cfg)  # before any branch starts
     plan = plan_placement(len(todo), resources, cluster_nodes(), packs)
     log.info("placement plan: %s", plan.describe())
     board_name = f"spectral-progress-{uuid.uuid4().hex[:12]}"
@@ -205,22 +205,22 @@ def train_branches(
         finally:
             ray.kill(board)
         return TrainingOutcome.settle(results, skipped, plan)
-    actor_cls = ray.remote(BranchActor if packs is None else PackActor).options(
+    task = ray.remote(
         num_cpus=plan.cpus_per_branch,
         num_gpus=plan.gpus_per_branch,
-        max_restarts=resources.max_restarts,
-        # The branch's failure budget is max_restarts of its process; its `train` call is retried as long as the
-        # actor can come back. A bounded task budget failed branches of a lost node: each "actor temporarily
-        # unavailable" while Ray was restarting it elsewhere used up a retry. Our own exceptions are never retried.
-        max_task_retries=-1,
-    )
-    # one actor per branch, or per pack (keyed by its first branch; its train() returns k -> result)
+        # A dead process (a lost node included) is run again, max_restarts times, resuming from its checkpoint;
+        # our own exceptions are never retried (retry_exceptions is off by default).
+        max_retries=resources.max_restarts,
+        # A process that held a GPU trains nothing else (Ray's default for GPU tasks, lost with ray.remote(...)
+        # options: CUDA keeps the devices and memory it saw first); CPU processes are reused, torch loaded.
+        max_calls=1 if plan.gpus_per_branch else 0,
+    )(branch_task)
+    # one task per branch, or per pack (keyed by its first branch; it returns k -> result)
     groups = {k: [k] for k in todo} if packs is None else {p[0]: p for p in packs}
-    actors = {
-        k: actor_cls.remote(storage, k if packs is None else groups[k], model_cfg, train_cfg, board_name, started)
+    pending = {
+        task.remote(storage, k if packs is None else groups[k], model_cfg, train_cfg, board_name, started): k
         for k in groups
     }
-    pending = {actors[k].train.remote(): k for k in groups}
     failures: dict[int, str] = {}
     placed: set[int] = set()
     try:
@@ -231,11 +231,10 @@ def train_branches(
                 try:
                     got = ray.get(ref)
                     results.update({k: got} if packs is None else got)
-                except Exception as e:  # RayActorError, RayTaskError(...): the branch (or pack) is out of retries
+                except Exception as e:  # WorkerCrashedError, RayTaskError(...): the branch (or pack) is out of retries
                     for b in groups[k]:
                         failures[b] = _last_line(e)
                         log.error("branch %d failed: %s", b, failures[b])
-                ray.kill(actors.pop(k))  # frees its CPU/GPU for a queued branch
             snapshot = ray.get(board.snapshot.remote())
             for k, status in sorted(snapshot.items()):
                 if k not in placed and "node_id" in status:
@@ -252,8 +251,8 @@ def train_branches(
             if on_progress:
                 on_progress(snapshot)
     finally:
-        for actor in actors.values():
-            ray.kill(actor)
+        for ref in pending:  # the driver stopped early (an interrupt, an error of its own): stop every branch
+            ray.cancel(ref, force=True)
         ray.kill(board)
     if failures:
         raise BranchFailedError(failures)

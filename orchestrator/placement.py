@@ -2,7 +2,7 @@
 
 Plan (documented in docs/clusters.md, "GPUs per branch"): every branch asks for ``gpus_per_branch``
 GPUs and ``cpus_per_branch`` CPUs. Unset, ``gpus_per_branch`` is 1 on a
-cluster with GPUs and 0 (CPU training) without. All K actors are created at
+cluster with GPUs and 0 (CPU training) without. All K tasks are submitted at
 once; when the cluster cannot hold them all, Ray queues the rest and starts
 each as soon as a running branch frees its share, so fewer GPUs than branches
 means waves, never a hang. To run K branches at once on fewer GPUs, ask for a
@@ -37,12 +37,12 @@ class NodeResources:
 
 @dataclass(frozen=True)
 class PlacementPlan:
-    branches: int  # actors: one per branch, or one per pack (resources.branches_per_process > 1)
-    gpus_per_branch: float  # per actor
-    cpus_per_branch: float  # per actor
-    concurrent: int  # actors the cluster can run at the same time
-    waves: int  # ceil(actors / concurrent): 1 means all at once
-    packs: tuple[tuple[int, ...], ...] | None = None  # the branches of each actor, when packed
+    branches: int  # tasks: one per branch, or one per pack (resources.branches_per_process > 1)
+    gpus_per_branch: float  # per task
+    cpus_per_branch: float  # per task
+    concurrent: int  # tasks the cluster can run at the same time
+    waves: int  # ceil(tasks / concurrent): 1 means all at once
+    packs: tuple[tuple[int, ...], ...] | None = None  # the branches of each task, when packed
     workers: int = 1  # processes per branch (resources.workers_per_branch); >1: gpus/cpus are per worker
 
     def describe(self) -> str:
@@ -96,7 +96,7 @@ def default_gpus(cfg: ResourcesConfig, nodes: list[NodeResources]) -> float:
 def plan_placement(
     branches: int, cfg: ResourcesConfig, nodes: list[NodeResources], packs: list[list[int]] | None = None
 ) -> PlacementPlan:
-    """``branches`` actors (``packs``: one per pack, ``branches`` ignored) on ``nodes``."""
+    """``branches`` tasks (``packs``: one per pack, ``branches`` ignored) on ``nodes``."""
     if packs is not None:
         branches = len(packs)
     if branches < 1:

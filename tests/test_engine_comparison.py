@@ -150,7 +150,7 @@ def test_without_epoch_logits_the_ensemble_curve_has_only_its_final_point(run):
 
 
 def test_isolation_counts_bytes_written_under_another_branch(tmp_path):
-    from orchestrator.branch_actor import RecordingStorage, isolation_record
+    from orchestrator.branch_task import RecordingStorage, isolation_record
 
     storage = RecordingStorage(str(tmp_path / "run"))
     storage.write_bytes("branches/0/result.json", b"12345")

@@ -1,14 +1,22 @@
-"""One branch as an isolated Ray actor.
+"""One branch (or one pack of branches) as an isolated Ray task.
 
-The actor owns one branch ``k``: it reads only branch ``k``'s shards, trains
-with plain PyTorch (``branches.train_branch``), checkpoints every epoch, and
-talks to nobody but the driver's progress board. No process group, no
-collective: zero communication between branches.
+The task owns branch ``k``: it reads only branch ``k``'s shards, trains with
+plain PyTorch (``branches.train_branch``), checkpoints every epoch, and talks
+to nobody but the driver's progress board. No process group, no collective:
+zero communication between branches.
 
-Recovery: the actor class is created with ``max_restarts``; when its process
-dies, Ray re-creates it and retries ``train`` (``max_task_retries``), which
-resumes from the newest valid checkpoint, so at most one epoch is lost.
-``train`` is idempotent (a finished branch returns its ``result.json``).
+A task, not an actor: Ray runs a later branch in a worker process an earlier one
+has left idle, with torch already imported (an actor's process exits with it: a
+new one cost ~7 CPU s before training, on a 2-core machine where ``import torch``
+takes 3.4 s). Nothing of one branch stays in the process for the next:
+``train_branch`` seeds torch and sets its thread count itself, and restores the
+count. A task that holds a GPU gets a process of its own (``max_calls=1``, as Ray
+does for GPU tasks: CUDA keeps the devices it saw first, and the memory).
+
+Recovery: the task is launched with ``max_retries`` (``resources.max_restarts``);
+when its process dies, Ray runs it again, which resumes from the newest valid
+checkpoint, so at most one epoch is lost. Our own exceptions are never retried.
+Running it is idempotent (a finished branch returns its ``result.json``).
 """
 
 from __future__ import annotations
@@ -86,7 +94,7 @@ def process_placement() -> dict:
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
-    """Latest status per branch, written by branch actors, polled by the driver."""
+    """Latest status per branch, written by the branch tasks, polled by the driver."""
 
     def __init__(self) -> None:
         self.status: dict[int, dict] = {}
@@ -98,8 +106,8 @@ class ProgressBoard:
         return self.status
 
 
-class BranchActor:
-    """Created through ``ray.remote(...)`` by the launcher with per-branch resources."""
+class BranchRun:
+    """Branch ``k`` in this process: ``train`` runs it (``branch_task`` below, in a Ray worker)."""
 
     def __init__(
         self,
@@ -113,7 +121,7 @@ class BranchActor:
         worker_logging(storage.credentials)
         freeze_at_exit()
         # The board comes by name, not as a handle: a handle argument lives in the object store, and
-        # a restart after it is gone would fail (ray-project/ray#53727).
+        # a retry after it is gone would fail (ray-project/ray#53727).
         self.storage = RecordingStorage.like(storage)
         self.k, self.model_cfg, self.train_cfg, self.started = k, model_cfg, train_cfg, started
         self.board = ray.get_actor(board)
@@ -141,8 +149,8 @@ class BranchActor:
         return {**result, "placement": placement, "isolation": isolation}
 
 
-class PackActor(BranchActor):
-    """Branches ``ks`` (``resources.branches_per_process``) trained as one batched network in one actor.
+class PackRun(BranchRun):
+    """Branches ``ks`` (``resources.branches_per_process``) trained as one batched network in one process.
 
     Each branch keeps its own ``RecordingStorage``, so its isolation record counts only its own reads and writes;
     the progress board and ``placement.json`` are per branch too.
@@ -202,3 +210,18 @@ class PackActor(BranchActor):
             self.board.update.remote(k, {"state": "done", "val_acc": result.get("val_acc")})
             out[k] = {**result, "placement": placement, "isolation": isolation}
         return out
+
+
+def branch_task(
+    storage: RunStorage,
+    branches: int | list[int],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    board: str,
+    started: float | None = None,
+) -> dict:
+    """Branch ``k`` (an int: its result) or the pack ``ks`` (a list: k -> result); the launcher makes it a Ray task
+    with the branch's resources (``ray.remote(...)(branch_task)``)."""
+    if isinstance(branches, int):
+        return BranchRun(storage, branches, model_cfg, train_cfg, board, started).train()
+    return PackRun(storage, branches, model_cfg, train_cfg, board, started).train()
