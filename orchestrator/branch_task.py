@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
@@ -94,16 +95,65 @@ def process_placement() -> dict:
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
-    """Latest status per branch, written by the branch tasks, polled by the driver."""
+    """Latest status per branch of every training under way in one driver, written by its branches, polled by it.
+
+    One per driver process (``board_for_this_driver``), kept for every training it runs (a new actor process per
+    training cost ~1 CPU s); each training has a key of its own (``BoardRef.run``) and drops it when done."""
 
     def __init__(self) -> None:
-        self.status: dict[int, dict] = {}
+        self.status: dict[str, dict[int, dict]] = {}
+
+    def update(self, run: str, k: int, status: dict) -> None:
+        branches = self.status.setdefault(run, {})
+        branches[k] = {**branches.get(k, {}), **status}
+
+    def snapshot(self, run: str) -> dict[int, dict]:
+        return self.status.get(run, {})
+
+    def drop(self, run: str) -> None:
+        self.status.pop(run, None)
+
+
+BOARD_PREFIX = "spectral-progress"
+
+
+@dataclass(frozen=True)
+class BoardRef:
+    """Where a branch reports: the driver's board, by name (a handle argument lives in the object store, and a
+    retry after it is gone would fail: ray-project/ray#53727), and this training's key on it."""
+
+    name: str
+    run: str
+
+    def reporter(self) -> BoardReporter:
+        return BoardReporter(ray.get_actor(self.name), self.run)
+
+
+@dataclass(frozen=True)
+class BoardReporter:
+    actor: Any
+    run: str
 
     def update(self, k: int, status: dict) -> None:
-        self.status[k] = {**self.status.get(k, {}), **status}
+        self.actor.update.remote(self.run, k, status)  # fire and forget: progress, never a branch's result
 
-    def snapshot(self) -> dict[int, dict]:
-        return self.status
+
+_BOARDS: dict[str, Any] = {}  # job id -> this driver's board: the handle held here keeps the actor alive
+
+
+def board_for_this_driver() -> tuple[Any, str]:
+    """(the board, its name): this driver's, created on its node the first time (it must outlive the loss of any
+    other node: branches restart elsewhere); it lives as long as the driver. Ray ends an actor, named or not, when
+    the last handle to it is gone: a board per training whose handle was dropped died under the next one."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ctx = ray.get_runtime_context()
+    job = ctx.get_job_id()
+    name = f"{BOARD_PREFIX}-{job}"
+    if job not in _BOARDS:
+        here = NodeAffinitySchedulingStrategy(ctx.get_node_id(), soft=False)
+        _BOARDS[job] = ProgressBoard.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
+    return _BOARDS[job], name
 
 
 class BranchRun:
@@ -115,17 +165,15 @@ class BranchRun:
         k: int,
         model_cfg: ModelConfig,
         train_cfg: TrainConfig,
-        board: str,
+        board: BoardRef,
         started: float | None = None,
     ) -> None:
         worker_logging(storage.credentials)
         freeze_at_exit()
-        # The board comes by name, not as a handle: a handle argument lives in the object store, and
-        # a retry after it is gone would fail (ray-project/ray#53727).
         self.storage = RecordingStorage.like(storage)
         self.k, self.model_cfg, self.train_cfg, self.started = k, model_cfg, train_cfg, started
-        self.board = ray.get_actor(board)
-        self.board.update.remote(k, {"state": "starting", **self.placement()})
+        self.board = board.reporter()
+        self.board.update(k, {"state": "starting", **self.placement()})
 
     def placement(self) -> dict:
         return process_placement()
@@ -134,9 +182,9 @@ class BranchRun:
         from branches import train_branch
 
         def on_epoch(metrics: dict) -> None:
-            self.board.update.remote(self.k, {"state": "training", **metrics})
+            self.board.update(self.k, {"state": "training", **metrics})
 
-        self.board.update.remote(self.k, {"state": "training"})
+        self.board.update(self.k, {"state": "training"})
         started_at = time.time()  # wall clock: comparable across the processes of one machine
         result = train_branch(
             self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch, started=self.started
@@ -145,7 +193,7 @@ class BranchRun:
         placement = {**self.placement(), "started_at": started_at, "finished_at": time.time()}
         # Beside result.json, for checks from outside the job's driver (which alone gets the return value).
         self.storage.write_json(layout.placement(self.k), {"placement": placement, "isolation": isolation})
-        self.board.update.remote(self.k, {"state": "done", "val_acc": result.get("val_acc")})
+        self.board.update(self.k, {"state": "done", "val_acc": result.get("val_acc")})
         return {**result, "placement": placement, "isolation": isolation}
 
 
@@ -162,16 +210,16 @@ class PackRun(BranchRun):
         ks: list[int],
         model_cfg: ModelConfig,
         train_cfg: TrainConfig,
-        board: str,
+        board: BoardRef,
         started: float | None = None,
     ) -> None:
         worker_logging(storage.credentials)
         freeze_at_exit()
         self.storages = {k: RecordingStorage.like(storage) for k in ks}
         self.ks, self.k, self.model_cfg, self.train_cfg, self.started = list(ks), ks[0], model_cfg, train_cfg, started
-        self.board = ray.get_actor(board)
+        self.board = board.reporter()
         for k in ks:
-            self.board.update.remote(k, {"state": "starting", **self.placement()})
+            self.board.update(k, {"state": "starting", **self.placement()})
 
     def train(self) -> dict[int, dict]:
         from branches.train_pack import train_pack
@@ -181,10 +229,10 @@ class PackRun(BranchRun):
             return {self.k: super().train()}
 
         def on_epoch(metrics: dict) -> None:
-            self.board.update.remote(metrics["k"], {"state": "training", **metrics})
+            self.board.update(metrics["k"], {"state": "training", **metrics})
 
         for k in self.ks:
-            self.board.update.remote(k, {"state": "training"})
+            self.board.update(k, {"state": "training"})
         started_at = time.time()
         results = train_pack(
             [self.storages[k] for k in self.ks],
@@ -207,7 +255,7 @@ class PackRun(BranchRun):
                 "packed_with": self.ks,
             }
             self.storages[k].write_json(layout.placement(k), {"placement": placement, "isolation": isolation})
-            self.board.update.remote(k, {"state": "done", "val_acc": result.get("val_acc")})
+            self.board.update(k, {"state": "done", "val_acc": result.get("val_acc")})
             out[k] = {**result, "placement": placement, "isolation": isolation}
         return out
 
@@ -217,7 +265,7 @@ def branch_task(
     branches: int | list[int],
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    board: str,
+    board: BoardRef,
     started: float | None = None,
 ) -> dict:
     """Branch ``k`` (an int: its result) or the pack ``ks`` (a list: k -> result); the launcher makes it a Ray task

@@ -31,6 +31,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -63,6 +64,9 @@ from orchestrator._ddp_parts import (
     worker_totals,
 )
 
+if TYPE_CHECKING:
+    from orchestrator.branch_task import BoardRef
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"  # in each Ray Train checkpoint: the branch checkpoint's dict
@@ -80,7 +84,7 @@ class GroupJob:
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     started: float  # unix seconds: when the engine began (result.json's time-to-accuracy clock)
-    board: str | None = None  # the launcher's progress board (by name), or None
+    board: BoardRef | None = None  # the launcher's progress board, or None
 
 
 # -- one worker -------------------------------------------------------------------------------------------------
@@ -140,9 +144,9 @@ def worker_loop(config: dict) -> None:
     train = InMemorySplit(data, manifest, "train", k, dev)  # every worker holds branch k's rows; trains its share
     val = InMemorySplit(data, manifest, "val", k, dev) if rank == 0 else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
-    board = ray.get_actor(job.board) if job.board and rank == 0 else None
+    board = job.board.reporter() if job.board and rank == 0 else None
     if board is not None:
-        board.update.remote(k, {"state": "training", **process_placement()})
+        board.update(k, {"state": "training", **process_placement()})
 
     def group_members() -> list[dict]:  # every member's own record: which branch it trains, what it read and wrote
         mine = {**isolation_record(data, k), **_written(isolation_record(out, k))}
@@ -206,7 +210,7 @@ def worker_loop(config: dict) -> None:
                 val_acc,
             )
             if board is not None:
-                board.update.remote(k, {"state": "training", **metric_line(entry)})
+                board.update(k, {"state": "training", **metric_line(entry)})
             if last:
                 final = _finish_group(branch, ddp, history, val, resumed_from, members, out)
         _report(epoch, state if rank == 0 else None, final)

@@ -22,7 +22,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from branches.config import ModelConfig, TrainConfig
 from branches.controls import check_ddp_controls, check_pack_controls
@@ -32,7 +31,7 @@ from data_split import layout
 from data_split.errors import ConfigError, SpectralError, user_error
 from data_split.layout import load_manifest
 from data_split.storage import RunStorage
-from orchestrator.branch_task import ProgressBoard, branch_task
+from orchestrator.branch_task import BoardRef, board_for_this_driver, branch_task
 from orchestrator.config import ResourcesConfig
 from orchestrator.placement import PlacementPlan, cluster_nodes, plan_packs, plan_placement
 
@@ -99,7 +98,7 @@ def _train_groups(
     resources: ResourcesConfig,
     plan: PlacementPlan,
     board,
-    board_name: str,
+    board_ref: BoardRef,
     started: float,
     on_progress: Callable[[dict[int, dict]], None] | None,
 ) -> dict[int, dict]:
@@ -128,7 +127,7 @@ def _train_groups(
             model_cfg=model_cfg,
             train_cfg=train_cfg,
             started=started,
-            board=board_name,
+            board=board_ref,
         )
         final = fit_group(
             job,
@@ -151,7 +150,7 @@ def _train_groups(
                     failures[k] = _last_line(e)
                     log.error("branch %d failed: %s", k, failures[k])
             if on_progress:
-                on_progress(ray.get(board.snapshot.remote()))
+                on_progress(ray.get(board.snapshot.remote(board_ref.run)))
     if failures:
         raise BranchFailedError(failures)
     return results
@@ -191,19 +190,17 @@ def train_branches(
             check_pack_controls(train_cfg)  # before any branch starts
     plan = plan_placement(len(todo), resources, cluster_nodes(), packs)
     log.info("placement plan: %s", plan.describe())
-    board_name = f"spectral-progress-{uuid.uuid4().hex[:12]}"
-    # On the driver's node: the board must outlive the loss of any other node (branches restart elsewhere).
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    board = ProgressBoard.options(name=board_name, scheduling_strategy=here).remote()
+    board, board_name = board_for_this_driver()
+    board_ref = BoardRef(board_name, uuid.uuid4().hex)  # this training's key on the driver's board
     if plan.workers > 1:
         try:
             results.update(
                 _train_groups(
-                    storage, todo, model_cfg, train_cfg, resources, plan, board, board_name, started, on_progress
+                    storage, todo, model_cfg, train_cfg, resources, plan, board, board_ref, started, on_progress
                 )
             )
         finally:
-            ray.kill(board)
+            board.drop.remote(board_ref.run)
         return TrainingOutcome.settle(results, skipped, plan)
     task = ray.remote(
         num_cpus=plan.cpus_per_branch,
@@ -218,7 +215,7 @@ def train_branches(
     # one task per branch, or per pack (keyed by its first branch; it returns k -> result)
     groups = {k: [k] for k in todo} if packs is None else {p[0]: p for p in packs}
     pending = {
-        task.remote(storage, k if packs is None else groups[k], model_cfg, train_cfg, board_name, started): k
+        task.remote(storage, k if packs is None else groups[k], model_cfg, train_cfg, board_ref, started): k
         for k in groups
     }
     failures: dict[int, str] = {}
@@ -235,7 +232,7 @@ def train_branches(
                     for b in groups[k]:
                         failures[b] = _last_line(e)
                         log.error("branch %d failed: %s", b, failures[b])
-            snapshot = ray.get(board.snapshot.remote())
+            snapshot = ray.get(board.snapshot.remote(board_ref.run))
             for k, status in sorted(snapshot.items()):
                 if k not in placed and "node_id" in status:
                     placed.add(k)
@@ -253,7 +250,7 @@ def train_branches(
     finally:
         for ref in pending:  # the driver stopped early (an interrupt, an error of its own): stop every branch
             ray.cancel(ref, force=True)
-        ray.kill(board)
+        board.drop.remote(board_ref.run)
     if failures:
         raise BranchFailedError(failures)
     return TrainingOutcome.settle(results, skipped, plan)

@@ -32,8 +32,15 @@ import pytest
 SESSION_ENV = "SPECTRAL_TEST_SESSION"
 OWNER_ENV = "SPECTRAL_TEST_OWNER"
 GRACE_S = 15.0  # a process still exiting after its test: a CLI's local Ray takes a few seconds on 2 cores
-# Idle workers, and the actors a Ray cluster keeps once Ray Data ran on it (detached singletons of Ray Data's).
-SHARED_ACTORS = ("ray::IDLE", "ray::_StatsActor", "ray::_AutoscalingCoordinatorActor", "ray::ActorLocationTracker")
+# Idle workers, the actors a Ray cluster keeps once Ray Data ran on it (detached singletons of Ray Data's), and
+# the progress board a driver keeps for all its trainings (orchestrator.branch_task.board_for_this_driver).
+SHARED_ACTORS = (
+    "ray::IDLE",
+    "ray::_StatsActor",
+    "ray::_AutoscalingCoordinatorActor",
+    "ray::ActorLocationTracker",
+    "ray::ProgressBoard",
+)
 
 
 def mark_session() -> None:

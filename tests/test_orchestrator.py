@@ -96,6 +96,25 @@ def test_rerun_skips_finished_branches_and_resumes_unfinished(finished_job, tmp_
     assert storage.exists("branches/2/result.json")
 
 
+def test_a_driver_keeps_one_progress_board_with_a_key_per_training(ray_session):
+    import ray
+
+    from orchestrator.branch_task import BoardRef, board_for_this_driver
+
+    board, name = board_for_this_driver()
+    again, same = board_for_this_driver()
+    assert same == name and ray.get(again.snapshot.remote("none")) == {}
+    first, second = BoardRef(name, "first").reporter(), BoardRef(name, "second").reporter()
+    first.update(0, {"state": "training", "epoch": 1})
+    first.update(0, {"epoch": 2})  # merged into what branch 0 said before
+    second.update(0, {"state": "starting"})
+    assert ray.get(board.snapshot.remote("first")) == {0: {"state": "training", "epoch": 2}}
+    assert ray.get(board.snapshot.remote("second")) == {0: {"state": "starting"}}
+    ray.get(board.drop.remote("first"))
+    assert ray.get(board.snapshot.remote("first")) == {} and ray.get(board.snapshot.remote("second")) != {}
+    ray.get(board.drop.remote("second"))
+
+
 def test_killed_branch_process_restarts_and_resumes(ray_session, tmp_path):
     cfg = tiny_config(
         str(tmp_path / "run"), **{"split.rows": 1, "split.cols": 2, "train.epochs": 4, "resources.max_restarts": 2}
