@@ -5,16 +5,20 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from data_split import RunStorage, make_source
 from inference import ServeConfig, export_program, load_ensemble, start_serving
 
@@ -142,6 +146,9 @@ def test_a_multipart_upload_answers_as_the_raw_bytes_do_and_docs_describe_it(tra
 
 
 DEPLOY_CONFIG = """
+http_options:
+  host: 127.0.0.1
+  port: {port}
 applications:
   - name: built
     route_prefix: /built
@@ -155,25 +162,60 @@ applications:
 """
 
 
-@pytest.fixture(scope="module")
-def built(trained_tiny_run, server):
-    """The app of a `serve deploy` config file, deployed as Serve's controller does it (import_path + args:
-    ``serve run inference.serve:app_builder storage=...`` takes the same path), beside ``server``'s."""
-    import yaml
-    from ray import serve
-    from ray._common.utils import import_attr
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
-    from ray.serve.schema import ServeDeploySchema
-
-    config = ServeDeploySchema.model_validate(yaml.safe_load(DEPLOY_CONFIG.format(uri=trained_tiny_run.storage.uri)))
-    app = config.applications[0]
-    serve.run(
-        call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args),
-        name=app.name,
-        route_prefix=app.route_prefix,
+def serve_cli(*args: str, address: str) -> None:
+    """Ray's ``serve`` command, joining the session's Ray (``RAY_ADDRESS``) as a user's shell would."""
+    serve_bin = Path(sys.executable).with_name("serve")
+    proc = subprocess.run(
+        [str(serve_bin), *args], env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=300
     )
-    yield f"{server}{app.route_prefix}"
-    serve.delete(app.name)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def wait_answering(url: str, deadline_s: float = 240) -> None:
+    def answers() -> bool:
+        try:
+            return request(url)[0] == 200
+        except (OSError, ValueError):  # not routed yet (Serve's 404 is plain text)
+            return False
+
+    wait_until(answers, timeout_s=deadline_s, what=f"{url} answering", poll_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def built(trained_tiny_run, server, ray_address, tmp_path_factory):
+    """The app deployed by Ray's own CLI, beside ``server``'s: ``serve run CONFIG`` with a ``serve deploy`` config
+    file (the config's ``import_path: inference.serve:app_builder`` and ``args``, built by Serve's controller, as
+    ``serve deploy`` has it built), and ``serve run inference.serve:app_builder storage=...`` (built by the CLI).
+    ``--non-blocking``: the command returns, the applications keep serving until deleted."""
+    from ray import serve
+
+    uri = trained_tiny_run.storage.uri
+    config = tmp_path_factory.mktemp("serve") / "deploy.yaml"
+    config.write_text(DEPLOY_CONFIG.format(uri=uri, port=server.rsplit(":", 1)[1]))
+    serve_cli("run", "--non-blocking", str(config), address=ray_address)
+    serve_cli(
+        "run",
+        "--non-blocking",
+        "--name=cli",
+        "--route-prefix=/cli",
+        "inference.serve:app_builder",
+        f"storage={uri}",
+        "cpus_per_replica=0.25",
+        address=ray_address,
+    )
+    for prefix in ("/built", "/cli"):
+        wait_answering(f"{server}{prefix}/healthz")
+    yield f"{server}/built"
+    serve.delete("built")
+    serve.delete("cli")
+
+
+def test_serve_run_of_the_import_path_serves_the_chosen_ensemble(trained_tiny_run, built, server):
+    x, _ = make_source(trained_tiny_run.source).read("test", 0, 1)
+    status, answer = request(f"{server}/cli/predict", encode(x[0]))
+    _, want = request(f"{server}/predict", encode(x[0]))  # the same run, its chosen weights
+    assert status == 200 and answer["class"] == want["class"]
+    np.testing.assert_allclose(answer["probabilities"], want["probabilities"], rtol=0, atol=1e-6)
 
 
 def test_the_app_builder_deploys_from_a_config_with_its_limits(trained_tiny_run, built):
