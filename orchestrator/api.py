@@ -130,7 +130,15 @@ def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> d
         result = train_ddp(cfg, storage, run.child(layout.BASELINE_DDP))
     else:
         train_cfg = dataclasses.replace(cfg.train, on_nonfinite="fail")  # no other branch to go on with
-        result = train_branches(storage, 1, cfg.model, train_cfg, cfg.resources, on_progress=on_progress).results[0]
+        events = BranchEvents(storage)  # <run>/baseline/branches/0/tensorboard: beside the branches' runs
+
+        def progress(snapshot: dict[int, dict]) -> None:
+            events.update(snapshot)
+            if on_progress is not None:
+                on_progress(snapshot)
+
+        result = train_branches(storage, 1, cfg.model, train_cfg, cfg.resources, on_progress=progress).results[0]
+        events.finish([0])
     if run.exists(layout.WEIGHTS):
         build_report(run)  # put the baseline beside the ensemble
     return result

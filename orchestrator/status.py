@@ -8,7 +8,9 @@ JSON-able dict, which ``--json`` prints as it is and ``status_tables`` renders:
     branches   per branch: pending / training / stopped / done / diverged, epoch e of E, loss, val acc,
                images/s, last update, node
     ensembles  every weight rule evaluated (val/test accuracy), and which is the chosen one
-    baselines  the full-resolution baseline (one actor) and the Ray Train DDP one, when trained
+    baseline   the full-resolution baseline (``baseline.engine: single``) as a branch is shown, once its split is
+               written: its state, epoch, loss, val acc while it trains (a row ``baseline`` of the branches table)
+    baselines  the full-resolution baseline (one process) and the Ray Train DDP one, when trained
     report     where report.md is, when written
 
 A branch with epochs written but no live lease is ``stopped`` (the driver died or was interrupted):
@@ -174,6 +176,14 @@ def baseline_status(storage: RunStorage) -> list[dict]:
     return rows
 
 
+def baseline_progress(storage: RunStorage, epochs: int | None, lease_live: bool) -> dict | None:
+    """The single-process baseline's branch status (``<run>/baseline`` has a branch's layout), once it is split."""
+    run = storage.child(layout.BASELINE)
+    if not run.exists(layout.MANIFEST):
+        return None
+    return branch_status(run, 0, epochs, lease_live)
+
+
 def run_status(storage: RunStorage, now: float | None = None) -> dict:
     """Everything ``spectral status`` shows, as one JSON-able dict (``--json`` prints it)."""
     now = time.time() if now is None else now
@@ -198,6 +208,7 @@ def run_status(storage: RunStorage, now: float | None = None) -> dict:
         "lease": lease,
         "split": split,
         "branches": [branch_status(storage, k, epochs, live) for k in range(K)],
+        "baseline": baseline_progress(storage, epochs, live),
         "ensembles": ensemble_status(storage),
         "baselines": baseline_status(storage),
         "report": storage.url(report) if storage.exists(report) else None,
@@ -243,9 +254,12 @@ def status_lines(status: dict) -> list[str]:
 
 def branches_table(status: dict) -> TextTable:
     now = status["time"]
+    shown = [(str(b["k"]), b) for b in status["branches"]]
+    if status["baseline"] is not None:
+        shown.append(("baseline", status["baseline"]))
     rows = [
         [
-            str(b["k"]),
+            name,
             b["state"],
             f"{b['epoch']}/{b['epochs'] or '?'}",
             _num(b["loss"], ".4f"),
@@ -254,7 +268,7 @@ def branches_table(status: dict) -> TextTable:
             _ago(b["last_update"], now),
             b["node"] or "-",
         ]
-        for b in status["branches"]
+        for name, b in shown
     ]
     return TextTable(
         ["branch", "state", "epoch", "loss", "val acc", "images/s", "last update", "node"],

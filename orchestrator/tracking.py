@@ -13,9 +13,10 @@ TensorBoard's tailing reader expects. The encoding (TFRecord framing with masked
 depending on TensorFlow or tensorboard; ``tests/test_tracking.py`` reads the files back with
 ``tensorboardX``'s own protobuf classes.
 
-``BranchEvents`` keeps the branches' files current while they train: ``api.train`` feeds it the progress
-board's snapshots and rewrites a branch's file when its epoch advances. MLflow, when configured
-(``tracking.mlflow_uri``), is fed the same way from the same records: ``orchestrator.tracking_mlflow``.
+``BranchEvents`` keeps the branches' files current while they train: ``api.train`` (and ``api.baseline``,
+whose run ``<run>/baseline`` has the same layout) feeds it the progress board's snapshots and rewrites a
+branch's file when its epoch advances. MLflow, when configured (``tracking.mlflow_uri``), is fed the same way
+from the same records: ``orchestrator.tracking_mlflow``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_split import RunStorage, load_manifest
+from data_split import RunStorage, layout, load_manifest
 from orchestrator.cli import main
 
 
@@ -133,6 +133,11 @@ def test_train_evaluate_and_baseline_commands(ray_session, config_file, tmp_path
     baseline = storage.read_json("baseline/branches/0/result.json")
     assert f"baseline fc4: test accuracy {baseline['test_acc']:.4f}" in out
     assert load_manifest(storage.child("baseline")).K == 1  # full resolution
+    # its TensorBoard run beside the branches' (`tensorboard --logdir <run>`), an event per epoch
+    assert storage.child("baseline").exists("branches/0/tensorboard/events.out.tfevents.0.spectral")
+    assert storage.child("baseline").read_bytes("branches/0/tensorboard/events.out.tfevents.0.spectral").count(
+        b"val_acc"
+    ) == len(layout.read_metrics(storage.child("baseline"), 0))
     report = storage.read_json("report/report.json")  # rebuilt with the baseline row
     assert report["baseline"]["test_acc"] == baseline["test_acc"]
     assert "fc4 (full resolution)" in out.split("baseline fc4:")[1]  # the report table printed after has the row

@@ -101,9 +101,32 @@ def test_status_of_a_partial_run(partial_run):
     assert by_k[2]["error"] == "non-finite loss" and by_k[3]["epoch"] == 0
     assert status["ensembles"] == [] and status["report"] is None
 
+    assert status["baseline"] is None  # not split yet
+
     later = run_status(storage, now=now + 120)  # no heartbeat for two minutes: the driver is gone
     assert not later["lease"]["live"]
     assert [b["state"] for b in later["branches"]] == ["done", "stopped", "diverged", "pending"]
+
+
+def test_status_shows_the_baseline_while_it_trains(partial_run, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    storage, now = partial_run
+    baseline = storage.child(layout.BASELINE)
+    baseline.write_json(layout.MANIFEST, {"version": 2, "branches": [], "split": {"r": 1, "c": 1, "K": 1}})
+    assert run_status(storage, now=now)["baseline"]["state"] == "pending"  # split, no epoch yet
+    baseline.append_line(layout.metrics(0), metrics_line(1, now - 2, val_acc=0.61))
+    status = run_status(storage, now=now)
+    assert {k: status["baseline"][k] for k in ("state", "epoch", "epochs", "val_acc")} == {
+        "state": "training",
+        "epoch": 1,
+        "epochs": 3,
+        "val_acc": 0.61,
+    }
+    assert status["baselines"] == []  # no result yet: not among the results
+    assert main(["status", "--storage", storage.uri]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "baseline" in line and "training" in line)
+    assert "1/3" in row and "0.6100" in row
+    assert run_status(storage, now=now + 120)["baseline"]["state"] == "stopped"  # the driver is gone
 
 
 def test_status_cli_prints_tables_on_stdout_and_json_for_scripts(partial_run, capsys, monkeypatch):
