@@ -84,6 +84,11 @@ def child(tree: Path, root: Path, rounds: int) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _commit(tree: Path) -> str | None:
+    proc = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
 def summary(runs: list[dict]) -> dict:
     later = [r for run in runs for r in run["rounds"][1:]]  # the first round of a Ray also starts its pool
     pids = [len({p for r in run["rounds"] for p in r["pids"]}) for run in runs]
@@ -93,6 +98,23 @@ def summary(runs: list[dict]) -> dict:
         "branch_processes_per_ray": pids,
         "branches_per_ray": len(runs[0]["rounds"]) * 4,
     }
+
+
+def markdown(res: dict) -> str:
+    rows = [
+        "| tree | first round: wall s, machine CPU s | later rounds (median): wall s, machine CPU s "
+        "| branch processes per Ray |",
+        "|:---|---:|---:|:---|",
+    ]
+    for tree, runs in res["runs"].items():
+        s = res["summary"][tree]
+        first = runs[0]["rounds"][0]
+        rows.append(
+            f"| `{tree}` at {res['commits'][tree] or '?'} | {first['wall_s']:.1f}, {first['machine_cpu_s']:.1f} "
+            f"| {s['later_round_wall_s_median']:.2f}, {s['later_round_machine_cpu_s_median']:.2f} "
+            f"| {', '.join(map(str, s['branch_processes_per_ray']))} for {s['branches_per_ray']} branches each |"
+        )
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,7 +137,14 @@ def main(argv: list[str] | None = None) -> None:
             runs[str(tree)].append({"repeat": i, "rounds": rounds})
             print(tree, json.dumps(rounds), flush=True)
     shutil.rmtree(ROOT, ignore_errors=True)
-    res = {"config": CONFIG, "rounds": args.rounds, "runs": runs, "summary": {t: summary(r) for t, r in runs.items()}}
+    commits = {str(t): _commit(t) for t in trees}
+    res = {
+        "config": CONFIG,
+        "rounds": args.rounds,
+        "commits": commits,
+        "runs": runs,
+        "summary": {t: summary(r) for t, r in runs.items()},
+    }
     for tree, s in res["summary"].items():
         print(
             f"{tree}: a later round {s['later_round_wall_s_median']:.1f} s wall, "
