@@ -31,6 +31,10 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("AWS_ENDPOINT_URL", None)
+# pytest-xdist workers start with COLUMNS=80 (and LINES) in their environment; rich reads them once, when the CLI's
+# consoles are created at import, and then ignores the COLUMNS a test sets: its tables and log lines wrapped at 80.
+for _k in ("COLUMNS", "LINES"):
+    os.environ.pop(_k, None)
 leaks.mark_session()  # before anything starts: every process of this session carries its id (tests/leaks.py)
 LEAKS = leaks.LeakCheck()
 # Where tests ask branches to pause or exit at a known point (tests/holds.py, branches/_faults.py); inherited by

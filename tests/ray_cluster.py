@@ -31,6 +31,10 @@ AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 START_ATTEMPTS = 3  # `ray start` tries, each with fresh ports, when one of its ports was taken meanwhile
 # What a component that lost its port says (Python's bind check, a raylet/GCS bind failure, gRPC)
 PORT_CLASH = re.compile(r"already (in use|occupied)|Address in use|[Ff]ailed to bind|EADDRINUSE")
+# Ray waits a fixed 30 s for a new raylet to register with its GCS (ray/_private/node.py); with both cores busy
+# (two pytest-xdist workers) a start can miss it. Not what any test is about: such a start is tried again.
+NODE_TIMEOUT = re.compile(r"node timed out during startup")
+RETRYABLE = re.compile(f"{PORT_CLASH.pattern}|{NODE_TIMEOUT.pattern}")
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +96,9 @@ def ray_start(
     """Run the `ray start` command ``build()`` returns as ``(cmd, ports)``; return ``ports``.
 
     ``free_port`` checks a port when it picks it; another process can still bind it before Ray does.
-    Then (the output or the node's logs say a port is in use) this stops what the attempt started and
-    tries again with a new ``build()``, at most ``attempts`` times; any other failure fails at once.
+    Then (the output or the node's logs say a port is in use), or when the raylet missed Ray's fixed 30 s
+    registration wait (``NODE_TIMEOUT``), this stops what the attempt started and tries again with a new
+    ``build()``, at most ``attempts`` times; any other failure fails at once.
     """
     env = {**env, OWNER_ENV: node_owner(temp_dir)}  # every process of the node carries it (kill_node, leaks)
     for attempt in range(1, attempts + 1):
@@ -103,12 +108,12 @@ def ray_start(
             return ports
         said = proc.stdout + proc.stderr + _node_logs(temp_dir)
         stop_ray_processes([temp_dir])
-        clash = PORT_CLASH.search(said)
+        clash = RETRYABLE.search(said)
         assert clash and attempt < attempts, (
             f"{' '.join(cmd)} failed (attempt {attempt} of {attempts})\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         )
         log.warning(
-            "ray start: a port was taken (%r); retrying with new ports (%d of %d)",
+            "ray start failed (%r); retrying with new ports (%d of %d)",
             clash.group(0),
             attempt + 1,
             attempts,
