@@ -156,108 +156,72 @@ def board_for_this_driver() -> tuple[Any, str]:
     return _BOARDS[job], name
 
 
-class BranchRun:
-    """Branch ``k`` in this process: ``train`` runs it (``branch_task`` below, in a Ray worker)."""
+def _train_one(
+    storage: RecordingStorage,
+    k: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    board: BoardReporter,
+    started: float | None,
+) -> dict:
+    """Branch ``k`` in this process: its result, with where it ran and what it exchanged (``placement.json``)."""
+    from branches import train_branch
 
-    def __init__(
-        self,
-        storage: RunStorage,
-        k: int,
-        model_cfg: ModelConfig,
-        train_cfg: TrainConfig,
-        board: BoardRef,
-        started: float | None = None,
-    ) -> None:
-        worker_logging(storage.credentials)
-        freeze_at_exit()
-        self.storage = RecordingStorage.like(storage)
-        self.k, self.model_cfg, self.train_cfg, self.started = k, model_cfg, train_cfg, started
-        self.board = board.reporter()
-        self.board.update(k, {"state": "starting", **self.placement()})
+    def on_epoch(metrics: dict) -> None:
+        board.update(k, {"state": "training", **metrics})
 
-    def placement(self) -> dict:
-        return process_placement()
-
-    def train(self) -> dict:
-        from branches import train_branch
-
-        def on_epoch(metrics: dict) -> None:
-            self.board.update(self.k, {"state": "training", **metrics})
-
-        self.board.update(self.k, {"state": "training"})
-        started_at = time.time()  # wall clock: comparable across the processes of one machine
-        result = train_branch(
-            self.storage, self.k, self.model_cfg, self.train_cfg, on_epoch=on_epoch, started=self.started
-        )
-        isolation = isolation_record(self.storage, self.k)
-        placement = {**self.placement(), "started_at": started_at, "finished_at": time.time()}
-        # Beside result.json, for checks from outside the job's driver (which alone gets the return value).
-        self.storage.write_json(layout.placement(self.k), {"placement": placement, "isolation": isolation})
-        self.board.update(self.k, {"state": "done", "val_acc": result.get("val_acc")})
-        return {**result, "placement": placement, "isolation": isolation}
+    board.update(k, {"state": "training"})
+    started_at = time.time()  # wall clock: comparable across the processes of one machine
+    result = train_branch(storage, k, model_cfg, train_cfg, on_epoch=on_epoch, started=started)
+    return _finished(storage, k, result, board, started_at)
 
 
-class PackRun(BranchRun):
-    """Branches ``ks`` (``resources.branches_per_process``) trained as one batched network in one process.
+def _train_pack(
+    storages: dict[int, RecordingStorage],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    board: BoardReporter,
+    started: float | None,
+) -> dict[int, dict]:
+    """Branches ``storages`` (``resources.branches_per_process``) as one batched network in this process: k -> result.
 
     Each branch keeps its own ``RecordingStorage``, so its isolation record counts only its own reads and writes;
     the progress board and ``placement.json`` are per branch too.
     """
+    from branches.train_pack import train_pack
 
-    def __init__(
-        self,
-        storage: RunStorage,
-        ks: list[int],
-        model_cfg: ModelConfig,
-        train_cfg: TrainConfig,
-        board: BoardRef,
-        started: float | None = None,
-    ) -> None:
-        worker_logging(storage.credentials)
-        freeze_at_exit()
-        self.storages = {k: RecordingStorage.like(storage) for k in ks}
-        self.ks, self.k, self.model_cfg, self.train_cfg, self.started = list(ks), ks[0], model_cfg, train_cfg, started
-        self.board = board.reporter()
-        for k in ks:
-            self.board.update(k, {"state": "starting", **self.placement()})
+    ks = list(storages)
 
-    def train(self) -> dict[int, dict]:
-        from branches.train_pack import train_pack
+    def on_epoch(metrics: dict) -> None:
+        board.update(metrics["k"], {"state": "training", **metrics})
 
-        if len(self.ks) == 1:  # a pack of one (beside bigger ones) is a plain branch: every control, any data mode
-            self.storage = self.storages[self.k]
-            return {self.k: super().train()}
+    for k in ks:
+        board.update(k, {"state": "training"})
+    started_at = time.time()
+    results = train_pack(list(storages.values()), ks, model_cfg, train_cfg, on_epoch=on_epoch, started=started)
+    return {
+        k: result if result.get("diverged") else _finished(storages[k], k, result, board, started_at, packed_with=ks)
+        for k, result in results.items()
+    }
 
-        def on_epoch(metrics: dict) -> None:
-            self.board.update(metrics["k"], {"state": "training", **metrics})
 
-        for k in self.ks:
-            self.board.update(k, {"state": "training"})
-        started_at = time.time()
-        results = train_pack(
-            [self.storages[k] for k in self.ks],
-            self.ks,
-            self.model_cfg,
-            self.train_cfg,
-            on_epoch=on_epoch,
-            started=self.started,
-        )
-        out = {}
-        for k, result in results.items():
-            if result.get("diverged"):
-                out[k] = result
-                continue
-            isolation = isolation_record(self.storages[k], k)
-            placement = {
-                **self.placement(),
-                "started_at": started_at,
-                "finished_at": time.time(),
-                "packed_with": self.ks,
-            }
-            self.storages[k].write_json(layout.placement(k), {"placement": placement, "isolation": isolation})
-            self.board.update(k, {"state": "done", "val_acc": result.get("val_acc")})
-            out[k] = {**result, "placement": placement, "isolation": isolation}
-        return out
+def _finished(
+    storage: RecordingStorage,
+    k: int,
+    result: dict,
+    board: BoardReporter,
+    started_at: float,
+    packed_with: list[int] | None = None,
+) -> dict:
+    """Branch ``k``'s result with its placement and isolation records, written beside ``result.json`` for checks
+    from outside the job's driver (which alone gets the return value)."""
+    isolation = isolation_record(storage, k)
+    placement = {**process_placement(), "started_at": started_at, "finished_at": time.time()}
+    if packed_with is not None:
+        placement["packed_with"] = packed_with
+    storage.write_json(layout.placement(k), {"placement": placement, "isolation": isolation})
+    board.update(k, {"state": "done", "val_acc": result.get("val_acc")})
+    return {**result, "placement": placement, "isolation": isolation}
 
 
 def branch_task(
@@ -269,7 +233,17 @@ def branch_task(
     started: float | None = None,
 ) -> dict:
     """Branch ``k`` (an int: its result) or the pack ``ks`` (a list: k -> result); the launcher makes it a Ray task
-    with the branch's resources (``ray.remote(...)(branch_task)``)."""
+    with the branch's resources (``ray.remote(...)(branch_task)``). A pack of one (beside bigger ones) trains as a
+    plain branch: every control, any data mode."""
+    worker_logging(storage.credentials)
+    freeze_at_exit()
+    ks = [branches] if isinstance(branches, int) else list(branches)
+    reporter = board.reporter()
+    for k in ks:
+        reporter.update(k, {"state": "starting", **process_placement()})
     if isinstance(branches, int):
-        return BranchRun(storage, branches, model_cfg, train_cfg, board, started).train()
-    return PackRun(storage, branches, model_cfg, train_cfg, board, started).train()
+        return _train_one(RecordingStorage.like(storage), branches, model_cfg, train_cfg, reporter, started)
+    if len(ks) == 1:
+        return {ks[0]: _train_one(RecordingStorage.like(storage), ks[0], model_cfg, train_cfg, reporter, started)}
+    storages = {k: RecordingStorage.like(storage) for k in ks}
+    return _train_pack(storages, model_cfg, train_cfg, reporter, started)
