@@ -49,6 +49,17 @@ def split(cfg: SpectralConfig, *, overwrite: bool = False, on_progress: CountFn 
     return result
 
 
+def _progress_to(*sinks: ProgressFn | None) -> ProgressFn:
+    """One progress callback handing each snapshot of the branches to every sink given (None: none there)."""
+    live = [sink for sink in sinks if sink is not None]
+
+    def progress(snapshot: dict[int, dict]) -> None:
+        for sink in live:
+            sink(snapshot)
+
+    return progress
+
+
 @cluster_side
 def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> TrainingOutcome:
     """Train every unfinished branch as an isolated Ray task (the split must exist)."""
@@ -58,13 +69,7 @@ def train(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> Trai
     keep_config(cfg, storage)  # the training keys this run trains with now (more epochs on a resume)
     events = BranchEvents(storage)  # TensorBoard files, current after every epoch (orchestrator.tracking)
     with tracking_mlflow.job(cfg, storage, k) as mlflow_runs:  # tracking.mlflow_uri set: a child run per branch
-
-        def progress(snapshot: dict[int, dict]) -> None:
-            events.update(snapshot)
-            mlflow_runs.update(snapshot)
-            if on_progress is not None:
-                on_progress(snapshot)
-
+        progress = _progress_to(events.update, mlflow_runs.update, on_progress)
         outcome = train_branches(storage, k, cfg.model, cfg.train, cfg.resources, on_progress=progress)
         events.finish(range(k))
         mlflow_runs.log_branches(range(k))
@@ -131,12 +136,7 @@ def baseline(cfg: SpectralConfig, *, on_progress: ProgressFn | None = None) -> d
     else:
         train_cfg = dataclasses.replace(cfg.train, on_nonfinite="fail")  # no other branch to go on with
         events = BranchEvents(storage)  # <run>/baseline/branches/0/tensorboard: beside the branches' runs
-
-        def progress(snapshot: dict[int, dict]) -> None:
-            events.update(snapshot)
-            if on_progress is not None:
-                on_progress(snapshot)
-
+        progress = _progress_to(events.update, on_progress)
         result = train_branches(storage, 1, cfg.model, train_cfg, cfg.resources, on_progress=progress).results[0]
         events.finish([0])
     if run.exists(layout.WEIGHTS):

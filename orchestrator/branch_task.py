@@ -241,9 +241,8 @@ def branch_task(
     reporter = board.reporter()
     for k in ks:
         reporter.update(k, {"state": "starting", **process_placement()})
-    if isinstance(branches, int):
-        return _train_one(RecordingStorage.like(storage), branches, model_cfg, train_cfg, reporter, started)
-    if len(ks) == 1:
-        return {ks[0]: _train_one(RecordingStorage.like(storage), ks[0], model_cfg, train_cfg, reporter, started)}
-    storages = {k: RecordingStorage.like(storage) for k in ks}
-    return _train_pack(storages, model_cfg, train_cfg, reporter, started)
+    if len(ks) > 1:
+        storages = {k: RecordingStorage.like(storage) for k in ks}
+        return _train_pack(storages, model_cfg, train_cfg, reporter, started)
+    result = _train_one(RecordingStorage.like(storage), ks[0], model_cfg, train_cfg, reporter, started)
+    return result if isinstance(branches, int) else {ks[0]: result}
