@@ -36,6 +36,7 @@ from orchestrator._ddp_parts import (  # noqa: F401  (the engine's pure pieces, 
     worker_rows,
 )
 from orchestrator.group_worker import GroupJob, worker_loop
+from orchestrator.tracking import BranchEvents
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def train_ddp(cfg, data: RunStorage, out: RunStorage) -> dict:
         "config": stored,
     }
     out.write_json(RESULT_FILE, record)
+    BranchEvents(out).finish([0])  # <run>/baseline-ddp/branches/0/tensorboard, from rank 0's metrics.jsonl
     log.info(
         "ddp baseline: test acc %.4f, %d steps, %.1f MB all-reduced per worker, %.1f s",
         record["test_acc"],

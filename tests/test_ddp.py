@@ -9,6 +9,7 @@ from conftest import tiny_config
 from data_split import RunStorage, layout, load_manifest
 from orchestrator import api
 from orchestrator.ddp import AllReduceMeter, global_batches, train_ddp, union_seconds, worker_rows
+from test_tracking import read_events, scalars
 
 
 def test_workers_split_the_single_baselines_batches_like_distributed_sampler():
@@ -116,6 +117,10 @@ def test_ddp_baseline_on_s3_checkpoints_through_ray_train_and_measures_its_traff
     assert [c["epoch"] for c in curve] == [1, 2] and 0 < curve[0]["elapsed_s"] < curve[1]["elapsed_s"] <= result[
         "seconds"
     ]
+    # TensorBoard: the epochs rank 0 wrote to metrics.jsonl, beside the branches' runs (baseline-ddp/branches/0)
+    events = scalars(read_events(out.read_bytes(layout.branch_events(0))))
+    assert [step for step, _ in events["val_acc"]] == [1, 2]
+    assert [v for _, v in events["val_acc"]] == pytest.approx([h["val_acc"] for h in result["epochs_history"]])
     # checkpoints went through Ray Train to the run's storage
     assert any(name.startswith("checkpoint") for name in out.ls("ray_train"))
     # a finished result is not trained again
