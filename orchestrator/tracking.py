@@ -16,8 +16,8 @@ depending on TensorFlow or tensorboard; ``tests/test_tracking.py`` reads the fil
 ``BranchEvents`` keeps the branches' files current while they train: ``api.train`` (and ``api.baseline``,
 whose run ``<run>/baseline`` has the same layout) feeds it the progress board's snapshots and rewrites a
 branch's file when its epoch advances; the DDP baseline (``orchestrator.ddp.train_ddp``) writes
-``<run>/baseline-ddp/branches/0/tensorboard`` once its group is done. MLflow, when configured (``tracking.mlflow_uri``), is fed the same way
-from the same records: ``orchestrator.tracking_mlflow``.
+``<run>/baseline-ddp/branches/0/tensorboard`` once its group is done. MLflow, when configured
+(``tracking.mlflow_uri``), is fed the same way from the same records: ``orchestrator.tracking_mlflow``.
 """
 
 from __future__ import annotations

@@ -243,3 +243,37 @@ def test_python_api_runs_on_the_cluster_through_a_ray_client_address(two_node_cl
     assert failed["type"] == "BranchFailedError" and list(failed["failures"]) == ["1"], failed
     assert "FileNotFoundError" in failed["failures"]["1"] or failed["shard"] in failed["failures"]["1"], failed
     assert len(RunStorage(str(run_dir)).read_json("report/report.json")["branches"]) == K
+
+
+def test_serve_deploy_of_a_config_file_serves_the_ensemble_from_the_cluster(two_node_cluster, trained_tiny_run):
+    """``serve deploy CONFIG``, the production path: the config (``import_path: inference.serve:app_builder``)
+    goes to the head's dashboard (Serve's REST API), whose controller builds and runs the app; ``serve status``
+    reports it and ``serve shutdown`` takes it down. (``serve run`` of the same config and of the import path:
+    tests/test_serve.py, on the session's Ray, which has no dashboard.)"""
+    import torch
+
+    from conftest import free_port
+    from data_split import make_source
+    from inference import load_ensemble
+    from test_serve import DEPLOY_CONFIG, encode, request, serve_cli, wait_answering
+
+    port, dashboard = free_port(), two_node_cluster.dashboard
+    config = Path(trained_tiny_run.storage.uri).parent / "deploy.yaml"
+    proxy = "proxy_location: HeadOnly\n"  # one HTTP proxy, not one per node: the test asks the head's
+    config.write_text(proxy + DEPLOY_CONFIG.format(uri=trained_tiny_run.storage.uri, port=port))
+    serve_cli("deploy", str(config), "--address", dashboard, address=two_node_cluster.address)
+    try:
+        wait_answering(f"http://127.0.0.1:{port}/built/healthz")
+        x, _ = make_source(trained_tiny_run.source).read("test", 0, 1)
+        model = load_ensemble(RunStorage.from_config(trained_tiny_run.storage), "uniform")  # the config's weights
+        with torch.no_grad():
+            want = torch.softmax(model(torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255))), 1).numpy()
+        status, answer = request(f"http://127.0.0.1:{port}/built/predict", encode(x[0]))
+        assert status == 200 and answer["class"] == int(want[0].argmax())
+        np.testing.assert_allclose(answer["probabilities"], want[0], rtol=0, atol=1e-5)
+        shown = subprocess.run(
+            [str(BIN / "serve"), "status", "--address", dashboard], capture_output=True, text=True, timeout=120
+        )
+        assert yaml.safe_load(shown.stdout)["applications"]["built"]["status"] == "RUNNING", shown.stdout
+    finally:
+        serve_cli("shutdown", "--yes", "--address", dashboard, address=two_node_cluster.address)
