@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         "cnn8_width": args.cnn8_width,
         "ray_cpus": RAY_CPUS,
         "threads_per_process": 1,
-        "note": "the machine was shared with other helpers' work while this ran (load average in the record): "
-        "absolute times are inflated, ratios were measured side by side in one run",
+        "note": "ratios were measured side by side in one run; the load average before and after is in the record",
         "runs": runs,
     }
     doc = record(begun, res, args.out)

@@ -127,3 +127,51 @@ class InMemorySplit:
         """Normalised inputs in row order, ``EVAL_BATCH_SIZE`` at a time (one empty batch for an empty split)."""
         for stored in self.stored.split(EVAL_BATCH_SIZE):
             yield self.decode(stored)
+
+
+class PackedTrainRows:
+    """The training rows of a pack's members stacked ``(P, N, C, h, w)`` on the device: each step's P batches in
+    one gather and one decode, instead of P of each (per step, the cost of a small pack's many members).
+
+    Every member keeps its own batch order (``batch_indices`` of its ``epoch_generator(seed, k, epoch)``), codec
+    and normalisation, applied with the same operations in the same order as ``Decoder``, so a member's batch is
+    bitwise the one its ``InMemorySplit.train_batches`` yields. Members need equal row counts (a pack's do) and
+    no ``train.augment`` (its draws are per member: such a pack takes each member's own ``train_batches``).
+    ``drop(positions)``: members leave, also in the middle of an epoch; the others' batches go on unchanged.
+    """
+
+    def __init__(self, splits: list[InMemorySplit], ks: list[int]) -> None:
+        if len({len(s) for s in splits}) != 1:
+            raise ValueError(f"packed rows need equal row counts, got {[len(s) for s in splits]}")
+        self.ks, self.n = list(ks), len(splits[0])
+        self.stored = torch.stack([s.stored for s in splits])  # (P, N, C, h, w)
+        for i, s in enumerate(splits):
+            s.stored = self.stored[i]  # a view: the rows are held once
+        self.y = torch.stack([s.y for s in splits])  # (P, N)
+        decoders = [s.decode for s in splits]
+        self.dtype = decoders[0].dtype
+
+        def stack(values: list[torch.Tensor | None]) -> torch.Tensor | None:  # per member (C,...) -> (P, 1, C, 1, 1)
+            return None if values[0] is None else torch.stack([v.reshape(-1, 1, 1) for v in values]).unsqueeze(1)
+
+        self.offset, self.scale = stack([d.offset for d in decoders]), stack([d.scale for d in decoders])
+        self.mean, self.std = stack([d.mean for d in decoders]), stack([d.std for d in decoders])
+        self.active = list(range(len(splits)))  # positions in the stacked tensors of the members still training
+
+    def drop(self, positions: list[int]) -> None:
+        """The members at ``positions`` (of the active ones, as the pack numbers them) leave."""
+        self.active = [p for i, p in enumerate(self.active) if i not in positions]
+
+    def epoch(self, seed: int, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each step's ``x (P, B, C, h, w)`` float32 normalised and ``y (P, B)`` of the active members."""
+        orders = [batch_indices(self.n, batch_size, epoch_generator(seed, k, epoch)) for k in self.ks]
+        dev = self.stored.device
+        for step in range(len(orders[0])):
+            members = torch.tensor(self.active, device=dev)
+            rows = torch.stack([orders[p][step] for p in self.active]).to(dev)  # (P, B)
+            stored = self.stored[members[:, None], rows]  # (P, B, C, h, w)
+            if self.dtype == "uint8":  # data_split.quantize.dequantize's operations, per member's codec
+                values = self.offset[members] + self.scale[members] * stored.to(torch.float32)
+            else:
+                values = stored.to(torch.float32)
+            yield (values - self.mean[members]) / self.std[members], self.y[members[:, None], rows]

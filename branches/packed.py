@@ -1,12 +1,17 @@
 """P branches with disjoint parameters as one network: one forward, one backward, one optimizer step.
 
 ``PackedNetwork(models)`` stacks the parameters and buffers of P copies of one architecture
-(``torch.func.stack_module_state``: every tensor gains a leading ``(P, ...)`` axis) and evaluates
-them with ``vmap(functional_call)``: input ``(P, N, C, h, w)``, logits ``(P, N, classes)``. The
-batching rules turn a Conv2d into one grouped convolution, a Linear into one batched matmul and a
-BatchNorm into one normalisation over ``P x C`` channels, each of which is exactly P independent ones,
-so the math is that of P separate branches (chosen over hand-written grouped layers after measuring
-both: ``scripts/packing_probe.py``, numbers in docs/how-it-works.md).
+(``torch.func.stack_module_state``: every tensor gains a leading ``(P, ...)`` axis) and runs the
+architecture once on the *channel-merged* layout ``(N, P*C, h, w)``, member p's channels at
+``p*C .. p*C+C-1``: a Conv2d is one convolution with ``P`` times its groups, a BatchNorm one
+normalisation over ``P x C`` channels, a Linear one batched matmul over the members, and every other
+known leaf (ReLU, pools, Flatten, Dropout) already acts channel by channel; each is exactly P
+independent ones, so the math is that of P separate branches. Input ``(P, N, C, h, w)``, logits
+``(P, N, classes)``. A model whose own forward mixes channels (a concatenation, a channel shuffle)
+would mix members: given ``in_shape``, the pack checks its forward against each member's own and
+refuses one that differs. (``torch.func.vmap`` of ``functional_call`` computes the same for any
+forward, but its per-operation overhead made training steps 1.10-1.33x slower on one CPU thread, fc8 and
+cnn8 at sub4 and sub16: ``scripts/packing_probe.py``, numbers in docs/how-it-works.md.)
 
 Disjoint parameters and a summed loss mean no gradient crosses branches, and Adam, AdamW and SGD with
 momentum are elementwise, so one step of an optimizer over the stacked tensors is P separate steps
@@ -26,7 +31,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state
 
 from data_split.errors import SpectralError
 
@@ -73,9 +78,9 @@ def check_packable(model: nn.Module, name: str = "model") -> None:
 
 
 class PackedNetwork(nn.Module):
-    """P copies of one architecture with disjoint parameters, evaluated in one vmapped pass."""
+    """P copies of one architecture with disjoint parameters, evaluated in one pass on the channel-merged layout."""
 
-    def __init__(self, models: Sequence[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module], in_shape: Sequence[int] | None = None) -> None:
         super().__init__()
         if not models:
             raise PackError("a pack needs at least one model")
@@ -88,18 +93,49 @@ class PackedNetwork(nn.Module):
         params, buffers = stack_module_state(list(models))  # name -> (P, ...) leaves
         self._param_names = list(params)  # in models[0].named_parameters() order: the optimizer's order
         self._buffer_names = list(buffers)
+        self._param_index = {n: i for i, n in enumerate(self._param_names)}
+        self._buffer_index = {n: i for i, n in enumerate(self._buffer_names)}
         for i, n in enumerate(self._param_names):
             self.register_parameter(f"p{i}", nn.Parameter(params[n].detach().clone()))
         for i, n in enumerate(self._buffer_names):
             self.register_buffer(f"b{i}", buffers[n].clone())
         base = copy.deepcopy(models[0]).to("meta")  # the architecture only; never trained, not a submodule
         object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_merged", _merged_tree(self))  # reads the stacked tensors; holds none
+        if in_shape is not None:
+            self._check_forward(models, tuple(in_shape))
 
     # -- forward --------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> PackedNetwork:
         super().train(mode)
         self._base.train(mode)
+        self._merged.train(mode)
         return self
+
+    def _stacked(self, name: str) -> torch.Tensor:
+        """The ``(P, ...)`` tensor of the architecture's parameter or buffer ``name`` (``"1.weight"``)."""
+        if name in self._param_index:
+            return getattr(self, f"p{self._param_index[name]}")
+        return getattr(self, f"b{self._buffer_index[name]}")
+
+    def _check_forward(self, models: Sequence[nn.Module], in_shape: tuple[int, ...]) -> None:
+        """Refuse a model whose forward mixes channels (so members): the pack's eval logits must be the members'."""
+        dtype = next(models[0].parameters()).dtype
+        x = torch.randn(self.size, 2, *in_shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        modes = [m.training for m in models]
+        try:
+            with torch.no_grad():
+                want = torch.stack([m.eval()(x[p]) for p, m in enumerate(models)])
+                got = self.eval()(x)
+        finally:
+            for m, mode in zip(models, modes):
+                m.train(mode)
+            self.train(modes[0])
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+            raise PackError(
+                f"{type(models[0]).__name__}: its forward mixes channels (a concatenation or a reshape across them), "
+                "so packed members would mix; set resources.branches_per_process: 1"
+            )
 
     def _tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         params = {n: getattr(self, f"p{i}") for i, n in enumerate(self._param_names)}
@@ -110,13 +146,10 @@ class PackedNetwork(nn.Module):
         """x (P, N, C, h, w) -> logits (P, N, classes); branch p sees only x[p] and its own parameters."""
         if x.shape[0] != self.size:
             raise ValueError(f"a pack of {self.size} takes inputs (P={self.size}, N, ...), got {tuple(x.shape)}")
-        params, buffers = self._tensors()
-
-        def one(p: dict, b: dict, xb: torch.Tensor) -> torch.Tensor:
-            return functional_call(self._base, (p, b), (xb,))
-
-        # BatchNorm's in-place running-stat updates land in the stacked buffers (they are batched too)
-        return vmap(one, randomness="different")(params, buffers, x)
+        size, n = x.shape[:2]
+        merged = x.transpose(0, 1).reshape(n, size * x.shape[2], *x.shape[3:])  # (N, P*C, h, w)
+        z = self._merged(merged)  # (N, P*classes): member p's logits at p*classes .. (p+1)*classes-1
+        return z.reshape(n, size, -1).transpose(0, 1)
 
     # -- one branch's state ------------------------------------------------------------------------------------
     def branch_state(self, p: int) -> dict[str, torch.Tensor]:
@@ -137,6 +170,91 @@ class PackedNetwork(nn.Module):
     def param_count(self) -> int:
         """Trainable parameters of one member."""
         return sum(p[0].numel() for p in self.parameters())
+
+
+# -- the architecture on the channel-merged layout (N, P*C, ...): leaves that read the pack's stacked tensors --
+class _OnMerged(nn.Module):
+    """A Linear, Conv2d or BatchNorm of the pack on the merged layout. It owns no tensor: it reads the pack's
+    ``(P, ...)`` ones by name at each call (``.to()`` replaces buffers, so no reference is kept)."""
+
+    def __init__(self, pack: PackedNetwork, path: str, like: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_pack", pack)  # not a submodule: the pack holds this tree, not the other way
+        self.path, self.size = path, pack.size
+        object.__setattr__(self, "_like", like)  # the meta module: its hyper-parameters
+
+    def t(self, attr: str) -> torch.Tensor | None:
+        name = f"{self.path}.{attr}" if self.path else attr
+        known = name in self._pack._param_index or name in self._pack._buffer_index
+        return self._pack._stacked(name) if known else None
+
+
+class _MergedLinear(_OnMerged):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., P*I) -> (..., P*O): one batched matmul
+        w, b = self.t("weight"), self.t("bias")  # (P, O, I), (P, O)
+        lead = x.shape[:-1]
+        h = x.reshape(-1, self.size, w.shape[2]).transpose(0, 1)  # (P, M, I)
+        wt = w.transpose(1, 2)
+        y = torch.bmm(h, wt) if b is None else torch.baddbmm(b[:, None, :], h, wt)  # (P, M, O)
+        return y.transpose(0, 1).reshape(*lead, self.size * w.shape[1])
+
+
+class _MergedConv2d(_OnMerged):
+    def __init__(self, pack: PackedNetwork, path: str, like: nn.Conv2d) -> None:
+        if like.padding_mode != "zeros":
+            raise PackError(f"Conv2d {path} with padding_mode {like.padding_mode!r} does not pack")
+        super().__init__(pack, path, like)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, P*C, h, w) -> (N, P*O, h', w'): one grouped conv
+        m, w, b = self._like, self.t("weight"), self.t("bias")  # (P, O, C/g, kh, kw), (P, O)
+        return F.conv2d(
+            x,
+            w.reshape(-1, *w.shape[2:]),
+            None if b is None else b.reshape(-1),
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups * self.size,
+        )
+
+
+class _MergedBatchNorm(_OnMerged):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, P*C, ...): P x C channels, each normalised alone
+        m, w, b = self._like, self.t("weight"), self.t("bias")
+        if self.training:
+            self.t("num_batches_tracked").add_(1)  # as each member's own BatchNorm counts (momentum is not None)
+        return F.batch_norm(
+            x,
+            self.t("running_mean").view(-1),  # views of the contiguous (P, C) buffers: updated in place
+            self.t("running_var").view(-1),
+            None if w is None else w.reshape(-1),
+            None if b is None else b.reshape(-1),
+            self.training,
+            m.momentum,
+            m.eps,
+        )
+
+
+def _merged_tree(pack: PackedNetwork) -> nn.Module:
+    """The pack's architecture with its Linear, Conv2d and BatchNorm leaves on the merged layout; the other
+    known leaves (``PACKABLE``) act channel by channel and stay as they are."""
+    net = copy.deepcopy(pack._base)
+    for path, m in list(net.named_modules()):
+        if list(m.children()):
+            continue
+        if isinstance(m, nn.Linear):
+            new = _MergedLinear(pack, path, m)
+        elif isinstance(m, nn.Conv2d):
+            new = _MergedConv2d(pack, path, m)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            new = _MergedBatchNorm(pack, path, m)
+        elif isinstance(m, nn.Flatten) and m.start_dim != 1:
+            raise PackError(f"Flatten {path} with start_dim {m.start_dim} does not pack (1 does)")
+        else:
+            continue
+        parent, _, name = path.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, name, new)
+    return net
 
 
 SHARED_OPTIMIZER_STATE = ("step",)  # per-parameter optimizer state that is a counter, equal for every member

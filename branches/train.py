@@ -59,12 +59,14 @@ log = logging.getLogger(__name__)
 
 # -- pure pieces -----------------------------------------------------------------------------------------
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # foreach: one multi-tensor kernel per update instead of a Python loop over the parameters, which PyTorch
+    # picks only on CUDA by default (a pack's small steps spent 20% of their time in that loop on CPU)
     params, wd = model.parameters(), cfg.weight_decay
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd, foreach=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd, foreach=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd, foreach=True)
 
 
 # -- the steps ---------------------------------------------------------------------------------------------

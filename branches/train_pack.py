@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from branches import _faults
 from branches import checkpoint as ckpt_io
 from branches.config import ModelConfig, TrainConfig
 from branches.controls import check_pack_controls, per_step_lr, set_step_lr, steps_per_epoch
-from branches.data import Augmenter, choose_mode
+from branches.data import Augmenter, PackedTrainRows, choose_mode
 from branches.finished import check_same_run, finished_result
 from branches.models import build_model
 from branches.packed import PackedNetwork, split_optimizer_state, stack_optimizer_states
@@ -144,7 +144,8 @@ class _Pack:
         for m in members:
             torch.manual_seed(self.cfg.seed + m.k)  # the unpacked branch's initialisation
             models.append(build_model(job.model_cfg, job.in_shape, job.classes))
-        self.net = PackedNetwork(models).to(self.dev)
+        self.net = PackedNetwork(models, job.in_shape).to(self.dev)  # in_shape: its forward is checked
+        self.rows: PackedTrainRows | None = None  # the members' training rows, stacked (without train.augment)
         if states is not None:
             self.net.load_branch_states(states)
         self.opt = make_optimizer(self.net, self.cfg)
@@ -164,6 +165,8 @@ class _Pack:
         """Record members ``errors`` (by index) as diverged (or raise under ``fail``); go on without them."""
         for i, err in sorted(errors.items()):
             results[self.members[i].k] = _diverge(self.members[i], err)
+        if self.rows is not None:
+            self.rows.drop(sorted(errors))
         keep = [i for i in range(len(self.members)) if i not in errors]
         if keep:
             opt_state = self.opt.state_dict()
@@ -216,6 +219,8 @@ def _train(members: list[_Member], packed_with: list[int], on_epoch) -> dict[int
             f"branches {sorted(rows)} have training rows {rows}: a pack needs equal, non-zero counts "
             "(the launcher packs only such branches)"
         )
+    if not cfg.augment:  # augmentation draws per member: then each member's own batches, stacked per step
+        pk.rows = PackedTrainRows([m.train for m in members], pk.ks)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
 
     spe = steps_per_epoch(next(iter(rows.values())), cfg.batch_size, 1)
@@ -307,18 +312,10 @@ def _diverge(m: _Member, error: NonFiniteError) -> dict:
 def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict, spe: int) -> list[float]:
     """One epoch of the pack (members may leave it); the mean training loss of each member left."""
     cfg, dev, amp = pk.cfg, pk.dev, pk.members[0].job.amp
-    streams = [m.train.train_batches(cfg.seed, m.k, epoch, cfg.batch_size) for m in pk.members]
     totals = [0.0] * len(pk.members)
     n = 0
     pk.net.train()
-    step = 0
-    while True:  # not zip(*streams): a member that leaves the pack takes its stream with it
-        batches = [next(s, None) for s in streams]
-        if any(b is None for b in batches):  # equal row counts: every stream ends at the same step
-            break
-        step += 1
-        x = torch.stack([b[0] for b in batches])  # (P, B, C, h, w)
-        y = torch.stack([b[1] for b in batches])  # (P, B)
+    for step, (x, y) in enumerate(_step_batches(pk, epoch), 1):  # x (P, B, C, h, w), y (P, B)
         # the step may be redone without a diverged member: keep the BatchNorm statistics it is about to update
         saved = [b.detach().clone() for b in pk.net.buffers()] if cfg.on_nonfinite == "skip_branch" else None
         while True:
@@ -351,7 +348,6 @@ def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict, 
             keep = [i for i in range(len(values)) if i not in bad]  # the step again, without them
             x, y, totals = x[keep], y[keep], [totals[i] for i in keep]
             saved = [b.detach().clone() for b in pk.net.buffers()] if saved is not None else None
-            streams = [streams[i] for i in keep]
         pk.opt.zero_grad(set_to_none=True)
         per.sum().backward()  # disjoint parameters: member p's gradient is that of its own loss
         if per_step_lr(cfg):
@@ -361,6 +357,20 @@ def _epoch(pk: _Pack, loss_fn: nn.Module, epoch: int, lr: float, results: dict, 
             totals[i] += v * y.shape[1]
         n += y.shape[1]
     return [t / max(n, 1) for t in totals]
+
+
+def _step_batches(pk: _Pack, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each step's stacked ``(x, y)`` of the members still training (read at every step: members may leave)."""
+    cfg = pk.cfg
+    if pk.rows is not None:
+        yield from pk.rows.epoch(cfg.seed, epoch, cfg.batch_size)
+        return
+    streams = {m.k: m.train.train_batches(cfg.seed, m.k, epoch, cfg.batch_size) for m in pk.members}
+    while True:
+        batches = [next(streams[m.k], None) for m in pk.members]
+        if any(b is None for b in batches):  # equal row counts: every stream ends at the same step
+            return
+        yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
 
 def _val_logits(pk: _Pack, epoch: int, lr: float, results: dict) -> list[torch.Tensor]:

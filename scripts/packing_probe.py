@@ -1,68 +1,33 @@
-"""Which packed form trains faster: torch.func (vmap) or hand-written grouped layers? (issue 20, step 1)
+"""Which packed form trains faster: torch.func's vmap or the grouped layers of ``branches.packed``? (issue 20)
 
-One training step (forward, backward, Adam) of P branches, batch 128 each, 1 torch thread, on this CPU:
-``loop`` (P unpacked models one after another, what one process without packing does), ``vmap``
-(``branches.packed.PackedNetwork``) and ``grouped`` (Conv2d groups=P on the channel-concatenated input,
-BatchNorm over P*C channels, block-diagonal Linear as a batched einsum; this file, fc8/cnn8 only).
+One training step (forward, backward, Adam with ``foreach``) of P branches, batch 128 each, 1 torch thread, on
+this CPU: ``loop`` (P unpacked models one after another, what one process without packing does), ``vmap``
+(``vmap(functional_call)`` over the stacked tensors, which computes the same for any forward; the pack's
+form until it was measured here) and ``grouped`` (``branches.packed.PackedNetwork``: the architecture once on
+the channel-merged layout, Conv2d with P times its groups, BatchNorm over P x C channels, Linear as one
+batched matmul). Steps alternate between the forms, ``--repeats`` times, and each form's median is printed.
 
-    PYTHONPATH=. .venv/bin/python scripts/packing_probe.py [--steps 10]
+    PYTHONPATH=. .venv/bin/python scripts/packing_probe.py [--steps 20] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+import statistics
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
 
 from branches import ModelConfig, build_model
 from branches.packed import PackedNetwork
 
 BATCH = 128
 SHAPES = {4: (1, 14, 14), 16: (1, 7, 7)}  # Fashion-MNIST sub4 / sub16 branch input, P = K
-
-
-class PackedLinear(nn.Module):
-    """P block-diagonal Linear layers on (N, P*F_in) -> (N, P*F_out)."""
-
-    def __init__(self, ms: list[nn.Linear]) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in ms]))  # (P, out, in)
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in ms]))  # (P, out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p, o, i = self.weight.shape
-        y = torch.baddbmm(self.bias[:, None, :], x.view(len(x), p, i).transpose(0, 1), self.weight.transpose(1, 2))
-        return y.transpose(0, 1).reshape(len(x), p * o)  # (N, P*out)
-
-
-def grouped(models: list[nn.Sequential]) -> nn.Sequential:
-    """The grouped-layer pack of P Sequential fc8/cnn8 models (input (N, P*C, h, w), output (N, P*classes))."""
-    out = []
-    for layers in zip(*models):
-        m = layers[0]
-        if isinstance(m, nn.Linear):
-            out.append(PackedLinear(list(layers)))
-        elif isinstance(m, nn.Conv2d):
-            c = nn.Conv2d(
-                m.in_channels * len(layers),
-                m.out_channels * len(layers),
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                groups=len(layers),
-                bias=False,
-            )
-            c.weight.data.copy_(torch.cat([q.weight.detach() for q in layers]))
-            out.append(c)
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            out.append(type(m)(m.num_features * len(layers)))
-        else:
-            out.append(m)
-    return nn.Sequential(*out)
+WIDTH = {"cnn8": 16}  # benchmarks/packing.py's cnn8
 
 
 def time_steps(step, steps: int) -> float:
@@ -73,54 +38,67 @@ def time_steps(step, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def probe(name: str, p: int, steps: int) -> dict[str, float]:
+def forms(name: str, p: int):
+    """name -> one training step of that form, on the same P initialisations and batches."""
     shape = SHAPES[p]
     torch.manual_seed(0)
-    models = [build_model(ModelConfig(name=name), shape, 10) for _ in range(p)]
+    models = [build_model(ModelConfig(name=name, width=WIDTH.get(name)), shape, 10) for _ in range(p)]
     x = torch.randn(p, BATCH, *shape)  # (P, N, C, h, w)
     y = torch.randint(0, 10, (p, BATCH))
 
-    opts = [torch.optim.Adam(m.parameters()) for m in models]
+    def packed_step(forward, params):
+        opt = torch.optim.Adam(params, foreach=True)
+
+        def step() -> None:
+            opt.zero_grad()
+            logits = forward(x)  # (P, N, 10)
+            F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(p, -1).mean(1).sum().backward()
+            opt.step()
+
+        return step
+
+    loop_models = [copy.deepcopy(m).train() for m in models]
+    opts = [torch.optim.Adam(m.parameters(), foreach=True) for m in loop_models]
 
     def loop() -> None:
-        for i, (m, o) in enumerate(zip(models, opts)):
+        for i, (m, o) in enumerate(zip(loop_models, opts)):
             o.zero_grad()
             F.cross_entropy(m(x[i]), y[i]).backward()
             o.step()
 
-    pack = PackedNetwork(models).train()
-    opt_v = torch.optim.Adam(pack.parameters())
+    params, buffers = stack_module_state([copy.deepcopy(m).train() for m in models])
+    params = {n: t.detach().requires_grad_() for n, t in params.items()}
+    base = copy.deepcopy(models[0]).to("meta").train()
 
-    def vm() -> None:
-        opt_v.zero_grad()
-        logits = pack(x)  # (P, N, 10)
-        F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(p, -1).mean(1).sum().backward()
-        opt_v.step()
+    def vmapped(xs: torch.Tensor) -> torch.Tensor:
+        one = lambda pr, b, xb: functional_call(base, (pr, b), (xb,))  # noqa: E731
+        return vmap(one, randomness="different")(params, buffers, xs)
 
-    gp = grouped(models).train()
-    opt_g = torch.optim.Adam(gp.parameters())
-    xg = x.transpose(0, 1).reshape(BATCH, p * shape[0], *shape[1:])  # (N, P*C, h, w)
-
-    def gr() -> None:
-        opt_g.zero_grad()
-        logits = gp(xg).view(BATCH, p, 10).transpose(0, 1)  # (P, N, 10)
-        F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(p, -1).mean(1).sum().backward()
-        opt_g.step()
-
-    return {"loop": time_steps(loop, steps), "vmap": time_steps(vm, steps), "grouped": time_steps(gr, steps)}
+    pack = PackedNetwork(models, shape).train()
+    return {
+        "loop": loop,
+        "vmap": packed_step(vmapped, list(params.values())),
+        "grouped": packed_step(pack, list(pack.parameters())),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"load average {os.getloadavg()[0]:.2f}; ms per training step of P branches (batch {BATCH} each)")
     print(f"{'model':6} {'P':>3} {'loop':>9} {'vmap':>9} {'grouped':>9}")
     for name in ("fc8", "cnn8"):
         for p in (4, 16):
-            t = probe(name, p, args.steps)
-            print(f"{name:6} {p:>3} " + " ".join(f"{1e3 * t[k]:9.2f}" for k in ("loop", "vmap", "grouped")))
+            steps = forms(name, p)
+            times: dict[str, list[float]] = {k: [] for k in steps}
+            for _ in range(args.repeats):
+                for k, step in steps.items():
+                    times[k].append(time_steps(step, args.steps))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"{name:6} {p:>3} " + " ".join(f"{1e3 * med[k]:9.2f}" for k in ("loop", "vmap", "grouped")))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,20 @@ def test_a_model_that_cannot_pack_is_refused_with_the_reason():
         PackedNetwork([bn, copy.deepcopy(bn)])
     with pytest.raises(PackError, match="one architecture"):
         PackedNetwork([build_model(ModelConfig(name="fc4"), SHAPE, 3), build_model(ModelConfig(name="fc8"), SHAPE, 3)])
+
+    class Concatenating(nn.Module):  # known leaves, but its forward joins two outputs along the channels
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 4), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.flatten(1)
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    check_packable(Concatenating())
+    with pytest.raises(PackError, match=r"Concatenating: its forward mixes channels.*branches_per_process: 1"):
+        PackedNetwork([Concatenating() for _ in range(P)], SHAPE)
+    PackedNetwork(members("resnet18"), SHAPE)  # a residual forward keeps members apart: accepted
     pack = PackedNetwork(members("fc4"))
     with pytest.raises(ValueError, match=r"\(P=3, N, \.\.\.\)"):
         pack(torch.randn(2, N, *SHAPE))

@@ -443,6 +443,48 @@ def test_a_pack_trains_each_branch_as_its_own_unpacked_run_would(make_run):
         assert ck["optimizer"]["state"][0]["momentum_buffer"].shape == model[1].weight.shape
 
 
+def test_packed_rows_are_each_members_own_batches_bitwise_and_members_leave_mid_epoch(make_run):
+    from branches.data import InMemorySplit, PackedTrainRows
+
+    run = make_run()
+    manifest = load_manifest(run)
+    own = {k: InMemorySplit(run, manifest, "train", k, torch.device("cpu")) for k in range(4)}
+    rows = PackedTrainRows(
+        [InMemorySplit(run, manifest, "train", k, torch.device("cpu")) for k in range(4)], [0, 1, 2, 3]
+    )
+    streams = {k: own[k].train_batches(7, k, 2, 32) for k in range(4)}
+    left = [0, 1, 2, 3]
+    steps = 0
+    for step, (x, y) in enumerate(rows.epoch(7, 2, 32)):
+        assert x.shape[0] == y.shape[0] == len(left)
+        for i, k in enumerate(left):  # the member's own order, codec and normalisation: the very same batch
+            want_x, want_y = next(streams[k])
+            assert torch.equal(x[i], want_x) and torch.equal(y[i], want_y), (step, k)
+        if step == 1:
+            rows.drop([1])  # branch 1 leaves after step 1 (as a diverged member does): the others go on unchanged
+            left = [0, 2, 3]
+        steps += 1
+    assert steps == len(list(own[0].train_batches(7, 0, 2, 32))) > 2
+    assert all(next(streams[k], None) is None for k in left)
+
+
+def test_an_augmented_pack_draws_each_members_augmentation_as_unpacked(make_run):
+    from branches.train_pack import train_pack
+
+    packed, alone = make_run("packed"), make_run("alone")
+    cfg = with_epochs(FAST, 1, optimizer="sgd", lr=0.05, augment=["crop"], augment_pad=1)  # SGD: see above
+    results = train_pack([packed] * 2, [0, 1], FC4, cfg)
+    for k in (0, 1):
+        want = train_branch(alone, k, FC4, cfg)
+        np.testing.assert_allclose(
+            load_npy(packed, f"branches/{k}/logits_test.npy"),
+            load_npy(alone, f"branches/{k}/logits_test.npy"),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        assert results[k]["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
+
+
 def test_a_pack_resumes_each_branch_from_its_own_checkpoint(make_run):
     from branches.train_pack import train_pack
 
