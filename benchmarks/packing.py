@@ -2,7 +2,9 @@
 
 For each model (fc8, cnn8) and split (sub4, sub16; DCT) on Fashion-MNIST, one split is trained three ways
 side by side in one local Ray with 2 CPUs (1 CPU and 1 torch thread per actor): ``unpacked`` (K actors),
-``packed`` (one actor training the K branches as one batched network) and the full-resolution ``baseline``
+``packed`` (one process training the K branches as one batched network), ``auto``
+(``resources.branches_per_process: auto``: ceil(K / 2) per process here, two packs side by side) and the
+full-resolution ``baseline``
 (``api.baseline``, one actor). Per run: training compute (sum over processes of their training clock:
 unpacked, every branch's ``train_seconds``; packed, the pack's, which every member records), wall time of
 ``api.train``, per-branch and uniform-ensemble test accuracy, peak memory per process (``ru_maxrss``). Then
@@ -33,6 +35,7 @@ CONFIG = REPO / "configs" / "fashion_mnist.yaml"
 DEFAULT_OUT = Path(__file__).parent / "results" / "packing.json"
 ROOT = "/tmp/spectral-bench-packing"
 SPLITS = (("sub4", 2), ("sub16", 4))
+MODES = ("unpacked", "packed", "auto")  # branches_per_process 1, K, auto (ceil(K / 2): 2 CPUs, 1 per process)
 EXPORT_BATCH, EXPORT_REPEATS = 1024, 5
 
 
@@ -40,7 +43,7 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def config(uri: str, model: str, width: int | None, rc: int, epochs: int, limit: int | None, packed: int):
+def config(uri: str, model: str, width: int | None, rc: int, epochs: int, limit: int | None, packed: int | str):
     return load_config(
         CONFIG,
         {
@@ -162,7 +165,7 @@ def benchmark(models: list[str], epochs: int, limit: int | None, cnn8_width: int
             say(f"{model} baseline: {base['train_seconds']:.1f} s, test acc {base['test_acc']:.4f}")
             for name, rc in SPLITS:
                 rows = {}
-                for mode, p in (("unpacked", 1), ("packed", rc * rc)):
+                for mode, p in (("unpacked", 1), ("packed", rc * rc), ("auto", "auto")):
                     cfg = config(f"{ROOT}/{model}-{name}-{mode}", model, width, rc, epochs, limit, p)
                     if mode == "unpacked" or not os.path.exists(f"{ROOT}/{model}-{name}-unpacked/data"):
                         api.split(cfg)
@@ -183,12 +186,14 @@ def benchmark(models: list[str], epochs: int, limit: int | None, cnn8_width: int
                         rows["export"] = export_speed(cfg)
                         say(f"export: {rows['export']}")
                 b = res[model]["baseline"]
-                for mode in ("unpacked", "packed"):
+                for mode in MODES:
                     rows[mode]["compute_vs_baseline"] = round(rows[mode]["train_compute_s"] / b["train_compute_s"], 3)
                     rows[mode]["wall_vs_baseline"] = round(rows[mode]["train_wall_s"] / b["train_wall_s"], 3)
                 rows["packed_vs_unpacked_wall"] = round(
                     rows["packed"]["train_wall_s"] / rows["unpacked"]["train_wall_s"], 3
                 )
+                unpacked_wall = rows["unpacked"]["train_wall_s"]
+                rows["auto_vs_unpacked_wall"] = round(rows["auto"]["train_wall_s"] / unpacked_wall, 3)
                 rows["ensemble_acc_packed_minus_unpacked"] = round(
                     rows["packed"]["ensemble_test_acc"] - rows["unpacked"]["ensemble_test_acc"], 4
                 )
@@ -215,13 +220,14 @@ def table_rows(res: dict) -> list[list[str]]:
             ]
         )
         for name, _ in SPLITS:
-            for mode in ("unpacked", "packed"):
+            for mode in (m for m in MODES if m in r[name]):
                 x = r[name][mode]
                 accs = x["branch_test_acc"]
+                packs = x.get("processes")
                 rows.append(
                     [
                         f"{model} {name}",
-                        mode,
+                        mode if packs is None else f"{mode} ({packs} process{'es' if packs > 1 else ''})",
                         f"{x['train_compute_s']:.1f}",
                         f"{100 * x['compute_vs_baseline']:.0f}%",
                         f"{x['train_wall_s']:.1f}",
@@ -251,7 +257,9 @@ def markdown(res: dict) -> str:
     for model, r in res["runs"].items():
         for name, _ in SPLITS:
             lines.append(
-                f"\n{model} {name}: packed/unpacked wall {r[name]['packed_vs_unpacked_wall']:.2f}, ensemble "
+                f"\n{model} {name}: packed/unpacked wall {r[name]['packed_vs_unpacked_wall']:.2f}"
+                + (f", auto/unpacked wall {r[name]['auto_vs_unpacked_wall']:.2f}" if "auto" in r[name] else "")
+                + ", ensemble "
                 f"accuracy packed - unpacked {100 * r[name]['ensemble_acc_packed_minus_unpacked']:+.2f} pt."
             )
     e = res["runs"].get("fc8", {}).get("sub16", {}).get("export")

@@ -36,9 +36,18 @@ BASELINE_ENGINES = ("single", "ddp")
 SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")  # never written anywhere (public_dict)
 
 
+PACK_AUTO = "auto"  # resources.branches_per_process: as many as every branch starting in the first wave takes
+
+
+def pack_size_is_valid(cfg: ResourcesConfig, key) -> None:
+    p = cfg.branches_per_process
+    if p != PACK_AUTO and (isinstance(p, str) or p < 1):
+        raise ConfigError(f"{key('branches_per_process')} must be an int >= 1 or {PACK_AUTO!r}, got {p!r}")
+
+
 def one_of_workers_or_packs(cfg: ResourcesConfig, key) -> None:
-    """A branch spans M processes or shares one process with others, never both."""
-    if cfg.workers_per_branch > 1 and cfg.branches_per_process > 1:
+    """A branch spans M processes or shares one process with others, never both (``auto`` packs no group)."""
+    if cfg.workers_per_branch > 1 and cfg.branches_per_process != PACK_AUTO and cfg.branches_per_process > 1:
         raise ConfigError(
             f"{key('workers_per_branch')} ({cfg.workers_per_branch}) > 1 spreads a branch over several processes, "
             f"{key('branches_per_process')} ({cfg.branches_per_process}) > 1 packs several branches into one: "
@@ -49,7 +58,7 @@ def one_of_workers_or_packs(cfg: ResourcesConfig, key) -> None:
 @dataclass(kw_only=True, frozen=True)
 class ResourcesConfig(Section):
     SECTION = "resources"
-    RULES = (one_of_workers_or_packs,)
+    RULES = (pack_size_is_valid, one_of_workers_or_packs)
 
     gpus_per_branch: float | None = option(
         None,
@@ -61,11 +70,11 @@ class ResourcesConfig(Section):
     max_restarts: int = option(
         3, "times Ray restarts a branch whose process died; it resumes from its newest checkpoint", ge=0
     )
-    branches_per_process: int = option(
+    branches_per_process: int | str = option(
         1,
         "P: consecutive branches with equal training rows train as one batched network in one process "
-        "(a pack; docs/how-it-works.md)",
-        ge=1,
+        "(a pack; docs/how-it-works.md); `auto`: ceil(branches / branch processes the cluster runs at once), so "
+        "every branch starts in the first wave in as few processes as that takes (1 when all fit already)",
     )
     workers_per_branch: int = option(
         1,

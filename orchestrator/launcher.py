@@ -33,7 +33,7 @@ from data_split.layout import load_manifest
 from data_split.storage import RunStorage
 from orchestrator.branch_task import BoardRef, board_for_this_driver, branch_task
 from orchestrator.config import ResourcesConfig
-from orchestrator.placement import PlacementPlan, cluster_nodes, plan_packs, plan_placement
+from orchestrator.placement import PlacementPlan, cluster_nodes, pack_size, plan_packs, plan_placement
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +178,17 @@ def train_branches(
     if not todo:
         return TrainingOutcome.settle(results, skipped)
 
-    packs = None
-    if resources.branches_per_process > 1 and len(todo) > 1:  # one branch left (a baseline): nothing to pack
+    packs, nodes = None, cluster_nodes()
+    if (size := pack_size(resources, len(todo), nodes)) > 1 and len(todo) > 1:  # one left (a baseline): no pack
         manifest = load_manifest(storage)
         rows = {k: int(manifest.branches[k].splits["train"].rows) for k in todo}
         packable = {k: choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb) == "memory" for k in todo}
-        packs = plan_packs(todo, resources.branches_per_process, rows, packable)
+        packs = plan_packs(todo, size, rows, packable)
         if all(len(pack) == 1 for pack in packs):
             packs = None  # nothing packs (streamed branches, unequal row counts): one plain task per branch
         else:
             check_pack_controls(train_cfg)  # before any branch starts
-    plan = plan_placement(len(todo), resources, cluster_nodes(), packs)
+    plan = plan_placement(len(todo), resources, nodes, packs)
     log.info("placement plan: %s", plan.describe())
     board, board_name = board_for_this_driver()
     board_ref = BoardRef(board_name, uuid.uuid4().hex)  # this training's key on the driver's board

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from data_split.errors import SpectralError
-from orchestrator.config import ResourcesConfig
+from orchestrator.config import PACK_AUTO, ResourcesConfig
 
 
 class PlacementError(SpectralError, ValueError):
@@ -56,6 +56,18 @@ class PlacementPlan:
             f"{self.branches} {what} x ({device}, {self.cpus_per_branch:g} CPU): "
             f"{self.concurrent} at once, {self.waves} wave(s)"
         )
+
+
+def pack_size(cfg: ResourcesConfig, branches: int, nodes: list[NodeResources]) -> int:
+    """Branches per process: ``resources.branches_per_process``, or for ``auto`` the fewest per process that start
+    all ``branches`` in one wave on ``nodes`` (a cluster that runs S branch processes at once: ceil(branches / S);
+    1 for groups, ``workers_per_branch`` > 1, which do not pack)."""
+    if cfg.branches_per_process != PACK_AUTO:
+        return int(cfg.branches_per_process)
+    if cfg.workers_per_branch > 1:
+        return 1
+    slots = sum(_fits(n, default_gpus(cfg, nodes), cfg.cpus_per_branch) for n in nodes)
+    return max(1, math.ceil(branches / slots)) if slots else 1
 
 
 def plan_packs(ks: list[int], size: int, train_rows: dict[int, int], packable: dict[int, bool]) -> list[list[int]]:

@@ -60,8 +60,24 @@ def test_packs_are_consecutive_equal_row_branches_and_placement_counts_packs():
 def test_branches_per_process_is_validated():
     from data_split.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="branches_per_process"):
-        ResourcesConfig(branches_per_process=0)
+    for bad in (0, "many", True):
+        with pytest.raises(ConfigError, match="branches_per_process"):
+            ResourcesConfig(branches_per_process=bad)
+    assert ResourcesConfig(branches_per_process="auto").branches_per_process == "auto"
+
+
+def test_auto_packs_just_enough_for_every_branch_to_start_in_the_first_wave():
+    from orchestrator.placement import pack_size
+
+    auto = ResourcesConfig(branches_per_process="auto")
+    assert pack_size(auto, 16, nodes((2, 0))) == 8  # 2 CPUs, 1 each: two packs of 8 side by side
+    assert pack_size(auto, 4, nodes((2, 0))) == 2
+    assert pack_size(auto, 4, nodes((4, 0), (4, 0))) == 1  # 8 processes fit: none is packed
+    assert pack_size(auto, 9, nodes((2, 0), (2, 0))) == 3  # 4 slots: ceil(9 / 4)
+    assert pack_size(auto, 16, nodes((16, 1))) == 16  # one GPU, one branch process per GPU: all in one
+    assert pack_size(ResourcesConfig(branches_per_process="auto", gpus_per_branch=0.25), 16, nodes((16, 1))) == 4
+    assert pack_size(ResourcesConfig(branches_per_process=3), 16, nodes((2, 0))) == 3  # a number is taken as is
+    assert pack_size(ResourcesConfig(branches_per_process="auto", workers_per_branch=2), 16, nodes((2, 0))) == 1
 
 
 def test_the_run_summary_prints_the_packs():
