@@ -4,8 +4,8 @@
       -> map_batches(Classifier) on an ActorPoolStrategy: each actor loads the ensemble once
          (on a GPU when the cluster has them), reads its batch's files (``fs.cat``, concurrent on
          object stores), decodes them as the run's source did
-         (``data_split.decode_image``: grey/RGB, resized and cropped as the run's source was) and runs it
-      -> each block's readable rows as one Parquet file under output/_temporary/<attempt>: path (string),
+         (``data_split.decode_image``: grey/RGB, resized and cropped as the run's source was), runs it
+         and writes the block's readable rows as one Parquet file under output/_temporary/<attempt>: path (string),
          pred (int64), class_name (string), prob (list<float32>); (path, pred, error) stream to the driver
       -> check: an unreadable image is an error naming it (or, with ``skip_bad``, left out and listed)
       -> commit: part-NNNNN.parquet, _manifest.json, and _SUCCESS last
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -82,17 +81,26 @@ def list_images(fs, root: str) -> list[str]:
 
 
 class Classifier:
-    """A Ray Data actor holding the ensemble: a batch of (path, bytes) -> path, pred, class_name, prob, error.
+    """A Ray Data actor holding the ensemble: a batch of paths -> path, pred, error (the summary the driver counts).
 
     ``run``: the run's storage; ``images``: the input's (same store settings), both as the driver built them.
+    Each batch's readable images are written by the actor itself as one Parquet file under ``parts``
+    (path as ``prefix`` + path, pred, class_name, prob): no second operator, no probabilities through the object store.
     """
 
     def __init__(
-        self, run: RunStorage, images: RunStorage, weights: str | Sequence[float], use_gpu: bool, threads: int
+        self,
+        run: RunStorage,
+        images: RunStorage,
+        weights: str | Sequence[float],
+        use_gpu: bool,
+        threads: int,
+        parts: RunStorage,
+        prefix: str = "",
     ) -> None:
         freeze_at_exit()
         torch.set_num_threads(threads)
-        self.images = images
+        self.images, self.parts, self.prefix = images, parts, prefix
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = load_ensemble(run, weights).to(self.device)
         self.info = self.model.info
@@ -112,14 +120,28 @@ class Classifier:
                 errors[i] = str(e)
         pixels = torch.from_numpy(x.astype(np.float32) * np.float32(1 / 255)).to(self.device)
         with torch.no_grad():
-            prob = torch.softmax(self.model(pixels), dim=1).cpu().numpy()  # (n, classes)
+            prob = torch.softmax(self.model(pixels), dim=1).cpu().numpy().astype(np.float32)  # (n, classes)
         pred = prob.argmax(1).astype(np.int64)
+        good = np.array([e is None for e in errors])
+        if good.any():
+            kept = [self.prefix + p for p, ok in zip(paths, good) if ok]
+            part = pa.table(
+                {
+                    "path": pa.array(kept, pa.string()),
+                    "pred": pa.array(pred[good], pa.int64()),
+                    "class_name": pa.array([info.class_names[p] for p in pred[good]], pa.string()),
+                    "prob": pa.array(list(prob[good]), pa.list_(pa.float32())),
+                }
+            )
+            buf = pa.BufferOutputStream()
+            pq.write_table(part, buf)
+            # named by its images: a retried batch rewrites its own file instead of adding a second copy of its rows
+            name = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:32]
+            self.parts.write_bytes(f"{name}.parquet", buf.getvalue().to_pybytes())
         return pa.table(
             {
-                "path": pa.array([str(p) for p in batch["path"]], pa.string()),
+                "path": pa.array(paths, pa.string()),
                 "pred": pa.array(pred, pa.int64()),
-                "class_name": pa.array([info.class_names[p] for p in pred], pa.string()),
-                "prob": pa.array(list(prob.astype(np.float32)), pa.list_(pa.float32())),
                 "error": pa.array(errors, pa.string()),
             }
         )
@@ -177,23 +199,10 @@ def predict_images(
     )
 
     # The actors read the files themselves: Ray Data's file reader makes a task per few files and a row per file,
-    # which for small images costs more than decoding them (benchmarks/inference.py). One block per actor batch.
-    # Each block's readable rows are written as one Parquet file under the attempt as it comes out of the actors;
-    # only (path, pred, error) come back to the driver, which counts them (progress) and commits at the end.
+    # which for small images costs more than decoding them (benchmarks/inference.py). One block per actor batch;
+    # each actor writes its batch's readable rows as one Parquet file under the attempt, and only (path, pred, error)
+    # come back to the driver, which counts them (progress) and commits at the end.
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=-(-len(paths) // cfg.batch_size))
-
-    def write_part(table: pa.Table) -> pa.Table:  # the readable images, paths as URIs, no error column
-        good = table.filter(pc.is_null(table.column("error"))).drop_columns(["error"])
-        if good.num_rows:
-            good = good.set_column(
-                0, "path", pa.array([prefix + p for p in good.column("path").to_pylist()], pa.string())
-            )
-            buf = pa.BufferOutputStream()
-            pq.write_table(good, buf)
-            # named by its images: a retried task rewrites its own file instead of adding a second copy of its rows
-            name = hashlib.sha256("\n".join(table.column("path").to_pylist()).encode()).hexdigest()[:32]
-            attempt.write_bytes(f"{name}.parquet", buf.getvalue().to_pybytes())
-        return table.select(["path", "pred", "error"])
 
     summaries, done = [], 0
     with original_task_errors():  # a StorageError of an actor reaches the caller as itself
@@ -205,13 +214,15 @@ def predict_images(
                 "weights": weights,
                 "use_gpu": gpus > 0,
                 "threads": max(1, round(cfg.cpus_per_actor)),
+                "parts": attempt,
+                "prefix": prefix,
             },
-            batch_size=cfg.batch_size,
+            batch_size=None,  # a block is a batch (at most cfg.batch_size images): no re-batching between blocks
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
             num_cpus=cfg.cpus_per_actor,
             num_gpus=gpus,
-        ).map_batches(write_part, batch_size=None, batch_format="pyarrow")
+        )
         for table in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
             summaries.append(table)
             done += table.num_rows

@@ -287,6 +287,7 @@ def test_model_load_and_image_reads_ride_out_an_outage_and_fail_clearly_past_the
     import dataclasses
 
     import numpy as np
+    import pyarrow.parquet as pq
     import torch
     from PIL import Image
 
@@ -303,7 +304,8 @@ def test_model_load_and_image_reads_ride_out_an_outage_and_fail_clearly_past_the
         buf = io.BytesIO()
         Image.fromarray(img[0]).save(buf, format="PNG")
         images.write_bytes(f"{i}.png", buf.getvalue())
-    classifier = Classifier(run, images, "chosen", use_gpu=False, threads=1)
+    parts = run.at(f"{run.uri}/parts")
+    classifier = Classifier(run, images, "chosen", use_gpu=False, threads=1, parts=parts)
     batch = {"path": np.array([images.path(f"{i}.png") for i in range(len(x))])}
     caplog.clear()
     table = _during_outage(s3, lambda: classifier(batch), caplog)["value"]  # predict's image reads
@@ -311,6 +313,8 @@ def test_model_load_and_image_reads_ride_out_an_outage_and_fail_clearly_past_the
     with torch.no_grad():
         want = model(torch.from_numpy(x.astype(np.float32) / 255)).argmax(1).numpy()
     np.testing.assert_array_equal(table.column("pred").to_numpy(), want)
+    (part,) = parts.ls("")  # the batch's rows, written by the actor through the outage too
+    assert pq.read_table(io.BytesIO(parts.read_bytes(part))).column("pred").to_pylist() == want.tolist()
 
     s3.stop()  # past the budget: the one-line error naming the endpoint, for the model and for the images
     t0 = time.monotonic()
