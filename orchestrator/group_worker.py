@@ -11,9 +11,12 @@ single-process batch: M changes speed, not the math.
 
 Rank 0 writes what a one-process branch writes under ``branches/<k>/`` of the output run (checkpoints in
 the same format, ``metrics.jsonl``, logits, rows, ``result.json`` last, ``placement.json``), so the
-ensemble, export, predict and serve never ask how a branch was trained; every epoch it also reports its
-checkpoint to Ray Train, which restarts a group whose worker died from it (``FailureConfig``) and a re-run
-after a dead driver (Ray Train's checkpoint snapshot under the same run folder).
+ensemble, export, predict and serve never ask how a branch was trained. A group (re)starts as a one-process
+branch resumes, from the branch's newest checkpoint within ``train.epochs`` (``find_resume_point``): after
+a lost worker (Ray Train restarts the group, ``FailureConfig``), after a dead driver, and with more or fewer
+epochs. Every epoch rank 0 also reports a Ray Train checkpoint, after the branch's own file: a marker naming
+the epoch (``epoch.json``), not a second copy of the state (Ray Train's result is its latest checkpoint's
+report, and a test's kill lands after a committed one).
 
 Measured on every worker, by a DDP communication hook (``AllReduceMeter``): the bytes of every gradient
 bucket handed to all-reduce, and the wall time from handing a bucket over to its reduced result
@@ -69,7 +72,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "state.pt"  # in each Ray Train checkpoint: the branch checkpoint's dict
+MARKER_FILE = "epoch.json"  # all a Ray Train checkpoint holds: {"epoch": e}, whose state is checkpoints/epoch=e.pt
 METRIC_KEYS = ("epoch", "loss", "val_loss", "val_acc", "images_per_s", "seconds", "lr", "time", "steps")
 
 
@@ -126,7 +129,8 @@ def worker_loop(config: dict) -> None:
     optimizer = make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(train_cfg, e))
     history: list[dict] = []
-    if (state := _resume_state(out, k, train_cfg.epochs, rank)) is not None:
+    found = ckpt_io.find_resume_point(out, k, train_cfg.epochs)  # what a one-process branch resumes from
+    if (state := found.checkpoint) is not None:
         check_same_run(out, k, state, configs)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -135,9 +139,15 @@ def worker_loop(config: dict) -> None:
             group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
         history = list(state["history"])[: state["epoch"]]
     resumed_from = len(history)
-    if rank == 0:
-        _rewrite_metrics(out, layout.metrics(k), [metric_line(h) for h in history])
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel over this group's process group only
+    if rank == 0:  # after prepare_model's broadcast: every worker has loaded its state, so nothing reads these
+        if state is not None:
+            log.info(
+                "branch %d: resuming after epoch %d from %s", k, found.epoch, out.url(layout.checkpoint(k, found.epoch))
+            )
+        for e in found.skipped:  # past this run's epochs (a longer run's), or corrupt: as a one-process branch
+            out.remove(layout.checkpoint(k, e))
+        _rewrite_metrics(out, layout.metrics(k), [metric_line(h) for h in history])
     meter = AllReduceMeter(world)
     ddp.register_comm_hook(None, meter.hook)
 
@@ -213,49 +223,26 @@ def worker_loop(config: dict) -> None:
                 board.update(k, {"state": "training", **metric_line(entry)})
             if last:
                 final = _finish_group(branch, ddp, history, val, resumed_from, members, out)
-        _report(epoch, state if rank == 0 else None, final)
+        _report(epoch, rank == 0, final)
         _faults.after_epoch(job.train_root.uri, rank, epoch, before_exit=_committed)  # test-only: no-op otherwise
     if resumed_from >= train_cfg.epochs:  # nothing left to train (a run shortened to an epoch it kept): the outputs,
         members = group_members()  # reported with the state they came from: a later run resumes from this epoch
         final = _finish_group(branch, ddp, history, val, resumed_from, members, out) if rank == 0 else None
-        _report(resumed_from, state if rank == 0 else None, final)
+        _report(resumed_from, rank == 0, final)
 
 
-def _report(epoch: int, state: dict | None, final: dict | None) -> None:
-    """Report epoch ``epoch`` to Ray Train, with ``state`` as its checkpoint (rank 0; None elsewhere). The driver's
-    result is the latest *checkpoint's* report (Ray Train 2.60), so ``final`` always travels with one."""
+def _report(epoch: int, checkpointed: bool, final: dict | None) -> None:
+    """Report epoch ``epoch`` to Ray Train, with a checkpoint naming it if ``checkpointed`` (rank 0, once
+    ``checkpoints/epoch=<epoch>.pt`` is written). The driver's result is the latest *checkpoint's* report (Ray
+    Train 2.60), so ``final`` always travels with one."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as d:
-        if state is not None:
-            torch.save(state, os.path.join(d, CHECKPOINT_FILE))
-        checkpoint = ray.train.Checkpoint.from_directory(d) if state is not None else None
+        if checkpointed:
+            with open(os.path.join(d, MARKER_FILE), "w") as f:
+                json.dump({"epoch": epoch}, f)
+        checkpoint = ray.train.Checkpoint.from_directory(d) if checkpointed else None
         ray.train.report({"epoch": epoch, "final": final}, checkpoint=checkpoint)
-
-
-def _resume_state(out: RunStorage, k: int, epochs: int, rank: int) -> dict | None:
-    """The checkpoint a group (re)starts from: Ray Train's latest (a group restarted after a lost worker, or a
-    re-run after a dead driver); when that is past this run's last epoch (the run was shortened), branch ``k``'s
-    own newest checkpoint within it, as a one-process branch resumes (``find_resume_point``)."""
-    import ray.train
-
-    if (checkpoint := ray.train.get_checkpoint()) is None:
-        return None
-    with checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    if state["epoch"] <= epochs:
-        return state
-    found = ckpt_io.find_resume_point(out, k, epochs)
-    if rank == 0:
-        log.info(
-            "branch %d: Ray Train's checkpoint is of epoch %d: resuming after epoch %d",
-            k,
-            state["epoch"],
-            found.epoch,
-        )
-        for e in found.skipped:  # from the longer run, or corrupt: what a one-process branch removes too
-            out.remove(layout.checkpoint(k, e))
-    return found.checkpoint
 
 
 def metric_line(entry: dict) -> dict:

@@ -107,14 +107,16 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
         assert [m["epoch"] for m in layout.read_metrics(storage, k)] == [1, 2]
         assert storage.ls(layout.checkpoints_dir(k)) == ["epoch=1.pt", "epoch=2.pt"]
         assert load_checkpoint(storage, layout.checkpoint(k, 2))["epoch"] == 2
-        assert any(name.startswith("checkpoint") for name in storage.ls(f"{layout.branch_dir(k)}/ray_train"))
+        ray_train = f"{layout.branch_dir(k)}/ray_train"
+        reported = [name for name in storage.ls(ray_train) if name.startswith("checkpoint_20")]
+        assert reported and all(storage.ls(f"{ray_train}/{name}") == ["epoch.json"] for name in reported)  # a marker
         for split in ("val", "test"):
             logits = np.load(io.BytesIO(storage.read_bytes(layout.logits(k, split))))
             row_ids = np.load(io.BytesIO(storage.read_bytes(layout.rows(k, split))))
             assert logits.shape == (manifest.branches[k].splits[split].rows, 4) and logits.dtype == np.float32
             assert np.all(np.diff(row_ids[:, 0]) > 0)  # ascending idx, as the ensemble expects
     first_val_acc = {k: storage.read_json(layout.result(k))["val_acc"] for k in range(2)}
-    # a later run (as after a dead driver, or with more epochs) resumes each group from its Ray Train checkpoint
+    # a later run (as after a dead driver, or with more epochs) resumes each group from its newest checkpoint
     longer = cfg.replace(**{"train.epochs": epochs + 1})
     again = api.train(longer)
     assert [again.results[k]["resumed_from_epoch"] for k in range(2)] == [epochs, epochs]
@@ -126,7 +128,7 @@ def test_two_branches_of_two_ddp_workers_write_a_branchs_outputs_survive_a_kille
             global_batches(manifest.branches[k].splits["train"].rows, batch, 2, torch.Generator())
         )
         assert again.results[k]["allreduce_bytes_per_worker"] == steps * again.results[k]["params"] * 4
-    # shortened back (Ray Train's checkpoint is of epoch 3): each group finishes from its own epoch-2 file, as a
+    # shortened back (the newest checkpoint is of epoch 3): each group finishes from its epoch-2 file, as a
     # one-process branch does, and trains nothing (it failed with "no final result reported")
     shorter = api.train(cfg)
     for k in range(2):
