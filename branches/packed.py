@@ -313,9 +313,9 @@ class _GroupedLinear(_Grouped):
         )  # (P, O)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (P*N, I) -> (P*N, O): a batched matmul
-        y = torch.matmul(x.reshape(self.size, -1, x.shape[-1]), self.weight.transpose(1, 2))  # (P, N, O)
-        if self.bias is not None:
-            y = y + self.bias[:, None, :]
+        x = x.reshape(self.size, -1, x.shape[-1])
+        w = self.weight.transpose(1, 2)
+        y = torch.bmm(x, w) if self.bias is None else torch.baddbmm(self.bias[:, None, :], x, w)  # (P, N, O)
         return y.reshape(-1, y.shape[-1])
 
 
@@ -360,15 +360,35 @@ class _GroupedBatchNormEval(_Grouped):
         return y.reshape(x.shape)
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` (eval mode, changed in place) with every BatchNorm that directly follows a Linear or Conv2d in an
+    ``nn.Sequential`` folded into that layer's weights (``torch.nn.utils.fusion``) and replaced by an Identity:
+    the same function, without the BatchNorm's pass over the activations (fc8, fc4 and cnn8 are such pairs)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            layer, bn = seq[i], seq[i + 1]
+            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.track_running_stats:
+                continue
+            if type(layer) is nn.Linear and type(bn) is nn.BatchNorm1d and bn.num_features == layer.out_features:
+                seq[i], seq[i + 1] = fuse_linear_bn_eval(layer, bn), nn.Identity()
+            elif type(layer) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.num_features == layer.out_channels:
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(layer, bn), nn.Identity()
+    return model
+
+
 def grouped_eval(models: Sequence[nn.Module]) -> nn.Module:
     """P members (eval mode) as one module ``(P, N, C, h, w) -> (P, N, classes)`` of grouped layers, for inference.
 
-    Every leaf of ``check_packable`` but Linear/Conv2d/BatchNorm acts row by row, so it runs unchanged on the
-    merged ``(P*N, ...)`` batch; the three are replaced by their grouped forms. No vmap: ``torch.export``
-    keeps the batch dimension dynamic.
+    Each member's BatchNorms that follow a Linear/Conv2d are folded into it (``fold_batchnorm``; the members
+    themselves are left as they are). Every leaf of ``check_packable`` but Linear/Conv2d/BatchNorm acts row by
+    row, so it runs unchanged on the merged ``(P*N, ...)`` batch; the three are replaced by their grouped
+    forms. No vmap: ``torch.export`` keeps the batch dimension dynamic.
     """
     check_packable(models[0], type(models[0]).__name__)
-    net = copy.deepcopy(models[0]).eval()
+    models = [fold_batchnorm(copy.deepcopy(m).eval()) for m in models]
+    net = copy.deepcopy(models[0])
     for path, m in list(net.named_modules()):
         if list(m.children()):
             continue

@@ -171,13 +171,14 @@ class SpectralEnsemble(nn.Module):
         (round to nearest, clamp to the uint8 codes, ``offset + scale * q``), broadcast over the branches.
         """
         ks = self.ks
-        x = s[:, ks]  # (N, B, C, h, w)
+        x = s if ks == list(range(self.rows * self.cols)) else s[:, ks]  # (N, B, C, h, w): no copy when all K
+        mean, std = self.mean[ks].transpose(0, 1), self.std[ks].transpose(0, 1)  # (1, B, C, 1, 1) statistics
         if self.dtype == "uint8":
             off, sc = self.offset[ks][None, :, :, None, None], self.scale[ks][None, :, :, None, None]  # (1, B, C, 1, 1)
-            v = off + sc * torch.round((x - off) / sc).clamp(0, LEVELS)
+            q = torch.round((x - off) / sc).clamp(0, LEVELS)  # the stored codes, exactly as the split computed them
+            v = q * (sc / std) + (off - mean) / std  # (off + sc * q - mean) / std in one affine pass
         else:
-            v = x.to(getattr(torch, self.dtype)).to(torch.float32)
-        v = (v - self.mean[ks].transpose(0, 1)) / self.std[ks].transpose(0, 1)  # (1, B, C, 1, 1) statistics
+            v = (x.to(getattr(torch, self.dtype)).to(torch.float32) - mean) / std
         return v.transpose(0, 1)
 
     def branch_logits(self, x: torch.Tensor) -> torch.Tensor:

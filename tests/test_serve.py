@@ -133,7 +133,9 @@ def test_a_multipart_upload_answers_as_the_raw_bytes_do_and_docs_describe_it(tra
     status, one = request(f"{server}/predict", *multipart([("a.png", encode(x[0]))]))
     assert status == 200 and one == raw
     status, two = request(f"{server}/predict", *multipart([("a.png", encode(x[0])), ("b.png", encode(x[1]))]))
-    assert status == 200 and two[0] == raw and len(two) == 2
+    assert status == 200 and len(two) == 2 and two[0]["class"] == raw["class"]
+    # in a batch of two, BLAS may block the products otherwise: equal to float32 rounding, not bitwise
+    assert two[0]["probabilities"] == pytest.approx(raw["probabilities"], rel=1e-5, abs=1e-7)
     status, answer = request(f"{server}/predict", *multipart([("bad.png", b"not an image")]))
     assert status == 400 and "bad.png" in answer["error"]
 
