@@ -7,9 +7,8 @@ side by side in one local Ray with 2 CPUs (1 CPU and 1 torch thread per actor): 
 full-resolution ``baseline``
 (``api.baseline``, one actor). Per run: training compute (sum over processes of their training clock:
 unpacked, every branch's ``train_seconds``; packed, the pack's, which every member records), wall time of
-``api.train``, per-branch and uniform-ensemble test accuracy, peak memory per process (``ru_maxrss``). Then
-the sub16 fc8 ensemble exported with ``torch.export`` (packed = grouped layers; unpacked = the 16 branches one
-after another), images/s of the loaded program at batch 1024 on 1 thread.
+``api.train``, per-branch and uniform-ensemble test accuracy, peak memory per process (``ru_maxrss``). The
+exported ensemble's speed, packed against unpacked: ``benchmarks/packed_export.py``.
 
     .venv/bin/python -m benchmarks.packing [--epochs 1] [--limit 10000] [--models fc8,cnn8] [--cnn8-width 16]
 
@@ -36,7 +35,6 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "packing.json"
 ROOT = "/tmp/spectral-bench-packing"
 SPLITS = (("sub4", 2), ("sub16", 4))
 MODES = ("unpacked", "packed", "auto")  # branches_per_process 1, K, auto (ceil(K / 2): 2 CPUs, 1 per process)
-EXPORT_BATCH, EXPORT_REPEATS = 1024, 5
 
 
 def say(msg: str) -> None:
@@ -79,63 +77,6 @@ def run_row(cfg, results: dict[int, dict], wall: float) -> dict:
         "ensemble_test_acc": ens["test_acc"],
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in results.values()),
     }
-
-
-def export_speed(cfg) -> dict:
-    """images/s of the run's exported program, packed vs unpacked branches (1 thread, batch EXPORT_BATCH)."""
-    import torch
-
-    from inference import load_ensemble
-    from inference.export import export_program
-
-    torch.set_num_threads(1)
-    base = load_ensemble(RunStorage.from_config(cfg.storage))
-    x = torch.rand(EXPORT_BATCH, base.info.channels, base.info.height, base.info.width)
-    out, logits = {}, {}
-    for name, packed in (("unpacked", False), ("packed", True)):
-        model = load_ensemble(RunStorage.from_config(cfg.storage)) if packed else base
-        if not packed:
-            from inference.model import SpectralEnsemble
-
-            model = SpectralEnsemble(
-                rows=base.rows,
-                cols=base.cols,
-                matrix=base.matrix.numpy(),
-                dtype=base.dtype,
-                mean=base.mean[:, 0, :, 0, 0].numpy(),
-                std=base.std[:, 0, :, 0, 0].numpy(),
-                offset=base.offset.numpy(),
-                scale=base.scale.numpy(),
-                branches=[_member(base, i) for i in range(len(base.ks))],
-                weights=base.weights.numpy(),
-                ks=base.ks,
-                packed=False,
-                info=base.info,
-            )
-        program = export_program(model).module()
-        with torch.no_grad():
-            logits[name] = program(x)
-            t0 = time.perf_counter()
-            for _ in range(EXPORT_REPEATS):
-                program(x)
-        out[f"{name}_images_per_s"] = round(EXPORT_REPEATS * EXPORT_BATCH / (time.perf_counter() - t0), 1)
-    out["packed_vs_unpacked"] = round(out["packed_images_per_s"] / out["unpacked_images_per_s"], 2)
-    out["max_abs_logit_difference"] = float((logits["packed"] - logits["unpacked"]).abs().max())
-    return out
-
-
-def _member(ens, i: int):
-    """Branch i of a packed ensemble as its own module, from the run's final checkpoint."""
-    from branches import ModelConfig, build_model
-    from branches.checkpoint import load_checkpoint
-
-    storage = RunStorage(ens.info.uri)
-    k = ens.ks[i]
-    result = layout.read_result(storage, k)
-    ck = load_checkpoint(storage, layout.checkpoint(k, int(result["epochs"])))
-    model = build_model(ModelConfig(**ck["model_config"]), tuple(ck["in_shape"]), int(ck["classes"]))
-    model.load_state_dict(ck["model"])
-    return model.eval()
 
 
 def benchmark(models: list[str], epochs: int, limit: int | None, cnn8_width: int) -> dict:
@@ -182,9 +123,6 @@ def benchmark(models: list[str], epochs: int, limit: int | None, cnn8_width: int
                         f"{model} {name} {mode}: compute {rows[mode]['train_compute_s']} s, wall "
                         f"{rows[mode]['train_wall_s']} s, ensemble {rows[mode]['ensemble_test_acc']:.4f}"
                     )
-                    if model == "fc8" and name == "sub16" and mode == "packed":
-                        rows["export"] = export_speed(cfg)
-                        say(f"export: {rows['export']}")
                 b = res[model]["baseline"]
                 for mode in MODES:
                     rows[mode]["compute_vs_baseline"] = round(rows[mode]["train_compute_s"] / b["train_compute_s"], 3)
@@ -262,13 +200,6 @@ def markdown(res: dict) -> str:
                 + ", ensemble "
                 f"accuracy packed - unpacked {100 * r[name]['ensemble_acc_packed_minus_unpacked']:+.2f} pt."
             )
-    e = res["runs"].get("fc8", {}).get("sub16", {}).get("export")
-    if e:
-        lines.append(
-            f"\nExported fc8 sub16 program, batch {EXPORT_BATCH}, 1 thread: {e['packed_images_per_s']:,.0f} "
-            f"images/s packed vs {e['unpacked_images_per_s']:,.0f} unpacked ({e['packed_vs_unpacked']:.2f}x; "
-            f"logits differ by at most {e['max_abs_logit_difference']:.1e})."
-        )
     lines.append(f"\n{res['source']}, {res['epochs']} epoch(s); {res['note']}")
     return "\n".join(lines)
 
