@@ -182,12 +182,6 @@ def predict_images(
     gpus = cfg.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    cpus = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else None
-    if cpus is not None and cfg.concurrency * cfg.cpus_per_actor >= cpus:
-        raise PredictError(
-            f"predict.concurrency x predict.cpus_per_actor = {cfg.concurrency} x {cfg.cpus_per_actor:g} "
-            f"leaves none of the cluster's {cpus:g} CPUs to read the images; lower either"
-        )
     log.info(
         "predict: %d images under %s, %d actor(s) x batch %d, %g CPU and %g GPU per actor",
         len(paths),
