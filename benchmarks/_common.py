@@ -49,6 +49,18 @@ def start_ray(**options) -> float:
     return time.perf_counter() - t0
 
 
+def upload_folder(local: Path, endpoint: str, bucket: str, prefix: str) -> str:
+    """Every file under ``local`` copied to ``s3://<bucket>/<prefix>/`` at ``endpoint`` (the bucket exists);
+    returns that URI."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    for p in local.rglob("*"):
+        if p.is_file():
+            client.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(local)}")
+    return f"s3://{bucket}/{prefix}"
+
+
 def machine_info() -> dict:
     import numpy
     import pyarrow

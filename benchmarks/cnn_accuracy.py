@@ -26,12 +26,12 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks._common import REPO, begin, record, start_ray  # first: sets Ray's environment
+from benchmarks import packing  # first: its benchmarks._common sets Ray's environment
+from benchmarks._common import begin, record, start_ray
 from data_split import RunStorage, layout
-from orchestrator import api, load_config
+from orchestrator import api
 
-RAY_CPUS = 2
-CONFIG = REPO / "configs" / "fashion_mnist.yaml"
+RAY_CPUS = packing.RAY_CPUS
 DEFAULT_OUT = Path(__file__).parent / "results" / "cnn_accuracy.json"
 ROOT = "/tmp/spectral-bench-cnn"
 SPLITS = (("sub4", 2), ("sub16", 4))
@@ -45,26 +45,10 @@ def say(msg: str) -> None:
 
 
 def config(uri: str, model: str, width: int | None, rc: int, seed: int, epochs: int, limit: int | None):
-    return load_config(
-        CONFIG,
-        {
-            "storage.uri": uri,
-            "split.rows": rc,
-            "split.cols": rc,
-            "split.transform": "dct",
-            "source.limit": limit,
-            "model.name": model,
-            "model.width": width,
-            "train.seed": seed,
-            "train.epochs": epochs,
-            "train.threads": 1,
-            "resources.cpus_per_branch": 1,
-            "resources.gpus_per_branch": 0,
-            "resources.branches_per_process": "auto",
-            "ensemble.weights": "tuned",  # computes uniform, geometric and exact too
-            "ray.num_cpus": RAY_CPUS,
-        },
-    )
+    """The packing benchmark's configuration (1 CPU and 1 thread per process), packed ``auto``, with ``seed``;
+    ``tuned`` weights, which computes uniform, geometric and exact too."""
+    cfg = packing.config(uri, model, width, rc, epochs, limit, "auto")
+    return cfg.replace(**{"train.seed": seed, "ensemble.weights": "tuned"})
 
 
 def slug(model: str) -> str:

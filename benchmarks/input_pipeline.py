@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks._common import begin, record
+from benchmarks._common import begin, record, upload_folder
 from branches._stream import StreamingSplit
 from branches.data import InMemorySplit
 from data_split import RunStorage, SourceConfig, SplitConfig, SyntheticConfig, make_source
@@ -186,17 +186,6 @@ def loopback_s3(wanted: bool):
         server.wait(timeout=30)
 
 
-def upload(local: Path, endpoint: str, prefix: str) -> RunStorage:
-    """The split at ``local``, copied to ``s3://bench/<prefix>``; its storage with the endpoint."""
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint)
-    for p in local.rglob("*"):
-        if p.is_file():
-            client.upload_file(str(p), "bench", f"{prefix}/{p.relative_to(local)}")
-    return RunStorage(f"s3://bench/{prefix}", endpoint)
-
-
 def drain(batches) -> int:
     n = 0
     for x, _ in batches:
@@ -301,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                     + ", ".join(f"{k} {v:,} ({r['of_b'][k]:.2f})" for k, v in r["rows_per_cpu_s"].items())
                 )
             if endpoint:
-                r = measure_shape(Path(tmp) / name, 1, args.repeats, upload(Path(tmp) / name, endpoint, name))
+                s3 = RunStorage(upload_folder(Path(tmp) / name, endpoint, "bench", name), endpoint)
+                r = measure_shape(Path(tmp) / name, 1, args.repeats, s3)
                 res["runs"][f"{name}/1/s3"] = r
                 say(f"{name} S3: " + ", ".join(f"{k} {v:,} rows/s" for k, v in r["rows_per_s"].items()))
     if GOAL_KEY in res["runs"]:

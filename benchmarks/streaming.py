@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks._common import REPO, begin, record  # first: sets Ray's environment
+from benchmarks._common import REPO, begin, record, upload_folder  # first: sets Ray's environment
 from data_split import RunStorage, SourceConfig, SplitConfig, SyntheticConfig, make_source
 from data_split.layout import write_manifest
 from data_split.parts import build_manifest
@@ -117,13 +117,8 @@ def speed(res: dict, where: str, n: int, uri: str, endpoint: str | None, repeats
 def upload(local: Path, endpoint: str) -> str:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="bench")
-    prefix = f"stream-{uuid.uuid4().hex[:8]}"
-    for p in local.rglob("*"):
-        if p.is_file():
-            client.upload_file(str(p), "bench", f"{prefix}/{p.relative_to(local)}")
-    return f"s3://bench/{prefix}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+    return upload_folder(local, endpoint, "bench", f"stream-{uuid.uuid4().hex[:8]}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -388,7 +388,7 @@ def grouped_eval(models: Sequence[nn.Module]) -> nn.Module:
     """
     check_packable(models[0], type(models[0]).__name__)
     models = [fold_batchnorm(copy.deepcopy(m).eval()) for m in models]
-    net = copy.deepcopy(models[0])
+    net = models[0]  # a copy already: its leaves become the grouped layers (each built before it replaces one)
     for path, m in list(net.named_modules()):
         if list(m.children()):
             continue

@@ -332,12 +332,7 @@ def _train(job: BranchJob, on_epoch: Callable[[dict], None] | None) -> dict:
             group["lr"] = base_lr * lr_factor(train_cfg, scheduler.last_epoch)
         ckpt_io.restore_rng(ck["rng"])
         history = list(ck["history"])[: found.epoch]
-        log.info(
-            "branch %d: resuming after epoch %d from %s", k, found.epoch, storage.url(layout.checkpoint(k, found.epoch))
-        )
-    for e in found.skipped:  # corrupt, or from a longer run whose later epochs are being redone
-        storage.remove(layout.checkpoint(k, e))
-    _rewrite_metrics(storage, layout.metrics(k), history)
+    settle_resume(storage, k, found, history)
 
     mode = choose_mode(train_cfg.data, manifest, k, train_cfg.memory_limit_mb)
     log.info(
@@ -451,6 +446,18 @@ def step_controls(
         before_step=set_lr if spe is not None else None,
         channels_last=cfg.channels_last,
     )
+
+
+def settle_resume(storage: RunStorage, k: int, found: ckpt_io.Found, metrics: list[dict]) -> None:
+    """What resuming from ``found`` leaves on storage: the checkpoints it skipped (corrupt, or from a longer run
+    whose later epochs are being redone) removed, and ``metrics.jsonl`` holding exactly ``metrics``."""
+    if found.checkpoint is not None:
+        log.info(
+            "branch %d: resuming after epoch %d from %s", k, found.epoch, storage.url(layout.checkpoint(k, found.epoch))
+        )
+    for e in found.skipped:
+        storage.remove(layout.checkpoint(k, e))
+    _rewrite_metrics(storage, layout.metrics(k), metrics)
 
 
 def _rewrite_metrics(storage: RunStorage, rel: str, history: list[dict]) -> None:

@@ -47,11 +47,11 @@ from branches.models import build_model
 from branches.train import (
     BranchJob,
     _finish,
-    _rewrite_metrics,
     loss_and_accuracy,
     lr_factor,
     make_optimizer,
     predict,
+    settle_resume,
     train_one_epoch,
 )
 from data_split import layout
@@ -141,13 +141,7 @@ def worker_loop(config: dict) -> None:
     resumed_from = len(history)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel over this group's process group only
     if rank == 0:  # after prepare_model's broadcast: every worker has loaded its state, so nothing reads these
-        if state is not None:
-            log.info(
-                "branch %d: resuming after epoch %d from %s", k, found.epoch, out.url(layout.checkpoint(k, found.epoch))
-            )
-        for e in found.skipped:  # past this run's epochs (a longer run's), or corrupt: as a one-process branch
-            out.remove(layout.checkpoint(k, e))
-        _rewrite_metrics(out, layout.metrics(k), [metric_line(h) for h in history])
+        settle_resume(out, k, found, [metric_line(h) for h in history])
     meter = AllReduceMeter(world)
     ddp.register_comm_hook(None, meter.hook)
 
