@@ -28,6 +28,9 @@ for _k, _v in {
     # pytest-xdist workers, their CLIs and Ray workers on 2 cores, each with a pool of 2 spinning threads,
     # took twice the CPU (the unit tests: 202 core-s against 109, 112 s against 63 s wall).
     "OMP_NUM_THREADS": "1",
+    # Ray Train starts a PreemptionWatcher actor (a process of its own, importing Ray Train) for every worker
+    # group it starts, to checkpoint before a node is drained; no test drains a node.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("AWS_ENDPOINT_URL", None)
