@@ -189,7 +189,6 @@ def built(trained_tiny_run, server, ray_address, tmp_path_factory):
     file (the config's ``import_path: inference.serve:app_builder`` and ``args``, built by Serve's controller, as
     ``serve deploy`` has it built), and ``serve run inference.serve:app_builder storage=...`` (built by the CLI).
     ``--non-blocking``: the command returns, the applications keep serving until deleted."""
-    from ray import serve
 
     uri = trained_tiny_run.storage.uri
     config = tmp_path_factory.mktemp("serve") / "deploy.yaml"
@@ -207,9 +206,7 @@ def built(trained_tiny_run, server, ray_address, tmp_path_factory):
     )
     for prefix in ("/built", "/cli"):
         wait_answering(f"{server}{prefix}/healthz")
-    yield f"{server}/built"
-    serve.delete("built")
-    serve.delete("cli")
+    yield f"{server}/built"  # both go with ``server``'s serve.shutdown(), which drains every app at once
 
 
 def test_serve_run_of_the_import_path_serves_the_chosen_ensemble(trained_tiny_run, built, server):
